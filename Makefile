@@ -1,0 +1,51 @@
+# The two commands a new machine needs: `make run` and `make test`.
+# Each does its own set-up, idempotently: the venv is (re)built only when
+# pyproject.toml changes, so a second run starts at once.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.convscope-installed
+MODELS ?= models
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup run export serve test test-fast test-slow test-containers bench clean
+
+setup: $(STAMP)
+
+# torch first, with exact pins and plain pip: pip takes these builds from local disk,
+# while a loose pin (or uv/poetry) would download gigabytes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[serve,export,dev]'
+	touch $(STAMP)
+
+# Export the default model (tinyvgg on scikit-learn's digits) unless the repository
+# already holds one, then serve every model in it.
+run: $(STAMP)
+	@if ! ls $(MODELS)/*/*/metadata.json >/dev/null 2>&1; then \
+		echo "No model in $(MODELS)/: training and exporting the default one"; \
+		$(BIN)/python -m model_export --out $(MODELS) || exit $$?; \
+	fi
+	CONVSCOPE_MODEL_REPOSITORY=$(MODELS) $(BIN)/python -m service --host $(HOST) --port $(PORT)
+
+export: $(STAMP)
+	$(BIN)/python -m model_export --out $(MODELS) $(ARGS)
+
+# Fast tier always; the slow tier (Fashion-MNIST, AlexNet at 224) runs inside the
+# same pytest call and skips itself, saying why, when its data is absent.
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-containers: $(STAMP)
+	bash docker/test-containers.sh
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""convscope service: serve CNN artifacts with onnxruntime over HTTP."""

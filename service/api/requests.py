@@ -1,0 +1,150 @@
+"""Reading what clients send: a size-limited body, the images in it, and the rule that
+work for a client who has gone away is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+T = TypeVar("T")
+
+IMAGE_CONTENT_TYPES = "image/* (jpeg, png, webp, bmp, gif), application/octet-stream, multipart/form-data, application/json"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing more than ``limit`` bytes without reading past it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            declared_size = int(declared)
+        except ValueError:
+            raise BadRequest(f"Content-Length {declared!r} is not a number") from None
+        if declared_size > limit:
+            raise PayloadTooLarge(
+                f"the body is {declared_size} bytes; the limit is {limit} (CONVSCOPE_MAX_BODY_BYTES)"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (CONVSCOPE_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    # Starlette's form parser replays a cached body: keep it where request.form() looks.
+    request._body = body
+    return body
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def decode_base64(text: object, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise BadRequest(f"{where} must be a base64 string")
+    if text.startswith("data:"):  # a data URL, as a browser's FileReader makes it
+        _, _, text = text.partition(",")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"{where} is not valid base64") from None
+
+
+async def images_from_request(request: Request, limit: int) -> list[bytes]:
+    """The encoded images a predict request carries, in order.
+
+    Raw body (image/* or application/octet-stream): one image. multipart/form-data: every
+    part named ``image``. JSON: ``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}``.
+    """
+    kind = media_type(request)
+    if not kind:
+        raise UnsupportedMediaType(f"no Content-Type; send one of: {IMAGE_CONTENT_TYPES}")
+    if not (kind.startswith("image/") or kind in ("application/octet-stream", "multipart/form-data", "application/json")):
+        raise UnsupportedMediaType(f"Content-Type {kind} is not accepted; send one of: {IMAGE_CONTENT_TYPES}")
+    body = await read_body(request, limit)
+    if kind.startswith("image/") or kind == "application/octet-stream":
+        if not body:
+            raise BadRequest("the body is empty: send the image's bytes")
+        return [body]
+    if kind == "application/json":
+        return _images_from_json(body)
+    return await _images_from_multipart(request, limit)
+
+
+def _images_from_json(body: bytes) -> list[bytes]:
+    try:
+        payload: Any = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest('JSON body must be an object: {"image": "<base64>"} or {"images": [...]}')
+    if "images" in payload:
+        items = payload["images"]
+        if not isinstance(items, list) or not items:
+            raise BadRequest('"images" must be a non-empty list of base64 strings')
+        return [decode_base64(item, f"images[{i}]") for i, item in enumerate(items)]
+    if "image" in payload:
+        return [decode_base64(payload["image"], '"image"')]
+    raise BadRequest('JSON body needs "image" (base64) or "images" (list of base64)')
+
+
+async def _images_from_multipart(request: Request, limit: int) -> list[bytes]:
+    try:
+        form = await request.form(max_files=1000, max_fields=1000, max_part_size=limit)
+    except Exception as exc:  # starlette raises its own MultiPartException/HTTPException types
+        raise BadRequest(f"the multipart body cannot be parsed: {getattr(exc, 'detail', exc)}") from None
+    try:
+        parts = form.getlist("image")
+        if not parts:
+            raise BadRequest(f"multipart body has no field named 'image' (fields: {', '.join(form.keys()) or 'none'})")
+        images = []
+        for part in parts:
+            if isinstance(part, UploadFile):
+                images.append(await part.read())
+            else:
+                images.append(part.encode("latin-1"))
+        return images
+    finally:
+        await form.close()
+
+
+async def unless_client_gone(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, but cancel it (leaving the model's queue) if the client disconnects.
+
+    Call only after the body has been read: from then on the only message the server
+    can receive is the disconnect.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    raise ClientGone()
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

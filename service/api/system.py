@@ -1,0 +1,30 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", summary="Alive: the process answers")
+async def healthz() -> Response:
+    return JSONResponse({"status": "alive"})
+
+
+@router.get("/readyz", summary="Ready: model loading has finished and at least one model serves")
+async def readyz(request: Request) -> Response:
+    plane = request.app.state.dataplane
+    ready, detail = plane.readiness()
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "detail": detail, "models": plane.list_models()},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,157 @@
+"""The application factory: settings in, a FastAPI app out. Nothing heavy happens at import;
+models load in the lifespan, in the background, while /healthz already answers and
+/readyz says 503 until they are in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.api import system, v1
+from service.dataplane import DataPlane
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger("convscope")
+
+DESCRIPTION = """
+Serve a convolutional neural network and look inside it while it serves.
+
+* **v1** (`/predict`, `/v1/models/...`): class predictions for uploaded images and, on request,
+  the feature maps of any layer (`layers=`), as PNG grids, `.npy` arrays, nested lists or
+  per-channel statistics; each conv layer's filters as a picture.
+* **v2**: the Open Inference Protocol (KServe v2 / Triton) REST API, with the binary tensor
+  data and classification extensions. Feature maps are extra outputs, returned only when
+  asked for in `outputs`.
+* `/metrics` (Prometheus), `/healthz`, `/readyz`.
+
+Every error answers `{"error": "..."}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = Metrics()
+    dataplane = DataPlane(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(_load(dataplane), name="load-models")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            try:
+                await loading
+            except asyncio.CancelledError:
+                pass
+            await dataplane.close()
+
+    app = FastAPI(title="convscope", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.dataplane = dataplane
+    _install_error_handlers(app)
+    app.include_router(v1.router)
+    app.include_router(system.router)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """For uvicorn's ``--factory`` with several workers: each worker reads the environment."""
+    return create_app(Settings())
+
+
+async def _load(dataplane: DataPlane) -> None:
+    try:
+        await dataplane.load()
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a bug in loading must not leave /readyz loading forever
+        log.exception("model loading failed")
+        dataplane.load_finished = True
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body"))
+            problems.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", "invalid"))
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}; the API is listed at /docs"
+        if exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; see /docs"
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: log it whole, tell the client little.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
+
+
+class RequestMetrics:
+    """Counts every request by model, version, route and status, times it, and names the
+    replica that answered (so a load balancer's spread can be seen from outside).
+
+    Pure ASGI rather than BaseHTTPMiddleware: it must not wrap ``receive``, which the
+    routes read to notice a client that has gone away.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.replica = socket.gethostname().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-convscope-replica", self.replica)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            if endpoint not in ("/metrics", "/healthz", "/readyz"):
+                state = scope.get("state", {})
+                params = scope.get("path_params", {})
+                model = state.get("model") or params.get("name") or ""
+                version = state.get("version") or params.get("version") or ""
+                self.metrics.requests.labels(model, str(version), endpoint, str(status)).inc()
+                self.metrics.request_latency.labels(model, endpoint).observe(time.perf_counter() - started)

@@ -1,0 +1,189 @@
+"""Feature maps and filters in forms a person can look at (PNG grids) or a program can use
+(``.npy`` bytes, nested lists, per-channel statistics)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+Encoding = Literal["stats", "png", "npy", "json"]
+ENCODINGS: tuple[str, ...] = ("stats", "png", "npy", "json")
+NpyDtype = Literal["float16", "float32"]
+
+# Colour maps as a few stops, interpolated to 256 entries: no plotting library needed.
+_VIRIDIS_STOPS = [
+    (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
+    (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
+]
+# Diverging, grey at zero: for filter weights, whose sign matters.
+_COOLWARM_STOPS = [(59, 76, 192), (141, 176, 254), (221, 221, 221), (244, 154, 123), (180, 4, 38)]
+FEATURE_COLORMAP = "viridis"
+FILTER_COLORMAP = "coolwarm"
+
+_BACKGROUND = (32, 32, 32)
+MIN_TILE_PX = 24  # small maps (7x7) are enlarged (nearest) so a person can see them
+MAX_GRID_PX = 2048  # ... but a grid never grows past this on its long side by enlarging
+
+
+def _lut(stops: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    stops_arr = np.asarray(stops, dtype=np.float64)
+    positions = np.linspace(0.0, 1.0, len(stops))
+    x = np.linspace(0.0, 1.0, 256)
+    return np.stack(
+        [np.interp(x, positions, stops_arr[:, c]) for c in range(3)], axis=1
+    ).round().astype(np.uint8)
+
+
+COLORMAPS: dict[str, np.ndarray] = {
+    "viridis": _lut(_VIRIDIS_STOPS),
+    "coolwarm": _lut(_COOLWARM_STOPS),
+}
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    # Level 3: a fraction of the default's CPU for a few percent more bytes.
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def _as_channels(array: np.ndarray) -> np.ndarray:
+    """[C, H, W] stays; a flat [F] layer becomes one near-square tile (NaN-padded)."""
+    if array.ndim == 3:
+        return array
+    flat = array.reshape(-1)
+    side = math.ceil(math.sqrt(flat.size))
+    padded = np.full(side * side, np.nan, dtype=np.float32)
+    padded[: flat.size] = flat
+    return padded.reshape(1, side, side)
+
+
+def _tile(tiles: np.ndarray, cols: int, scale: int) -> np.ndarray:
+    """Tiles [N, h, w, 3] uint8 -> one grid image with 1 px gutters."""
+    n, h, w, _ = tiles.shape
+    if scale > 1:
+        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    rows = math.ceil(n / cols)
+    grid = np.empty((rows * (h + 1) + 1, cols * (w + 1) + 1, 3), dtype=np.uint8)
+    grid[...] = _BACKGROUND
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = tiles[i]
+    return grid
+
+
+def _scale_for(rows: int, cols: int, h: int, w: int) -> int:
+    wanted = max(1, math.ceil(MIN_TILE_PX / max(1, min(h, w))))
+    fits = max(1, (MAX_GRID_PX - 1) // max(rows * (h + 1), cols * (w + 1)))
+    return max(1, min(wanted, fits))
+
+
+def feature_map_grid(array: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """One image's layer output ([C,H,W] or [F]) as an RGB grid, channels tiled row by row,
+    normalised over the whole layer so channels compare with each other."""
+    channels = _as_channels(np.asarray(array, dtype=np.float32))
+    c, h, w = channels.shape
+    finite = channels[np.isfinite(channels)]
+    lo = float(finite.min()) if finite.size else 0.0
+    hi = float(finite.max()) if finite.size else 0.0
+    span = hi - lo if hi > lo else 1.0
+    index = np.clip((channels - lo) / span * 255.0, 0, 255)
+    index = np.nan_to_num(index, nan=0.0).astype(np.uint8)
+    rgb = COLORMAPS[FEATURE_COLORMAP][index]
+    rgb[~np.isfinite(channels)] = _BACKGROUND
+    cols = math.ceil(math.sqrt(c))
+    rows = math.ceil(c / cols)
+    scale = _scale_for(rows, cols, h, w)
+    info = {
+        "colormap": FEATURE_COLORMAP,
+        "range": [lo, hi],
+        "grid": [rows, cols],
+        "tile": [h * scale, w * scale],
+        "channels": c,
+    }
+    return _tile(rgb, cols, scale), info
+
+
+def filters_grid(weights: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Conv kernels [O, I, kh, kw] as a picture.
+
+    Three input channels: one colour tile per filter (AlexNet's famous first layer),
+    grey = 0. Otherwise: one row per filter, one column per input channel, in a diverging
+    colour map centred on 0. Both normalised by the layer's largest |weight|.
+    """
+    weights = np.asarray(weights, dtype=np.float32)
+    out_c, in_c, kh, kw = weights.shape
+    peak = float(np.abs(weights).max()) or 1.0
+    if in_c == 3:
+        rgb = np.clip(0.5 + weights.transpose(0, 2, 3, 1) / (2 * peak), 0, 1)
+        tiles = (rgb * 255).round().astype(np.uint8)
+        cols = math.ceil(math.sqrt(out_c))
+        rows = math.ceil(out_c / cols)
+        layout, colormap = "rgb", "rgb (grey = 0)"
+    else:
+        index = np.clip((weights / peak + 1.0) * 127.5, 0, 255).astype(np.uint8)
+        tiles = COLORMAPS[FILTER_COLORMAP][index.reshape(out_c * in_c, kh, kw)]
+        cols, rows = in_c, out_c
+        layout, colormap = "filters x input channels", FILTER_COLORMAP
+    scale = _scale_for(rows, cols, kh, kw)
+    info = {
+        "layout": layout,
+        "colormap": colormap,
+        "range": [-peak, peak],
+        "grid": [rows, cols],
+        "filters": out_c,
+        "kernel": [kh, kw],
+    }
+    return _tile(tiles, cols, scale), info
+
+
+def estimate_bytes(shape: Sequence[int], encoding: str, dtype: str) -> int:
+    """Roughly how many response bytes one image's map of ``shape`` costs (no batch dim)."""
+    numel = math.prod(shape)
+    channels = shape[0] if len(shape) == 3 else 1
+    if encoding == "stats":
+        return 3 * 24 * (channels if len(shape) == 3 else numel) + 64
+    if encoding == "npy":
+        return (numel * (2 if dtype == "float16" else 4) + 128) * 4 // 3
+    if encoding == "json":
+        return numel * 12
+    # png: at most 3 bytes a grid pixel before compression, base64 on top.
+    h, w = (shape[1], shape[2]) if len(shape) == 3 else (math.isqrt(numel) + 1,) * 2
+    cols = math.ceil(math.sqrt(channels))
+    rows = math.ceil(channels / cols)
+    scale = _scale_for(rows, cols, h, w)
+    return (rows * (h * scale + 1) * cols * (w * scale + 1) * 3) * 4 // 3
+
+
+def encode_feature_map(array: np.ndarray, encoding: str, dtype: str = "float32") -> dict[str, Any]:
+    """One image's layer output in the requested encoding, ready for JSON."""
+    array = np.asarray(array)
+    result: dict[str, Any] = {"shape": list(array.shape), "encoding": encoding}
+    if encoding == "stats":
+        per_channel = array.reshape(array.shape[0], -1) if array.ndim == 3 else array.reshape(-1, 1)
+        result["stats"] = {
+            "min": per_channel.min(axis=1).astype(float).tolist(),
+            "max": per_channel.max(axis=1).astype(float).tolist(),
+            "mean": per_channel.mean(axis=1, dtype=np.float64).tolist(),
+        }
+    elif encoding == "png":
+        grid, info = feature_map_grid(array)
+        result.update(info)
+        result["data"] = base64.b64encode(png_bytes(grid)).decode("ascii")
+    elif encoding == "npy":
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array, dtype=np.dtype(dtype)), allow_pickle=False)
+        result["dtype"] = dtype
+        result["data"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+    elif encoding == "json":
+        result["data"] = array.astype(np.float32).tolist()
+    else:  # guarded by the API's validation; a programming error if reached
+        raise ValueError(f"unknown encoding {encoding!r}")
+    return result

@@ -1,0 +1,87 @@
+"""Prometheus metrics, named after the ones people already scrape from Triton
+(``nv_inference_*``): request counts and latency, queue and compute time, batch sizes,
+queue depth, models loaded. Each app owns its registry, so two apps in one process (tests)
+never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "convscope_requests", "HTTP requests answered, by model, version, endpoint and status.",
+            ["model", "version", "endpoint", "status"], registry=r,
+        )
+        self.request_latency = Histogram(
+            "convscope_request_duration_seconds", "Time from request to response, by endpoint.",
+            ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inference_count = Counter(
+            "convscope_inference_count", "Images inferred (like nv_inference_count).",
+            ["model", "version"], registry=r,
+        )
+        self.exec_count = Counter(
+            "convscope_inference_exec_count", "onnxruntime runs; inference_count / exec_count is the "
+            "mean batch size (like nv_inference_exec_count).", ["model", "version"], registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "convscope_inference_queue_duration_seconds", "Time a request waited in the batcher's queue.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.compute_seconds = Histogram(
+            "convscope_inference_compute_duration_seconds", "Time of one onnxruntime run (a whole batch).",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "convscope_inference_batch_size", "Images per onnxruntime run.",
+            ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "convscope_inference_queue_depth", "Images waiting in the batcher's queue.",
+            ["model", "version"], registry=r,
+        )
+        self.models_loaded = Gauge(
+            "convscope_models_loaded", "Model versions ready to serve.", registry=r,
+        )
+        self.models_failed = Gauge(
+            "convscope_models_failed", "Model versions that failed to load.", registry=r,
+        )
+
+    def observer(self, model: str, version: int) -> BatchMetrics:
+        return BatchMetrics(self, model, str(version))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class BatchMetrics:
+    """The batcher's view of the metrics, bound to one model version."""
+
+    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+        labels = {"model": model, "version": version}
+        self._inference = metrics.inference_count.labels(**labels)
+        self._exec = metrics.exec_count.labels(**labels)
+        self._queue = metrics.queue_seconds.labels(**labels)
+        self._compute = metrics.compute_seconds.labels(**labels)
+        self._batch = metrics.batch_size.labels(**labels)
+        self._depth = metrics.queue_depth.labels(**labels)
+
+    def batch_done(self, batch_size: int, queue_seconds: list[float], compute_seconds: float) -> None:
+        self._inference.inc(batch_size)
+        self._exec.inc()
+        self._batch.observe(batch_size)
+        self._compute.observe(compute_seconds)
+        for waited in queue_seconds:
+            self._queue.observe(waited)
+
+    def queue_depth(self, images: int) -> None:
+        self._depth.set(images)

@@ -1,0 +1,132 @@
+"""From encoded image bytes to the model's input tensor, exactly as the export stage trained it.
+
+The recipe comes from the artifact's ``input`` metadata: decode with Pillow, apply EXIF
+orientation, take the first frame, convert to the model's channels, resize with the
+recorded filter, scale, normalise per channel, lay out as CHW float32.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import BadRequest, PayloadTooLarge
+
+# Pillow's own bomb check warns (an error under strict warning filters) before raising;
+# the service checks the header's size itself, before any pixel is decoded.
+Image.MAX_IMAGE_PIXELS = None
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The preprocessing recipe of one model."""
+
+    channels: int
+    height: int
+    width: int
+    resample: Image.Resampling
+    scale: float
+    mean: np.ndarray  # shape (C, 1, 1)
+    std: np.ndarray  # shape (C, 1, 1)
+
+    @classmethod
+    def from_metadata(cls, inp: dict[str, Any]) -> InputSpec:
+        resize = str(inp.get("resize", "bilinear")).lower()
+        if resize not in _RESAMPLE:
+            raise ValueError(f"input.resize {resize!r} is not one of {sorted(_RESAMPLE)}")
+        channels = int(inp["channels"])
+        return cls(
+            channels=channels,
+            height=int(inp["size"][0]),
+            width=int(inp["size"][1]),
+            resample=_RESAMPLE[resize],
+            scale=float(inp["scale"]),
+            mean=np.asarray(inp["mean"], dtype=np.float32).reshape(channels, 1, 1),
+            std=np.asarray(inp["std"], dtype=np.float32).reshape(channels, 1, 1),
+        )
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.channels == 1 else "RGB"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+
+def decode(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Decode an encoded image (first frame, EXIF orientation applied).
+
+    Raises BadRequest for bytes that are not a complete image of an accepted format,
+    PayloadTooLarge for images over ``max_pixels``.
+    """
+    if not data:
+        raise BadRequest("the image is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise BadRequest(
+            "the body is not an image this service can decode "
+            f"(accepted: {', '.join(f.lower() for f in ACCEPTED_FORMATS)})"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadRequest(f"the image cannot be read: {exc}") from None
+    # Image.open reads only the header: refuse a bomb before its pixels are allocated.
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"the image is {width}x{height} = {width * height} pixels; the limit is "
+            f"{max_pixels} (setting CONVSCOPE_MAX_IMAGE_PIXELS)"
+        )
+    try:
+        image.seek(0)  # first frame of an animation
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise BadRequest(f"the image is truncated or corrupt: {exc}") from None
+    return image
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Convert to L or RGB. Transparent pixels become black, the datasets' background."""
+    if image.mode == mode:
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float greyscale: stretch to 8 bits rather than clip to white.
+        array = np.asarray(image, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        scaled = (array - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(array)
+        image = Image.fromarray(scaled.astype(np.uint8))  # 2-D uint8 -> mode L
+    return image.convert(mode)
+
+
+def preprocess(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """A decoded image -> the model's CHW float32 input."""
+    image = to_mode(image, spec.mode)
+    if image.size != (spec.width, spec.height):
+        image = image.resize((spec.width, spec.height), spec.resample)
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None, :, :]
+    else:
+        array = array.transpose(2, 0, 1)
+    array = array * np.float32(spec.scale)
+    return np.ascontiguousarray((array - spec.mean) / spec.std, dtype=np.float32)

@@ -1,0 +1,109 @@
+"""Small artifacts built with onnx.helper alone (no torch, no training), so the service's
+tests can shape the repository however they need: several versions, broken files, RGB."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def build_model(channels: int, size: int, classes: int, filters: int = 4, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """conv 3x3 (pad 1) -> relu -> maxpool 2 -> flatten -> gemm, with random weights."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.5, (filters, channels, 3, 3)).astype(np.float32)
+    b = rng.normal(0, 0.1, (filters,)).astype(np.float32)
+    half = size // 2
+    fc_w = rng.normal(0, 0.2, (classes, filters * half * half)).astype(np.float32)
+    fc_b = np.zeros(classes, dtype=np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "conv.weight", "conv.bias"], ["conv_out"], pads=[1, 1, 1, 1],
+                         kernel_shape=[3, 3], name="conv"),
+        helper.make_node("Relu", ["conv_out"], ["features.1"], name="relu"),
+        helper.make_node("MaxPool", ["features.1"], ["features.2"], kernel_shape=[2, 2], strides=[2, 2], name="pool"),
+        helper.make_node("Flatten", ["features.2"], ["flat"], axis=1, name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "synthetic",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, size, size])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes]),
+            helper.make_tensor_value_info("features.1", TensorProto.FLOAT, ["batch", filters, size, size]),
+            helper.make_tensor_value_info("features.2", TensorProto.FLOAT, ["batch", filters, half, half]),
+        ],
+        initializer=[
+            numpy_helper.from_array(w, "conv.weight"),
+            numpy_helper.from_array(b, "conv.bias"),
+            numpy_helper.from_array(fc_w, "fc.weight"),
+            numpy_helper.from_array(fc_b, "fc.bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, {"conv.weight": w}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_artifact(
+    root: Path,
+    name: str = "synthetic",
+    version: int = 1,
+    *,
+    channels: int = 1,
+    size: int = 8,
+    classes: int = 3,
+    seed: int = 0,
+    initial_weights: bool = True,
+) -> Path:
+    """Write ``root/name/version/`` per docs/artifact.md and return its directory."""
+    model, weights = build_model(channels, size, classes, seed=seed)
+    directory = root / name / str(version)
+    directory.mkdir(parents=True)
+    onnx.save(model, directory / "model.onnx")
+    files = ["model.onnx"]
+    if initial_weights:
+        rng = np.random.default_rng(seed + 1000)
+        np.savez(directory / "initial_weights.npz",
+                 **{"conv.weight": rng.normal(0, 1, weights["conv.weight"].shape).astype(np.float32)})
+        files.append("initial_weights.npz")
+    filters = weights["conv.weight"].shape[0]
+    half = size // 2
+    metadata: dict[str, Any] = {
+        "schema_version": 1,
+        "name": name,
+        "version": version,
+        "arch": "synthetic",
+        "model_file": "model.onnx",
+        "labels": [f"class_{i}" for i in range(classes)],
+        "input": {
+            "name": "input", "shape": [-1, channels, size, size], "layout": "NCHW", "dtype": "float32",
+            "channels": channels, "color_mode": "L" if channels == 1 else "RGB", "size": [size, size],
+            "resize": "bilinear", "scale": 1 / 255, "mean": [0.5] * channels, "std": [0.25] * channels,
+        },
+        "output": {"name": "logits", "shape": [-1, classes], "kind": "logits"},
+        "layers": [
+            {"name": "features.1", "op": "Relu", "kind": "conv", "conv": "conv", "weight": "conv.weight",
+             "output_shape": [-1, filters, size, size], "params": filters * channels * 9 + filters,
+             "receptive_field": 3, "stride": 1},
+            {"name": "features.2", "op": "MaxPool", "kind": "pool", "conv": None, "weight": None,
+             "output_shape": [-1, filters, half, half], "params": 0, "receptive_field": 4, "stride": 2},
+        ],
+        "params": {"total": 0, "conv": 0, "dense": 0, "other": 0},
+        "training": None,
+        "parity": None,
+        "versions": {"onnx": onnx.__version__, "opset": 17},
+        "files": {f: {"sha256": sha256(directory / f), "bytes": (directory / f).stat().st_size} for f in files},
+    }
+    (directory / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    return directory

@@ -1,0 +1,149 @@
+"""The dynamic batcher, tested by behaviour against a model that counts its runs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import DynamicBatcher
+from service.errors import Overloaded
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingModel:
+    """out = input * 2 (and + 1 for a second output); each run takes ``delay`` seconds."""
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.delay = delay
+        self.batches: list[tuple[int, tuple[str, ...]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        self.gate.wait(5)
+        time.sleep(self.delay)
+        self.batches.append((batch.shape[0], outputs))
+        return [batch * 2 if name == "double" else batch + 1 for name in outputs]
+
+
+def make(model: CountingModel, **kwargs: float) -> DynamicBatcher:
+    options = dict(max_batch_size=32, max_queue_delay_ms=0, max_queue_size=256)
+    options.update(kwargs)
+    batcher = DynamicBatcher(model, **options)  # type: ignore[arg-type]
+    batcher.start()
+    return batcher
+
+
+def inputs(i: int, n: int = 1) -> np.ndarray:
+    return np.full((n, 2), float(i), dtype=np.float32)
+
+
+async def test_concurrent_requests_share_runs_and_get_their_own_rows() -> None:
+    model = CountingModel()
+    batcher = make(model)
+    results = await asyncio.gather(*(batcher.infer(inputs(i), ("double",)) for i in range(20)))
+    await batcher.stop()
+    assert len(model.batches) < 20
+    assert sum(n for n, _ in model.batches) == 20
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result.outputs[0], inputs(i) * 2)  # equal to the unbatched answer
+
+
+async def test_multi_image_requests_are_never_split_or_mixed() -> None:
+    model = CountingModel()
+    batcher = make(model, max_batch_size=8)
+    sizes = [3, 5, 2, 7, 1, 4]
+    results = await asyncio.gather(*(batcher.infer(inputs(i, n), ("double",)) for i, n in enumerate(sizes)))
+    await batcher.stop()
+    for i, (n, result) in enumerate(zip(sizes, results)):
+        assert result.outputs[0].shape == (n, 2)
+        np.testing.assert_array_equal(result.outputs[0], inputs(i, n) * 2)
+    assert all(n <= 8 for n, _ in model.batches)
+
+
+async def test_requests_for_different_outputs_are_served_apart() -> None:
+    model = CountingModel()
+    batcher = make(model)
+    tasks = [batcher.infer(inputs(i), ("double",) if i % 2 else ("double", "plus_one")) for i in range(10)]
+    results = await asyncio.gather(*tasks)
+    await batcher.stop()
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result.outputs[0], inputs(i) * 2)
+        if i % 2 == 0:
+            np.testing.assert_array_equal(result.outputs[1], inputs(i) + 1)
+        else:
+            assert len(result.outputs) == 1
+    for _, outputs in model.batches:
+        assert outputs in {("double",), ("double", "plus_one")}
+
+
+async def test_queue_delay_gathers_requests_that_arrive_apart() -> None:
+    model = CountingModel(delay=0)
+    batcher = make(model, max_queue_delay_ms=200, max_batch_size=4)
+
+    async def later(i: int) -> object:
+        await asyncio.sleep(0.01 * i)
+        return await batcher.infer(inputs(i), ("double",))
+
+    await asyncio.gather(*(later(i) for i in range(4)))
+    await batcher.stop()
+    assert [n for n, _ in model.batches] == [4]
+
+
+async def test_full_queue_answers_overloaded_at_once() -> None:
+    model = CountingModel()
+    model.gate.clear()  # the model hangs until released: the queue fills
+    batcher = make(model, max_queue_size=4, max_batch_size=1)
+    first = asyncio.ensure_future(batcher.infer(inputs(0), ("double",)))
+    await asyncio.sleep(0.05)  # the first is now running, not queued
+    queued = [asyncio.ensure_future(batcher.infer(inputs(i), ("double",))) for i in range(1, 5)]
+    await asyncio.sleep(0.01)
+    assert batcher.queued_images == 4
+    started = time.perf_counter()
+    with pytest.raises(Overloaded) as info:
+        await batcher.infer(inputs(9), ("double",))
+    assert time.perf_counter() - started < 0.5
+    assert info.value.headers["Retry-After"]
+    model.gate.set()
+    await asyncio.gather(first, *queued)
+    await batcher.stop()
+
+
+async def test_a_cancelled_request_leaves_the_queue_and_never_runs() -> None:
+    model = CountingModel()
+    model.gate.clear()
+    batcher = make(model, max_batch_size=1)
+    first = asyncio.ensure_future(batcher.infer(inputs(0), ("double",)))
+    await asyncio.sleep(0.05)
+    gone = asyncio.ensure_future(batcher.infer(inputs(1), ("double",)))
+    await asyncio.sleep(0.01)
+    assert batcher.queued_images == 1
+    gone.cancel()  # its client disconnected
+    await asyncio.sleep(0.01)
+    assert batcher.queued_images == 0  # the slot is free again
+    model.gate.set()
+    await first
+    third = await batcher.infer(inputs(3), ("double",))
+    await batcher.stop()
+    np.testing.assert_array_equal(third.outputs[0], inputs(3) * 2)
+    assert [n for n, _ in model.batches] == [1, 1]  # the cancelled one never ran
+
+
+async def test_a_failing_run_fails_its_requests_and_the_batcher_goes_on() -> None:
+    class Flaky(CountingModel):
+        def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+            if batch[0, 0] == 13:
+                raise RuntimeError("boom")
+            return super().run(batch, outputs)
+
+    batcher = make(Flaky(delay=0))
+    with pytest.raises(RuntimeError, match="boom"):
+        await batcher.infer(inputs(13), ("double",))
+    ok = await batcher.infer(inputs(2), ("double",))
+    await batcher.stop()
+    np.testing.assert_array_equal(ok.outputs[0], inputs(2) * 2)

@@ -1,0 +1,91 @@
+"""A client that hangs up while its request waits for the model: the request leaves the
+queue and never reaches onnxruntime. Needs a real server (TestClient never disconnects),
+run in-process here so the test can hold the model still."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from service.app import create_app
+from service.dataplane import DataPlane
+from service.settings import Settings
+from tests.service.conftest import png_bytes
+from tests.service.synthetic import write_artifact
+
+
+class HeldModel:
+    """Wraps a runtime; the first run waits until the test releases it."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.runs: list[int] = []
+
+    def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        self.entered.set()
+        self.release.wait(10)
+        self.runs.append(batch.shape[0])
+        return self.inner.run(batch, outputs)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, DataPlane]]:
+    write_artifact(tmp_path, "synthetic", 1)
+    app = create_app(Settings(model_repository=tmp_path, max_batch_size=1))
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (server.started and app.state.dataplane.load_finished):
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"127.0.0.1:{port}", app.state.dataplane
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_a_request_whose_client_left_never_reaches_the_model(server: tuple[str, DataPlane]) -> None:
+    address, plane = server
+    batcher = plane.entries["synthetic"][1].batcher
+    assert batcher is not None
+    held = HeldModel(batcher.model)
+    batcher.model = held
+    image = png_bytes(np.full((8, 8), 100, dtype=np.uint8))
+
+    first: dict[str, int] = {}
+    worker = threading.Thread(target=lambda: first.update(status=httpx.post(
+        f"http://{address}/predict", content=image, headers={"content-type": "image/png"}, timeout=30).status_code))
+    worker.start()
+    assert held.entered.wait(10)  # the model is busy with the first request
+
+    host, port = address.split(":")
+    raw = socket.create_connection((host, int(port)))
+    raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                + f"Content-Length: {len(image)}\r\n\r\n".encode() + image)
+    deadline = time.monotonic() + 10
+    while batcher.queued_images != 1:
+        assert time.monotonic() < deadline, "the second request never queued"
+        time.sleep(0.01)
+    raw.close()  # the second client hangs up while queued
+    while batcher.queued_images != 0:
+        assert time.monotonic() < deadline, "the abandoned request kept its queue slot"
+        time.sleep(0.01)
+
+    held.release.set()
+    worker.join(10)
+    assert first["status"] == 200
+    response = httpx.post(f"http://{address}/predict", content=image, headers={"content-type": "image/png"})
+    assert response.status_code == 200
+    assert held.runs == [1, 1]  # the first and the last request ran; the abandoned one never did

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["system"])
+
+
+@router.get("/", response_class=HTMLResponse, summary="The explorer: predictions, feature maps and filters in a browser")
+async def explorer() -> HTMLResponse:
+    return HTMLResponse(files("service").joinpath("static/explorer.html").read_text(encoding="utf-8"))
 
 
 @router.get("/healthz", summary="Alive: the process answers")

@@ -285,3 +285,12 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert {"image/*", "multipart/form-data", "application/json"} <= set(body)
     assert client.get("/docs").status_code == 200
+
+
+def test_explorer_page_is_served(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    # the page drives the same public API a program would use
+    for path in ("/v1/models", "/predict?top_k=5&layers=all&encoding=png", "filters.png?state="):
+        assert path in page

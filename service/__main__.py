@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 
 from pydantic import ValidationError
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         uvicorn.run(app, **common)
     else:
+        # Workers are separate processes: Prometheus values must be pooled on disk.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="convscope-metrics-"))
         uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
     return 0
 

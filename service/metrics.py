@@ -1,11 +1,17 @@
 """Prometheus metrics, named after the ones people already scrape from Triton
 (``nv_inference_*``): request counts and latency, queue and compute time, batch sizes,
 queue depth, models loaded. Each app owns its registry, so two apps in one process (tests)
-never share counters."""
+never share counters.
+
+With several uvicorn workers (``CONVSCOPE_WORKERS``), ``python -m service`` sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start; each worker then writes its values
+there and ``/metrics``, whichever worker answers it, reports the sum over all of them."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -15,6 +21,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 class Metrics:
     def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -47,19 +54,25 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "convscope_inference_queue_depth", "Images waiting in the batcher's queue.",
-            ["model", "version"], registry=r,
+            ["model", "version"], registry=r, multiprocess_mode="livesum",
         )
+        # Every worker loads every model: across workers the count is the max, not the sum.
         self.models_loaded = Gauge(
-            "convscope_models_loaded", "Model versions ready to serve.", registry=r,
+            "convscope_models_loaded", "Model versions ready to serve.", registry=r, multiprocess_mode="max",
         )
         self.models_failed = Gauge(
             "convscope_models_failed", "Model versions that failed to load.", registry=r,
+            multiprocess_mode="max",
         )
 
     def observer(self, model: str, version: int) -> BatchMetrics:
         return BatchMetrics(self, model, str(version))
 
     def render(self) -> bytes:
+        if self.multiprocess:
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged)
         return generate_latest(self.registry)
 
 

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api import system, v1
+from service.api import system, v1, v2
 from service.dataplane import DataPlane
 from service.errors import ServiceError
 from service.metrics import Metrics
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dataplane = dataplane
     _install_error_handlers(app)
     app.include_router(v1.router)
+    app.include_router(v2.router)
     app.include_router(system.router)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -270,11 +270,15 @@ class DataPlane:
         return tensor, t1 - t0, time.perf_counter() - t1
 
     def _check_count(self, images: list[bytes]) -> None:
+        self.check_count(len(images))
+
+    def check_count(self, images: int) -> None:
+        """The per-request image limit, also for requests that bring tensors, not images."""
         if not images:
             raise BadRequest("the request holds no image")
-        if len(images) > self.settings.max_images_per_request:
+        if images > self.settings.max_images_per_request:
             raise PayloadTooLarge(
-                f"{len(images)} images in one request; the limit is "
+                f"{images} images in one request; the limit is "
                 f"{self.settings.max_images_per_request} (CONVSCOPE_MAX_IMAGES_PER_REQUEST)"
             )
 

@@ -1,0 +1,496 @@
+"""The Open Inference Protocol (KServe v2 / Triton) REST codec.
+
+Turns v2 requests into numpy tensors and model outputs back into v2 responses, with the
+binary tensor data and classification extensions as Triton defines them. The work
+itself (decoding images, batching, running the model, the size limits) is the data
+plane's, exactly as for v1: ``infer`` below only translates between the two.
+
+How convscope models look through v2:
+
+* input ``<metadata input.name>`` (``input``): FP32 ``[-1, C, H, W]``, preprocessed pixels;
+* input ``image_bytes``: BYTES ``[-1]`` (or ``[-1, 1]``), encoded images (JPEG, PNG, ...)
+  that the server decodes and preprocesses as v1 does. A request carries exactly one of
+  the two. As JSON ``data`` the images are base64 strings (JSON cannot carry raw bytes);
+  as binary data they are raw, each element 4-byte little-endian length-prefixed;
+* output ``<metadata output.name>`` (``logits``): FP32 ``[-1, num_classes]``, the only
+  output returned when a request names none;
+* one FP32 output per tapped layer, named as the layer (``features.1``), returned only
+  when named in ``outputs`` (extension ``convscope_feature_maps``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service import __version__
+from service.api.requests import decode_base64
+from service.dataplane import DataPlane, Timings, top_k_predictions
+from service.errors import BadRequest, ModelNotReady, PayloadTooLarge, UnsupportedMediaType, one_of
+from service.runtime import ModelRuntime
+
+SERVER_NAME = "convscope"
+PLATFORM = "onnx_onnxv1"
+IMAGE_INPUT = "image_bytes"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+EXTENSIONS = [
+    "binary_tensor_data",  # Triton's: tensors as raw bytes after the JSON header
+    "classification",  # Triton's: parameters.classification = k -> "value:index:label" strings
+    "convscope_feature_maps",  # every tapped layer is an output, returned only when asked for
+    "convscope_encoded_images",  # BYTES input image_bytes: encoded images, preprocessed as v1 does
+]
+
+# Tensor data types of the protocol, with their numpy element types (BYTES: variable size).
+DATATYPES: dict[str, np.dtype[Any] | None] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BF16": None,  # no numpy type; never accepted here
+    "BYTES": None,
+}
+UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+# -- discovery -----------------------------------------------------------------------------
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+def parse_version(text: str | None) -> int | None:
+    """A version from the URL: a positive integer (the protocol's versions are strings)."""
+    if text is None:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise BadRequest(f"model version {text!r} is not valid: versions are positive integers")
+    return int(text)
+
+
+def model_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """$metadata_model_response from ``DataPlane.metadata()``."""
+    inp = metadata["input"]
+    outputs = [_tensor_meta(metadata["output"]["name"], "FP32", [-1, len(metadata["labels"])])]
+    outputs += [_tensor_meta(layer["name"], "FP32", [-1, *layer["output_shape"][1:]]) for layer in metadata["layers"]]
+    return {
+        "name": metadata["name"],
+        "versions": [str(v) for v in metadata["available_versions"]],
+        "platform": PLATFORM,
+        "inputs": [
+            _tensor_meta(inp["name"], "FP32", [-1, int(inp["channels"]), *map(int, inp["size"])]),
+            _tensor_meta(IMAGE_INPUT, "BYTES", [-1]),
+        ],
+        "outputs": outputs,
+    }
+
+
+def _tensor_meta(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape}
+
+
+def model_ready(plane: DataPlane, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
+    """(status, $ready_model_response): 200 when ready, 503 while loading or failed; an
+    unknown model or version raises NotFound."""
+    try:
+        plane.entry(name, version)
+    except ModelNotReady as exc:
+        return 503, {"name": name, "ready": False, "error": exc.message}
+    return 200, {"name": name, "ready": True}
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # None: the request's binary_data_output decides
+    classification: int = 0  # 0: the tensor itself; k: the top k as "value:index:label"
+
+
+@dataclass
+class InferenceRequest:
+    """A parsed infer request: a float32 batch or encoded images, and what to return."""
+
+    id: str | None
+    outputs: list[RequestedOutput]
+    tensor: np.ndarray | None = None
+    images: list[bytes] | None = None
+    binary_output_default: bool = False
+    parse_seconds: float = 0.0
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.images) if self.images is not None else int(self.tensor.shape[0])  # type: ignore[union-attr]
+
+
+def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """Undo a gzip or deflate Content-Encoding (tritonclient's request compression),
+    refusing to inflate past ``limit`` bytes."""
+    coding = (content_encoding or "identity").strip().lower()
+    if coding == "identity":
+        return body
+    if coding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {coding!r} is not supported; send gzip, deflate or none")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if coding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"the body is not valid {coding} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"the body inflates to over {limit} bytes (CONVSCOPE_MAX_BODY_BYTES)")
+    if not inflater.eof:
+        raise BadRequest(f"the {coding} body is truncated")
+    return out
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON header, binary tensor data) per the binary tensor data extension."""
+    if not body:
+        raise BadRequest("the body is empty: send an inference request ($inference_request JSON)")
+    if header_length is None:
+        return body, b""
+    try:
+        size = int(header_length)
+    except ValueError:
+        raise BadRequest(f"{HEADER_LENGTH} {header_length!r} is not a number") from None
+    if size < 0 or size > len(body):
+        raise BadRequest(f"{HEADER_LENGTH} is {size}, but the body holds {len(body)} bytes")
+    return body[:size], body[size:]
+
+
+def parse_request(body: bytes, header_length: str | None, model: ModelRuntime,
+                  check_count: Callable[[int], None]) -> InferenceRequest:
+    """Parse and check an $inference_request (JSON, optionally followed by binary data)
+    against the model. Every problem is a BadRequest that says what to send instead.
+    ``check_count`` (``DataPlane.check_count``) vets the batch size before any data is read."""
+    started = time.perf_counter()
+    header, binary = split_body(body, header_length)
+    try:
+        payload = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        hint = "" if header_length is not None else f" (binary tensor data needs the {HEADER_LENGTH} header)"
+        raise BadRequest(f"the inference request is not valid JSON: {exc}{hint}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest("the inference request must be a JSON object with \"inputs\"")
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest('"id" must be a string')
+    parameters = _parameters(payload.get("parameters"), "the request's parameters")
+    binary_default = _flag(parameters, "binary_data_output", "the request's parameters")
+    request = InferenceRequest(
+        id=request_id,
+        outputs=_requested_outputs(payload.get("outputs"), model),
+        binary_output_default=binary_default,
+    )
+    _read_inputs(request, payload.get("inputs"), binary, header_length is not None, model, check_count)
+    request.parse_seconds = time.perf_counter() - started
+    return request
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} must be a JSON object")
+    for key in UNSUPPORTED_PARAMETERS:
+        if key in value:
+            raise BadRequest(f"{where}: shared memory ({key}) is not supported; send the data in the body")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}: {key} must be true or false")
+    return value
+
+
+def output_names(model: ModelRuntime) -> list[str]:
+    return [model.output_name, *model.layer_names]
+
+
+def _requested_outputs(value: Any, model: ModelRuntime) -> list[RequestedOutput]:
+    if value is None:
+        return [RequestedOutput(model.output_name)]
+    if not isinstance(value, list) or not value:
+        raise BadRequest('"outputs" must be a non-empty list of {"name": ...}, or left out for the class output')
+    valid = output_names(model)
+    seen: set[str] = set()
+    outputs = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise BadRequest(f'outputs[{i}] must be an object with a "name"')
+        name = item["name"]
+        if name not in valid:
+            raise BadRequest(one_of("output", name, valid) + f" (model {model.name})")
+        if name in seen:
+            raise BadRequest(f"output {name!r} is requested twice")
+        seen.add(name)
+        parameters = _parameters(item.get("parameters"), f"output {name!r}")
+        binary = parameters.get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise BadRequest(f"output {name!r}: binary_data must be true or false")
+        count = parameters.get("classification", 0)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise BadRequest(f"output {name!r}: classification must be a positive integer (how many classes)")
+        if count and name != model.output_name:
+            raise BadRequest(
+                f"classification applies to the class output {model.output_name!r} only, not {name!r}"
+            )
+        outputs.append(RequestedOutput(name, binary=binary, classification=count))
+    return outputs
+
+
+def _read_inputs(request: InferenceRequest, value: Any, binary: bytes, has_header: bool,
+                 model: ModelRuntime, check_count: Callable[[int], None]) -> None:
+    tensor_name = model.input_name
+    if not isinstance(value, list) or not value:
+        raise BadRequest(f'"inputs" must be a non-empty list: send {tensor_name!r} (FP32) or {IMAGE_INPUT!r} (BYTES)')
+    if len(value) > 1:
+        names = [item.get("name") if isinstance(item, dict) else None for item in value]
+        raise BadRequest(
+            f"send exactly one input, {tensor_name!r} (FP32 tensor) or {IMAGE_INPUT!r} (encoded images), "
+            f"not {len(value)} ({', '.join(map(repr, names))})"
+        )
+    item = value[0]
+    if not isinstance(item, dict):
+        raise BadRequest("inputs[0] must be an object with name, shape, datatype and data")
+    name = item.get("name")
+    if name not in (tensor_name, IMAGE_INPUT):
+        raise BadRequest(one_of("input", str(name), [tensor_name, IMAGE_INPUT]) + f" (model {model.name})")
+    datatype = item.get("datatype")
+    if datatype not in DATATYPES:
+        raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}; valid: {', '.join(DATATYPES)}")
+    shape = _shape(item.get("shape"), name)
+    parameters = _parameters(item.get("parameters"), f"input {name!r}")
+    raw = _binary_section(item, name, parameters, binary, has_header)
+
+    if name == tensor_name:
+        if datatype != "FP32":
+            raise BadRequest(f"input {name!r} must be FP32, not {datatype}")
+        expected = [-1, *model.spec.shape]
+        if len(shape) != 4 or shape[1:] != list(model.spec.shape):
+            raise BadRequest(f"input {name!r} has shape {shape}; the model takes {expected} (N, C, H, W)")
+        check_count(shape[0])
+        request.tensor = _fp32(item, name, shape, raw)
+    else:
+        if datatype != "BYTES":
+            raise BadRequest(f"input {IMAGE_INPUT!r} must be BYTES (encoded images), not {datatype}")
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise BadRequest(f"input {IMAGE_INPUT!r} has shape {shape}; send [N] or [N, 1], one encoded image each")
+        check_count(shape[0])
+        request.images = _images(item, shape[0], raw)
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise BadRequest(f"input {name!r}: shape must be a list of non-negative integers")
+    return value
+
+
+def _binary_section(item: dict[str, Any], name: str, parameters: dict[str, Any], binary: bytes, has_header: bool) -> bytes | None:
+    """This input's raw bytes when it comes as binary data, else None. With one input,
+    its bytes are the whole binary section."""
+    size = parameters.get("binary_data_size")
+    if size is None:
+        if "data" not in item:
+            raise BadRequest(f'input {name!r} has neither "data" nor parameters.binary_data_size')
+        if binary:
+            raise BadRequest(f"the body holds {len(binary)} bytes after the JSON header that no input claims")
+        return None
+    if "data" in item:
+        raise BadRequest(f'input {name!r} has both "data" and parameters.binary_data_size: send one')
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+    if not has_header:
+        raise BadRequest(f"input {name!r} is binary data, but the request has no {HEADER_LENGTH} header")
+    if size != len(binary):
+        raise BadRequest(
+            f"input {name!r} declares binary_data_size {size}, but {len(binary)} bytes follow the JSON header"
+        )
+    return binary
+
+
+def _fp32(item: dict[str, Any], name: str, shape: list[int], raw: bytes | None) -> np.ndarray:
+    count = math.prod(shape)
+    if raw is not None:
+        if len(raw) != count * 4:
+            raise BadRequest(
+                f"input {name!r} of shape {shape} needs {count * 4} bytes of FP32 data, not {len(raw)}"
+            )
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)  # a copy: aligned, writable
+    try:
+        array = np.asarray(item["data"])
+    except (ValueError, TypeError):
+        raise BadRequest(f"input {name!r}: data must be a (flat or nested) list of numbers") from None
+    if array.dtype.kind not in "biuf":
+        raise BadRequest(f"input {name!r}: data must be a (flat or nested) list of numbers")
+    if array.size != count:
+        raise BadRequest(f"input {name!r} has shape {shape} ({count} values), but data holds {array.size}")
+    return array.astype(np.float32).reshape(shape)
+
+
+def _images(item: dict[str, Any], count: int, raw: bytes | None) -> list[bytes]:
+    if raw is not None:
+        images = deserialize_bytes(raw)
+    else:
+        data = item["data"]
+        strings = list(_flatten(data)) if isinstance(data, list) else None
+        if strings is None or not all(isinstance(s, str) for s in strings):
+            raise BadRequest(f"input {IMAGE_INPUT!r}: data must be a list of base64 strings (encoded images)")
+        images = [decode_base64(s, f"{IMAGE_INPUT}[{i}]") for i, s in enumerate(strings)]
+    if len(images) != count:
+        raise BadRequest(f"input {IMAGE_INPUT!r} declares {count} images in its shape, but holds {len(images)}")
+    return images
+
+
+def _flatten(data: list[Any]) -> Iterator[Any]:
+    for value in data:
+        if isinstance(value, list):
+            yield from _flatten(value)
+        else:
+            yield value
+
+
+def deserialize_bytes(raw: bytes) -> list[bytes]:
+    """BYTES binary data: each element a 4-byte little-endian length, then its bytes."""
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise BadRequest("BYTES binary data ends inside an element's 4-byte length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise BadRequest(f"a BYTES element declares {length} bytes, but only {len(raw) - offset} remain")
+        out.append(raw[offset:offset + length])
+        offset += length
+    return out
+
+
+def serialize_bytes(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(s)) + s for s in items)
+
+
+# -- responses -----------------------------------------------------------------------------
+
+
+def classify(values: np.ndarray, labels: list[str], k: int) -> list[list[bytes]]:
+    """The classification extension: per row, the k highest values as "value:index:label",
+    value as the model output it (the logit), highest first, ties to the lower index."""
+    rows = []
+    for row in values:
+        best = top_k_predictions(row, labels, k)
+        rows.append([f"{row[p['index']]!s}:{p['index']}:{p['label']}".encode() for p in best])
+    return rows
+
+
+@dataclass
+class EncodedResponse:
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    media_type: str = "application/json"
+
+
+def build_response(model: ModelRuntime, request: InferenceRequest, results: Mapping[str, np.ndarray]) -> EncodedResponse:
+    """$inference_response for the requested outputs, in the order requested; binary
+    outputs follow the JSON header, in the same order."""
+    outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for wanted in request.outputs:
+        values = results[wanted.name]
+        binary = request.binary_output_default if wanted.binary is None else wanted.binary
+        out: dict[str, Any] = {"name": wanted.name}
+        if wanted.classification:
+            rows = classify(values, model.labels, wanted.classification)
+            out.update(datatype="BYTES", shape=[len(rows), len(rows[0]) if rows else 0])
+            if binary:
+                chunks.append(serialize_bytes([s for row in rows for s in row]))
+            else:
+                out["data"] = [s.decode() for row in rows for s in row]
+        else:
+            array = np.ascontiguousarray(values, dtype="<f4")
+            out.update(datatype="FP32", shape=list(array.shape))
+            if binary:
+                chunks.append(array.tobytes())
+            else:
+                if not np.isfinite(array).all():
+                    raise BadRequest(
+                        f"output {wanted.name!r} holds NaN or infinity, which JSON cannot carry: ask for it "
+                        'as binary data (parameters {"binary_data": true})'
+                    )
+                out["data"] = array.ravel().tolist()
+        if binary:
+            out["parameters"] = {"binary_data_size": len(chunks[-1])}
+        outputs.append(out)
+    body: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version)}
+    if request.id is not None:
+        body["id"] = request.id
+    body["outputs"] = outputs
+    header = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return EncodedResponse(header)
+    return EncodedResponse(
+        b"".join([header, *chunks]),
+        {HEADER_LENGTH: str(len(header))},
+        "application/octet-stream",
+    )
+
+
+# -- the whole exchange ----------------------------------------------------------------------
+
+
+async def infer(plane: DataPlane, name: str, version: int | None, body: bytes,
+                headers: Mapping[str, str]) -> tuple[EncodedResponse, Timings]:
+    """One v2 inference through the data plane: parse, (decode images,) run through the
+    model's batcher, encode. Runs with the same outputs as a v1 predict asking for the
+    same layers, so v1 and v2 requests share batches."""
+    timings = Timings()
+    entry = plane.entry(name, version)
+    model = entry.runtime
+    assert model is not None  # ready entries always have one
+    body = decompress(body, headers.get("content-encoding"), plane.settings.max_body_bytes)
+    request = await asyncio.to_thread(
+        parse_request, body, headers.get(HEADER_LENGTH.lower()), model, plane.check_count
+    )
+    timings.decode = request.parse_seconds
+    layers = [o.name for o in request.outputs if o.name != model.output_name]
+    if layers:
+        binary = all(
+            (request.binary_output_default if o.binary is None else o.binary)
+            for o in request.outputs if o.name in layers
+        )
+        plane.check_budget(model, layers, request.batch_size, "npy" if binary else "json", "float32")
+    if request.images is not None:
+        prepared = await plane.prepare(model, request.images)
+        tensor = prepared.tensor
+        timings.decode += prepared.timings.decode
+        timings.preprocess = prepared.timings.preprocess
+    else:
+        assert request.tensor is not None
+        tensor = request.tensor
+    run_outputs = (model.output_name, *layers)
+    result = await plane.run(entry, tensor, run_outputs)
+    timings.queue, timings.inference = result.queue_seconds, result.compute_seconds
+    started = time.perf_counter()
+    response = await asyncio.to_thread(build_response, model, request, dict(zip(run_outputs, result.outputs)))
+    timings.encode = time.perf_counter() - started
+    return response, timings

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 
+from service import inference_protocol as oip
 from service.api import schemas
 from service.api.requests import ClientGone, read_body, unless_client_gone
 from service.api.v1 import Plane, note_model, server_timing
-from service import inference_protocol as oip
 
 router = APIRouter(tags=["v2"])
 

@@ -20,7 +20,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from service.preprocessing import InputSpec, decode, preprocess
-from tests.service.conftest import png_bytes, serving
+from tests.service.conftest import serving
 from tests.service.synthetic import write_artifact
 
 INFER = "/v2/models/synthetic/infer"

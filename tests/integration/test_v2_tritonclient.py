@@ -1,0 +1,235 @@
+"""The stock Triton client (``tritonclient.http``) against a real convscope server:
+the Open Inference Protocol works for standard clients unchanged."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as httpclient
+import uvicorn
+from tritonclient.utils import InferenceServerException
+
+from service.app import create_app
+from service.preprocessing import InputSpec, decode, preprocess
+from service.settings import Settings
+from tests.integration.conftest import LiveServer
+from tests.service.conftest import png_bytes
+from tests.service.synthetic import write_artifact
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "synthetic"
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("v2-triton") / "models"
+    write_artifact(root, MODEL, 1, seed=0)
+    write_artifact(root, MODEL, 2, seed=1, channels=3, size=12, classes=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(start_server: Callable[..., LiveServer], repository: Path) -> LiveServer:
+    return start_server(repository)
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpclient.InferenceServerClient]:
+    c = httpclient.InferenceServerClient(url=server.url.removeprefix("http://"))
+    yield c
+    c.close()
+
+
+def ort_run(repository: Path, version: int, tensor: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(repository / f"{MODEL}/{version}/model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(outputs, {"input": tensor})
+
+
+def fp32_input(array: np.ndarray, binary: bool = True) -> httpclient.InferInput:
+    model_input = httpclient.InferInput("input", list(array.shape), "FP32")
+    model_input.set_data_from_numpy(array, binary_data=binary)
+    return model_input
+
+
+def test_server_metadata_and_health(client: httpclient.InferenceServerClient) -> None:
+    metadata = client.get_server_metadata()
+    assert metadata["name"] == "convscope"
+    assert {"binary_tensor_data", "classification"} <= set(metadata["extensions"])
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, "1")
+    assert not client.is_model_ready("nope") and not client.is_model_ready(MODEL, "9")
+
+
+def test_model_metadata(client: httpclient.InferenceServerClient) -> None:
+    metadata = client.get_model_metadata(MODEL, "1")
+    assert metadata["platform"] == "onnx_onnxv1" and metadata["versions"] == ["1", "2"]
+    assert metadata["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}
+    assert [o["name"] for o in metadata["outputs"]] == ["logits", "features.1", "features.2"]
+    newest = client.get_model_metadata(MODEL)  # version 2: RGB 12x12, 5 classes
+    assert newest["inputs"][0]["shape"] == [-1, 3, 12, 12] and newest["outputs"][0]["shape"] == [-1, 5]
+
+
+def test_binary_infer_equals_onnxruntime(client: httpclient.InferenceServerClient, repository: Path) -> None:
+    x = np.random.default_rng(0).normal(0, 1, (4, 1, 8, 8)).astype(np.float32)
+    result = client.infer(MODEL, [fp32_input(x)], model_version="1", request_id="r-1")
+    response = result.get_response()
+    assert response["id"] == "r-1" and response["model_version"] == "1"
+    assert [o["name"] for o in response["outputs"]] == ["logits"]  # feature maps are opt-in
+    (expected,) = ort_run(repository, 1, x, ["logits"])
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_json_infer_and_gzip(client: httpclient.InferenceServerClient, repository: Path) -> None:
+    x = np.random.default_rng(1).normal(0, 1, (2, 1, 8, 8)).astype(np.float32)
+    (expected,) = ort_run(repository, 1, x, ["logits"])
+    result = client.infer(MODEL, [fp32_input(x, binary=False)], model_version="1",
+                          outputs=[httpclient.InferRequestedOutput("logits", binary_data=False)])
+    assert "data" in result.get_output("logits")
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+    result = client.infer(MODEL, [fp32_input(x)], model_version="1", request_compression_algorithm="gzip")
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_feature_maps_and_classification(client: httpclient.InferenceServerClient, repository: Path) -> None:
+    x = np.random.default_rng(2).normal(0, 1, (2, 3, 12, 12)).astype(np.float32)
+    outputs = [
+        httpclient.InferRequestedOutput("logits", class_count=2),
+        httpclient.InferRequestedOutput("features.1"),
+        httpclient.InferRequestedOutput("features.2", binary_data=False),
+    ]
+    result = client.infer(MODEL, [fp32_input(x)], outputs=outputs)
+    logits, maps1, maps2 = ort_run(repository, 2, x, ["logits", "features.1", "features.2"])
+    np.testing.assert_allclose(result.as_numpy("features.1"), maps1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("features.2"), maps2, rtol=1e-5, atol=1e-6)
+    classes = result.as_numpy("logits")
+    assert classes.shape == (2, 2) and classes.dtype == np.object_
+    for row, scores in zip(classes, logits):
+        parsed = [entry.decode().split(":") for entry in row]
+        assert [int(p[1]) for p in parsed] == list(np.argsort(-scores, kind="stable")[:2])
+        assert [p[2] for p in parsed] == [f"class_{int(p[1])}" for p in parsed]
+        assert [float(p[0]) for p in parsed] == pytest.approx([float(scores[int(p[1])]) for p in parsed], rel=1e-5)
+
+
+def test_encoded_image_bytes(client: httpclient.InferenceServerClient, repository: Path) -> None:
+    image = png_bytes(np.random.default_rng(3).integers(0, 256, (16, 16), dtype=np.uint8))
+    model_input = httpclient.InferInput("image_bytes", [1], "BYTES")
+    model_input.set_data_from_numpy(np.array([image], dtype=np.object_))
+    result = client.infer(MODEL, [model_input], model_version="1")
+    metadata = json.loads((repository / f"{MODEL}/1/metadata.json").read_text())
+    tensor = preprocess(decode(image, max_pixels=10**6), InputSpec.from_metadata(metadata["input"]))[None]
+    (expected,) = ort_run(repository, 1, tensor, ["logits"])
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_errors_reach_the_client_as_messages(client: httpclient.InferenceServerClient) -> None:
+    wrong = np.zeros((1, 1, 9, 9), dtype=np.float32)
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(MODEL, [fp32_input(wrong)], model_version="1")
+    assert info.value.status() == "400" and "[-1, 1, 8, 8]" in info.value.message()
+
+    as_int = httpclient.InferInput("input", [1, 1, 8, 8], "INT32")
+    as_int.set_data_from_numpy(np.zeros((1, 1, 8, 8), dtype=np.int32))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(MODEL, [as_int], model_version="1")
+    assert info.value.status() == "400" and "FP32" in info.value.message()
+
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(MODEL, [fp32_input(np.zeros((1, 1, 8, 8), np.float32))], model_version="1",
+                     outputs=[httpclient.InferRequestedOutput("features.9")])
+    assert info.value.status() == "400" and "features.1" in info.value.message()
+
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_metadata("nope")
+    assert info.value.status() == "404"
+
+
+def test_the_example_script(server: LiveServer) -> None:
+    """examples/triton_client.py, as docs/v2.md shows it, runs against a live server."""
+    run = subprocess.run([sys.executable, str(ROOT / "examples/triton_client.py"), server.url, MODEL],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "top 3 (logit:index:label):" in run.stdout
+    assert "feature map features.1: float32 [1, 4, 12, 12]" in run.stdout
+
+
+# -- the client-gone rule ------------------------------------------------------------------
+
+
+class HeldModel:
+    """Wraps a runtime; runs wait until the test releases them."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.runs: list[int] = []
+
+    def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        self.entered.set()
+        self.release.wait(10)
+        self.runs.append(int(batch.shape[0]))
+        return self.inner.run(batch, outputs)
+
+
+def test_a_v2_request_whose_client_left_never_reaches_the_model(tmp_path: Path) -> None:
+    """In-process (the test holds the model still): the second client hangs up while queued."""
+    write_artifact(tmp_path, MODEL, 1)
+    app = create_app(Settings(model_repository=tmp_path, max_batch_size=1, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (server.started and app.state.dataplane.load_finished):
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        batcher = app.state.dataplane.entries[MODEL][1].batcher
+        held = HeldModel(batcher.model)
+        batcher.model = held
+        x = np.zeros((1, 1, 8, 8), dtype=np.float32)
+
+        first: dict[str, Any] = {}
+
+        def infer() -> None:
+            c = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
+            try:
+                first["logits"] = c.infer(MODEL, [fp32_input(x)]).as_numpy("logits")
+            finally:
+                c.close()
+
+        worker = threading.Thread(target=infer)
+        worker.start()
+        assert held.entered.wait(10)  # the model is busy with the first request
+
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                       "data": [0.0] * 64}]}).encode()
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.sendall(f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        while batcher.queued_images != 1:
+            assert time.monotonic() < deadline, "the second request never queued"
+            time.sleep(0.01)
+        raw.close()
+        while batcher.queued_images != 0:
+            assert time.monotonic() < deadline, "the abandoned request kept its queue slot"
+            time.sleep(0.01)
+
+        held.release.set()
+        worker.join(10)
+        assert first["logits"].shape == (1, 3)
+        assert held.runs == [1]  # the abandoned request never ran
+    finally:
+        server.should_exit = True
+        thread.join(10)

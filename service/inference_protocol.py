@@ -189,13 +189,15 @@ def parse_request(body: bytes, header_length: str | None, model: ModelRuntime,
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         hint = "" if header_length is not None else f" (binary tensor data needs the {HEADER_LENGTH} header)"
         raise BadRequest(f"the inference request is not valid JSON: {exc}{hint}") from None
+    except RecursionError:
+        raise BadRequest("the inference request nests JSON too deeply") from None
     if not isinstance(payload, dict):
         raise BadRequest("the inference request must be a JSON object with \"inputs\"")
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest('"id" must be a string')
-    parameters = _parameters(payload.get("parameters"), "the request's parameters")
-    binary_default = _flag(parameters, "binary_data_output", "the request's parameters")
+    parameters = _parameters(payload.get("parameters"), "the request")
+    binary_default = _flag(parameters, "binary_data_output", "the request")
     request = InferenceRequest(
         id=request_id,
         outputs=_requested_outputs(payload.get("outputs"), model),
@@ -210,7 +212,7 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise BadRequest(f"{where} must be a JSON object")
+        raise BadRequest(f"{where}: parameters must be a JSON object")
     for key in UNSUPPORTED_PARAMETERS:
         if key in value:
             raise BadRequest(f"{where}: shared memory ({key}) is not supported; send the data in the body")
@@ -220,7 +222,7 @@ def _parameters(value: Any, where: str) -> dict[str, Any]:
 def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
     value = parameters.get(key, False)
     if not isinstance(value, bool):
-        raise BadRequest(f"{where}: {key} must be true or false")
+        raise BadRequest(f"{where}: parameters.{key} must be true or false")
     return value
 
 

@@ -337,6 +337,8 @@ ERROR_CASES: dict[str, tuple[dict[str, Any], int, str]] = {
     "empty body": ({"content": b""}, 400, "empty"),
     "malformed JSON": ({"content": b'{"inputs": ['}, 400, "not valid JSON"),
     "JSON not an object": (j([1, 2]), 400, "JSON object"),
+    "JSON nested too deeply": ({"content": b"[" * 100_000 + b"]" * 100_000}, 400, "too deeply"),
+    "parameters not an object": (j({"inputs": [{**GOOD_INPUT, "parameters": []}]}), 400, "parameters must be"),
     "no inputs": (j({"outputs": [{"name": "logits"}]}), 400, '"inputs"'),
     "two inputs": (j({"inputs": [GOOD_INPUT, GOOD_INPUT]}), 400, "exactly one input"),
     "unknown input": (j({"inputs": [{**GOOD_INPUT, "name": "pixels"}]}), 400, "unknown input 'pixels'"),

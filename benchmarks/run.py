@@ -1,0 +1,554 @@
+"""Issue 5's benchmark, in one run on one machine: raw onnxruntime (the limit), the convscope
+service over HTTP, and the naive PyTorch-eager FastAPI baseline, for TinyVGG on digits
+and AlexNet at 224; every figure also as a ratio to raw onnxruntime, the issue's targets
+checked (PASS/MISS), and a markdown table written to ``--out``.
+
+    python -m benchmarks.run            # full run, about 8 minutes (make bench)
+    python -m benchmarks.run --quick    # smoke run, about 1.5 minutes once models exist
+
+Server settings come from the environment (``CONVSCOPE_*``) and ``--env KEY=VALUE``; the
+raw onnxruntime figures use the same ones (intra/inter-op threads, providers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks import loadgen
+from benchmarks.images import write_body
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+
+# Issue 5's targets.
+THROUGHPUT_SHARE = 0.85  # alexnet, concurrency 16: served images/s >= 85% of raw best batch
+LATENCY_SLACK_MS = 1.5  # concurrency 1: p50 <= raw batch-1 p50 + 1.5 ms
+FEATURES_OVERHEAD = 0.25  # all maps as npy, concurrency 1: p50 <= 1.25 x predictions-only p50
+NAIVE_FACTOR = 2.0  # concurrency 16: >= 2x the naive baseline's images/s
+TARGET_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Bench:
+    key: str  # what --models names
+    name: str  # model name in the repository
+    export_args: tuple[str, ...]
+    channels: int
+    size: tuple[int, int]
+
+
+BENCHES = {
+    "tinyvgg": Bench("tinyvgg", "digits-tinyvgg",
+                     ("--arch", "tinyvgg", "--dataset", "digits"), 1, (28, 28)),
+    "alexnet": Bench("alexnet", "digits-alexnet",
+                     ("--arch", "alexnet", "--dataset", "digits", "--epochs", "0"), 3, (224, 224)),
+}
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    model: str
+    system: str  # raw | service | naive
+    path: str  # "batch 8", "predict", "features (npy)", ...
+    concurrency: int | None
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float = math.nan
+    p99_ms: float = math.nan
+    errors: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def version_of(dist: str) -> str:
+    try:
+        return importlib_metadata.version(dist)
+    except importlib_metadata.PackageNotFoundError:
+        return "absent"
+
+
+def machine_info() -> dict[str, Any]:
+    cpu, physical = platform.processor() or "unknown", None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        names = re.findall(r"^model name\s*:\s*(.+)$", text, re.M)
+        cpu = names[0].strip() if names else cpu
+        cores = {(p, c) for p, c in re.findall(r"^physical id\s*:\s*(\d+)\n(?:.*\n)*?core id\s*:\s*(\d+)", text, re.M)}
+        physical = len(cores) or None
+    except OSError:
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": affinity,
+        "physical_cores": physical,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "onnxruntime": version_of("onnxruntime"),
+        "torch": version_of("torch"),
+        "uvicorn": version_of("uvicorn"),
+        "uvloop": version_of("uvloop"),
+        "httptools": version_of("httptools"),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "service"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + (" (service/ modified)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def export_if_missing(bench: Bench, repository: Path, env: dict[str, str]) -> None:
+    if any((repository / bench.name).glob("*/metadata.json")):
+        return
+    log(f"exporting {bench.name} into {repository} (once) ...")
+    cmd = [sys.executable, "-m", "model_export", *bench.export_args, "--name", bench.name,
+           "--out", str(repository), "--quiet", "--if-missing"]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True)
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        total += times.get(current, 0.0)
+        stack.extend(child for child, parent in parents.items() if parent == current)
+    return total
+
+
+class Server:
+    """A server subprocess on a free loopback port, its log in benchmarks/out/logs/."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], ready_path: str, port: int) -> None:
+        self.name = name
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = OUT / "logs" / f"{name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_ready(ready_path)
+
+    def _wait_ready(self, path: str, timeout: float = 300.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}:\n"
+                                   + self.log_path.read_text(errors="replace")[-3000:])
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{self.name} never became ready; see {self.log_path}")
+
+    def cpu(self) -> float:
+        return process_tree_cpu(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def scrape(url: str, model: str) -> dict[str, float]:
+    """The batcher's counters for one model from /metrics: images, runs, compute seconds."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    wanted = {
+        "images": "convscope_inference_count_total",
+        "runs": "convscope_inference_exec_count_total",
+        "compute_s": "convscope_inference_compute_duration_seconds_sum",
+        "queue_s": "convscope_inference_queue_duration_seconds_sum",
+    }
+    out = {}
+    for key, metric in wanted.items():
+        match = re.search(rf'^{metric}\{{[^}}]*model="{re.escape(model)}"[^}}]*\}} (\S+)$', text, re.M)
+        out[key] = float(match.group(1)) if match else math.nan
+    return out
+
+
+def check_answer(url: str, body: Path, content_type: str) -> None:
+    import httpx
+
+    response = httpx.post(url, content=body.read_bytes(), headers={"Content-Type": content_type}, timeout=60)
+    if response.status_code != 200:
+        raise RuntimeError(f"POST {url} answered {response.status_code}: {response.text[:500]}")
+
+
+# -- the three systems ---------------------------------------------------------------------
+
+
+def measure_raw(bench: Bench, repository: Path, body: Path, env: dict[str, str], seconds: float) -> list[Row]:
+    log(f"[raw onnxruntime] {bench.name}: batches 1, 8, 32, {seconds:g} s each")
+    cmd = [sys.executable, "-m", "benchmarks.raw", str(repository / bench.name), "--body", str(body),
+           "--batches", "1,8,32", "--duration", str(seconds), "--warmup", str(min(1.0, seconds / 2))]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = []
+    for item in result["batches"]:
+        rows.append(Row(bench.key, "raw", f"onnxruntime batch {item['batch']}", None, item["images_per_s"],
+                        item["p50_ms"], extra={"batch": item["batch"], "runs": item["runs"]}))
+        log(f"    batch {item['batch']:>2}: {item['images_per_s']:9.1f} images/s, p50 {item['p50_ms']:.3f} ms/run")
+    return rows
+
+
+def measure_http(server: Server, bench: Bench, system: str, path_label: str, url: str, body: Path,
+                 content_type: str, concurrencies: list[int], seconds: float, warmup: float,
+                 generator: str, metrics_model: str | None) -> list[Row]:
+    check_answer(url, body, content_type)
+    rows = []
+    for concurrency in concurrencies:
+        before = scrape(server.url, metrics_model) if metrics_model else {}
+        cpu0, t0 = server.cpu(), time.perf_counter()
+        result = loadgen.measure(url, body, content_type, concurrency, seconds, warmup, generator)
+        # The server's CPU over warm-up + measurement, spread over both (they run alike).
+        cpu, wall = server.cpu() - cpu0, time.perf_counter() - t0
+        after = scrape(server.url, metrics_model) if metrics_model else {}
+        extra: dict[str, Any] = {"generator": result.generator, "client_cpu": result.client_cpu,
+                                 "server_cpu": cpu / wall if wall else math.nan}
+        if result.rps > 0:
+            extra["server_cpu_ms_per_image"] = 1000.0 * (cpu / wall) / result.rps
+        if before and after:
+            runs = after["runs"] - before["runs"]
+            images = after["images"] - before["images"]
+            if runs > 0:
+                extra["mean_batch"] = images / runs
+                extra["compute_ms_per_run"] = 1000.0 * (after["compute_s"] - before["compute_s"]) / runs
+                extra["queue_ms_mean"] = 1000.0 * (after["queue_s"] - before["queue_s"]) / images
+        rows.append(Row(bench.key, system, path_label, concurrency, result.rps, result.p50_ms,
+                        result.p95_ms, result.p99_ms, result.errors, extra))
+        log(f"    c={concurrency:>3}: {result.rps:9.1f} images/s  p50 {result.p50_ms:8.2f}  p95 {result.p95_ms:8.2f}  "
+            f"p99 {result.p99_ms:8.2f} ms  errors {result.errors}  server CPU {extra['server_cpu']:.2f} cores"
+            + (f"  mean batch {extra['mean_batch']:.1f}" if "mean_batch" in extra else ""))
+    return rows
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def best_raw(rows: list[Row], model: str) -> Row:
+    return max((r for r in rows if r.model == model and r.system == "raw"), key=lambda r: r.images_per_s)
+
+
+def raw_batch1(rows: list[Row], model: str) -> Row:
+    return next(r for r in rows if r.model == model and r.system == "raw" and r.extra.get("batch") == 1)
+
+
+def find(rows: list[Row], model: str, system: str, path: str, concurrency: int) -> Row | None:
+    return next((r for r in rows if r.model == model and r.system == system and r.path == path
+                 and r.concurrency == concurrency), None)
+
+
+@dataclass
+class Target:
+    text: str
+    passed: bool | None  # None: not measured in this run
+    detail: str
+
+
+def check_targets(rows: list[Row], models: list[str]) -> list[Target]:
+    targets: list[Target] = []
+    if "alexnet" in models:
+        served = find(rows, "alexnet", "service", "predict", TARGET_CONCURRENCY)
+        best = best_raw(rows, "alexnet")
+        text = f"alexnet, concurrency {TARGET_CONCURRENCY}: served images/s >= {THROUGHPUT_SHARE:.0%} of raw best batch"
+        if served is None:
+            targets.append(Target(text, None, "not measured"))
+        else:
+            share = served.images_per_s / best.images_per_s
+            targets.append(Target(text, share >= THROUGHPUT_SHARE,
+                                  f"{served.images_per_s:.1f} vs {best.images_per_s:.1f} ({best.path}) = {share:.0%}"))
+    for model in models:
+        one = find(rows, model, "service", "predict", 1)
+        raw1 = raw_batch1(rows, model)
+        text = f"{model}, concurrency 1: p50 <= raw batch-1 p50 + {LATENCY_SLACK_MS} ms"
+        if one is None:
+            targets.append(Target(text, None, "not measured"))
+        else:
+            limit = raw1.p50_ms + LATENCY_SLACK_MS
+            targets.append(Target(text, one.p50_ms <= limit,
+                                  f"{one.p50_ms:.2f} ms vs limit {limit:.2f} ms (raw {raw1.p50_ms:.3f} ms; "
+                                  f"overhead {one.p50_ms - raw1.p50_ms:+.2f} ms)"))
+    for model in models:
+        one = find(rows, model, "service", "predict", 1)
+        maps = find(rows, model, "service", "features (npy)", 1)
+        text = f"{model}, concurrency 1: all feature maps as npy p50 <= predictions p50 + {FEATURES_OVERHEAD:.0%}"
+        if one is None or maps is None:
+            targets.append(Target(text, None, "not measured"))
+        else:
+            more = maps.p50_ms / one.p50_ms - 1.0
+            targets.append(Target(text, more <= FEATURES_OVERHEAD,
+                                  f"{maps.p50_ms:.2f} vs {one.p50_ms:.2f} ms = {more:+.0%}"))
+    for model in models:
+        served = find(rows, model, "service", "predict", TARGET_CONCURRENCY)
+        naive = find(rows, model, "naive", "torch eager", TARGET_CONCURRENCY)
+        text = f"{model}, concurrency {TARGET_CONCURRENCY}: >= {NAIVE_FACTOR:g}x the naive baseline's images/s"
+        if served is None or naive is None or naive.images_per_s <= 0:
+            targets.append(Target(text, None, "not measured"))
+        else:
+            factor = served.images_per_s / naive.images_per_s
+            targets.append(Target(text, factor >= NAIVE_FACTOR,
+                                  f"{served.images_per_s:.1f} vs {naive.images_per_s:.1f} = {factor:.2f}x"))
+    return targets
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def table(rows: list[Row], models: list[str]) -> str:
+    head = ("| model | system | path | conc. | images/s | × raw best | p50 ms | p95 ms | p99 ms "
+            "| p50 × raw b1 | errors | mean batch | server CPU (cores) | server CPU ms/image |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for model in models:
+        best = best_raw(rows, model)
+        raw1 = raw_batch1(rows, model)
+        for r in (r for r in rows if r.model == model):
+            latency_ratio = r.p50_ms / raw1.p50_ms if r.system != "raw" or r is raw1 else math.nan
+            lines.append("| " + " | ".join([
+                model, r.system, r.path, "–" if r.concurrency is None else str(r.concurrency),
+                fmt(r.images_per_s), f"{r.images_per_s / best.images_per_s:.2f}",
+                fmt(r.p50_ms, 3 if r.p50_ms < 1 else 2), fmt(r.p95_ms, 2), fmt(r.p99_ms, 2),
+                fmt(latency_ratio, 1), str(r.errors) if r.system != "raw" else "–",
+                fmt(r.extra.get("mean_batch", math.nan)), fmt(r.extra.get("server_cpu", math.nan), 2),
+                fmt(r.extra.get("server_cpu_ms_per_image", math.nan), 2),
+            ]) + " |")
+    return "\n".join(lines)
+
+
+def markdown(rows: list[Row], models: list[str], targets: list[Target], info: dict[str, Any],
+             args: argparse.Namespace, settings_env: dict[str, str]) -> str:
+    started = info["started"]
+    status = {True: "PASS", False: "MISS", None: "n/a"}
+    env_text = ", ".join(f"`{k}={v}`" for k, v in sorted(settings_env.items())) or "none (defaults)"
+    noisy = info["loadavg_start"][0] > 0.5 * (info["usable_cpus"] or 1)
+    parts = [
+        "# convscope benchmark results (issue 5)",
+        "",
+        f"- Date: {started} UTC; commit {info['commit']}; {'quick smoke run' if args.quick else 'full run'}",
+        f"- Machine: {info['cpu']}, {info['usable_cpus']} usable CPUs ({info['logical_cpus']} logical, "
+        f"{info['physical_cores'] or '?'} physical cores), {info['memory_gib']} GiB; Python {info['python']}",
+        f"- onnxruntime {info['onnxruntime']}, torch {info['torch']}, uvicorn {info['uvicorn']} "
+        f"(uvloop {info['uvloop']}, httptools {info['httptools']})",
+        f"- Load average before / after: {' / '.join(f'{a:.2f}' for a in info['loadavg_start'])} ; "
+        f"{' / '.join(f'{a:.2f}' for a in info['loadavg_end'])}"
+        + (" — **the machine was busy: these numbers are noisy**" if noisy else ""),
+        f"- Load generator: {info['generator']}; {args.duration:g} s per point after {args.warmup:g} s warm-up; "
+        f"raw onnxruntime {args.raw_duration:g} s per batch size",
+        f"- Service settings from the environment: {env_text}",
+        "",
+    ]
+    if info.get("note"):
+        parts += [f"> {info['note']}", ""]
+    parts += [
+        "## Targets",
+        "",
+        *[f"- **{status[t.passed]}** {t.text}: {t.detail}" for t in targets],
+        "",
+        "## Results",
+        "",
+        "`× raw best`: images/s over raw onnxruntime's best batch; `p50 × raw b1`: p50 over raw "
+        "onnxruntime's batch-1 p50. Raw rows' p50 is one `session.run` of the whole batch. "
+        "`mean batch`: images per onnxruntime run inside the service (from /metrics). "
+        "`server CPU`: cores the server process used during the point; `ms/image`: CPU per image.",
+        "",
+        table(rows, models),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 s points, concurrency 1 and 16, naive at 16 only")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="markdown results (default benchmarks/RESULTS.md; "
+                             "benchmarks/out/RESULTS.quick.md with --quick)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
+    parser.add_argument("--models", default="tinyvgg,alexnet", help=f"of: {', '.join(BENCHES)}")
+    parser.add_argument("--repository", type=Path, default=OUT / "models",
+                        help="model repository; missing models are exported into it")
+    parser.add_argument("--concurrency", default=None, help="service concurrencies (default 1,8,16,32,64)")
+    parser.add_argument("--naive-concurrency", default=None, help="naive baseline concurrencies (default 1,16)")
+    parser.add_argument("--duration", type=float, default=None, help="measured seconds per point (default 8)")
+    parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per point (default 2)")
+    parser.add_argument("--raw-duration", type=float, default=None, help="seconds per raw batch size (default 4)")
+    parser.add_argument("--loadgen", choices=("auto", "wrk", "httpx"), default="auto",
+                        help="auto: wrk when installed, else the asyncio + httpx generator")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a service setting for this run (e.g. CONVSCOPE_INTRA_OP_THREADS=2); repeatable")
+    parser.add_argument("--no-features", action="store_true", help="skip the feature-map (npy) points")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.concurrency = args.concurrency or ("1,16" if quick else "1,8,16,32,64")
+    args.naive_concurrency = args.naive_concurrency or ("16" if quick else "1,16")
+    args.duration = args.duration if args.duration is not None else (2.0 if quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
+    args.raw_duration = args.raw_duration if args.raw_duration is not None else (1.0 if quick else 4.0)
+    args.out = args.out or (OUT / "RESULTS.quick.md" if quick else ROOT / "benchmarks" / "RESULTS.md")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in BENCHES]
+    if unknown:
+        log(f"error: unknown model(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+        return 2
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    naive_concurrencies = [int(c) for c in args.naive_concurrency.split(",")]
+    settings_env = {k: v for k, v in os.environ.items() if k.startswith("CONVSCOPE_")}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            log(f"error: --env {item!r} is not KEY=VALUE")
+            return 2
+        settings_env[key if key.startswith("CONVSCOPE_") else f"CONVSCOPE_{key.upper()}"] = value
+    for key in ("CONVSCOPE_MODEL_REPOSITORY", "CONVSCOPE_HOST", "CONVSCOPE_PORT"):
+        settings_env.pop(key, None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVSCOPE_")}
+    env.update(settings_env)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    generator = args.loadgen if args.loadgen != "auto" else ("wrk" if loadgen.have_wrk() else "httpx")
+
+    info = machine_info()
+    info["started"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    info["commit"] = git_commit()
+    info["generator"] = generator + ("" if generator == "wrk" else
+                                     " (wrk not installed: the Python generator shares the server's CPUs)")
+    log(f"machine: {info['cpu']}, {info['usable_cpus']} CPUs, load average {info['loadavg_start'][0]:.2f}; "
+        f"load generator {generator}")
+    repository = args.repository.resolve()
+    bodies = {}
+    for key in models:
+        bench = BENCHES[key]
+        export_if_missing(bench, repository, env)
+        bodies[key] = write_body(OUT / "bodies", bench.name, bench.channels, bench.size)
+
+    began = time.monotonic()
+    rows: list[Row] = []
+    for key in models:
+        rows += measure_raw(BENCHES[key], repository, bodies[key][0], env, args.raw_duration)
+
+    port = free_port()
+    log(f"[service] python -m service on 127.0.0.1:{port}, repository {repository}")
+    server = Server("service", [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+                                "--model-repository", str(repository), "--log-level", "warning"],
+                    env, "/readyz", port)
+    try:
+        for key in models:
+            bench = BENCHES[key]
+            body, content_type = bodies[key]
+            base = f"{server.url}/v1/models/{bench.name}/predict"
+            log(f"[service] {bench.name} predictions")
+            rows += measure_http(server, bench, "service", "predict", base, body, content_type,
+                                 concurrencies, args.duration, args.warmup, generator, bench.name)
+            if not args.no_features:
+                log(f"[service] {bench.name} all feature maps as npy")
+                rows += measure_http(server, bench, "service", "features (npy)", base + "?layers=all&encoding=npy",
+                                     body, content_type, concurrencies, args.duration, args.warmup, generator,
+                                     bench.name)
+    finally:
+        server.stop()
+
+    if not args.no_naive:
+        for key in models:
+            bench = BENCHES[key]
+            body, content_type = bodies[key]
+            port = free_port()
+            log(f"[naive] FastAPI + torch eager for {bench.name} on 127.0.0.1:{port}")
+            naive = Server(f"naive-{bench.key}", [sys.executable, "-m", "benchmarks.naive_app", "--model-dir",
+                                                  str(repository / bench.name), "--port", str(port)],
+                           env, "/healthz", port)
+            try:
+                rows += measure_http(naive, bench, "naive", "torch eager", f"{naive.url}/predict", body,
+                                     content_type, naive_concurrencies, args.duration, args.warmup, generator, None)
+            finally:
+                naive.stop()
+
+    info["loadavg_end"] = os.getloadavg()
+    log(f"measured in {time.monotonic() - began:.0f} s")
+    targets = check_targets(rows, models)
+    text = markdown(rows, models, targets, info, args, settings_env)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"info": info, "rows": [r.__dict__ for r in rows],
+                                         "targets": [t.__dict__ for t in targets]}, indent=1, default=str))
+    print(text)
+    log(f"written to {args.out}")
+    return 1 if args.strict and any(t.passed is False for t in targets) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -90,6 +90,8 @@ def _images_from_json(body: bytes) -> list[bytes]:
         payload: Any = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # a few KiB of "[[[[..." is enough to exhaust the parser's stack
+        raise BadRequest("the body's JSON is nested too deeply") from None
     if not isinstance(payload, dict):
         raise BadRequest('JSON body must be an object: {"image": "<base64>"} or {"images": [...]}')
     if "images" in payload:

@@ -184,6 +184,7 @@ def test_client_errors_name_what_is_valid(client: TestClient, random_png: Callab
     (b'{"picture": "aGk="}', {"content-type": "application/json"}, 400),
     (b'[1, 2]', {"content-type": "application/json"}, 400),
     (b'{"image": "aGVsbG8="}', {"content-type": "application/json"}, 400),  # valid base64, not an image
+    (b"[" * 100_000, {"content-type": "application/json"}, 400),
 ])
 def test_bad_bodies_are_client_errors(client: TestClient, content: bytes, headers: dict, status: int) -> None:
     response = client.post("/predict", content=content, headers=headers)

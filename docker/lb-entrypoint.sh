@@ -1,0 +1,25 @@
+#!/bin/sh
+# Entry point of the load balancer image: render docker/nginx.conf and run nginx.
+#   CONVSCOPE_LB_UPSTREAM  host:port of the replicas' service name (default service:8000)
+#   CONVSCOPE_LB_RESOLVER  DNS server(s) for nginx (default: the nameservers in
+#                          /etc/resolv.conf, i.e. the container engine's DNS)
+set -eu
+
+upstream="${CONVSCOPE_LB_UPSTREAM:-service:8000}"
+resolvers="${CONVSCOPE_LB_RESOLVER:-}"
+if [ -z "$resolvers" ]; then
+    # IPv6 servers need brackets; link-local ones (with a %zone) cannot be used by nginx.
+    resolvers=$(awk '$1 == "nameserver" && $2 !~ /%/ {
+                         a = $2; if (a ~ /:/) a = "[" a "]"; printf "%s%s", sep, a; sep = " " }' \
+                    /etc/resolv.conf 2>/dev/null || true)
+fi
+if [ -z "$resolvers" ]; then
+    resolvers=127.0.0.11   # Docker's embedded DNS
+fi
+
+conf=/tmp/convscope-nginx.conf
+sed -e "s|__RESOLVERS__|$resolvers|" -e "s|__UPSTREAM__|$upstream|" \
+    /etc/convscope/nginx.conf.template > "$conf"
+echo "convscope-lb: upstream http://$upstream, resolver $resolvers" >&2
+nginx -t -q -c "$conf"
+exec nginx -c "$conf" -g 'daemon off;'

@@ -1,0 +1,281 @@
+"""The train-and-export run: data -> net -> training -> ONNX -> parity -> artifact."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import artifact
+from .architectures import ArchSpec, get_arch, imagenet_labels
+from .datasets import Dataset, limit, load_dataset
+from .errors import ExportError
+from .preprocessing import (
+    IMAGENET_MEAN, IMAGENET_STD, InputSpec, check_channels, measure_mean_std,
+    normalisation, preprocess,
+)
+
+DEFAULT_EPOCHS = 10  # tinyvgg on digits: ~97% held-out in ~3 s on 2 cores
+IMAGENET_CLASSES = 1000
+
+
+@dataclass
+class TrainOptions:
+    arch: str = "tinyvgg"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    out: str = "models"
+    name: str | None = None
+    version: int | None = None
+    epochs: int | None = None  # None: DEFAULT_EPOCHS, or 0 with --weights
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+    max_train_samples: int | None = None
+    max_val_samples: int | None = None
+    size: tuple[int, int] | None = None
+    channels: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    layers: list[str] | None = None
+    weights: str | None = None
+    tolerance: float = 1e-3
+    parity_images: int = 32
+    progress: bool = True
+    threads: int | None = None
+
+
+def package_versions(opset: int | None, with_torch: bool = True) -> dict[str, Any]:
+    def version(dist: str) -> str | None:
+        try:
+            return importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "torch": version("torch") if with_torch else None,
+        "torchvision": version("torchvision") if with_torch else None,
+        "onnx": version("onnx"),
+        "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu"),
+        "opset": opset,
+        "convscope": version("convscope"),
+        "python": platform.python_version(),
+    }
+
+
+def _load_weights(path: str) -> dict[str, Any]:
+    import torch
+
+    if not os.path.isfile(path):
+        raise ExportError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint"
+        raise ExportError(f"cannot read weights file {path}: not a PyTorch state dict ({type(exc).__name__})") from None
+    # Training scripts often wrap the state dict; accept the usual wrappers.
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExportError(f"weights file {path} does not hold a state dict of tensors")
+    # DataParallel checkpoints prefix every key with "module.".
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _head_outputs(net: Any, state: dict[str, Any]) -> int | None:
+    """Output count of the checkpoint's last dense layer (the class head)."""
+    from torch import nn
+
+    linears = [path for path, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears or f"{linears[-1]}.weight" not in state:
+        return None
+    return int(state[f"{linears[-1]}.weight"].shape[0])
+
+
+def _fit_weights(net: Any, state: dict[str, Any], path: str, arch: str) -> None:
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
+        for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatch (file vs arch): {'; '.join(mismatched[:3])}")
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+    if problems:
+        raise ExportError(f"weights file {path} does not fit arch {arch!r}: {'; '.join(problems)}")
+    net.load_state_dict(state)
+
+
+def _input_spec(opts: TrainOptions, spec: ArchSpec, data: Dataset, channels: int, size: tuple[int, int], imagenet: bool) -> InputSpec:
+    mean = normalisation(opts.mean, channels, "mean")
+    std = normalisation(opts.std, channels, "std")
+    if imagenet and channels == 3:
+        # An ImageNet checkpoint expects ImageNet statistics, not the dataset's.
+        mean = mean or IMAGENET_MEAN
+        std = std or IMAGENET_STD
+    if mean is None or std is None:
+        measured_mean, measured_std = measure_mean_std(data.train.images, channels, size, opts.seed)
+        mean = mean or measured_mean
+        std = std or measured_std
+    return InputSpec(channels=channels, size=size, mean=tuple(mean), std=tuple(std))
+
+
+def export_trained(opts: TrainOptions) -> Path:
+    """Run the whole export; returns the new version's directory."""
+    spec = get_arch(opts.arch)
+    name = artifact.check_name(opts.name or f"{opts.dataset}-{opts.arch}")
+    model_dir = Path(opts.out) / name
+    if opts.version is not None:
+        artifact.choose_version(model_dir, opts.version)  # fail before training, not after
+    if opts.weights is not None and not os.path.isfile(opts.weights):
+        raise ExportError(f"weights file {opts.weights} does not exist")
+    for value, flag in ((opts.batch_size, "--batch-size"), (opts.parity_images, "--parity-images")):
+        if value < 1:
+            raise ExportError(f"{flag} must be at least 1")
+    if opts.epochs is not None and opts.epochs < 0:
+        raise ExportError("--epochs must be 0 or more")
+    if not opts.tolerance > 0:
+        raise ExportError("--tolerance must be positive")
+
+    data = load_dataset(opts.dataset, opts.data_dir, opts.seed)
+    data.train = limit(data.train, opts.max_train_samples, opts.seed)
+    data.val = limit(data.val, opts.max_val_samples, opts.seed)
+    if len(data.train) == 0 or len(data.val) == 0:
+        raise ExportError("the dataset needs at least one training and one held-out image")
+
+    import torch
+
+    from . import layers as L
+    from .onnx_export import conv_weight_names, export_onnx, opset_of
+    from .parity import check_dynamic_batch, compare, run_onnx
+    from .training import as_torch_dataset, default_threads, deterministic, evaluate, seed_everything, train
+
+    state = _load_weights(opts.weights) if opts.weights else None
+    labels = list(data.classes)
+    channels = opts.channels or spec.channels
+    size = opts.size or spec.size
+    imagenet = False
+    if state is not None:
+        probe = spec.builder(channels, size if min(size) >= spec.smallest else spec.size, len(labels))
+        head = _head_outputs(probe, state)
+        if head == IMAGENET_CLASSES and len(labels) != IMAGENET_CLASSES and spec.imagenet_weights:
+            imagenet = True
+            labels = imagenet_labels(spec) or [f"class_{i}" for i in range(head)]
+            channels = opts.channels or 3
+            size = opts.size or (224, 224)
+    check_channels(channels)
+    if min(size) < spec.smallest:
+        raise ExportError(f"arch {spec.name} needs inputs of at least {spec.smallest} px, got {size[0]}x{size[1]}")
+    epochs = opts.epochs if opts.epochs is not None else (0 if state is not None else DEFAULT_EPOCHS)
+    if imagenet and epochs > 0:
+        raise ExportError(
+            f"{opts.weights} is an ImageNet checkpoint (1000 classes) and {opts.dataset} has "
+            f"{len(data.classes)}: fine-tuning it is not supported; export it with --epochs 0"
+        )
+
+    input_spec = _input_spec(opts, spec, data, channels, size, imagenet)
+    seed_everything(opts.seed)
+    net = L.prepare(spec.builder(channels, size, len(labels)))
+    net.eval()
+    calls = L.trace(net, torch.zeros(1, channels, *size), spec.side_paths)
+    taps = L.resolve_taps(calls, opts.layers or list(spec.default_layers or L.default_taps(calls)))
+    layer_meta = L.describe_taps(net, calls, taps, size)
+    modules = dict(net.named_modules())
+    convs = {entry["conv"]: modules[entry["conv"]] for entry in layer_meta if entry["conv"]}
+    # Kernels at initialisation, before training or --weights: "filters before/after".
+    initial = {path: m.weight.detach().numpy().copy() for path, m in convs.items()}
+    if state is not None:
+        _fit_weights(net, state, opts.weights or "", spec.name)
+
+    train_set = as_torch_dataset(data.train, input_spec)
+    val_set = as_torch_dataset(data.val, input_spec)
+    threads = opts.threads or default_threads(size)
+    with deterministic(threads):
+        result = train(
+            net, train_set, val_set, epochs=epochs, batch_size=opts.batch_size,
+            lr=opts.lr, seed=opts.seed, progress=opts.progress,
+        )
+    net.eval()
+    if epochs == 0 and state is not None and not imagenet:
+        # A loaded checkpoint for these labels is a trained net: report how it does.
+        result.loss, result.accuracy = evaluate(net, val_set)
+
+    parity_images = preprocess(data.val.images[: opts.parity_images], input_spec)
+    with artifact.Staging(Path(opts.out), name, opts.version) as staging:
+        assert staging.path is not None
+        model_path = staging.path / artifact.MODEL_FILE
+        opset = export_onnx(net, taps, (channels, *size), model_path)
+        weight_names = conv_weight_names(model_path, convs)
+        for entry in layer_meta:
+            entry["weight"] = weight_names.get(entry["conv"]) if entry["conv"] else None
+        initial_arrays = {weight_names[p]: k for p, k in initial.items() if weight_names.get(p)}
+        if initial_arrays:
+            np.savez(staging.path / artifact.INITIAL_WEIGHTS_FILE, **initial_arrays)
+
+        from .onnx_export import TapModel
+
+        with torch.no_grad():
+            eager = TapModel(net, taps).eval()(torch.from_numpy(parity_images))
+        reference = {n: t.numpy() for n, t in zip(["logits", *taps], eager)}
+        check_dynamic_batch(model_path, parity_images)
+        parity = compare(reference, run_onnx(model_path, parity_images), opts.tolerance, len(parity_images))
+
+        import onnx
+
+        opset = opset_of(onnx.load(str(model_path), load_external_data=False)) or opset
+        meta: dict[str, Any] = {
+            "schema_version": artifact.SCHEMA_VERSION,
+            "name": name,
+            "version": None,  # filled in by commit()
+            "created": artifact.utc_now(),
+            "arch": spec.name,
+            "description": _describe(spec, opts, epochs, imagenet),
+            "model_file": artifact.MODEL_FILE,
+            "labels": labels,
+            "input": input_spec.to_metadata(),
+            "output": {"name": "logits", "shape": [-1, len(labels)], "kind": "logits"},
+            "layers": layer_meta,
+            "params": L.param_summary(net),
+            "training": {
+                "dataset": data.name,
+                "data_dir": str(opts.data_dir) if opts.data_dir else None,
+                "train_size": len(data.train),
+                "val_size": len(data.val),
+                "epochs": epochs,
+                "batch_size": opts.batch_size,
+                "lr": opts.lr,
+                "seed": opts.seed,
+                "threads": threads,
+                "seconds": result.seconds,
+                "accuracy": result.accuracy,
+                "loss": result.loss,
+                "history": result.history,
+                "weights": str(opts.weights) if opts.weights else None,
+            },
+            "parity": parity,
+            "versions": package_versions(opset),
+            "files": {},
+        }
+        return staging.commit(meta)
+
+
+def _describe(spec: ArchSpec, opts: TrainOptions, epochs: int, imagenet: bool) -> str:
+    if imagenet:
+        return f"{spec.description}; ImageNet weights from {os.path.basename(opts.weights or '')}"
+    if epochs == 0:
+        source = f"weights from {os.path.basename(opts.weights)}" if opts.weights else "untrained (random weights)"
+        return f"{spec.description}; {source}"
+    return f"{spec.description}; trained on {opts.dataset} for {epochs} epoch(s)"

@@ -1,0 +1,58 @@
+"""Shared fixtures for the whole test suite.
+
+`digits_artifact` is the one real model every stage can test against: tinyvgg trained
+on scikit-learn's digits and exported through the real CLI entry point, once per session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A model repository holding one exported version, plus held-out test images."""
+
+    repository: Path  # the models/ root (CONVSCOPE_MODEL_REPOSITORY)
+    name: str
+    version: int
+    path: Path  # repository / name / version
+    metadata: dict[str, Any]
+    images: np.ndarray  # uint8 held-out images at native size (N, 8, 8), grey
+    labels: np.ndarray  # int64 class indices, labels[i] is images[i]'s class
+    classes: list[str]
+
+
+@pytest.fixture(scope="session")
+def digits_artifact(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
+    """tinyvgg trained on digits (seed 0, default epochs: >= 95% held-out), exported."""
+    from model_export.cli import main
+    from model_export.datasets import load_digits
+
+    repository = tmp_path_factory.mktemp("models")
+    name = "digits-tinyvgg"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(["--out", str(repository), "--name", name, "--seed", "0", "--quiet"])
+    assert rc == 0, "exporting the digits model failed"
+    path = Path(stdout.getvalue().strip().splitlines()[-1])
+    metadata = json.loads((path / "metadata.json").read_text())
+    held_out = load_digits(seed=0).val  # the split the CLI held out with --seed 0
+    return ExportedModel(
+        repository=repository,
+        name=name,
+        version=int(path.name),
+        path=path,
+        metadata=metadata,
+        images=np.asarray(held_out.images),
+        labels=held_out.labels,
+        classes=list(metadata["labels"]),
+    )

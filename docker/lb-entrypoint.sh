@@ -1,16 +1,18 @@
 #!/bin/sh
 # Entry point of the load balancer image: render docker/nginx.conf and run nginx.
 #   CONVSCOPE_LB_UPSTREAM  host:port of the replicas' service name (default service:8000)
-#   CONVSCOPE_LB_RESOLVER  DNS server(s) for nginx (default: the nameservers in
+#   CONVSCOPE_LB_RESOLVER  DNS server(s) for nginx (default: the first nameserver in
 #                          /etc/resolv.conf, i.e. the container engine's DNS)
 set -eu
 
 upstream="${CONVSCOPE_LB_UPSTREAM:-service:8000}"
 resolvers="${CONVSCOPE_LB_RESOLVER:-}"
 if [ -z "$resolvers" ]; then
-    # IPv6 servers need brackets; link-local ones (with a %zone) cannot be used by nginx.
+    # The first nameserver is the container engine's DNS, the one that knows the service
+    # names; podman lists the host's servers after it, which would answer NXDOMAIN for
+    # them. IPv6 needs brackets; link-local (with a %zone) cannot be used by nginx.
     resolvers=$(awk '$1 == "nameserver" && $2 !~ /%/ {
-                         a = $2; if (a ~ /:/) a = "[" a "]"; printf "%s%s", sep, a; sep = " " }' \
+                         a = $2; if (a ~ /:/) a = "[" a "]"; print a; exit }' \
                     /etc/resolv.conf 2>/dev/null || true)
 fi
 if [ -z "$resolvers" ]; then

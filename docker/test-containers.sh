@@ -24,6 +24,11 @@
 #   CONVSCOPE_TEST_TORCH_INDEX_URL    install torch from this index instead of local wheels
 #   CONVSCOPE_TEST_WHEEL_DIRS         local wheel directories (default: /opt/wheels
 #                                     /opt/pypi-more/files /opt/pypi/files)
+#   CONVSCOPE_TEST_GPU_IMAGE=1        also build the CUDA service image's Dockerfile steps
+#                                     (CONVSCOPE_EXTRA=gpu) on the local Debian base and serve
+#                                     with it on CPU fallback: downloads onnxruntime-gpu
+#                                     (about 250 MB) from PyPI; NVIDIA's base and a GPU are
+#                                     not available here
 #   CONVSCOPE_TEST_KEEP=1             leave the stacks up at the end (for poking around)
 set -euo pipefail
 
@@ -66,6 +71,7 @@ cleanup() {
             compose -p "$p" down -v --remove-orphans --timeout 10 >/dev/null 2>&1
         done
     fi
+    if command -v podman >/dev/null 2>&1; then podman rm -f "$PROJECT-gpu-try" >/dev/null 2>&1; fi
     if [ -n "$HEALTH_LOOP_PID" ]; then kill "$HEALTH_LOOP_PID" 2>/dev/null; wait "$HEALTH_LOOP_PID" 2>/dev/null; fi
     if [ -n "$PODMAN_SERVICE_PID" ] && [ "${CONVSCOPE_TEST_KEEP:-0}" != 1 ]; then
         kill "$PODMAN_SERVICE_PID" 2>/dev/null; wait "$PODMAN_SERVICE_PID" 2>/dev/null
@@ -368,6 +374,27 @@ podman logs "$export_id" 2>&1 | tail -2 | sed 's/^/  | /'
 versions=$(run_in -v "${PROJECT}_models:/models:ro" "$SERVICE_IMAGE" sh -c 'ls -d /models/*/[0-9]*' | tr '\n' ' ')
 echo "versions in the models volume: $versions"
 [ "$(echo "$versions" | wc -w)" = 1 ] || die "expected exactly one model version in the volume, got: $versions"
+
+# ---- 4. (opt-in) the CUDA image's Dockerfile steps, on the local base, CPU fallback
+if [ "${CONVSCOPE_TEST_GPU_IMAGE:-0}" = 1 ]; then
+    log "GPU image steps (CONVSCOPE_EXTRA=gpu) on $BASE_IMAGE: no NVIDIA base, no GPU here"
+    build convscope-service-gpu:test docker/service.Dockerfile --build-arg CONVSCOPE_EXTRA=gpu
+    run_in convscope-service-gpu:test python -c 'import onnxruntime as o; print("gpu image: onnxruntime", o.__version__, o.get_available_providers())' 2>/dev/null
+    if run_in convscope-service-gpu:test python -c 'import torch' >/dev/null 2>&1; then die "torch is importable in the GPU image"; fi
+    gpu_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    podman run -d --name "$PROJECT-gpu-try" --no-healthcheck -v "${PROJECT}_models:/models:ro" \
+        -e CONVSCOPE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider \
+        -p "127.0.0.1:$gpu_port:8000" convscope-service-gpu:test >/dev/null
+    ok=0
+    for _ in $(seq 60); do
+        if curl -fsS -o "$STATE/gpu-ready.json" "http://127.0.0.1:$gpu_port/readyz" 2>/dev/null; then ok=1; break; fi
+        sleep 1
+    done
+    podman logs "$PROJECT-gpu-try" 2>&1 | grep -E 'Failed to create CUDAExecutionProvider|ready on' | cut -c1-200 | sed 's/^/  | /'
+    podman rm -f "$PROJECT-gpu-try" >/dev/null 2>&1
+    [ "$ok" = 1 ] || die "the GPU image's service never became ready"
+    echo "OK: GPU image built and served (on CPU fallback): $(head -c 200 "$STATE/gpu-ready.json")"
+fi
 
 # ---------------------------------------------------------------- report
 log "images"

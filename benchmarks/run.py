@@ -239,17 +239,23 @@ def check_answer(url: str, body: Path, content_type: str) -> None:
 # -- the three systems ---------------------------------------------------------------------
 
 
-def measure_raw(bench: Bench, repository: Path, body: Path, env: dict[str, str], seconds: float) -> list[Row]:
-    log(f"[raw onnxruntime] {bench.name}: batches 1, 8, 32, {seconds:g} s each")
+def measure_raw(bench: Bench, repository: Path, body: Path, env: dict[str, str], seconds: float,
+                batches: list[int], quiet: bool = False) -> list[Row]:
+    if not quiet:
+        log(f"[raw onnxruntime] {bench.name}: batches {', '.join(map(str, batches))}, {seconds:g} s each")
     cmd = [sys.executable, "-m", "benchmarks.raw", str(repository / bench.name), "--body", str(body),
-           "--batches", "1,8,32", "--duration", str(seconds), "--warmup", str(min(1.0, seconds / 2))]
+           "--batches", ",".join(map(str, batches)), "--duration", str(seconds),
+           "--warmup", str(min(1.0, seconds / 2))]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     rows = []
     for item in result["batches"]:
         rows.append(Row(bench.key, "raw", f"onnxruntime batch {item['batch']}", None, item["images_per_s"],
-                        item["p50_ms"], extra={"batch": item["batch"], "runs": item["runs"]}))
-        log(f"    batch {item['batch']:>2}: {item['images_per_s']:9.1f} images/s, p50 {item['p50_ms']:.3f} ms/run")
+                        item["p50_ms"], extra={"batch": item["batch"], "runs": item["runs"],
+                                               "server_cpu": item["cpu_cores"],
+                                               "server_cpu_ms_per_image": item["cpu_ms_per_image"]}))
+        if not quiet:
+            log(f"    batch {item['batch']:>2}: {item['images_per_s']:9.1f} images/s, p50 {item['p50_ms']:.3f} ms/run")
     return rows
 
 
@@ -382,7 +388,9 @@ def markdown(rows: list[Row], models: list[str], targets: list[Target], info: di
     started = info["started"]
     status = {True: "PASS", False: "MISS", None: "n/a"}
     env_text = ", ".join(f"`{k}={v}`" for k, v in sorted(settings_env.items())) or "none (defaults)"
-    noisy = info["loadavg_start"][0] > 0.5 * (info["usable_cpus"] or 1)
+    drifts = [abs(c / a - 1) for d in info["raw_drift"].values() for a, c in d.values() if a > 0]
+    worst = max(drifts, default=0.0)
+    noisy = info["loadavg_start"][0] > 0.5 * (info["usable_cpus"] or 1) or worst > 0.15
     parts = [
         "# convscope benchmark results (issue 5)",
         "",
@@ -394,6 +402,9 @@ def markdown(rows: list[Row], models: list[str], targets: list[Target], info: di
         f"- Load average before / after: {' / '.join(f'{a:.2f}' for a in info['loadavg_start'])} ; "
         f"{' / '.join(f'{a:.2f}' for a in info['loadavg_end'])}"
         + (" — **the machine was busy: these numbers are noisy**" if noisy else ""),
+        "- Raw onnxruntime re-measured at the end (drift shows how steady the machine was): " + "; ".join(
+            f"{m} " + ", ".join(f"batch {b} {a:.1f} -> {c:.1f} images/s ({c / a - 1:+.0%})" for b, (a, c) in d.items())
+            for m, d in info["raw_drift"].items()) + (" — **over 15%: ratios are unreliable**" if worst > 0.15 else ""),
         f"- Load generator: {info['generator']}; {args.duration:g} s per point after {args.warmup:g} s warm-up; "
         f"raw onnxruntime {args.raw_duration:g} s per batch size",
         f"- Service settings from the environment: {env_text}",
@@ -411,7 +422,8 @@ def markdown(rows: list[Row], models: list[str], targets: list[Target], info: di
         "`× raw best`: images/s over raw onnxruntime's best batch; `p50 × raw b1`: p50 over raw "
         "onnxruntime's batch-1 p50. Raw rows' p50 is one `session.run` of the whole batch. "
         "`mean batch`: images per onnxruntime run inside the service (from /metrics). "
-        "`server CPU`: cores the server process used during the point; `ms/image`: CPU per image.",
+        "`server CPU`: cores the server process (for raw rows: the benchmark process) used during "
+        "the point; `ms/image`: CPU per image, a figure that a busy machine disturbs less than speed.",
         "",
         table(rows, models),
         "",
@@ -439,12 +451,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=None, help="measured seconds per point (default 8)")
     parser.add_argument("--warmup", type=float, default=None, help="warm-up seconds per point (default 2)")
     parser.add_argument("--raw-duration", type=float, default=None, help="seconds per raw batch size (default 4)")
+    parser.add_argument("--raw-batches", default="1,8,32", help="raw onnxruntime batch sizes (1 is required)")
     parser.add_argument("--loadgen", choices=("auto", "wrk", "httpx"), default="auto",
                         help="auto: wrk when installed, else the asyncio + httpx generator")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="a service setting for this run (e.g. CONVSCOPE_INTRA_OP_THREADS=2); repeatable")
     parser.add_argument("--no-features", action="store_true", help="skip the feature-map (npy) points")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument("--note", default="", help="a line quoted at the top of the results (e.g. why it was run)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -466,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     naive_concurrencies = [int(c) for c in args.naive_concurrency.split(",")]
+    raw_batches = sorted({1, *(int(b) for b in args.raw_batches.split(","))})
     settings_env = {k: v for k, v in os.environ.items() if k.startswith("CONVSCOPE_")}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -483,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     info["started"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
     info["commit"] = git_commit()
+    info["note"] = args.note
     info["generator"] = generator + ("" if generator == "wrk" else
                                      " (wrk not installed: the Python generator shares the server's CPUs)")
     log(f"machine: {info['cpu']}, {info['usable_cpus']} CPUs, load average {info['loadavg_start'][0]:.2f}; "
@@ -497,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     rows: list[Row] = []
     for key in models:
-        rows += measure_raw(BENCHES[key], repository, bodies[key][0], env, args.raw_duration)
+        rows += measure_raw(BENCHES[key], repository, bodies[key][0], env, args.raw_duration, raw_batches)
 
     port = free_port()
     log(f"[service] python -m service on 127.0.0.1:{port}, repository {repository}")
@@ -535,6 +551,16 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 naive.stop()
 
+    # The same raw points again: on a busy machine they drift, and every ratio drifts with them.
+    drift = {}
+    for key in models:
+        again = measure_raw(BENCHES[key], repository, bodies[key][0], env, min(args.raw_duration, 2.0),
+                            [1, best_raw(rows, key).extra["batch"]], quiet=True)
+        first = {r.extra["batch"]: r.images_per_s for r in rows if r.model == key and r.system == "raw"}
+        drift[key] = {r.extra["batch"]: (first[r.extra["batch"]], r.images_per_s) for r in again}
+        log(f"[raw onnxruntime] {BENCHES[key].name} again at the end: " + ", ".join(
+            f"batch {b}: {a:.1f} -> {c:.1f} images/s ({c / a - 1:+.0%})" for b, (a, c) in drift[key].items()))
+    info["raw_drift"] = drift
     info["loadavg_end"] = os.getloadavg()
     log(f"measured in {time.monotonic() - began:.0f} s")
     targets = check_targets(rows, models)

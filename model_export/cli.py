@@ -22,7 +22,11 @@ from .parity import DEFAULT_TOLERANCE
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but its errors follow the CLI's one-line `error: ...` rule."""
+    """argparse, but its errors follow the CLI's one-line `error: ...` rule, and
+    option prefixes are not expanded (`--epoch` must not silently mean `--epochs`)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)  # type: ignore[arg-type]
 
     def error(self, message: str) -> NoReturn:
         raise ExportError(f"{message} (see {self.prog} --help)")

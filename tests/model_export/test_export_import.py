@@ -1,0 +1,129 @@
+"""`model_export import`: an ONNX file made elsewhere becomes a convscope artifact."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from export_helpers import run_cli, tree
+from test_export_end_to_end import check_contract
+
+
+class _Small(nn.Module):
+    """Conv-BN-ReLU-pool, a strided conv, global average pool, a head + softmax."""
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        )
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.head(torch.flatten(self.body(x), 1))
+        return scores, torch.softmax(scores, 1)
+
+
+def export_small(path: Path, channels: int = 3, classes: int = 5, size: int = 20) -> nn.Module:
+    """A fixed-batch (batch 1) ONNX file with a non-standard input name and two outputs."""
+    torch.manual_seed(0)
+    net = _Small(channels, classes).eval()
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
+        torch.onnx.export(net, (torch.randn(1, channels, size, size),), str(path), dynamo=True,
+                          external_data=False, input_names=["image"], output_names=["scores", "probs"])
+    return net
+
+
+def test_import_rewrites_a_fixed_batch_model(tmp_path: Path) -> None:
+    source = tmp_path / "small.onnx"
+    net = export_small(source)
+    original = onnx.load(str(source))
+    assert original.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # fixed batch
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nbird\nfish\nfrog\n")
+    result = run_cli(["import", source, "--name", "small", "--out", tmp_path / "models", "--labels", labels,
+                      "--mean", "0.5", "--std", "0.5"])
+    assert result.rc == 0, result.stderr
+    meta = check_contract(result.written)
+    assert meta["arch"] == "imported" and meta["training"] is None
+    assert meta["labels"] == ["cat", "dog", "bird", "fish", "frog"]
+    assert meta["input"]["shape"] == [-1, 3, 20, 20] and meta["input"]["mean"] == [0.5, 0.5, 0.5]
+    assert meta["output"] == {"name": "logits", "shape": [-1, 5], "kind": "logits"}
+    layers = {layer["name"]: layer for layer in meta["layers"]}
+    assert [layer["op"] for layer in meta["layers"]] == ["Conv", "Relu", "MaxPool", "Conv", "Relu"]
+    first_conv, first_relu, pool, _, last_relu = meta["layers"]
+    assert (first_conv["kind"], first_relu["kind"], pool["kind"]) == ("conv", "conv", "pool")
+    assert first_relu["conv"] == first_conv["name"] and first_relu["weight"] == "body.0.weight"
+    assert first_relu["kernel_size"] == [3, 3] and first_relu["in_channels"] == 3 and first_relu["out_channels"] == 4
+    assert [(x["receptive_field"], x["stride"]) for x in meta["layers"]] == [(3, 1), (3, 1), (4, 2), (8, 4), (8, 4)]
+    assert layers[last_relu["name"]]["output_shape"] == [-1, 6, 4, 4]
+    # Counted from the file's float initializers: the exporter may have folded the
+    # BatchNorm into the first conv, so the file can hold fewer numbers than PyTorch.
+    params = meta["params"]
+    floats = [i for i in original.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    assert params["total"] == sum(int(np.prod(i.dims)) for i in floats)
+    assert params["conv"] == 4 * 3 * 9 + 4 + 6 * 4 * 9 + 6 and params["dense"] == 6 * 5 + 5
+    assert params["total"] == params["conv"] + params["dense"] + params["other"]
+    assert meta["parity"]["passed"] and meta["parity"]["max_abs_diff"]["logits"] < 1e-5
+    assert meta["versions"]["torch"] is None and meta["versions"]["opset"] >= 17
+
+    # The added outputs run, at any batch size, and logits still match PyTorch.
+    sess = ort.InferenceSession(str(result.written / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    assert names == ["logits", *layers]
+    x = np.random.default_rng(1).standard_normal((7, 3, 20, 20)).astype(np.float32)
+    outputs = dict(zip(names, sess.run(None, {"input": x})))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(outputs["logits"], expected, atol=1e-5)
+    for name, layer in layers.items():
+        assert list(outputs[name].shape) == [7, *layer["output_shape"][1:]]
+    assert sess.run(None, {"input": x[:1]})[0].shape == (1, 5)
+
+
+def test_import_a_model_exported_by_this_stage(tmp_path: Path, digits_artifact) -> None:  # type: ignore[no-untyped-def]
+    """Re-importing our own artifact: dynamic batch already, labels as a JSON list."""
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(digits_artifact.classes))
+    result = run_cli(["import", digits_artifact.path / "model.onnx", "--name", "again", "--out", tmp_path,
+                      "--labels", labels, "--output", "logits"])
+    assert result.rc == 0, result.stderr
+    meta = check_contract(result.written)
+    assert meta["labels"] == digits_artifact.classes
+    assert meta["params"]["total"] == digits_artifact.metadata["params"]["total"]
+    convs = [layer for layer in meta["layers"] if layer["op"] == "Conv"]
+    assert [c["receptive_field"] for c in convs] == [3, 5, 10, 14]
+    assert meta["parity"]["max_abs_diff"]["logits"] == 0.0
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"this is not an onnx model", "is not an ONNX model"),
+    (b"", "is not an ONNX model"),
+])
+def test_import_rejects_files_that_are_not_onnx(tmp_path: Path, content: bytes, message: str) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    result = run_cli(["import", bad, "--name", "bad", "--out", tmp_path / "models"])
+    assert result.rc == 2 and message in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert tree(tmp_path / "models") == []
+
+
+def test_import_rejects_a_wrong_label_count(tmp_path: Path) -> None:
+    source = tmp_path / "small.onnx"
+    export_small(source)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    result = run_cli(["import", source, "--name", "small", "--out", tmp_path / "models", "--labels", labels])
+    assert result.rc == 2 and result.stderr == "error: 2 labels for 5 classes\n"
+    assert tree(tmp_path / "models") == []

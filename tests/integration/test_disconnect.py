@@ -4,6 +4,7 @@ run in-process here so the test can hold the model still."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -56,24 +57,35 @@ def server(tmp_path: Path) -> Iterator[tuple[str, DataPlane]]:
     thread.join(10)
 
 
-def test_a_request_whose_client_left_never_reaches_the_model(server: tuple[str, DataPlane]) -> None:
+V1_IMAGE = png_bytes(np.full((8, 8), 100, dtype=np.uint8))
+V2_TENSOR = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                    "data": [0.0] * 64}]}).encode()
+
+
+@pytest.mark.parametrize("path, content_type, body", [
+    ("/predict", "image/png", V1_IMAGE),
+    ("/v2/models/synthetic/infer", "application/json", V2_TENSOR),
+], ids=["v1", "v2"])
+def test_a_request_whose_client_left_never_reaches_the_model(
+    server: tuple[str, DataPlane], path: str, content_type: str, body: bytes
+) -> None:
     address, plane = server
     batcher = plane.entries["synthetic"][1].batcher
     assert batcher is not None
     held = HeldModel(batcher.model)
     batcher.model = held
-    image = png_bytes(np.full((8, 8), 100, dtype=np.uint8))
+    headers = {"content-type": content_type}
 
     first: dict[str, int] = {}
     worker = threading.Thread(target=lambda: first.update(status=httpx.post(
-        f"http://{address}/predict", content=image, headers={"content-type": "image/png"}, timeout=30).status_code))
+        f"http://{address}{path}", content=body, headers=headers, timeout=30).status_code))
     worker.start()
     assert held.entered.wait(10)  # the model is busy with the first request
 
     host, port = address.split(":")
     raw = socket.create_connection((host, int(port)))
-    raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                + f"Content-Length: {len(image)}\r\n\r\n".encode() + image)
+    raw.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     deadline = time.monotonic() + 10
     while batcher.queued_images != 1:
         assert time.monotonic() < deadline, "the second request never queued"
@@ -86,6 +98,6 @@ def test_a_request_whose_client_left_never_reaches_the_model(server: tuple[str, 
     held.release.set()
     worker.join(10)
     assert first["status"] == 200
-    response = httpx.post(f"http://{address}/predict", content=image, headers={"content-type": "image/png"})
+    response = httpx.post(f"http://{address}{path}", content=body, headers=headers)
     assert response.status_code == 200
     assert held.runs == [1, 1]  # the first and the last request ran; the abandoned one never did

@@ -4,25 +4,18 @@ the Open Inference Protocol works for standard clients unchanged."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
-import uvicorn
 from tritonclient.utils import InferenceServerException
 
-from service.app import create_app
 from service.preprocessing import InputSpec, decode, preprocess
-from service.settings import Settings
 from tests.integration.conftest import LiveServer
 from tests.service.conftest import png_bytes
 from tests.service.synthetic import write_artifact
@@ -161,75 +154,3 @@ def test_the_example_script(server: LiveServer) -> None:
     assert run.returncode == 0, run.stderr
     assert "top 3 (logit:index:label):" in run.stdout
     assert "feature map features.1: float32 [1, 4, 12, 12]" in run.stdout
-
-
-# -- the client-gone rule ------------------------------------------------------------------
-
-
-class HeldModel:
-    """Wraps a runtime; runs wait until the test releases them."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.runs: list[int] = []
-
-    def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
-        self.entered.set()
-        self.release.wait(10)
-        self.runs.append(int(batch.shape[0]))
-        return self.inner.run(batch, outputs)
-
-
-def test_a_v2_request_whose_client_left_never_reaches_the_model(tmp_path: Path) -> None:
-    """In-process (the test holds the model still): the second client hangs up while queued."""
-    write_artifact(tmp_path, MODEL, 1)
-    app = create_app(Settings(model_repository=tmp_path, max_batch_size=1, log_level="warning"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not (server.started and app.state.dataplane.load_finished):
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        batcher = app.state.dataplane.entries[MODEL][1].batcher
-        held = HeldModel(batcher.model)
-        batcher.model = held
-        x = np.zeros((1, 1, 8, 8), dtype=np.float32)
-
-        first: dict[str, Any] = {}
-
-        def infer() -> None:
-            c = httpclient.InferenceServerClient(url=f"127.0.0.1:{port}")
-            try:
-                first["logits"] = c.infer(MODEL, [fp32_input(x)]).as_numpy("logits")
-            finally:
-                c.close()
-
-        worker = threading.Thread(target=infer)
-        worker.start()
-        assert held.entered.wait(10)  # the model is busy with the first request
-
-        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                                       "data": [0.0] * 64}]}).encode()
-        raw = socket.create_connection(("127.0.0.1", port))
-        raw.sendall(f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        while batcher.queued_images != 1:
-            assert time.monotonic() < deadline, "the second request never queued"
-            time.sleep(0.01)
-        raw.close()
-        while batcher.queued_images != 0:
-            assert time.monotonic() < deadline, "the abandoned request kept its queue slot"
-            time.sleep(0.01)
-
-        held.release.set()
-        worker.join(10)
-        assert first["logits"].shape == (1, 3)
-        assert held.runs == [1]  # the abandoned request never ran
-    finally:
-        server.should_exit = True
-        thread.join(10)

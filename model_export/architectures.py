@@ -73,9 +73,7 @@ def build_tinyvgg(channels: int, size: tuple[int, int], num_classes: int) -> nn.
         nn.ReLU(),
         nn.MaxPool2d(2),
     )
-    classifier = nn.Sequential(
-        nn.Flatten(), nn.Linear(_flat_size(features, channels, size), num_classes)
-    )
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(_flat_size(features, channels, size), num_classes))
     return _named(features=features, classifier=classifier)
 
 
@@ -112,9 +110,7 @@ def build_alexnet(channels: int, size: tuple[int, int], num_classes: int) -> nn.
     net = torchvision.models.alexnet(weights=None, num_classes=num_classes)
     if channels != 3:
         old = net.features[0]
-        net.features[0] = nn.Conv2d(
-            channels, old.out_channels, old.kernel_size, old.stride, old.padding
-        )
+        net.features[0] = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding)
     return net
 
 
@@ -166,29 +162,46 @@ REGISTRY: dict[str, ArchSpec] = {
     spec.name: spec
     for spec in [
         ArchSpec(
-            "tinyvgg", build_tinyvgg, (28, 28), 1,
+            "tinyvgg",
+            build_tinyvgg,
+            (28, 28),
+            1,
             "TinyVGG (CNN Explainer): 2 x (conv-relu-conv-relu-maxpool), 10 3x3 filters, linear",
         ),
         ArchSpec(
-            "lenet", build_lenet, (28, 28), 1,
+            "lenet",
+            build_lenet,
+            (28, 28),
+            1,
             "LeNet-5: conv5-relu-pool, conv5-relu-pool, 3 dense layers",
         ),
         ArchSpec(
-            "alexnet", build_alexnet, (224, 224), 3,
+            "alexnet",
+            build_alexnet,
+            (224, 224),
+            3,
             "AlexNet (torchvision): 5 conv, 3 max-pool, 3 dense layers, 224 px RGB",
-            imagenet_weights="AlexNet_Weights", smallest=63,
+            imagenet_weights="AlexNet_Weights",
+            smallest=63,
         ),
         ArchSpec(
-            "alexnet-small", build_alexnet_small, (32, 32), 3,
+            "alexnet-small",
+            build_alexnet_small,
+            (32, 32),
+            3,
             "AlexNet's shape (5 conv, 3 max-pool, 3 dense) scaled down for 28-64 px inputs",
             smallest=8,
         ),
         ArchSpec(
-            "resnet18", build_resnet18, (224, 224), 3,
+            "resnet18",
+            build_resnet18,
+            (224, 224),
+            3,
             "ResNet-18 (torchvision): 7x7 stem, 4 stages of 2 basic residual blocks",
             default_layers=("relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"),
             side_paths=("downsample",),
-            imagenet_weights="ResNet18_Weights", smallest=32,
+            imagenet_weights="ResNet18_Weights",
+            smallest=32,
         ),
     ]
 }
@@ -200,9 +213,7 @@ def get_arch(name: str) -> ArchSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ExportError(
-            f"unknown architecture {name!r}; choose from: {', '.join(REGISTRY)}"
-        ) from None
+        raise ExportError(f"unknown architecture {name!r}; choose from: {', '.join(REGISTRY)}") from None
 
 
 def imagenet_labels(spec: ArchSpec) -> list[str] | None:

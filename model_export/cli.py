@@ -45,43 +45,104 @@ def _layers(text: str) -> list[str]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="models", help="model repository root (default: ./models)")
-    parser.add_argument("--version", type=_positive_int, help="version to write (default: next free); never overwrites")
-    parser.add_argument("--if-missing", action="store_true",
-                        help="do nothing (exit 0) if the repository already holds a complete version of this model")
-    parser.add_argument("--mean", type=float, nargs="+", help="per-channel mean after scaling (default: measured on the training set)")
-    parser.add_argument("--std", type=float, nargs="+", help="per-channel std after scaling (default: measured on the training set)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size the image is resized to")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="parity tolerance: max|onnx - reference| <= tol * max(1, max|reference|) (default: 1e-3)")
+    parser.add_argument(
+        "--version", type=_positive_int, help="version to write (default: next free); never overwrites"
+    )
+    parser.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing (exit 0) if the repository already holds a complete version of this model",
+    )
+    parser.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        help="per-channel mean after scaling (default: measured on the training set)",
+    )
+    parser.add_argument(
+        "--std",
+        type=float,
+        nargs="+",
+        help="per-channel std after scaling (default: measured on the training set)",
+    )
+    parser.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="input size the image is resized to"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="parity tolerance: max|onnx - reference| <= tol * max(1, max|reference|) (default: 1e-3)",
+    )
 
 
 def train_parser() -> argparse.ArgumentParser:
-    archs = "\n".join(f"  {spec.name:14} {spec.size[0]}x{spec.size[1]}x{spec.channels}  {spec.description}" for spec in REGISTRY.values())
+    archs = "\n".join(
+        f"  {spec.name:14} {spec.size[0]}x{spec.size[1]}x{spec.channels}  {spec.description}"
+        for spec in REGISTRY.values()
+    )
     parser = _Parser(
         prog="convscope-export",
         description="Train a CNN and export it (ONNX + metadata) as a convscope model artifact.",
         epilog=(
             f"architectures:\n{archs}\n\n"
-            "bring your own ONNX model:\n  convscope-export import FILE.onnx --name NAME [--labels FILE] ...\n"
+            "bring your own ONNX model:\n"
+            "  convscope-export import FILE.onnx --name NAME [--labels FILE] ...\n"
             "  (see convscope-export import --help)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--arch", default="tinyvgg", choices=list(REGISTRY), help="architecture (default: tinyvgg)")
-    parser.add_argument("--dataset", default="digits", choices=list(DATASETS), help="training data (default: digits)")
-    parser.add_argument("--data-dir", help="dataset directory (fashion-mnist idx files, or an ImageFolder tree)")
+    parser.add_argument(
+        "--arch", default="tinyvgg", choices=list(REGISTRY), help="architecture (default: tinyvgg)"
+    )
+    parser.add_argument(
+        "--dataset", default="digits", choices=list(DATASETS), help="training data (default: digits)"
+    )
+    parser.add_argument(
+        "--data-dir", help="dataset directory (fashion-mnist idx files, or an ImageFolder tree)"
+    )
     parser.add_argument("--name", help="model name (default: <dataset>-<arch>)")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: 10; 0 with --weights); 0 exports the untrained net")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="training epochs (default: 10; 0 with --weights); 0 exports the untrained net",
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="(default: 32)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate, cosine-decayed to 0 (default: 3e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, shuffling and the held-out split")
-    parser.add_argument("--max-train-samples", type=_positive_int, metavar="N", help="train on a seeded subset of N images")
-    parser.add_argument("--max-val-samples", type=_positive_int, metavar="N", help="evaluate on a seeded subset of N held-out images")
+    parser.add_argument(
+        "--lr", type=float, default=3e-3, help="Adam learning rate, cosine-decayed to 0 (default: 3e-3)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds initialisation, shuffling and the held-out split"
+    )
+    parser.add_argument(
+        "--max-train-samples", type=_positive_int, metavar="N", help="train on a seeded subset of N images"
+    )
+    parser.add_argument(
+        "--max-val-samples",
+        type=_positive_int,
+        metavar="N",
+        help="evaluate on a seeded subset of N held-out images",
+    )
     parser.add_argument("--channels", type=int, choices=(1, 3), help="input channels (default: the arch's)")
-    parser.add_argument("--layers", type=_layers, help="comma-separated module paths to tap (default: conv activations, pools, last feature layer)")
-    parser.add_argument("--weights", help="local state dict to load (an ImageNet checkpoint keeps its 1000 labels)")
-    parser.add_argument("--parity-images", type=_positive_int, default=32, help="held-out images for the parity check (default: 32)")
-    parser.add_argument("--threads", type=_positive_int, help="torch threads for training (default: 1 below 64 px, else one per core)")
+    parser.add_argument(
+        "--layers",
+        type=_layers,
+        help="comma-separated module paths to tap (default: conv activations, pools, last feature layer)",
+    )
+    parser.add_argument(
+        "--weights", help="local state dict to load (an ImageNet checkpoint keeps its 1000 labels)"
+    )
+    parser.add_argument(
+        "--parity-images",
+        type=_positive_int,
+        default=32,
+        help="held-out images for the parity check (default: 32)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch threads for training (default: 1 below 64 px, else one per core)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     _common(parser)
     return parser
@@ -96,7 +157,9 @@ def import_parser() -> argparse.ArgumentParser:
     parser.add_argument("file", help="the .onnx file")
     parser.add_argument("--name", required=True, help="model name ([a-z0-9][a-z0-9._-]*)")
     parser.add_argument("--labels", help="class names: one per line, or a JSON list (default: class_0..N-1)")
-    parser.add_argument("--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default: 1/255)")
+    parser.add_argument(
+        "--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default: 1/255)"
+    )
     parser.add_argument("--output", help="the class-score output (default: the first graph output)")
     _common(parser)
     return parser
@@ -107,7 +170,10 @@ def _already_there(out: str, name: str) -> bool:
 
     versions = complete_versions(Path(out) / check_name(name))
     if versions:
-        print(f"{Path(out) / name} already holds version {versions[-1]}; nothing to do (--if-missing)", file=sys.stderr)
+        print(
+            f"{Path(out) / name} already holds version {versions[-1]}; nothing to do (--if-missing)",
+            file=sys.stderr,
+        )
     return bool(versions)
 
 
@@ -118,15 +184,32 @@ def _run_train(argv: Sequence[str]) -> Path | None:
     name = args.name or f"{args.dataset}-{args.arch}"
     if args.if_missing and _already_there(args.out, name):
         return None
-    return export_trained(TrainOptions(
-        arch=args.arch, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
-        name=name, version=args.version, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, max_train_samples=args.max_train_samples,
-        max_val_samples=args.max_val_samples, size=tuple(args.size) if args.size else None,
-        channels=args.channels, mean=args.mean, std=args.std, layers=args.layers,
-        weights=args.weights, tolerance=args.tolerance, parity_images=args.parity_images,
-        progress=not args.quiet, threads=args.threads,
-    ))
+    return export_trained(
+        TrainOptions(
+            arch=args.arch,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            out=args.out,
+            name=name,
+            version=args.version,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            max_train_samples=args.max_train_samples,
+            max_val_samples=args.max_val_samples,
+            size=tuple(args.size) if args.size else None,
+            channels=args.channels,
+            mean=args.mean,
+            std=args.std,
+            layers=args.layers,
+            weights=args.weights,
+            tolerance=args.tolerance,
+            parity_images=args.parity_images,
+            progress=not args.quiet,
+            threads=args.threads,
+        )
+    )
 
 
 def _run_import(argv: Sequence[str]) -> Path | None:
@@ -135,11 +218,21 @@ def _run_import(argv: Sequence[str]) -> Path | None:
 
     if args.if_missing and _already_there(args.out, args.name):
         return None
-    return import_onnx(ImportOptions(
-        file=args.file, name=args.name, out=args.out, version=args.version, labels=args.labels,
-        mean=args.mean, std=args.std, size=tuple(args.size) if args.size else None,
-        scale=args.scale, output=args.output, tolerance=args.tolerance,
-    ))
+    return import_onnx(
+        ImportOptions(
+            file=args.file,
+            name=args.name,
+            out=args.out,
+            version=args.version,
+            labels=args.labels,
+            mean=args.mean,
+            std=args.std,
+            size=tuple(args.size) if args.size else None,
+            scale=args.scale,
+            output=args.output,
+            tolerance=args.tolerance,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

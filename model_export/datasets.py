@@ -20,11 +20,28 @@ from .errors import ExportError
 DATASETS = ("digits", "fashion-mnist", "imagefolder")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 IMAGE_EXTENSIONS = {
-    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
 }
 VAL_FRACTION = 0.2
 
@@ -107,9 +124,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", data[4:header])
     count = int(np.prod(shape)) if shape else 0
     if len(data) - header != count:
-        raise ExportError(
-            f"{path}: idx header says {count} bytes of data, file has {len(data) - header}"
-        )
+        raise ExportError(f"{path}: idx header says {count} bytes of data, file has {len(data) - header}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -145,11 +160,9 @@ def _read_image(path: Path) -> np.ndarray:
             img.load()
             # Grey stays grey (HxW), anything else becomes RGB (HxWx3): the two modes the
             # service knows. Palette/alpha images are flattened the way Pillow does it.
-            if img.mode in ("L", "1", "I;16", "I", "F"):
-                img = img.convert("L")
-            elif img.mode != "RGB":
-                img = img.convert("RGB")
-            return np.asarray(img, dtype=np.uint8).copy()
+            mode = "L" if img.mode in ("L", "1", "I;16", "I", "F") else "RGB"
+            converted = img if img.mode == mode else img.convert(mode)
+            return np.asarray(converted, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise ExportError(f"cannot read image {path}: {exc}") from None
 
@@ -158,7 +171,8 @@ def _scan_classes(root: Path) -> dict[str, list[Path]]:
     classes: dict[str, list[Path]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(
-            p for p in sub.rglob("*")
+            p
+            for p in sub.rglob("*")
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
         )
         if files:
@@ -211,9 +225,7 @@ def load_imagefolder(data_dir: str | os.PathLike[str] | None, seed: int) -> Data
 def _check_classes(names: list[str], root: Path) -> None:
     if len(names) < 2:
         found = f"found {len(names)} ({', '.join(names)})" if names else "found none"
-        raise ExportError(
-            f"{root} needs at least two class subfolders with images; {found}"
-        )
+        raise ExportError(f"{root} needs at least two class subfolders with images; {found}")
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None, seed: int) -> Dataset:

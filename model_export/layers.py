@@ -18,8 +18,17 @@ from .errors import ExportError
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 ACTIVATIONS = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
-    nn.Hardswish, nn.Mish, nn.PReLU,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Mish,
+    nn.PReLU,
 )
 # Modules between a conv and its activation that do not change what a map shows.
 PASS_THROUGH = (nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
@@ -42,7 +51,8 @@ def prepare(model: nn.Module) -> nn.Module:
     conv output that another tap or the hook itself reads."""
     for module in model.modules():
         if hasattr(module, "inplace"):
-            module.inplace = False
+            # setattr: nn.Module.__getattr__ types attributes as Tensor | Module.
+            setattr(module, "inplace", False)  # noqa: B010
     return model
 
 
@@ -65,7 +75,10 @@ def trace(model: nn.Module, example: torch.Tensor, side_paths: tuple[str, ...] =
         def hook(mod: nn.Module, args: tuple[Any, ...], out: Any, path: str = path) -> None:
             calls.append(
                 Call(
-                    path, mod, _shape(args[0]) if args else None, _shape(out),
+                    path,
+                    mod,
+                    _shape(args[0]) if args else None,
+                    _shape(out),
                     leaf=not any(True for _ in mod.children()),
                     side=any(part in side_paths for part in path.split(".")),
                 )
@@ -118,9 +131,7 @@ def resolve_taps(calls: list[Call], requested: list[str]) -> list[str]:
     valid = sorted(order, key=order.__getitem__)
     unknown = [p for p in requested if p not in order]
     if unknown:
-        raise ExportError(
-            f"unknown layer(s) {', '.join(unknown)}; valid layers: {', '.join(valid)}"
-        )
+        raise ExportError(f"unknown layer(s) {', '.join(unknown)}; valid layers: {', '.join(valid)}")
     return sorted(dict.fromkeys(requested), key=order.__getitem__)
 
 
@@ -164,13 +175,13 @@ def _pair(value: Any) -> int:
 def _adaptive(in_size: int, out_size: int) -> tuple[int, int]:
     """Kernel/stride of adaptive pooling: the largest window and the floor step."""
     stride = max(in_size // out_size, 1)
-    kernel = max(
-        -((-(i + 1) * in_size) // out_size) - (i * in_size) // out_size for i in range(out_size)
-    )
+    kernel = max(-((-(i + 1) * in_size) // out_size) - (i * in_size) // out_size for i in range(out_size))
     return kernel, stride
 
 
-def receptive_fields(calls: list[Call], input_hw: tuple[int, int]) -> dict[int, tuple[int | None, int | None]]:
+def receptive_fields(
+    calls: list[Call], input_hw: tuple[int, int]
+) -> dict[int, tuple[int | None, int | None]]:
     """(receptive field, stride) in input pixels after each main-path leaf call.
 
     Non-spatial outputs (after Flatten/Linear) see the whole input: rf = max(H, W) and
@@ -200,7 +211,7 @@ def receptive_fields(calls: list[Call], input_hw: tuple[int, int]) -> dict[int, 
             k, s = _adaptive(max(call.in_shape[2:]), max(call.out_shape[2:]))
             rf += (k - 1) * jump
             jump *= s
-        elif call.in_shape is None or call.in_shape[2:] != call.out_shape[2:]:
+        elif call.in_shape is None or call.out_shape is None or call.in_shape[2:] != call.out_shape[2:]:
             rf, jump = None, None
         result[i] = (rf, jump)
     return result
@@ -235,7 +246,8 @@ def describe_taps(
         leaf_index = index
         if not call.leaf:
             inner = [
-                i for i in range(index)
+                i
+                for i in range(index)
                 if calls[i].leaf and not calls[i].side and calls[i].path.startswith(path + ".")
             ]
             leaf_index = inner[-1] if inner else index

@@ -39,9 +39,7 @@ class TapModel(nn.Module):
         seen: dict[str, torch.Tensor] = {}
         modules = dict(self.net.named_modules())
         handles = [
-            modules[name].register_forward_hook(
-                lambda _m, _args, out, name=name: seen.__setitem__(name, out)
-            )
+            modules[name].register_forward_hook(lambda _m, _args, out, name=name: seen.__setitem__(name, out))
             for name in self.taps
         ]
         try:
@@ -52,7 +50,9 @@ class TapModel(nn.Module):
         return (logits, *(seen[name] for name in self.taps))
 
 
-def export_onnx(net: nn.Module, taps: list[str], input_shape: tuple[int, int, int], path: str | os.PathLike[str]) -> int:
+def export_onnx(
+    net: nn.Module, taps: list[str], input_shape: tuple[int, int, int], path: str | os.PathLike[str]
+) -> int:
     """Write the tapped net to `path`; returns the opset used."""
     wrapper = TapModel(net, taps).eval()
     # Batch 2, not 1: torch.export specialises size-1 dimensions to constants.
@@ -88,8 +88,8 @@ def _tidy(path: str | os.PathLike[str], taps: list[str]) -> None:
     names = {init.name for init in graph.initializer}
     rename = {}
     for name in names:
-        if name.startswith(_PREFIX) and name[len(_PREFIX):] not in names:
-            rename[name] = name[len(_PREFIX):]
+        if name.startswith(_PREFIX) and name[len(_PREFIX) :] not in names:
+            rename[name] = name[len(_PREFIX) :]
     for init in graph.initializer:
         init.name = rename.get(init.name, init.name)
     for node in graph.node:
@@ -125,7 +125,8 @@ def conv_weight_names(path: str | os.PathLike[str], convs: dict[str, nn.Conv2d])
             continue
         kernel = module.weight.detach().cpu().numpy()
         by_value = [
-            w for w in conv_weights
+            w
+            for w in conv_weights
             if tuple(inits[w].dims) == kernel.shape
             and np.array_equal(numpy_helper.to_array(inits[w]), kernel)
         ]

@@ -27,10 +27,38 @@ from .preprocessing import SCALE, InputSpec, check_channels, normalisation
 TAP_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool")
 # Ops that keep the spatial grid: the receptive field passes through (max over inputs).
 ELEMENTWISE = {
-    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "HardSigmoid",
-    "HardSwish", "Gelu", "Clip", "BatchNormalization", "InstanceNormalization", "LRN",
-    "Dropout", "Identity", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "Concat",
-    "Cast", "Neg", "Abs", "Sqrt", "Exp", "Softplus", "Mish", "Pad",
+    "Relu",
+    "LeakyRelu",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Gelu",
+    "Clip",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LRN",
+    "Dropout",
+    "Identity",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Sum",
+    "Max",
+    "Min",
+    "Concat",
+    "Cast",
+    "Neg",
+    "Abs",
+    "Sqrt",
+    "Exp",
+    "Softplus",
+    "Mish",
+    "Pad",
 }
 BATCH_DIM = "batch"
 PARITY_IMAGES = 8  # random-normal inputs: parity compares graphs, not accuracy
@@ -186,7 +214,9 @@ def _attr(node: Any, name: str, default: Any) -> Any:
     return default
 
 
-def _receptive_fields(graph: Any, input_name: str, consts: dict[str, np.ndarray], shapes: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
+def _receptive_fields(
+    graph: Any, input_name: str, consts: dict[str, np.ndarray], shapes: dict[str, list[int]]
+) -> dict[str, tuple[int, int]]:
     """(rf, jump) per value on the spatial grid, for chain-like parts of the graph."""
     state: dict[str, tuple[int, int]] = {input_name: (1, 1)}
     for node in graph.node:
@@ -238,10 +268,21 @@ def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: dict[str, s
             continue
         label = names.get(node.output[0]) or node.name or node.output[0]
         per_module.append({"name": label, "type": node.op_type, "params": n})
-        key = "conv" if node.op_type in ("Conv", "ConvTranspose") else "dense" if node.op_type in ("Gemm", "MatMul") else "other"
+        key = (
+            "conv"
+            if node.op_type in ("Conv", "ConvTranspose")
+            else "dense"
+            if node.op_type in ("Gemm", "MatMul")
+            else "other"
+        )
         split[key] += n
     total = sum(split.values())
-    return {"total": total, **split, "dense_fraction": split["dense"] / total if total else 0.0, "per_module": per_module}
+    return {
+        "total": total,
+        **split,
+        "dense_fraction": split["dense"] / total if total else 0.0,
+        "per_module": per_module,
+    }
 
 
 def import_onnx(opts: ImportOptions) -> Path:
@@ -274,7 +315,10 @@ def import_onnx(opts: ImportOptions) -> Path:
     fixed_hw = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims[2:])
     if opts.size is not None:
         if all(fixed_hw) and tuple(opts.size) != fixed_hw:
-            raise ExportError(f"{opts.file} takes {fixed_hw[0]}x{fixed_hw[1]} inputs, not --size {opts.size[0]} {opts.size[1]}")
+            raise ExportError(
+                f"{opts.file} takes {fixed_hw[0]}x{fixed_hw[1]} inputs, "
+                f"not --size {opts.size[0]} {opts.size[1]}"
+            )
         size = (int(opts.size[0]), int(opts.size[1]))
     elif all(fixed_hw):
         size = (int(fixed_hw[0]), int(fixed_hw[1]))
@@ -292,14 +336,18 @@ def import_onnx(opts: ImportOptions) -> Path:
     count = chunk * max(1, PARITY_IMAGES // chunk)
     sample = np.random.default_rng(0).standard_normal((count, channels, *size)).astype(np.float32)
     try:
-        ref_logits = np.concatenate([
-            run_onnx(opts.file, sample[i:i + chunk], [class_output])[class_output]
-            for i in range(0, count, chunk)
-        ])
+        ref_logits = np.concatenate(
+            [
+                run_onnx(opts.file, sample[i : i + chunk], [class_output])[class_output]
+                for i in range(0, count, chunk)
+            ]
+        )
     except Exception as exc:  # onnxruntime's own exception types
         raise ExportError(f"onnxruntime cannot run {opts.file}: {exc}") from None
     if ref_logits.ndim != 2:
-        raise ExportError(f"class output {class_output!r} has shape {list(ref_logits.shape)}, expected [batch, classes]")
+        raise ExportError(
+            f"class output {class_output!r} has shape {list(ref_logits.shape)}, expected [batch, classes]"
+        )
     num_classes = int(ref_logits.shape[1])
     labels = read_labels(opts.labels) if opts.labels else [f"class_{i}" for i in range(num_classes)]
     if len(labels) != num_classes:
@@ -326,7 +374,9 @@ def import_onnx(opts: ImportOptions) -> Path:
     consts = _constants(graph)
     used = {n for node in graph.node for n in [*node.input, *node.output]} | set(consts)
     taken = {input_name, out_name}
-    tap_nodes = [n for n in graph.node if n.op_type in TAP_OPS and n.output and n.output[0] not in (out_name,)]
+    tap_nodes = [
+        n for n in graph.node if n.op_type in TAP_OPS and n.output and n.output[0] not in (out_name,)
+    ]
     layer_names: dict[str, str] = {}  # value name -> layer name
     for node in tap_nodes:
         base = _readable(node.output[0], node.op_type)
@@ -341,8 +391,10 @@ def import_onnx(opts: ImportOptions) -> Path:
     for node in tap_nodes:
         # Graph outputs need a typed shape; batch stays symbolic, unknown dims free.
         known = shapes.get(node.output[0]) or [-1, -1, -1, -1]
-        dims: list[str | int | None] = [BATCH_DIM, *[d if d > 0 else None for d in known[1:]]]
-        graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, dims))
+        out_dims: list[str | int | None] = [BATCH_DIM, *[d if d > 0 else None for d in known[1:]]]
+        graph.output.append(
+            onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, out_dims)
+        )
 
     rfs = _receptive_fields(graph, input_name, consts, shapes)
     producers = {n.output[0]: n for n in graph.node if n.output}
@@ -359,7 +411,13 @@ def import_onnx(opts: ImportOptions) -> Path:
             if prev is not None and prev.op_type == "Conv":
                 conv_node = prev
         kind = "pool" if "Pool" in node.op_type else "conv" if conv_node is not None else "activation"
-        entry: dict[str, Any] = {"name": value, "op": node.op_type, "kind": kind, "conv": None, "weight": None}
+        entry: dict[str, Any] = {
+            "name": value,
+            "op": node.op_type,
+            "kind": kind,
+            "conv": None,
+            "weight": None,
+        }
         params = 0
         if conv_node is not None:
             w_name = conv_node.input[1]
@@ -394,7 +452,6 @@ def import_onnx(opts: ImportOptions) -> Path:
             entry["output_shape"] = [-1, *[int(x) for x in rewritten[entry["name"]].shape[1:]]]
         parity = compare({"logits": ref_logits}, {"logits": rewritten[out_name]}, opts.tolerance, len(sample))
         parity["max_abs_diff"] = {out_name: parity["max_abs_diff"]["logits"]}
-        parity["reference"] = "the original ONNX model, class output"
 
         from .onnx_export import opset_of
         from .pipeline import package_versions

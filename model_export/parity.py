@@ -36,11 +36,13 @@ def session(path: str | os.PathLike[str]) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(path: str | os.PathLike[str], batch: np.ndarray, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def run_onnx(
+    path: str | os.PathLike[str], batch: np.ndarray, names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     sess = session(path)
     input_name = sess.get_inputs()[0].name
     names = list(names) if names is not None else [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {input_name: batch}, _quiet())))
+    return dict(zip(names, sess.run(names, {input_name: batch}, _quiet()), strict=False))
 
 
 def _quiet() -> Any:
@@ -80,7 +82,9 @@ def compare(
     }
 
 
-def check_dynamic_batch(path: str | os.PathLike[str], sample: np.ndarray, sizes: Sequence[int] = (1, 7)) -> None:
+def check_dynamic_batch(
+    path: str | os.PathLike[str], sample: np.ndarray, sizes: Sequence[int] = (1, 7)
+) -> None:
     """Run batches of different sizes; every output must follow the batch size."""
     sess = session(path)
     input_name = sess.get_inputs()[0].name
@@ -90,6 +94,6 @@ def check_dynamic_batch(path: str | os.PathLike[str], sample: np.ndarray, sizes:
             outputs = sess.run(None, {input_name: batch}, _quiet())
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
             raise ExportError(f"the model does not run with a batch of {n}: {exc}") from exc
-        for meta, out in zip(sess.get_outputs(), outputs):
+        for meta, out in zip(sess.get_outputs(), outputs, strict=False):
             if out.shape[0] != n:
                 raise ExportError(f"output {meta.name} has batch {out.shape[0]} for an input batch of {n}")

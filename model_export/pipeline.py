@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -16,8 +15,13 @@ from .architectures import ArchSpec, get_arch, imagenet_labels
 from .datasets import Dataset, limit, load_dataset
 from .errors import ExportError
 from .preprocessing import (
-    IMAGENET_MEAN, IMAGENET_STD, InputSpec, check_channels, measure_mean_std,
-    normalisation, preprocess,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InputSpec,
+    check_channels,
+    measure_mean_std,
+    normalisation,
+    preprocess,
 )
 
 DEFAULT_EPOCHS = 10  # tinyvgg on digits: ~97% held-out in ~3 s on 2 cores
@@ -64,7 +68,6 @@ def package_versions(opset: int | None, with_torch: bool = True) -> dict[str, An
         "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu"),
         "opset": opset,
         "convscope": version("convscope"),
-        "python": platform.python_version(),
     }
 
 
@@ -76,7 +79,9 @@ def _load_weights(path: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and torch errors all mean "not a checkpoint"
-        raise ExportError(f"cannot read weights file {path}: not a PyTorch state dict ({type(exc).__name__})") from None
+        raise ExportError(
+            f"cannot read weights file {path}: not a PyTorch state dict ({type(exc).__name__})"
+        ) from None
     # Training scripts often wrap the state dict; accept the usual wrappers.
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -85,7 +90,7 @@ def _load_weights(path: str) -> dict[str, Any]:
         raise ExportError(f"weights file {path} does not hold a state dict of tensors")
     # DataParallel checkpoints prefix every key with "module.".
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -105,7 +110,8 @@ def _fit_weights(net: Any, state: dict[str, Any], path: str, arch: str) -> None:
     unexpected = [k for k in state if k not in own]
     mismatched = [
         f"{k} {list(state[k].shape)} vs {list(own[k].shape)}"
-        for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
     problems = []
     if mismatched:
@@ -113,13 +119,17 @@ def _fit_weights(net: Any, state: dict[str, Any], path: str, arch: str) -> None:
     if missing:
         problems.append(f"missing keys: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        problems.append(
+            f"unexpected keys: {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"
+        )
     if problems:
         raise ExportError(f"weights file {path} does not fit arch {arch!r}: {'; '.join(problems)}")
     net.load_state_dict(state)
 
 
-def _input_spec(opts: TrainOptions, spec: ArchSpec, data: Dataset, channels: int, size: tuple[int, int], imagenet: bool) -> InputSpec:
+def _input_spec(
+    opts: TrainOptions, spec: ArchSpec, data: Dataset, channels: int, size: tuple[int, int], imagenet: bool
+) -> InputSpec:
     mean = normalisation(opts.mean, channels, "mean")
     std = normalisation(opts.std, channels, "std")
     if imagenet and channels == 3:
@@ -178,7 +188,9 @@ def export_trained(opts: TrainOptions) -> Path:
             size = opts.size or (224, 224)
     check_channels(channels)
     if min(size) < spec.smallest:
-        raise ExportError(f"arch {spec.name} needs inputs of at least {spec.smallest} px, got {size[0]}x{size[1]}")
+        raise ExportError(
+            f"arch {spec.name} needs inputs of at least {spec.smallest} px, got {size[0]}x{size[1]}"
+        )
     epochs = opts.epochs if opts.epochs is not None else (0 if state is not None else DEFAULT_EPOCHS)
     if imagenet and epochs > 0:
         raise ExportError(
@@ -205,8 +217,14 @@ def export_trained(opts: TrainOptions) -> Path:
     threads = opts.threads or default_threads(size)
     with deterministic(threads):
         result = train(
-            net, train_set, val_set, epochs=epochs, batch_size=opts.batch_size,
-            lr=opts.lr, seed=opts.seed, progress=opts.progress,
+            net,
+            train_set,
+            val_set,
+            epochs=epochs,
+            batch_size=opts.batch_size,
+            lr=opts.lr,
+            seed=opts.seed,
+            progress=opts.progress,
         )
     net.eval()
     if epochs == 0 and state is not None and not imagenet:
@@ -221,15 +239,20 @@ def export_trained(opts: TrainOptions) -> Path:
         weight_names = conv_weight_names(model_path, convs)
         for entry in layer_meta:
             entry["weight"] = weight_names.get(entry["conv"]) if entry["conv"] else None
-        initial_arrays = {weight_names[p]: k for p, k in initial.items() if weight_names.get(p)}
+        initial_arrays: dict[str, np.ndarray] = {}
+        for conv_path, kernel in initial.items():
+            weight_name = weight_names.get(conv_path)
+            if weight_name:
+                initial_arrays[weight_name] = kernel
         if initial_arrays:
-            np.savez(staging.path / artifact.INITIAL_WEIGHTS_FILE, **initial_arrays)
+            # numpy's stubs type **kwds as its allow_pickle flag; the keys are array names.
+            np.savez(staging.path / artifact.INITIAL_WEIGHTS_FILE, **initial_arrays)  # type: ignore[arg-type]
 
         from .onnx_export import TapModel
 
         with torch.no_grad():
             eager = TapModel(net, taps).eval()(torch.from_numpy(parity_images))
-        reference = {n: t.numpy() for n, t in zip(["logits", *taps], eager)}
+        reference = {n: t.numpy() for n, t in zip(["logits", *taps], eager, strict=False)}
         check_dynamic_batch(model_path, parity_images)
         parity = compare(reference, run_onnx(model_path, parity_images), opts.tolerance, len(parity_images))
 
@@ -251,7 +274,6 @@ def export_trained(opts: TrainOptions) -> Path:
             "params": L.param_summary(net),
             "training": {
                 "dataset": data.name,
-                "data_dir": str(opts.data_dir) if opts.data_dir else None,
                 "train_size": len(data.train),
                 "val_size": len(data.val),
                 "epochs": epochs,
@@ -276,6 +298,8 @@ def _describe(spec: ArchSpec, opts: TrainOptions, epochs: int, imagenet: bool) -
     if imagenet:
         return f"{spec.description}; ImageNet weights from {os.path.basename(opts.weights or '')}"
     if epochs == 0:
-        source = f"weights from {os.path.basename(opts.weights)}" if opts.weights else "untrained (random weights)"
+        source = (
+            f"weights from {os.path.basename(opts.weights)}" if opts.weights else "untrained (random weights)"
+        )
         return f"{spec.description}; {source}"
     return f"{spec.description}; trained on {opts.dataset} for {epochs} epoch(s)"

@@ -86,7 +86,7 @@ def to_pixels(image: np.ndarray, channels: int, size: tuple[int, int]) -> np.nda
         pil = Image.fromarray(image, mode=native_mode)
         if pil.mode != mode:
             pil = pil.convert(mode)
-        pixels = np.asarray(pil.resize((w, h), Image.BILINEAR))
+        pixels = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR))
     pixels = pixels.astype(np.float32)
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
@@ -121,7 +121,7 @@ def measure_mean_std(
     total_sq = np.zeros(channels, dtype=np.float64)
     count = 0
     for i in indices:
-        px = to_pixels(images[i], channels, size).astype(np.float64) * scale
+        px = to_pixels(images[int(i)], channels, size).astype(np.float64) * scale
         total += px.sum(axis=(0, 1))
         total_sq += (px * px).sum(axis=(0, 1))
         count += px.shape[0] * px.shape[1]

@@ -40,9 +40,7 @@ class _LazySplit(TorchDataset):
 def as_torch_dataset(split: Split, spec: InputSpec) -> TorchDataset:
     nbytes = len(split) * spec.channels * spec.size[0] * spec.size[1] * 4
     if nbytes <= CACHE_BYTES:
-        return TensorDataset(
-            torch.from_numpy(preprocess(split.images, spec)), torch.from_numpy(split.labels)
-        )
+        return TensorDataset(torch.from_numpy(preprocess(split.images, spec)), torch.from_numpy(split.labels))
     return _LazySplit(split, spec)
 
 
@@ -133,8 +131,14 @@ def train(
         # A manual bar (total=, update()) rather than tqdm(loader): tqdm closes an
         # iterator's bar when the loop ends, before the held-out figures are known.
         bar = tqdm(
-            total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True,
-            disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+            total=len(loader),
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            leave=True,
+            disable=not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5,
         )
         for x, y in loader:
             optimizer.zero_grad()
@@ -150,18 +154,22 @@ def train(
             bar.update(1)
         val_loss, val_acc = evaluate(model, val_data)
         bar.set_postfix(
-            loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.4f}",
-            val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.4f}",
+            loss=f"{loss_sum / count:.4f}",
+            acc=f"{correct / count:.4f}",
+            val_loss=f"{val_loss:.4f}",
+            val_acc=f"{val_acc:.4f}",
         )
         bar.close()
-        result.history.append({
-            "epoch": epoch,
-            "train_loss": loss_sum / count,
-            "train_accuracy": correct / count,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "seconds": round(time.perf_counter() - epoch_start, 3),
-        })
+        result.history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / count,
+                "train_accuracy": correct / count,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "seconds": round(time.perf_counter() - epoch_start, 3),
+            }
+        )
     result.seconds = round(time.perf_counter() - start, 3)
     result.loss = result.history[-1]["val_loss"]
     result.accuracy = result.history[-1]["val_accuracy"]

@@ -46,17 +46,23 @@ def bars(cls: int, n: int, size: int, seed: int, rgb: bool) -> list[np.ndarray]:
         img = rng.integers(0, 40, (size, size), dtype=np.uint8)
         pos = int(rng.integers(2, size - 3))
         if cls == 0:
-            img[pos:pos + 2, :] = 255
+            img[pos : pos + 2, :] = 255
         elif cls == 1:
-            img[:, pos:pos + 2] = 255
+            img[:, pos : pos + 2] = 255
         else:
             np.fill_diagonal(img, 255)
         images.append(np.stack([img, img // 2, img], axis=2) if rgb else img)
     return images
 
 
-def make_imagefolder(root: Path, classes: Sequence[str] = ("horizontal", "vertical"), per_class: int = 20,
-                     size: int = 16, rgb: bool = True, seed: int = 0) -> Path:
+def make_imagefolder(
+    root: Path,
+    classes: Sequence[str] = ("horizontal", "vertical"),
+    per_class: int = 20,
+    size: int = 16,
+    rgb: bool = True,
+    seed: int = 0,
+) -> Path:
     """An ImageFolder tree of PNGs: root/<class>/<i>.png."""
     for index, name in enumerate(classes):
         folder = root / name

@@ -44,8 +44,10 @@ def test_every_arch_builds_and_runs_at_its_size(name: str, channels: int) -> Non
     assert first_conv.in_channels == channels
 
 
-@pytest.mark.parametrize("name,size", [("alexnet-small", (28, 28)), ("alexnet-small", (64, 64)),
-                                       ("tinyvgg", (64, 64)), ("lenet", (32, 32))])
+@pytest.mark.parametrize(
+    "name,size",
+    [("alexnet-small", (28, 28)), ("alexnet-small", (64, 64)), ("tinyvgg", (64, 64)), ("lenet", (32, 32))],
+)
 def test_small_nets_adapt_to_other_sizes(name: str, size: tuple[int, int]) -> None:
     net = REGISTRY[name].builder(3, size, 5).eval()
     with torch.no_grad():
@@ -64,7 +66,12 @@ def test_tinyvgg_is_cnn_explainers_net() -> None:
     assert len(convs) == 4 and all(c.out_channels == 10 and c.kernel_size == (3, 3) for c in convs)
     assert [m for m in net.modules() if isinstance(m, nn.Linear)][0].out_features == 10
     assert [layer["name"] for layer in layers] == [
-        "features.1", "features.3", "features.4", "features.6", "features.8", "features.9",
+        "features.1",
+        "features.3",
+        "features.4",
+        "features.6",
+        "features.8",
+        "features.9",
     ]
     first = layers[0]
     assert (first["kind"], first["conv"], first["op"], first["params"]) == ("conv", "features.0", "ReLU", 100)
@@ -80,20 +87,40 @@ def test_param_counts_equal_pytorchs(name: str) -> None:
     assert params["total"] == total
     assert params["conv"] + params["dense"] + params["other"] == total
     assert sum(m["params"] for m in params["per_module"]) == total
-    assert params["conv"] == sum(p.numel() for m in net.modules() if isinstance(m, nn.Conv2d) for p in m.parameters())
-    assert params["dense"] == sum(p.numel() for m in net.modules() if isinstance(m, nn.Linear) for p in m.parameters())
+    assert params["conv"] == sum(
+        p.numel() for m in net.modules() if isinstance(m, nn.Conv2d) for p in m.parameters()
+    )
+    assert params["dense"] == sum(
+        p.numel() for m in net.modules() if isinstance(m, nn.Linear) for p in m.parameters()
+    )
 
 
 def test_alexnet_metadata_matches_the_known_numbers() -> None:
     _, net, _, layers = _traced("alexnet")
     by_name = {layer["name"]: layer for layer in layers}
     expected = {  # module path: (receptive field, stride)
-        "features.1": (11, 4), "features.2": (19, 8), "features.4": (51, 8), "features.5": (67, 16),
-        "features.7": (99, 16), "features.9": (131, 16), "features.11": (163, 16),
-        "features.12": (195, 32), "avgpool": (195, 32),
+        "features.1": (11, 4),
+        "features.2": (19, 8),
+        "features.4": (51, 8),
+        "features.5": (67, 16),
+        "features.7": (99, 16),
+        "features.9": (131, 16),
+        "features.11": (163, 16),
+        "features.12": (195, 32),
+        "avgpool": (195, 32),
     }
     assert {n: (by_name[n]["receptive_field"], by_name[n]["stride"]) for n in expected} == expected
-    assert [by_name[n]["kind"] for n in expected] == ["conv", "pool", "conv", "pool", "conv", "conv", "conv", "pool", "pool"]
+    assert [by_name[n]["kind"] for n in expected] == [
+        "conv",
+        "pool",
+        "conv",
+        "pool",
+        "conv",
+        "conv",
+        "conv",
+        "pool",
+        "pool",
+    ]
     assert by_name["features.1"]["kernel_size"] == [11, 11] and by_name["features.1"]["out_channels"] == 64
     assert by_name["features.12"]["output_shape"] == [-1, 256, 6, 6]
     params = L.param_summary(net)
@@ -108,7 +135,10 @@ def test_resnet18_follows_the_main_path() -> None:
     assert list(by_name) == ["relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]
     assert (by_name["relu"]["receptive_field"], by_name["relu"]["stride"]) == (7, 2)
     assert (by_name["maxpool"]["receptive_field"], by_name["maxpool"]["stride"]) == (11, 4)
-    assert (by_name["layer4"]["receptive_field"], by_name["layer4"]["stride"]) == (435, 32)  # the published value
+    assert (by_name["layer4"]["receptive_field"], by_name["layer4"]["stride"]) == (
+        435,
+        32,
+    )  # the published value
     assert by_name["layer4"]["conv"] == "layer4.1.conv2"
 
 
@@ -124,7 +154,9 @@ def test_custom_taps_and_unknown_layers() -> None:
         L.resolve_taps(calls, ["nope"])
     layers = L.describe_taps(net, calls, ["features.0", "classifier.0", "classifier.1"], (28, 28))
     assert [(x["kind"], x["receptive_field"], x["stride"]) for x in layers] == [
-        ("conv", 3, 1), ("other", 28, None), ("linear", 28, None),
+        ("conv", 3, 1),
+        ("other", 28, None),
+        ("linear", 28, None),
     ]
     assert layers[2]["params"] == 490 * 10 + 10
 

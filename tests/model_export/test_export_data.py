@@ -10,7 +10,11 @@ from PIL import Image
 
 from export_helpers import make_fashion_dir, make_imagefolder, write_idx
 from model_export.datasets import (
-    load_digits, load_fashion_mnist, load_imagefolder, read_idx, stratified_split,
+    load_digits,
+    load_fashion_mnist,
+    load_imagefolder,
+    read_idx,
+    stratified_split,
 )
 from model_export.errors import ExportError
 from model_export.preprocessing import InputSpec, measure_mean_std, preprocess

@@ -17,8 +17,19 @@ from export_helpers import make_imagefolder, run_cli
 from model_export import artifact
 from model_export.architectures import REGISTRY
 
-REQUIRED_INPUT_KEYS = {"name", "shape", "layout", "dtype", "channels", "color_mode", "size",
-                       "resize", "scale", "mean", "std"}
+REQUIRED_INPUT_KEYS = {
+    "name",
+    "shape",
+    "layout",
+    "dtype",
+    "channels",
+    "color_mode",
+    "size",
+    "resize",
+    "scale",
+    "mean",
+    "std",
+}
 
 
 def service_preprocess(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -30,7 +41,9 @@ def service_preprocess(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
         pil = Image.fromarray(image).convert(spec["color_mode"]).resize((w, h), Image.BILINEAR)
         x = np.asarray(pil, dtype=np.float32)
         x = x[:, :, None] if x.ndim == 2 else x
-        x = (x * np.float32(spec["scale"]) - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
+        x = (x * np.float32(spec["scale"]) - np.asarray(spec["mean"], np.float32)) / np.asarray(
+            spec["std"], np.float32
+        )
         out.append(x.transpose(2, 0, 1))
     return np.stack(out)
 
@@ -60,8 +73,17 @@ def check_contract(version_dir: Path) -> dict[str, Any]:
     outputs = [o.name for o in model.graph.output]
     assert outputs == [meta["output"]["name"], *[layer["name"] for layer in meta["layers"]]]
     for layer in meta["layers"]:
-        assert {"name", "op", "kind", "conv", "weight", "output_shape", "params",
-                "receptive_field", "stride"} <= set(layer)
+        assert {
+            "name",
+            "op",
+            "kind",
+            "conv",
+            "weight",
+            "output_shape",
+            "params",
+            "receptive_field",
+            "stride",
+        } <= set(layer)
         assert layer["kind"] in {"conv", "pool", "activation", "linear", "other"}
         assert layer["output_shape"][0] == -1
     assert meta["parity"]["passed"] is True
@@ -71,7 +93,7 @@ def check_contract(version_dir: Path) -> dict[str, Any]:
 def run_all(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {"input": batch})))
+    return dict(zip(names, sess.run(names, {"input": batch}), strict=False))
 
 
 def test_digits_model_is_accurate_and_matches_the_contract(digits_artifact: Any) -> None:
@@ -81,7 +103,9 @@ def test_digits_model_is_accurate_and_matches_the_contract(digits_artifact: Any)
     training = meta["training"]
     assert training["dataset"] == "digits" and training["accuracy"] >= 0.95
     assert len(training["history"]) == training["epochs"] >= 1
-    assert {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"} <= set(training["history"][0])
+    assert {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"} <= set(
+        training["history"][0]
+    )
     assert training["val_size"] == len(digits_artifact.labels)
     assert meta["parity"]["images"] == 32
     assert set(meta["parity"]["max_abs_diff"]) == {"logits", *[layer["name"] for layer in meta["layers"]]}
@@ -127,7 +151,9 @@ def test_conv_weights_are_real_initializers_and_initial_kernels_differ(digits_ar
     assert meta["files"]["initial_weights.npz"]["bytes"] > 0
     params = meta["params"]
     assert params["total"] == params["conv"] + params["dense"] + params["other"]
-    assert params["total"] == sum(int(np.prod(v.shape)) for k, v in inits.items() if k.endswith(("weight", "bias")))
+    assert params["total"] == sum(
+        int(np.prod(v.shape)) for k, v in inits.items() if k.endswith(("weight", "bias"))
+    )
 
 
 def test_parity_is_recomputed_within_tolerance(digits_artifact: Any) -> None:
@@ -136,8 +162,11 @@ def test_parity_is_recomputed_within_tolerance(digits_artifact: Any) -> None:
 
     meta = digits_artifact.metadata
     model = onnx.load(str(digits_artifact.path / "model.onnx"))
-    state = {i.name: torch.from_numpy(onnx.numpy_helper.to_array(i).copy()) for i in model.graph.initializer
-             if i.name.endswith(("weight", "bias"))}
+    state = {
+        i.name: torch.from_numpy(onnx.numpy_helper.to_array(i).copy())
+        for i in model.graph.initializer
+        if i.name.endswith(("weight", "bias"))
+    }
     net = REGISTRY["tinyvgg"].builder(1, (28, 28), 10)
     net.load_state_dict(state)
     taps = [layer["name"] for layer in meta["layers"]]
@@ -145,13 +174,15 @@ def test_parity_is_recomputed_within_tolerance(digits_artifact: Any) -> None:
     with torch.no_grad():
         eager = TapModel(net.eval(), taps)(torch.from_numpy(batch))
     onnx_out = run_all(digits_artifact.path / "model.onnx", batch)
-    for name, value in zip(["logits", *taps], eager):
+    for name, value in zip(["logits", *taps], eager, strict=False):
         diff = float(np.abs(onnx_out[name] - value.numpy()).max())
         assert diff <= meta["parity"]["tolerance"] * max(1.0, float(np.abs(value.numpy()).max()))
 
 
 def test_layers_option_and_untrained_export(tmp_path: Path) -> None:
-    result = run_cli(["--out", tmp_path, "--epochs", "0", "--quiet", "--layers", "features.0,classifier.1,features.4"])
+    result = run_cli(
+        ["--out", tmp_path, "--epochs", "0", "--quiet", "--layers", "features.0,classifier.1,features.4"]
+    )
     assert result.rc == 0, result.stderr
     meta = check_contract(result.written)
     assert [layer["name"] for layer in meta["layers"]] == ["features.0", "features.4", "classifier.1"]
@@ -161,7 +192,9 @@ def test_layers_option_and_untrained_export(tmp_path: Path) -> None:
     assert training["epochs"] == 0 and training["accuracy"] is None and training["history"] == []
     initial = np.load(result.written / "initial_weights.npz")
     model = onnx.load(str(result.written / "model.onnx"))
-    kernel = next(onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "features.0.weight")
+    kernel = next(
+        onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "features.0.weight"
+    )
     np.testing.assert_array_equal(initial["features.0.weight"], kernel)  # untrained: unchanged
 
 
@@ -179,9 +212,24 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
 
 
 def test_imagefolder_end_to_end(tmp_path: Path) -> None:
-    root = make_imagefolder(tmp_path / "bars", classes=("horizontal", "vertical"), per_class=30, size=20, rgb=True)
-    result = run_cli(["--out", tmp_path / "models", "--dataset", "imagefolder", "--data-dir", root,
-                      "--epochs", "15", "--batch-size", "8", "--quiet"])
+    root = make_imagefolder(
+        tmp_path / "bars", classes=("horizontal", "vertical"), per_class=30, size=20, rgb=True
+    )
+    result = run_cli(
+        [
+            "--out",
+            tmp_path / "models",
+            "--dataset",
+            "imagefolder",
+            "--data-dir",
+            root,
+            "--epochs",
+            "15",
+            "--batch-size",
+            "8",
+            "--quiet",
+        ]
+    )
     assert result.rc == 0, result.stderr
     assert result.written == tmp_path / "models" / "imagefolder-tinyvgg" / "1"
     meta = check_contract(result.written)
@@ -193,11 +241,14 @@ def test_imagefolder_end_to_end(tmp_path: Path) -> None:
     assert logits.shape == (1, 2)
 
 
-@pytest.mark.parametrize("args,shape", [
-    (["--arch", "lenet"], [-1, 1, 28, 28]),
-    (["--arch", "alexnet-small"], [-1, 3, 32, 32]),
-    (["--arch", "resnet18", "--size", "64", "64", "--channels", "1"], [-1, 1, 64, 64]),
-])
+@pytest.mark.parametrize(
+    "args,shape",
+    [
+        (["--arch", "lenet"], [-1, 1, 28, 28]),
+        (["--arch", "alexnet-small"], [-1, 3, 32, 32]),
+        (["--arch", "resnet18", "--size", "64", "64", "--channels", "1"], [-1, 1, 64, 64]),
+    ],
+)
 def test_other_architectures_export_with_parity(tmp_path: Path, args: list[str], shape: list[int]) -> None:
     result = run_cli(["--out", tmp_path, "--epochs", "0", "--quiet", "--parity-images", "8", *args])
     assert result.rc == 0, result.stderr
@@ -205,7 +256,15 @@ def test_other_architectures_export_with_parity(tmp_path: Path, args: list[str],
     assert meta["input"]["shape"] == shape
     assert meta["params"]["total"] == sum(m["params"] for m in meta["params"]["per_module"])
     if args[1] == "resnet18":
-        assert [layer["name"] for layer in meta["layers"]] == ["relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]
+        assert [layer["name"] for layer in meta["layers"]] == [
+            "relu",
+            "maxpool",
+            "layer1",
+            "layer2",
+            "layer3",
+            "layer4",
+            "avgpool",
+        ]
         # BN is folded into the convs by the exporter, but the kernels keep their names.
         assert meta["layers"][0]["weight"] == "conv1.weight"
         # Digits held out at 64 px, grey: stats measured on the training set.
@@ -219,12 +278,16 @@ def test_other_architectures_export_with_parity(tmp_path: Path, args: list[str],
 def test_mean_std_flags_and_loaded_weights(tmp_path: Path) -> None:
     net = REGISTRY["tinyvgg"].builder(1, (28, 28), 10)
     torch.save(net.state_dict(), tmp_path / "w.pt")
-    result = run_cli(["--out", tmp_path / "m", "--weights", tmp_path / "w.pt", "--mean", "0.5", "--std", "0.25", "--quiet"])
+    result = run_cli(
+        ["--out", tmp_path / "m", "--weights", tmp_path / "w.pt", "--mean", "0.5", "--std", "0.25", "--quiet"]
+    )
     assert result.rc == 0, result.stderr
     meta = check_contract(result.written)
     assert meta["input"]["mean"] == [0.5] and meta["input"]["std"] == [0.25]
     assert meta["training"]["epochs"] == 0 and meta["training"]["weights"] == str(tmp_path / "w.pt")
     assert meta["training"]["accuracy"] is not None  # a loaded net is evaluated
     model = onnx.load(str(result.written / "model.onnx"))
-    kernel = next(onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "features.0.weight")
+    kernel = next(
+        onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name == "features.0.weight"
+    )
     np.testing.assert_array_equal(kernel, net.features[0].weight.detach().numpy())

@@ -14,7 +14,12 @@ from model_export.architectures import REGISTRY
 
 
 def _one_folder(tmp: Path) -> list[str]:
-    return ["--dataset", "imagefolder", "--data-dir", str(make_imagefolder(tmp / "one", classes=("only",), per_class=3))]
+    return [
+        "--dataset",
+        "imagefolder",
+        "--data-dir",
+        str(make_imagefolder(tmp / "one", classes=("only",), per_class=3)),
+    ]
 
 
 def _broken_image(tmp: Path) -> list[str]:
@@ -49,19 +54,37 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "unknown option": (lambda t: ["--epoch", "3"], "unrecognized arguments"),
     "bad number": (lambda t: ["--epochs", "many"], "argument --epochs: invalid int value"),
     "negative epochs": (lambda t: ["--epochs", "-1"], "--epochs must be 0 or more"),
-    "missing fashion dir": (lambda t: ["--dataset", "fashion-mnist", "--data-dir", str(t / "nope")], "does not exist"),
-    "missing imagefolder dir": (lambda t: ["--dataset", "imagefolder", "--data-dir", str(t / "nope")], "does not exist"),
+    "missing fashion dir": (
+        lambda t: ["--dataset", "fashion-mnist", "--data-dir", str(t / "nope")],
+        "does not exist",
+    ),
+    "missing imagefolder dir": (
+        lambda t: ["--dataset", "imagefolder", "--data-dir", str(t / "nope")],
+        "does not exist",
+    ),
     "imagefolder without dir": (lambda t: ["--dataset", "imagefolder"], "needs --data-dir"),
     "one class": (_one_folder, "at least two class subfolders"),
     "unreadable image": (_broken_image, "cannot read image"),
     "weights of another arch": (_lenet_weights, "does not fit arch 'tinyvgg'"),
-    "weights with other channels": (_rgb_weights, "shape mismatch (file vs arch): features.0.weight [10, 3, 3, 3] vs [10, 1, 3, 3]"),
+    "weights with other channels": (
+        _rgb_weights,
+        "shape mismatch (file vs arch): features.0.weight [10, 3, 3, 3] vs [10, 1, 3, 3]",
+    ),
     "weights not a checkpoint": (_garbage_weights, "not a PyTorch state dict"),
     "weights missing": (lambda t: ["--weights", str(t / "absent.pt")], "does not exist"),
-    "unknown layer": (lambda t: ["--layers", "features.1,features.99"], "unknown layer(s) features.99; valid layers: features.0"),
+    "unknown layer": (
+        lambda t: ["--layers", "features.1,features.99"],
+        "unknown layer(s) features.99; valid layers: features.0",
+    ),
     "bad name": (lambda t: ["--name", "My Model"], "invalid model name"),
-    "mean count": (lambda t: ["--arch", "alexnet-small", "--mean", "0.1", "0.2"], "--mean needs 1 or 3 values"),
-    "size too small": (lambda t: ["--arch", "alexnet", "--size", "32", "32"], "needs inputs of at least 63 px"),
+    "mean count": (
+        lambda t: ["--arch", "alexnet-small", "--mean", "0.1", "0.2"],
+        "--mean needs 1 or 3 values",
+    ),
+    "size too small": (
+        lambda t: ["--arch", "alexnet", "--size", "32", "32"],
+        "needs inputs of at least 63 px",
+    ),
     "onnx not onnx": (_not_onnx, "is not an ONNX model"),
     "onnx missing": (lambda t: ["import", str(t / "none.onnx"), "--name", "x"], "does not exist"),
     "import without name": (lambda t: ["import", "x.onnx"], "the following arguments are required: --name"),
@@ -75,7 +98,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, case: str)
     inputs.mkdir()
     args = make_args(inputs)
     out = tmp_path / "models"
-    extra = ["--out", str(out)] + (["--quiet", "--epochs", "1"] if args[:1] != ["import"] and "--epochs" not in args else [])
+    extra = ["--out", str(out)] + (
+        ["--quiet", "--epochs", "1"] if args[:1] != ["import"] and "--epochs" not in args else []
+    )
     if "--weights" in args:
         extra = ["--out", str(out), "--quiet"]
     result = run_cli([*args, *extra])
@@ -101,7 +126,9 @@ def test_parity_failure_fails_the_export(tmp_path: Path, monkeypatch: pytest.Mon
     out = tmp_path / "models"
     result = run_cli(["--out", out, "--epochs", "0", "--quiet"])
     assert result.rc == 2
-    assert result.stderr.startswith("error: parity check failed against PyTorch: features.4 (max abs diff 0.01")
+    assert result.stderr.startswith(
+        "error: parity check failed against PyTorch: features.4 (max abs diff 0.01"
+    )
     assert result.stderr.count("\n") == 1
     assert tree(out) == []
 

@@ -24,8 +24,13 @@ class _Small(nn.Module):
     def __init__(self, channels: int, classes: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(4, 6, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(4, 6, 3, stride=2),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
         )
         self.head = nn.Linear(6, classes)
 
@@ -39,8 +44,15 @@ def export_small(path: Path, channels: int = 3, classes: int = 5, size: int = 20
     torch.manual_seed(0)
     net = _Small(channels, classes).eval()
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
-        torch.onnx.export(net, (torch.randn(1, channels, size, size),), str(path), dynamo=True,
-                          external_data=False, input_names=["image"], output_names=["scores", "probs"])
+        torch.onnx.export(
+            net,
+            (torch.randn(1, channels, size, size),),
+            str(path),
+            dynamo=True,
+            external_data=False,
+            input_names=["image"],
+            output_names=["scores", "probs"],
+        )
     return net
 
 
@@ -51,8 +63,22 @@ def test_import_rewrites_a_fixed_batch_model(tmp_path: Path) -> None:
     assert original.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1  # fixed batch
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nbird\nfish\nfrog\n")
-    result = run_cli(["import", source, "--name", "small", "--out", tmp_path / "models", "--labels", labels,
-                      "--mean", "0.5", "--std", "0.5"])
+    result = run_cli(
+        [
+            "import",
+            source,
+            "--name",
+            "small",
+            "--out",
+            tmp_path / "models",
+            "--labels",
+            labels,
+            "--mean",
+            "0.5",
+            "--std",
+            "0.5",
+        ]
+    )
     assert result.rc == 0, result.stderr
     meta = check_contract(result.written)
     assert meta["arch"] == "imported" and meta["training"] is None
@@ -64,8 +90,18 @@ def test_import_rewrites_a_fixed_batch_model(tmp_path: Path) -> None:
     first_conv, first_relu, pool, _, last_relu = meta["layers"]
     assert (first_conv["kind"], first_relu["kind"], pool["kind"]) == ("conv", "conv", "pool")
     assert first_relu["conv"] == first_conv["name"] and first_relu["weight"] == "body.0.weight"
-    assert first_relu["kernel_size"] == [3, 3] and first_relu["in_channels"] == 3 and first_relu["out_channels"] == 4
-    assert [(x["receptive_field"], x["stride"]) for x in meta["layers"]] == [(3, 1), (3, 1), (4, 2), (8, 4), (8, 4)]
+    assert (
+        first_relu["kernel_size"] == [3, 3]
+        and first_relu["in_channels"] == 3
+        and first_relu["out_channels"] == 4
+    )
+    assert [(x["receptive_field"], x["stride"]) for x in meta["layers"]] == [
+        (3, 1),
+        (3, 1),
+        (4, 2),
+        (8, 4),
+        (8, 4),
+    ]
     assert layers[last_relu["name"]]["output_shape"] == [-1, 6, 4, 4]
     # Counted from the file's float initializers: the exporter may have folded the
     # BatchNorm into the first conv, so the file can hold fewer numbers than PyTorch.
@@ -82,7 +118,7 @@ def test_import_rewrites_a_fixed_batch_model(tmp_path: Path) -> None:
     names = [o.name for o in sess.get_outputs()]
     assert names == ["logits", *layers]
     x = np.random.default_rng(1).standard_normal((7, 3, 20, 20)).astype(np.float32)
-    outputs = dict(zip(names, sess.run(None, {"input": x})))
+    outputs = dict(zip(names, sess.run(None, {"input": x}), strict=False))
     with torch.no_grad():
         expected = net(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(outputs["logits"], expected, atol=1e-5)
@@ -95,8 +131,20 @@ def test_import_a_model_exported_by_this_stage(tmp_path: Path, digits_artifact) 
     """Re-importing our own artifact: dynamic batch already, labels as a JSON list."""
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps(digits_artifact.classes))
-    result = run_cli(["import", digits_artifact.path / "model.onnx", "--name", "again", "--out", tmp_path,
-                      "--labels", labels, "--output", "logits"])
+    result = run_cli(
+        [
+            "import",
+            digits_artifact.path / "model.onnx",
+            "--name",
+            "again",
+            "--out",
+            tmp_path,
+            "--labels",
+            labels,
+            "--output",
+            "logits",
+        ]
+    )
     assert result.rc == 0, result.stderr
     meta = check_contract(result.written)
     assert meta["labels"] == digits_artifact.classes
@@ -106,10 +154,13 @@ def test_import_a_model_exported_by_this_stage(tmp_path: Path, digits_artifact) 
     assert meta["parity"]["max_abs_diff"]["logits"] == 0.0
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"this is not an onnx model", "is not an ONNX model"),
-    (b"", "is not an ONNX model"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"this is not an onnx model", "is not an ONNX model"),
+        (b"", "is not an ONNX model"),
+    ],
+)
 def test_import_rejects_files_that_are_not_onnx(tmp_path: Path, content: bytes, message: str) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(content)

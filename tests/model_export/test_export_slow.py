@@ -25,19 +25,29 @@ needs_fashion = pytest.mark.skipif(
 )
 
 ALEXNET_RF = {  # module path: (receptive field, stride), the textbook values
-    "features.1": (11, 4), "features.2": (19, 8), "features.4": (51, 8), "features.5": (67, 16),
-    "features.7": (99, 16), "features.9": (131, 16), "features.11": (163, 16), "features.12": (195, 32),
+    "features.1": (11, 4),
+    "features.2": (19, 8),
+    "features.4": (51, 8),
+    "features.5": (67, 16),
+    "features.7": (99, 16),
+    "features.9": (131, 16),
+    "features.11": (163, 16),
+    "features.12": (195, 32),
 }
 
 
 @needs_fashion
 def test_tinyvgg_on_fashion_mnist(tmp_path: Path) -> None:
-    result = run_cli(["--out", tmp_path, "--dataset", "fashion-mnist", "--epochs", "3", "--batch-size", "64", "--quiet"])
+    result = run_cli(
+        ["--out", tmp_path, "--dataset", "fashion-mnist", "--epochs", "3", "--batch-size", "64", "--quiet"]
+    )
     assert result.rc == 0, result.stderr
     meta = check_contract(result.written)
     training = meta["training"]
-    print(f"\ntinyvgg fashion-mnist: {training['epochs']} epochs, accuracy {training['accuracy']:.4f}, "
-          f"{training['seconds']:.1f} s, parity {max(meta['parity']['max_abs_diff'].values()):.2e}")
+    print(
+        f"\ntinyvgg fashion-mnist: {training['epochs']} epochs, accuracy {training['accuracy']:.4f}, "
+        f"{training['seconds']:.1f} s, parity {max(meta['parity']['max_abs_diff'].values()):.2e}"
+    )
     assert (training["train_size"], training["val_size"]) == (60000, 10000)
     assert training["accuracy"] >= 0.87
     assert meta["labels"][9] == "Ankle boot"
@@ -45,8 +55,25 @@ def test_tinyvgg_on_fashion_mnist(tmp_path: Path) -> None:
 
 @needs_fashion
 def test_alexnet_at_224_on_a_fashion_mnist_subset(tmp_path: Path) -> None:
-    result = run_cli(["--out", tmp_path, "--arch", "alexnet", "--dataset", "fashion-mnist", "--epochs", "1",
-                      "--max-train-samples", "256", "--max-val-samples", "64", "--parity-images", "16", "--quiet"])
+    result = run_cli(
+        [
+            "--out",
+            tmp_path,
+            "--arch",
+            "alexnet",
+            "--dataset",
+            "fashion-mnist",
+            "--epochs",
+            "1",
+            "--max-train-samples",
+            "256",
+            "--max-val-samples",
+            "64",
+            "--parity-images",
+            "16",
+            "--quiet",
+        ]
+    )
     assert result.rc == 0, result.stderr
     meta = check_contract(result.written)
     assert meta["input"]["shape"] == [-1, 3, 224, 224] and meta["input"]["color_mode"] == "RGB"
@@ -61,9 +88,22 @@ def test_alexnet_at_224_on_a_fashion_mnist_subset(tmp_path: Path) -> None:
 def test_alexnet_with_an_imagenet_checkpoint(tmp_path: Path) -> None:
     """A 1000-class torchvision AlexNet state dict (random here: no downloads in tests)."""
     torch.manual_seed(1)
-    torch.save(REGISTRY["alexnet"].builder(3, (224, 224), 1000).state_dict(), tmp_path / "alexnet-imagenet.pth")
-    result = run_cli(["--out", tmp_path / "models", "--arch", "alexnet", "--weights", tmp_path / "alexnet-imagenet.pth",
-                      "--parity-images", "8", "--quiet"])
+    torch.save(
+        REGISTRY["alexnet"].builder(3, (224, 224), 1000).state_dict(), tmp_path / "alexnet-imagenet.pth"
+    )
+    result = run_cli(
+        [
+            "--out",
+            tmp_path / "models",
+            "--arch",
+            "alexnet",
+            "--weights",
+            tmp_path / "alexnet-imagenet.pth",
+            "--parity-images",
+            "8",
+            "--quiet",
+        ]
+    )
     assert result.rc == 0, result.stderr
     meta = check_contract(result.written)
     assert len(meta["labels"]) == 1000 and meta["labels"][:2] == ["tench", "goldfish"]
@@ -76,7 +116,18 @@ def test_alexnet_with_an_imagenet_checkpoint(tmp_path: Path) -> None:
     initial = np.load(result.written / "initial_weights.npz")
     assert set(initial.files) == {layer["weight"] for layer in meta["layers"] if layer["kind"] == "conv"}
     # Fine-tuning a 1000-class head on 10-class digits is refused, clearly.
-    refused = run_cli(["--out", tmp_path / "models2", "--arch", "alexnet", "--weights",
-                       tmp_path / "alexnet-imagenet.pth", "--epochs", "1", "--quiet"])
+    refused = run_cli(
+        [
+            "--out",
+            tmp_path / "models2",
+            "--arch",
+            "alexnet",
+            "--weights",
+            tmp_path / "alexnet-imagenet.pth",
+            "--epochs",
+            "1",
+            "--quiet",
+        ]
+    )
     assert refused.rc == 2 and "ImageNet checkpoint" in refused.stderr and refused.stderr.count("\n") == 1
     assert not (tmp_path / "models2").exists()

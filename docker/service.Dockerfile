@@ -30,35 +30,34 @@ RUN set -eux; \
     fi; \
     python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
 
-# ---- Dependencies: rebuilt only when pyproject.toml (or the extra) changes -------------
-FROM runtime AS deps
+# ---- The requirement list, read from pyproject.toml --------------------------------------
+# A stage of its own: the install below is keyed on the list's contents, so an edit to
+# pyproject.toml that leaves this extra's dependencies alone reinstalls nothing.
+FROM runtime AS requirements
 ARG CONVSCOPE_EXTRA=serve
+COPY pyproject.toml docker/pyproject-deps.py /src/
+RUN python3 /src/pyproject-deps.py --pyproject /src/pyproject.toml "$CONVSCOPE_EXTRA" > /requirements.txt
+
+# ---- Dependencies: rebuilt only when that list changes -------------------------------------
+FROM runtime AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-COPY pyproject.toml docker/pyproject-deps.py /src/
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
 RUN set -eu; \
-    python pyproject-deps.py "$CONVSCOPE_EXTRA" > requirements.txt; \
-    pip install -r requirements.txt; \
+    pip install -r /tmp/requirements.txt; \
     if python -c 'import torch' 2>/dev/null; then echo "torch must not be in the service image" >&2; exit 1; fi
 
 # ---- The project as a wheel: rebuilt on every code edit, small ---------------------------
 FROM deps AS wheel
+COPY pyproject.toml /src/
 COPY service/ /src/service/
 COPY model_export/ /src/model_export/
 RUN pip wheel --no-deps --wheel-dir /wheels /src
 
 # ---- Final image ----------------------------------------------------------------------------
 FROM runtime
-COPY --from=deps /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH \
-    VIRTUAL_ENV=/opt/venv
-COPY --from=wheel /wheels/ /tmp/wheels/
-RUN pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl \
-    && rm -rf /tmp/wheels
-COPY docker/healthcheck.py /usr/local/bin/convscope-healthcheck
 RUN set -eu; \
     if command -v useradd >/dev/null 2>&1; then \
         groupadd --system --gid 10001 convscope; \
@@ -68,9 +67,16 @@ RUN set -eu; \
         echo 'convscope:x:10001:10001::/nonexistent:/sbin/nologin' >> /etc/passwd; \
         echo 'convscope:x:10001:' >> /etc/group; \
     fi; \
-    mkdir -p /models; \
-    chmod 0755 /usr/local/bin/convscope-healthcheck
+    mkdir -p /models
 
+COPY --from=deps /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    VIRTUAL_ENV=/opt/venv
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN pip install --no-deps --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels
+COPY docker/healthcheck.py /usr/local/bin/convscope-healthcheck
+RUN chmod 0755 /usr/local/bin/convscope-healthcheck
 ENV CONVSCOPE_HOST=0.0.0.0 \
     CONVSCOPE_PORT=8000 \
     CONVSCOPE_MODEL_REPOSITORY=/models

@@ -98,6 +98,8 @@ trap 'exit 130' INT TERM
 [ "$(uname -s)" = Linux ] || skip "containers need Linux (this is $(uname -s))"
 [ "$(id -u)" = 0 ] || skip "needs root: podman here runs rootful (run: sudo make test-containers)"
 mkdir -p "$STATE"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+    || skip "needs python3 >= 3.11 on the host (reads pyproject.toml with tomllib)"
 free_gb=$(df -Pk /var/lib 2>/dev/null | awk 'NR==2 {print int($4/1048576)}')
 [ "${free_gb:-0}" -ge 20 ] || skip "needs about 20 GB free under /var/lib (has ${free_gb:-?} GB): the export image holds torch"
 

@@ -47,9 +47,11 @@ STARTED=$(date +%s)
 
 log() { printf '\n== [%4ss] %s\n' "$(( $(date +%s) - STARTED ))" "$*"; }
 die() { echo "test-containers: FAIL: $*" >&2; exit 1; }
+SKIPPED=0
 skip() {
     echo "test-containers: SKIP: $*" >&2
     if [ "$OPTIONAL" = 1 ]; then
+        SKIPPED=1
         echo "test-containers: CONVSCOPE_CONTAINERS_OPTIONAL=1, so this skip passes" >&2
         exit 0
     fi
@@ -84,7 +86,9 @@ cleanup() {
     if command -v podman >/dev/null 2>&1; then
         podman image prune -f >/dev/null 2>&1   # dangling layers of rebuilt images
     fi
-    if [ "$rc" = 0 ]; then
+    if [ "$rc" = 0 ] && [ "$SKIPPED" = 1 ]; then
+        echo "test-containers: SKIPPED (not run; see above)"
+    elif [ "$rc" = 0 ]; then
         echo "test-containers: PASS ($(( $(date +%s) - STARTED )) s)"
     else
         echo "test-containers: exit $rc after $(( $(date +%s) - STARTED )) s" >&2

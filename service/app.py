@@ -13,12 +13,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api import system, v1, v2
+from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane
 from service.errors import ServiceError
 from service.metrics import Metrics

@@ -6,6 +6,11 @@ images, waiting up to ``max_queue_delay_ms`` for more), runs them as one onnxrun
 call on a worker thread, and hands each request back its own slice. While a run is in
 progress new requests pile up, so under load batches form by themselves even with no
 delay, and at low load nothing waits.
+
+Requests the server has accepted for this model but is still decoding are counted
+(``arriving``): when the model frees up while some are on their way, the batcher waits
+for them up to ``arrival_wait_ms`` instead of running half a batch. A lone client never
+waits, since nothing else is on its way.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,6 +74,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_queue_delay_ms: float,
         max_queue_size: int,
+        arrival_wait_ms: float = 0.0,
         observer: BatchObserver | None = None,
         label: str = "model",
     ) -> None:
@@ -74,6 +82,8 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
+        self.arrival_wait = arrival_wait_ms / 1000.0
+        self._arriving = 0
         self.observer = observer
         self.label = label
         self.runs = 0  # onnxruntime calls made: batching is tested by counting these
@@ -108,6 +118,18 @@ class DynamicBatcher:
         self._queue.clear()
         self._queued_images = 0
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @contextmanager
+    def arriving(self, images: int) -> Iterator[None]:
+        """Wrap the decoding of a request that will call ``infer`` right after: while it
+        lasts, a batch about to run may wait for it. Leave the block and call ``infer``
+        without an ``await`` between them, so the batcher never sees the gap."""
+        self._arriving += images
+        try:
+            yield
+        finally:
+            self._arriving -= images
+            self._wakeup.set()
 
     async def infer(self, inputs: np.ndarray, outputs: tuple[str, ...]) -> InferenceResult:
         """Queue ``inputs`` ([N, ...]); resolves with this request's own N rows of each output.
@@ -169,8 +191,11 @@ class DynamicBatcher:
                 break
         group = [first]
         images = self._take_matching(group, first.size)
-        deadline = time.perf_counter() + self.max_queue_delay
+        now = time.perf_counter()
+        delay_deadline = now + self.max_queue_delay
+        arrival_deadline = now + self.arrival_wait
         while images < self.max_batch_size:
+            deadline = max(delay_deadline, arrival_deadline) if self._arriving else delay_deadline
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break

@@ -21,6 +21,7 @@ from service import encoding as enc
 from service.batching import DynamicBatcher, InferenceResult
 from service.errors import (
     BadRequest,
+    ModelFailed,
     ModelNotReady,
     NotFound,
     PayloadTooLarge,
@@ -115,6 +116,7 @@ class DataPlane:
             providers=choose_providers(settings.providers),
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
+            allow_spinning=settings.ort_allow_spinning,
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -140,13 +142,14 @@ class DataPlane:
             except Exception as exc:  # onnxruntime and onnx raise their own types on bad files
                 entry.state, entry.reason = "failed", f"{type(exc).__name__}: {exc}"
             else:
-                max_batch, delay_ms, queue_size = self.settings.batching_for(ref.name)
+                max_batch, delay_ms, queue_size, arrival_wait_ms = self.settings.batching_for(ref.name)
                 entry.runtime = runtime
                 entry.batcher = DynamicBatcher(
                     runtime,
                     max_batch_size=max_batch,
                     max_queue_delay_ms=delay_ms,
                     max_queue_size=queue_size,
+                    arrival_wait_ms=arrival_wait_ms,
                     observer=self.metrics.observer(ref.name, ref.version),
                     label=f"{ref.name}-{ref.version}",
                 )
@@ -331,17 +334,24 @@ class DataPlane:
         self._check_count(images)
         if chosen:
             self.check_budget(model, chosen, len(images), encoding, dtype)
-        prepared = await self.prepare(model, images)
+        assert entry.batcher is not None
+        with entry.batcher.arriving(len(images)):
+            prepared = await self.prepare(model, images)
         timings = prepared.timings
         result = await self.run(entry, prepared.tensor, (model.output_name, *chosen))
         timings.queue, timings.inference = result.queue_seconds, result.compute_seconds
 
         started = time.perf_counter()
-        probabilities = softmax(result.outputs[0])
+        logits = result.outputs[0]
+        if not np.isfinite(logits).all():
+            raise ModelFailed(f"model {model.name} version {model.version} produced NaN or infinite class scores")
+        probabilities = softmax(logits)
         maps = result.outputs[1:]
-        per_image = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._encode_results, model, probabilities, chosen, maps, top_k, encoding, dtype
-        )
+        encode = (self._encode_results, model, probabilities, chosen, maps, top_k, encoding, dtype)
+        if chosen:  # feature maps take real CPU: off the event loop
+            per_image = await asyncio.get_running_loop().run_in_executor(self._pool, *encode)
+        else:  # top-k of a few scores: a thread hand-off would cost more than the work
+            per_image = encode[0](*encode[1:])
         timings.encode = time.perf_counter() - started
         body: dict[str, Any] = {"model": model.name, "version": model.version}
         if len(per_image) == 1:
@@ -365,7 +375,7 @@ class DataPlane:
             item: dict[str, Any] = {"predictions": top_k_predictions(probabilities[i], model.labels, top_k)}
             if layers:
                 item["feature_maps"] = {
-                    name: enc.encode_feature_map(values[i], encoding, dtype) for name, values in zip(layers, maps)
+                    name: enc.encode_feature_map(values[i], encoding, dtype, name) for name, values in zip(layers, maps)
                 }
             out.append(item)
         return out

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from service.errors import Unprocessable
+
 Encoding = Literal["stats", "png", "npy", "json"]
 ENCODINGS: tuple[str, ...] = ("stats", "png", "npy", "json")
 NpyDtype = Literal["float16", "float32"]
@@ -162,10 +164,16 @@ def estimate_bytes(shape: Sequence[int], encoding: str, dtype: str) -> int:
     return (rows * (h * scale + 1) * cols * (w * scale + 1) * 3) * 4 // 3
 
 
-def encode_feature_map(array: np.ndarray, encoding: str, dtype: str = "float32") -> dict[str, Any]:
+def encode_feature_map(array: np.ndarray, encoding: str, dtype: str = "float32", layer: str = "") -> dict[str, Any]:
     """One image's layer output in the requested encoding, ready for JSON."""
     array = np.asarray(array)
     result: dict[str, Any] = {"shape": list(array.shape), "encoding": encoding}
+    if encoding in ("stats", "json") and not np.isfinite(array).all():
+        # JSON has no NaN or infinity; writing null would be a silent wrong answer.
+        raise Unprocessable(
+            f"layer {layer!r} holds NaN or infinite values, which encoding={encoding} cannot carry: "
+            "ask for encoding=npy or png"
+        )
     if encoding == "stats":
         per_channel = array.reshape(array.shape[0], -1) if array.ndim == 3 else array.reshape(-1, 1)
         result["stats"] = {

@@ -37,6 +37,12 @@ class Unprocessable(ServiceError):
     status_code = 422
 
 
+class ModelFailed(ServiceError):
+    """The model itself misbehaved (not the request): a server-side fault, said plainly."""
+
+    status_code = 500
+
+
 class ModelNotReady(ServiceError):
     status_code = 503
 

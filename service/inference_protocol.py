@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from service import __version__
 from service.api.requests import decode_base64
@@ -439,7 +440,7 @@ def build_response(model: ModelRuntime, request: InferenceRequest, results: Mapp
                         f"output {wanted.name!r} holds NaN or infinity, which JSON cannot carry: ask for it "
                         'as binary data (parameters {"binary_data": true})'
                     )
-                out["data"] = array.ravel().tolist()
+                out["data"] = array.ravel()  # orjson writes numpy arrays natively
         if binary:
             out["parameters"] = {"binary_data_size": len(chunks[-1])}
         outputs.append(out)
@@ -447,7 +448,7 @@ def build_response(model: ModelRuntime, request: InferenceRequest, results: Mapp
     if request.id is not None:
         body["id"] = request.id
     body["outputs"] = outputs
-    header = json.dumps(body, separators=(",", ":")).encode()
+    header = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return EncodedResponse(header)
     return EncodedResponse(
@@ -482,7 +483,9 @@ async def infer(plane: DataPlane, name: str, version: int | None, body: bytes,
         )
         plane.check_budget(model, layers, request.batch_size, "npy" if binary else "json", "float32")
     if request.images is not None:
-        prepared = await plane.prepare(model, request.images)
+        assert entry.batcher is not None
+        with entry.batcher.arriving(len(request.images)):
+            prepared = await plane.prepare(model, request.images)
         tensor = prepared.tensor
         timings.decode += prepared.timings.decode
         timings.preprocess = prepared.timings.preprocess

@@ -49,10 +49,16 @@ class RuntimeOptions:
     providers: list[str]
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    allow_spinning: bool = False
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads keep a core busy after each run; on a small box that core is the
+        # one decoding the next request.
+        spin = "1" if self.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
         if self.inter_op_threads:

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(0, ge=0, le=256)
     """Threads onnxruntime uses across independent operators (0: onnxruntime's default)."""
 
+    ort_allow_spinning: bool = False
+    """Let onnxruntime's idle threads spin for work instead of sleeping. Off: a spinning
+    pool burns the cores that decoding and HTTP need between runs (measured in
+    benchmarks/RESULTS.md); on a dedicated many-core box it can shave tens of microseconds."""
+
     max_batch_size: int = Field(32, ge=1, le=1024)
     """Most images the dynamic batcher puts into one onnxruntime run."""
 
@@ -58,6 +63,11 @@ class Settings(BaseSettings):
     """How long the batcher waits for more requests once it has one. 0: it takes what is
     already queued (batches still form under load, while the model is busy) and adds no
     latency at low load."""
+
+    batch_arrival_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    """How long the batcher may wait for requests this model has already accepted and is still
+    decoding. Nothing waits when no such request exists (a lone client), so under load the
+    batches fill without adding latency at low load."""
 
     max_queue_size: int = Field(256, ge=1, le=100_000)
     """Most images waiting per model; past it requests get 503 with Retry-After at once."""
@@ -91,7 +101,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_overrides(self) -> Settings:
-        allowed = {"max_batch_size", "max_queue_delay_ms", "max_queue_size"}
+        allowed = {"max_batch_size", "max_queue_delay_ms", "max_queue_size", "batch_arrival_wait_ms"}
         for model, values in self.model_overrides.items():
             unknown = set(values) - allowed
             if unknown:
@@ -101,11 +111,12 @@ class Settings(BaseSettings):
                 )
         return self
 
-    def batching_for(self, model: str) -> tuple[int, float, int]:
-        """(max_batch_size, max_queue_delay_ms, max_queue_size) for one model."""
+    def batching_for(self, model: str) -> tuple[int, float, int, float]:
+        """(max_batch_size, max_queue_delay_ms, max_queue_size, batch_arrival_wait_ms) for one model."""
         override = self.model_overrides.get(model, {})
         return (
             int(override.get("max_batch_size", self.max_batch_size)),
             float(override.get("max_queue_delay_ms", self.max_queue_delay_ms)),
             int(override.get("max_queue_size", self.max_queue_size)),
+            float(override.get("batch_arrival_wait_ms", self.batch_arrival_wait_ms)),
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from importlib.resources import files
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
+from service.api.responses import FastJSONResponse as JSONResponse
 from service.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["system"])

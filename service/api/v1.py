@@ -9,10 +9,11 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from service.api import schemas
 from service.api.requests import ClientGone, images_from_request, unless_client_gone
+from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane, Timings
 from service.errors import BadRequest
 

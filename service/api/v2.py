@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from service import inference_protocol as oip
 from service.api import schemas
 from service.api.requests import ClientGone, read_body, unless_client_gone
+from service.api.responses import FastJSONResponse as JSONResponse
 from service.api.v1 import Plane, note_model, server_timing
 
 router = APIRouter(tags=["v2"])

@@ -147,3 +147,32 @@ async def test_a_failing_run_fails_its_requests_and_the_batcher_goes_on() -> Non
     ok = await batcher.infer(inputs(2), ("double",))
     await batcher.stop()
     np.testing.assert_array_equal(ok.outputs[0], inputs(2) * 2)
+
+
+async def test_a_batch_waits_for_requests_still_being_decoded() -> None:
+    model = CountingModel(delay=0)
+    batcher = make(model, arrival_wait_ms=2000)
+
+    async def slow_decode() -> object:
+        with batcher.arriving(1):
+            await asyncio.sleep(0.05)  # decoding its image
+        return await batcher.infer(inputs(2), ("double",))
+
+    late = asyncio.ensure_future(slow_decode())
+    await asyncio.sleep(0)  # the slow one has announced itself
+    started = time.perf_counter()
+    first = await batcher.infer(inputs(1), ("double",))
+    await late
+    await batcher.stop()
+    assert [n for n, _ in model.batches] == [2]  # one run for both
+    assert first.batch_size == 2
+    assert time.perf_counter() - started < 1.0  # it waited for the arrival, not the whole bound
+
+
+async def test_a_lone_request_does_not_wait_for_arrivals() -> None:
+    model = CountingModel(delay=0)
+    batcher = make(model, arrival_wait_ms=2000)
+    started = time.perf_counter()
+    await batcher.infer(inputs(1), ("double",))
+    await batcher.stop()
+    assert time.perf_counter() - started < 1.0

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from service import encoding as enc
+from service.errors import Unprocessable
 
 
 def feature_map(c: int = 6, h: int = 5, w: int = 7) -> np.ndarray:
@@ -82,3 +83,12 @@ def test_estimate_is_not_below_the_real_size(encoding: str) -> None:
     array = feature_map(16, 12, 12)
     real = len(json.dumps(enc.encode_feature_map(array, encoding, "float32")))
     assert enc.estimate_bytes(array.shape, encoding, "float32") >= real * 0.5
+
+
+@pytest.mark.parametrize("encoding", ["stats", "json"])
+def test_non_finite_values_are_refused_where_json_would_hide_them(encoding: str) -> None:
+    array = feature_map(2, 2, 2)
+    array[0, 0, 0] = np.nan
+    with pytest.raises(Unprocessable, match="encoding=npy"):
+        enc.encode_feature_map(array, encoding, layer="conv1")
+    assert enc.encode_feature_map(array, "npy")["encoding"] == "npy"  # npy carries NaN faithfully

@@ -9,7 +9,7 @@ MODELS ?= models
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run export serve test test-fast test-slow test-containers bench clean
+.PHONY: setup run export lint test test-fast test-containers bench clean
 
 setup: $(STAMP)
 
@@ -33,15 +33,22 @@ run: $(STAMP)
 export: $(STAMP)
 	$(BIN)/python -m model_export --out $(MODELS) $(ARGS)
 
-# Fast tier always; the slow tier (Fashion-MNIST, AlexNet at 224) runs inside the
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Lint, then every test. The slow tier (Fashion-MNIST, AlexNet at 224) runs inside the
 # same pytest call and skips itself, saying why, when its data is absent.
-test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# pytest's exit 5 (no test collected) is a failure, never a pass.
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-containers: $(STAMP)
+# Builds the images and runs the compose stack (podman here, Docker where an engine
+# exists); needs only the host's python3, not the venv.
+test-containers:
 	bash docker/test-containers.sh
 
 bench: $(STAMP)

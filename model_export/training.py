@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset as TorchDataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import Dataset as TorchDataset
 
 from .datasets import Split
 from .preprocessing import InputSpec, preprocess

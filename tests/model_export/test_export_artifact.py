@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from export_helpers import run_cli, tree
+
 from model_export import artifact
 from model_export.errors import ExportError
 

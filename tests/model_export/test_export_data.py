@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from export_helpers import make_fashion_dir, make_imagefolder, write_idx
 from PIL import Image
 
-from export_helpers import make_fashion_dir, make_imagefolder, write_idx
 from model_export.datasets import (
     load_digits,
     load_fashion_mnist,

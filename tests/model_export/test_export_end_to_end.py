@@ -11,9 +11,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from export_helpers import make_imagefolder, run_cli
 from PIL import Image
 
-from export_helpers import make_imagefolder, run_cli
 from model_export import artifact
 from model_export.architectures import REGISTRY
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from export_helpers import make_imagefolder, run_cli, tree
+
 from model_export.architectures import REGISTRY
 
 

@@ -12,10 +12,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
-
 from export_helpers import run_cli, tree
 from test_export_end_to_end import check_contract
+from torch import nn
 
 
 class _Small(nn.Module):

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from export_helpers import run_cli
+from test_export_end_to_end import check_contract
+
 from model_export.architectures import REGISTRY
 from model_export.datasets import FASHION_MNIST_DIR
-from test_export_end_to_end import check_contract
 
 pytestmark = pytest.mark.slow
 needs_fashion = pytest.mark.skipif(

@@ -30,7 +30,13 @@ from service.errors import (
 from service.metrics import Metrics
 from service.preprocessing import decode, preprocess
 from service.repository import ArtifactError, ArtifactRef, load_artifact, scan
-from service.runtime import ModelRuntime, RuntimeOptions, choose_providers, load_initial_filters, load_model
+from service.runtime import (
+    ModelRuntime,
+    RuntimeOptions,
+    choose_providers,
+    load_initial_filters,
+    load_model,
+)
 from service.settings import Settings
 
 log = logging.getLogger("convscope.dataplane")

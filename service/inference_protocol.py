@@ -36,7 +36,13 @@ import orjson
 from service import __version__
 from service.api.requests import decode_base64
 from service.dataplane import DataPlane, Timings, top_k_predictions
-from service.errors import BadRequest, ModelNotReady, PayloadTooLarge, UnsupportedMediaType, one_of
+from service.errors import (
+    BadRequest,
+    ModelNotReady,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    one_of,
+)
 from service.runtime import ModelRuntime
 
 SERVER_NAME = "convscope"

@@ -176,3 +176,26 @@ async def test_a_lone_request_does_not_wait_for_arrivals() -> None:
     await batcher.infer(inputs(1), ("double",))
     await batcher.stop()
     assert time.perf_counter() - started < 1.0
+
+
+async def closed_loop_batches(arrival_wait_ms: float) -> list[int]:
+    """8 clients that each send their next request a few ms after their answer."""
+    model = CountingModel(delay=0.02)
+    batcher = make(model, arrival_wait_ms=arrival_wait_ms)
+
+    async def client(i: int) -> None:
+        for _ in range(4):
+            await batcher.infer(inputs(i), ("double",))
+            await asyncio.sleep(0.001 * (i + 1))  # network and decoding, a little different for each
+
+    await asyncio.gather(*(client(i) for i in range(8)))
+    await batcher.stop()
+    return [n for n, _ in model.batches]
+
+
+async def test_clients_that_come_straight_back_are_batched_together() -> None:
+    assert await closed_loop_batches(arrival_wait_ms=200) == [8, 8, 8, 8]
+
+
+async def test_without_the_wait_their_batches_split() -> None:
+    assert len(await closed_loop_batches(arrival_wait_ms=0)) > 4

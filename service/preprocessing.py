@@ -74,6 +74,12 @@ def decode(data: bytes, *, max_pixels: int) -> Image.Image:
     Raises BadRequest for bytes that are not a complete image of an accepted format,
     PayloadTooLarge for images over ``max_pixels``.
     """
+    return load(open_checked(data, max_pixels=max_pixels))
+
+
+def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Read only the header: format, size (checked against ``max_pixels``). Cheap whatever
+    the image, so it can run anywhere; ``load`` does the decoding."""
     if not data:
         raise BadRequest("the image is empty (0 bytes)")
     try:
@@ -92,6 +98,11 @@ def decode(data: bytes, *, max_pixels: int) -> Image.Image:
             f"the image is {width}x{height} = {width * height} pixels; the limit is "
             f"{max_pixels} (setting CONVSCOPE_MAX_IMAGE_PIXELS)"
         )
+    return image
+
+
+def load(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an image from ``open_checked``: first frame, EXIF orientation."""
     try:
         image.seek(0)  # first frame of an animation
         image.load()

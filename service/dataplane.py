@@ -45,6 +45,8 @@ log = logging.getLogger("convscope.dataplane")
 # Decoding and resizing an image this small takes tens of microseconds: less than handing
 # it to a worker thread and back (the benchmark's 28 px digits gained ~15% images/s).
 INLINE_PIXELS = 64 * 64
+# Likewise for encoding: all of TinyVGG's maps for one digit are ~22k values (~0.1 ms).
+INLINE_MAP_VALUES = 64 * 1024
 
 
 @dataclass
@@ -372,9 +374,9 @@ class DataPlane:
         probabilities = softmax(logits)
         maps = result.outputs[1:]
         encode = (self._encode_results, model, probabilities, chosen, maps, top_k, encoding, dtype)
-        if chosen:  # feature maps take real CPU: off the event loop
+        if sum(m.size for m in maps) > INLINE_MAP_VALUES:  # real CPU: off the event loop
             per_image = await asyncio.get_running_loop().run_in_executor(self._pool, *encode)
-        else:  # top-k of a few scores: a thread hand-off would cost more than the work
+        else:  # top-k of a few scores, or small maps: the hand-off would cost more than the work
             per_image = encode[0](*encode[1:])
         timings.encode = time.perf_counter() - started
         body: dict[str, Any] = {"model": model.name, "version": model.version}

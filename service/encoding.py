@@ -117,8 +117,9 @@ def filters_grid(weights: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     """Conv kernels [O, I, kh, kw] as a picture.
 
     Three input channels: one colour tile per filter (AlexNet's famous first layer),
-    grey = 0. Otherwise: one row per filter, one column per input channel, in a diverging
-    colour map centred on 0. Both normalised by the layer's largest |weight|.
+    grey = 0. One input channel: one tile per filter in a diverging colour map centred on 0.
+    Otherwise: one row per filter, one column per input channel, in that colour map. All
+    normalised by the layer's largest |weight|.
     """
     weights = np.asarray(weights, dtype=np.float32)
     out_c, in_c, kh, kw = weights.shape
@@ -129,6 +130,12 @@ def filters_grid(weights: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         cols = math.ceil(math.sqrt(out_c))
         rows = math.ceil(out_c / cols)
         layout, colormap = "rgb", "rgb (grey = 0)"
+    elif in_c == 1:  # a greyscale model's first layer: one tile per filter, in a square
+        index = np.clip((weights[:, 0] / peak + 1.0) * 127.5, 0, 255).astype(np.uint8)
+        tiles = COLORMAPS[FILTER_COLORMAP][index]
+        cols = math.ceil(math.sqrt(out_c))
+        rows = math.ceil(out_c / cols)
+        layout, colormap = "filters", FILTER_COLORMAP
     else:
         index = np.clip((weights / peak + 1.0) * 127.5, 0, 255).astype(np.uint8)
         tiles = COLORMAPS[FILTER_COLORMAP][index.reshape(out_c * in_c, kh, kw)]

@@ -127,7 +127,7 @@ def test_models_list_and_metadata(client: TestClient) -> None:
     assert metadata["version"] == 1 and metadata["provider"] == "CPUExecutionProvider"
     assert metadata["available_versions"] == [1, 2]
     layers = client.get("/v1/models/synthetic/layers").json()["layers"]
-    assert [(l["name"], l["has_filters"]) for l in layers] == [("features.1", True), ("features.2", False)]
+    assert [(layer["name"], layer["has_filters"]) for layer in layers] == [("features.1", True), ("features.2", False)]
 
 
 def test_feature_map_png_endpoint(client: TestClient, random_png: Callable[..., bytes]) -> None:

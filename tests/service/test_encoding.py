@@ -92,3 +92,8 @@ def test_non_finite_values_are_refused_where_json_would_hide_them(encoding: str)
     with pytest.raises(Unprocessable, match="encoding=npy"):
         enc.encode_feature_map(array, encoding, layer="conv1")
     assert enc.encode_feature_map(array, "npy")["encoding"] == "npy"  # npy carries NaN faithfully
+
+
+def test_grey_first_layer_filters_tile_in_a_square() -> None:
+    grid, info = enc.filters_grid(np.ones((10, 1, 3, 3), dtype=np.float32))
+    assert info["layout"] == "filters" and info["grid"] == [3, 4]

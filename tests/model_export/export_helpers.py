@@ -29,6 +29,21 @@ class CliResult:
         return Path(self.stdout.strip().splitlines()[-1])
 
 
+# AlexNet's receptive field and stride per tapped module path: the textbook values that
+# the analytic computation must reproduce.
+ALEXNET_RECEPTIVE_FIELDS = {
+    "features.1": (11, 4),
+    "features.2": (19, 8),
+    "features.4": (51, 8),
+    "features.5": (67, 16),
+    "features.7": (99, 16),
+    "features.9": (131, 16),
+    "features.11": (163, 16),
+    "features.12": (195, 32),
+    "avgpool": (195, 32),
+}
+
+
 def run_cli(args: Sequence[str]) -> CliResult:
     from model_export.cli import main
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from export_helpers import ALEXNET_RECEPTIVE_FIELDS
 from torch import nn
 
 from model_export import layers as L
@@ -98,17 +99,7 @@ def test_param_counts_equal_pytorchs(name: str) -> None:
 def test_alexnet_metadata_matches_the_known_numbers() -> None:
     _, net, _, layers = _traced("alexnet")
     by_name = {layer["name"]: layer for layer in layers}
-    expected = {  # module path: (receptive field, stride)
-        "features.1": (11, 4),
-        "features.2": (19, 8),
-        "features.4": (51, 8),
-        "features.5": (67, 16),
-        "features.7": (99, 16),
-        "features.9": (131, 16),
-        "features.11": (163, 16),
-        "features.12": (195, 32),
-        "avgpool": (195, 32),
-    }
+    expected = ALEXNET_RECEPTIVE_FIELDS
     assert {n: (by_name[n]["receptive_field"], by_name[n]["stride"]) for n in expected} == expected
     assert [by_name[n]["kind"] for n in expected] == [
         "conv",

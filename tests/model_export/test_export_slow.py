@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_helpers import run_cli
+from export_helpers import ALEXNET_RECEPTIVE_FIELDS, run_cli
 from test_export_end_to_end import check_contract
 
 from model_export.architectures import REGISTRY
@@ -23,17 +23,6 @@ needs_fashion = pytest.mark.skipif(
     not FASHION_MNIST_DIR.is_dir(),
     reason=f"Fashion-MNIST idx files not found in {FASHION_MNIST_DIR} (Debian package dataset-fashion-mnist)",
 )
-
-ALEXNET_RF = {  # module path: (receptive field, stride), the textbook values
-    "features.1": (11, 4),
-    "features.2": (19, 8),
-    "features.4": (51, 8),
-    "features.5": (67, 16),
-    "features.7": (99, 16),
-    "features.9": (131, 16),
-    "features.11": (163, 16),
-    "features.12": (195, 32),
-}
 
 
 @needs_fashion
@@ -80,7 +69,7 @@ def test_alexnet_at_224_on_a_fashion_mnist_subset(tmp_path: Path) -> None:
     # Grey images replicated to RGB: the three measured channel means are equal.
     assert len(set(meta["input"]["mean"])) == 1
     layers = {layer["name"]: layer for layer in meta["layers"]}
-    assert {n: (layers[n]["receptive_field"], layers[n]["stride"]) for n in ALEXNET_RF} == ALEXNET_RF
+    assert {n: (layers[n]["receptive_field"], layers[n]["stride"]) for n in ALEXNET_RECEPTIVE_FIELDS} == ALEXNET_RECEPTIVE_FIELDS
     assert 0.955 < meta["params"]["dense_fraction"] < 0.97
     print(f"\nalexnet 224 parity: {json.dumps(meta['parity']['max_abs_diff'])}")
 

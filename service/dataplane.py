@@ -287,9 +287,6 @@ class DataPlane:
         tensor = preprocess(image, model.spec)
         return tensor, header_seconds + t1 - t0, time.perf_counter() - t1
 
-    def _check_count(self, images: list[bytes]) -> None:
-        self.check_count(len(images))
-
     def check_count(self, images: int) -> None:
         """The per-request image limit, also for requests that bring tensors, not images."""
         if not images:
@@ -305,7 +302,7 @@ class DataPlane:
         image of more than INLINE_PIXELS is decoded on a worker thread, a smaller one (a
         28 px digit) right here, where it costs less than the hand-off would."""
         timings = Timings()
-        self._check_count(images)
+        self.check_count(len(images))
         loop = asyncio.get_running_loop()
         pending: list[asyncio.Future[tuple[np.ndarray, float, float]]] = []
         for data in images:
@@ -357,7 +354,7 @@ class DataPlane:
         model = entry.runtime
         assert model is not None
         chosen = self.select_layers(model, layers)
-        self._check_count(images)
+        self.check_count(len(images))
         if chosen:
             self.check_budget(model, chosen, len(images), encoding, dtype)
         assert entry.batcher is not None

@@ -11,17 +11,22 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import onnxruntime as ort
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api import system, v1, v2
+from service.api.requests import ClientGone
 from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane
 from service.errors import ServiceError
 from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.runtime import RuntimeOptions, choose_providers
 from service.settings import Settings
 
 log = logging.getLogger("convscope")
@@ -45,11 +50,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics()
-    dataplane = DataPlane(settings, metrics)
+    registry = ModelRegistry(settings, metrics, runtime_options(settings))
+    dataplane = DataPlane(settings, registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(_load(dataplane), name="load-models")
+        log.info("onnxruntime %s, providers available: %s; using %s", ort.__version__,
+                 ", ".join(ort.get_available_providers()), ", ".join(registry.runtime_options.providers))
+        loading = asyncio.create_task(_load(registry), name="load-models")
         try:
             yield
         finally:
@@ -58,11 +66,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await loading
             except asyncio.CancelledError:
                 pass
-            await dataplane.close()
+            await registry.close()
+            dataplane.close()
 
     app = FastAPI(title="convscope", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.registry = registry
     app.state.dataplane = dataplane
     _install_error_handlers(app)
     app.include_router(v1.router)
@@ -72,25 +82,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    """onnxruntime's options from the settings; an unknown provider fails here, at start."""
+    return RuntimeOptions(
+        providers=choose_providers(settings.providers),
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        allow_spinning=settings.ort_allow_spinning,
+    )
+
+
 def create_app_from_env() -> FastAPI:
     """For uvicorn's ``--factory`` with several workers: each worker reads the environment."""
     return create_app(Settings())
 
 
-async def _load(dataplane: DataPlane) -> None:
+async def _load(registry: ModelRegistry) -> None:
     try:
-        await dataplane.load()
+        await registry.load_all()
     except asyncio.CancelledError:
         raise
     except Exception:  # a bug in loading must not leave /readyz loading forever
         log.exception("model loading failed")
-        dataplane.load_finished = True
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; counted as a dropped request
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -7,16 +7,31 @@ import base64
 import io
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
-from service.errors import Unprocessable
 
-Encoding = Literal["stats", "png", "npy", "json"]
-ENCODINGS: tuple[str, ...] = ("stats", "png", "npy", "json")
-NpyDtype = Literal["float16", "float32"]
+class Encoding(StrEnum):
+    """How feature maps travel in a JSON answer."""
+
+    STATS = "stats"  # per-channel min/max/mean
+    PNG = "png"  # one grid picture per layer, base64
+    NPY = "npy"  # .npy bytes, base64
+    JSON = "json"  # nested lists
+
+
+class NpyDtype(StrEnum):
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+class FilterState(StrEnum):
+    TRAINED = "trained"  # the learned kernels
+    INITIAL = "initial"  # the random kernels before training (initial_weights.npz)
 
 # Colour maps as a few stops, interpolated to 256 entries: no plotting library needed.
 _VIRIDIS_STOPS = [
@@ -171,16 +186,10 @@ def estimate_bytes(shape: Sequence[int], encoding: str, dtype: str) -> int:
     return (rows * (h * scale + 1) * cols * (w * scale + 1) * 3) * 4 // 3
 
 
-def encode_feature_map(array: np.ndarray, encoding: str, dtype: str = "float32", layer: str = "") -> dict[str, Any]:
+def encode_feature_map(array: NDArray[Any], encoding: Encoding, dtype: NpyDtype = NpyDtype.FLOAT32) -> dict[str, Any]:
     """One image's layer output in the requested encoding, ready for JSON."""
     array = np.asarray(array)
     result: dict[str, Any] = {"shape": list(array.shape), "encoding": encoding}
-    if encoding in ("stats", "json") and not np.isfinite(array).all():
-        # JSON has no NaN or infinity; writing null would be a silent wrong answer.
-        raise Unprocessable(
-            f"layer {layer!r} holds NaN or infinite values, which encoding={encoding} cannot carry: "
-            "ask for encoding=npy or png"
-        )
     if encoding == "stats":
         per_channel = array.reshape(array.shape[0], -1) if array.ndim == 3 else array.reshape(-1, 1)
         result["stats"] = {

@@ -1,9 +1,10 @@
-"""Domain errors. Each carries its HTTP status; one handler turns any of them into
-``{"error": "..."}`` so every endpoint fails in the same shape."""
+"""Domain errors. Each carries its HTTP status and builds its message from what it is
+about; one handler turns any of them into ``{"error": "..."}`` so every endpoint, v1 or
+v2, fails in the same shape and with the same words for the same fault."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class ServiceError(Exception):
@@ -37,12 +38,6 @@ class Unprocessable(ServiceError):
     status_code = 422
 
 
-class ModelFailed(ServiceError):
-    """The model itself misbehaved (not the request): a server-side fault, said plainly."""
-
-    status_code = 500
-
-
 class ModelNotReady(ServiceError):
     status_code = 503
 
@@ -60,3 +55,32 @@ def one_of(kind: str, wanted: str, valid: Iterable[object]) -> str:
     """The message for a name that is not among the valid ones, listing them."""
     names = ", ".join(str(v) for v in valid) or "(none)"
     return f"unknown {kind} {wanted!r}; valid: {names}"
+
+
+class UnknownModel(NotFound):
+    def __init__(self, name: str, valid: Iterable[str]) -> None:
+        super().__init__(one_of("model", name, valid))
+
+
+class UnknownVersion(NotFound):
+    def __init__(self, name: str, version: int, valid: Iterable[int]) -> None:
+        super().__init__(f"model {name} has no version {version}; valid: {', '.join(map(str, valid)) or '(none)'}")
+
+
+class UnknownLayer(NotFound):
+    def __init__(self, model: str, layer: str, valid: Iterable[str]) -> None:
+        super().__init__(one_of("layer", layer, valid) + f" (model {model})")
+
+
+class ModelOutputNotFinite(ServiceError):
+    """The model itself produced NaN or infinity: a fault of the served model, not of the
+    request. 500 on every path (v1 and v2, JSON and binary, class scores and feature maps),
+    so a client never mistakes it for its own error and no encoding hides it."""
+
+    status_code = 500
+
+    def __init__(self, model: str, version: int, outputs: Sequence[str]) -> None:
+        super().__init__(
+            f"model {model} version {version} produced NaN or infinite values in "
+            f"{', '.join(outputs)}: the model is faulty (its weights or its graph), not the request"
+        )

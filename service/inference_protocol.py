@@ -1,9 +1,10 @@
 """The Open Inference Protocol (KServe v2 / Triton) REST codec.
 
 Turns v2 requests into numpy tensors and model outputs back into v2 responses, with the
-binary tensor data and classification extensions as Triton defines them. The work
-itself (decoding images, batching, running the model, the size limits) is the data
-plane's, exactly as for v1: ``infer`` below only translates between the two.
+binary tensor data and classification extensions as Triton defines them. A pure
+codec: it parses a request against a model's signature and builds the response from the
+outputs; the route hands the parsed request to the data plane, which runs it exactly as
+it runs v1 requests. Nothing here knows of the registry, the data plane or HTTP.
 
 How convscope models look through v2:
 
@@ -20,30 +21,23 @@ How convscope models look through v2:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
+import re
 import struct
-import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from service import __version__
-from service.api.requests import decode_base64
-from service.dataplane import DataPlane, Timings, top_k_predictions
-from service.errors import (
-    BadRequest,
-    ModelNotReady,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    one_of,
-)
-from service.runtime import ModelRuntime
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, one_of
+from service.signature import ModelSignature
+from service.wire import decode_base64
 
 SERVER_NAME = "convscope"
 PLATFORM = "onnx_onnxv1"
@@ -78,6 +72,11 @@ UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "sh
 
 # -- discovery -----------------------------------------------------------------------------
 
+# A version in a URL: ASCII digits, no leading zero, bounded (str.isdigit() would accept
+# superscripts and other scripts' digits, and int() refuses more than 4300 digits).
+VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"
+_VERSION = re.compile(VERSION_PATTERN)
+
 
 def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
@@ -87,22 +86,22 @@ def parse_version(text: str | None) -> int | None:
     """A version from the URL: a positive integer (the protocol's versions are strings)."""
     if text is None:
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise BadRequest(f"model version {text!r} is not valid: versions are positive integers")
+    if not _VERSION.fullmatch(text):
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise BadRequest(f"model version {shown!r} is not valid: versions are positive integers (1 to 999999999)")
     return int(text)
 
 
-def model_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """$metadata_model_response from ``DataPlane.metadata()``."""
-    inp = metadata["input"]
-    outputs = [_tensor_meta(metadata["output"]["name"], "FP32", [-1, len(metadata["labels"])])]
-    outputs += [_tensor_meta(layer["name"], "FP32", [-1, *layer["output_shape"][1:]]) for layer in metadata["layers"]]
+def model_metadata(signature: ModelSignature, versions: Sequence[int]) -> dict[str, Any]:
+    """$metadata_model_response."""
+    outputs = [_tensor_meta(signature.output_name, "FP32", [-1, len(signature.labels)])]
+    outputs += [_tensor_meta(layer.name, "FP32", [-1, *layer.shape]) for layer in signature.layers]
     return {
-        "name": metadata["name"],
-        "versions": [str(v) for v in metadata["available_versions"]],
+        "name": signature.name,
+        "versions": [str(v) for v in versions],
         "platform": PLATFORM,
         "inputs": [
-            _tensor_meta(inp["name"], "FP32", [-1, int(inp["channels"]), *map(int, inp["size"])]),
+            _tensor_meta(signature.input_name, "FP32", [-1, *signature.input_shape]),
             _tensor_meta(IMAGE_INPUT, "BYTES", [-1]),
         ],
         "outputs": outputs,
@@ -111,16 +110,6 @@ def model_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
 
 def _tensor_meta(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": shape}
-
-
-def model_ready(plane: DataPlane, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
-    """(status, $ready_model_response): 200 when ready, 503 while loading or failed; an
-    unknown model or version raises NotFound."""
-    try:
-        plane.entry(name, version)
-    except ModelNotReady as exc:
-        return 503, {"name": name, "ready": False, "error": exc.message}
-    return 200, {"name": name, "ready": True}
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -139,14 +128,28 @@ class InferenceRequest:
 
     id: str | None
     outputs: list[RequestedOutput]
-    tensor: np.ndarray | None = None
-    images: list[bytes] | None = None
+    data: NDArray[np.float32] | list[bytes] = field(default_factory=list)  # a tensor, or images
     binary_output_default: bool = False
-    parse_seconds: float = 0.0
 
     @property
     def batch_size(self) -> int:
-        return len(self.images) if self.images is not None else int(self.tensor.shape[0])  # type: ignore[union-attr]
+        return len(self.data) if isinstance(self.data, list) else int(self.data.shape[0])
+
+    def layers(self, signature: ModelSignature) -> list[str]:
+        """The feature-map outputs asked for, in request order."""
+        return [o.name for o in self.outputs if o.name != signature.output_name]
+
+    def run_outputs(self, signature: ModelSignature) -> tuple[str, ...]:
+        """The graph outputs to run: the class output always (it is what classification and
+        v1 share batches on), then the layers."""
+        return (signature.output_name, *self.layers(signature))
+
+    def binary_layers(self, signature: ModelSignature) -> bool:
+        """Whether every requested layer goes back as binary data (for the size budget)."""
+        return all(self.binary_for(o) for o in self.outputs if o.name != signature.output_name)
+
+    def binary_for(self, output: RequestedOutput) -> bool:
+        return self.binary_output_default if output.binary is None else output.binary
 
 
 def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
@@ -184,12 +187,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:size], body[size:]
 
 
-def parse_request(body: bytes, header_length: str | None, model: ModelRuntime,
+def parse_request(body: bytes, header_length: str | None, signature: ModelSignature,
                   check_count: Callable[[int], None]) -> InferenceRequest:
     """Parse and check an $inference_request (JSON, optionally followed by binary data)
     against the model. Every problem is a BadRequest that says what to send instead.
-    ``check_count`` (``DataPlane.check_count``) vets the batch size before any data is read."""
-    started = time.perf_counter()
+    ``check_count`` vets the batch size before any data is read."""
     header, binary = split_body(body, header_length)
     try:
         payload = json.loads(header)
@@ -207,11 +209,10 @@ def parse_request(body: bytes, header_length: str | None, model: ModelRuntime,
     binary_default = _flag(parameters, "binary_data_output", "the request")
     request = InferenceRequest(
         id=request_id,
-        outputs=_requested_outputs(payload.get("outputs"), model),
+        outputs=_requested_outputs(payload.get("outputs"), signature),
         binary_output_default=binary_default,
     )
-    _read_inputs(request, payload.get("inputs"), binary, header_length is not None, model, check_count)
-    request.parse_seconds = time.perf_counter() - started
+    _read_inputs(request, payload.get("inputs"), binary, header_length is not None, signature, check_count)
     return request
 
 
@@ -233,16 +234,12 @@ def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
     return value
 
 
-def output_names(model: ModelRuntime) -> list[str]:
-    return [model.output_name, *model.layer_names]
-
-
-def _requested_outputs(value: Any, model: ModelRuntime) -> list[RequestedOutput]:
+def _requested_outputs(value: Any, model: ModelSignature) -> list[RequestedOutput]:
     if value is None:
         return [RequestedOutput(model.output_name)]
     if not isinstance(value, list) or not value:
         raise BadRequest('"outputs" must be a non-empty list of {"name": ...}, or left out for the class output')
-    valid = output_names(model)
+    valid = model.output_names
     seen: set[str] = set()
     outputs = []
     for i, item in enumerate(value):
@@ -270,7 +267,7 @@ def _requested_outputs(value: Any, model: ModelRuntime) -> list[RequestedOutput]
 
 
 def _read_inputs(request: InferenceRequest, value: Any, binary: bytes, has_header: bool,
-                 model: ModelRuntime, check_count: Callable[[int], None]) -> None:
+                 model: ModelSignature, check_count: Callable[[int], None]) -> None:
     tensor_name = model.input_name
     if not isinstance(value, list) or not value:
         raise BadRequest(f'"inputs" must be a non-empty list: send {tensor_name!r} (FP32) or {IMAGE_INPUT!r} (BYTES)')
@@ -296,18 +293,18 @@ def _read_inputs(request: InferenceRequest, value: Any, binary: bytes, has_heade
     if name == tensor_name:
         if datatype != "FP32":
             raise BadRequest(f"input {name!r} must be FP32, not {datatype}")
-        expected = [-1, *model.spec.shape]
-        if len(shape) != 4 or shape[1:] != list(model.spec.shape):
+        expected = [-1, *model.input_shape]
+        if len(shape) != 4 or shape[1:] != list(model.input_shape):
             raise BadRequest(f"input {name!r} has shape {shape}; the model takes {expected} (N, C, H, W)")
         check_count(shape[0])
-        request.tensor = _fp32(item, name, shape, raw)
+        request.data = _fp32(item, name, shape, raw)
     else:
         if datatype != "BYTES":
             raise BadRequest(f"input {IMAGE_INPUT!r} must be BYTES (encoded images), not {datatype}")
         if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
             raise BadRequest(f"input {IMAGE_INPUT!r} has shape {shape}; send [N] or [N, 1], one encoded image each")
         check_count(shape[0])
-        request.images = _images(item, shape[0], raw)
+        request.data = _images(item, shape[0], raw)
 
 
 def _shape(value: Any, name: str) -> list[int]:
@@ -339,7 +336,15 @@ def _binary_section(item: dict[str, Any], name: str, parameters: dict[str, Any],
     return binary
 
 
-def _fp32(item: dict[str, Any], name: str, shape: list[int], raw: bytes | None) -> np.ndarray:
+def _fp32(item: dict[str, Any], name: str, shape: list[int], raw: bytes | None) -> NDArray[np.float32]:
+    tensor = _fp32_values(item, name, shape, raw)
+    if not np.isfinite(tensor).all():
+        # Not the model's fault: refused here, so a non-finite output always means a faulty model.
+        raise BadRequest(f"input {name!r} holds NaN or infinite values; send finite pixels")
+    return tensor
+
+
+def _fp32_values(item: dict[str, Any], name: str, shape: list[int], raw: bytes | None) -> NDArray[np.float32]:
     count = math.prod(shape)
     if raw is not None:
         if len(raw) != count * 4:
@@ -402,13 +407,13 @@ def serialize_bytes(items: list[bytes]) -> bytes:
 # -- responses -----------------------------------------------------------------------------
 
 
-def classify(values: np.ndarray, labels: list[str], k: int) -> list[list[bytes]]:
+def classify(values: NDArray[np.float32], labels: Sequence[str], k: int) -> list[list[bytes]]:
     """The classification extension: per row, the k highest values as "value:index:label",
     value as the model output it (the logit), highest first, ties to the lower index."""
     rows = []
     for row in values:
-        best = top_k_predictions(row, labels, k)
-        rows.append([f"{row[p['index']]!s}:{p['index']}:{p['label']}".encode() for p in best])
+        best = np.argsort(-row, kind="stable")[:k]
+        rows.append([f"{row[i]!s}:{i}:{labels[i]}".encode() for i in best])
     return rows
 
 
@@ -419,14 +424,15 @@ class EncodedResponse:
     media_type: str = "application/json"
 
 
-def build_response(model: ModelRuntime, request: InferenceRequest, results: Mapping[str, np.ndarray]) -> EncodedResponse:
+def build_response(model: ModelSignature, request: InferenceRequest,
+                   results: Mapping[str, NDArray[np.float32]]) -> EncodedResponse:
     """$inference_response for the requested outputs, in the order requested; binary
     outputs follow the JSON header, in the same order."""
     outputs: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for wanted in request.outputs:
         values = results[wanted.name]
-        binary = request.binary_output_default if wanted.binary is None else wanted.binary
+        binary = request.binary_for(wanted)
         out: dict[str, Any] = {"name": wanted.name}
         if wanted.classification:
             rows = classify(values, model.labels, wanted.classification)
@@ -440,12 +446,7 @@ def build_response(model: ModelRuntime, request: InferenceRequest, results: Mapp
             out.update(datatype="FP32", shape=list(array.shape))
             if binary:
                 chunks.append(array.tobytes())
-            else:
-                if not np.isfinite(array).all():
-                    raise BadRequest(
-                        f"output {wanted.name!r} holds NaN or infinity, which JSON cannot carry: ask for it "
-                        'as binary data (parameters {"binary_data": true})'
-                    )
+            else:  # finite: the data plane refuses a model's NaN before any codec sees it
                 out["data"] = array.ravel()  # orjson writes numpy arrays natively
         if binary:
             out["parameters"] = {"binary_data_size": len(chunks[-1])}
@@ -462,46 +463,3 @@ def build_response(model: ModelRuntime, request: InferenceRequest, results: Mapp
         {HEADER_LENGTH: str(len(header))},
         "application/octet-stream",
     )
-
-
-# -- the whole exchange ----------------------------------------------------------------------
-
-
-async def infer(plane: DataPlane, name: str, version: int | None, body: bytes,
-                headers: Mapping[str, str]) -> tuple[EncodedResponse, Timings]:
-    """One v2 inference through the data plane: parse, (decode images,) run through the
-    model's batcher, encode. Runs with the same outputs as a v1 predict asking for the
-    same layers, so v1 and v2 requests share batches."""
-    timings = Timings()
-    entry = plane.entry(name, version)
-    model = entry.runtime
-    assert model is not None  # ready entries always have one
-    body = decompress(body, headers.get("content-encoding"), plane.settings.max_body_bytes)
-    request = await asyncio.to_thread(
-        parse_request, body, headers.get(HEADER_LENGTH.lower()), model, plane.check_count
-    )
-    timings.decode = request.parse_seconds
-    layers = [o.name for o in request.outputs if o.name != model.output_name]
-    if layers:
-        binary = all(
-            (request.binary_output_default if o.binary is None else o.binary)
-            for o in request.outputs if o.name in layers
-        )
-        plane.check_budget(model, layers, request.batch_size, "npy" if binary else "json", "float32")
-    if request.images is not None:
-        assert entry.batcher is not None
-        with entry.batcher.arriving(len(request.images)):
-            prepared = await plane.prepare(model, request.images)
-        tensor = prepared.tensor
-        timings.decode += prepared.timings.decode
-        timings.preprocess = prepared.timings.preprocess
-    else:
-        assert request.tensor is not None
-        tensor = request.tensor
-    run_outputs = (model.output_name, *layers)
-    result = await plane.run(entry, tensor, run_outputs)
-    timings.queue, timings.inference = result.queue_seconds, result.compute_seconds
-    started = time.perf_counter()
-    response = await asyncio.to_thread(build_response, model, request, dict(zip(run_outputs, result.outputs)))
-    timings.encode = time.perf_counter() - started
-    return response, timings

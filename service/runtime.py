@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from onnx import numpy_helper
 
 from service.preprocessing import InputSpec
 from service.repository import Artifact
+from service.signature import ModelSignature
 
 log = logging.getLogger("convscope.runtime")
 
@@ -80,7 +82,12 @@ class ModelRuntime:
     output_name: str
     layer_names: list[str]
     filters: dict[str, np.ndarray] = field(default_factory=dict)
+    initial_filters: dict[str, np.ndarray] = field(default_factory=dict)
     load_seconds: float = 0.0
+
+    @cached_property
+    def signature(self) -> ModelSignature:
+        return ModelSignature.from_metadata(self.name, self.version, self.metadata)
 
     @property
     def name(self) -> str:
@@ -157,6 +164,8 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
         output_name=output_name,
         layer_names=layer_names,
         filters=filters,
+        # Read once here, not per request: filters.png?state=initial is a page's first view.
+        initial_filters=load_initial_filters(artifact),
     )
     _warm_up(model)
     model.load_seconds = time.perf_counter() - started

@@ -1,26 +1,52 @@
 """The service's one settings object: every knob, its environment name and its meaning.
 
 Every field is read from the environment with the prefix ``CONVSCOPE_`` (for example
-``CONVSCOPE_MODEL_REPOSITORY``), validated once at start, and never read again from the
-environment afterwards.
+``CONVSCOPE_MODEL_REPOSITORY``) or from the matching ``python -m service`` flag
+(``--model-repository``), validated once at start, and never read again afterwards. Each
+field's docstring is its documentation: ``python -m service --help`` prints it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+# A number of bytes: a plain integer, or with a unit ("8 MiB", "512KiB", "1GB").
+Bytes = Annotated[ByteSize, Field(ge=1024)]
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """The dynamic batcher's settings for one model, after per-model overrides."""
+
+    max_batch_size: int
+    max_queue_delay_ms: float
+    max_queue_size: int
+    batch_arrival_wait_ms: float
+
+
+class BatchingOverride(BaseModel):
+    """Per-model batcher settings; each left out keeps the server-wide value."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int | None = Field(None, ge=1, le=1024)
+    max_queue_delay_ms: float | None = Field(None, ge=0.0, le=1000.0)
+    max_queue_size: int | None = Field(None, ge=1, le=100_000)
+    batch_arrival_wait_ms: float | None = Field(None, ge=0.0, le=1000.0)
 
 
 class Settings(BaseSettings):
     """Configuration of one convscope server process."""
 
-    model_config = SettingsConfigDict(env_prefix="CONVSCOPE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CONVSCOPE_", extra="ignore", frozen=True, use_attribute_docstrings=True
+    )
 
     model_repository: Path = Path("models")
     """Directory laid out as ``<name>/<version>/`` by the export stage; every model in it is served."""
@@ -35,10 +61,11 @@ class Settings(BaseSettings):
     """uvicorn worker processes; each loads every model (memory grows with this)."""
 
     log_level: LogLevel = "info"
-    """Log level of the service and of uvicorn."""
+    """Log level of the service and of uvicorn (any case: ``INFO`` and ``info`` alike)."""
 
     default_model: str | None = None
-    """Model answered by ``POST /predict``; may be left unset when the repository holds one model."""
+    """Model answered by ``POST /predict``; may be left unset when the repository holds one
+    model. Checked against the repository at start."""
 
     providers: Annotated[list[str] | None, NoDecode] = None
     """onnxruntime execution providers in order of preference, comma separated
@@ -73,8 +100,8 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(256, ge=1, le=100_000)
     """Most images waiting per model; past it requests get 503 with Retry-After at once."""
 
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    """Largest request body accepted (413 beyond it)."""
+    max_body_bytes: Bytes = ByteSize(8 * 1024 * 1024)
+    """Largest request body accepted (413 beyond it). Bytes, or with a unit: ``8MiB``."""
 
     max_image_pixels: int = Field(40_000_000, ge=1)
     """Largest decoded image (width x height) accepted: guards against decompression bombs."""
@@ -82,15 +109,17 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1)
     """Most images one request may carry."""
 
-    max_feature_map_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    """Budget for the encoded feature maps in one response (413 beyond it, naming the budget)."""
+    max_feature_map_bytes: Bytes = ByteSize(32 * 1024 * 1024)
+    """Budget for the encoded feature maps in one response (413 beyond it, naming the budget).
+    Bytes, or with a unit: ``32MiB``."""
 
     preprocess_threads: int = Field(4, ge=1, le=256)
     """Threads that decode and preprocess images off the event loop."""
 
-    model_overrides: dict[str, dict[str, float]] = Field(default_factory=dict)
+    model_overrides: dict[str, BatchingOverride] = Field(default_factory=dict)
     """Per-model batcher settings as JSON, e.g.
-    ``{"digits-tinyvgg": {"max_batch_size": 8, "max_queue_delay_ms": 2}}``."""
+    ``{"digits-tinyvgg": {"max_batch_size": 8, "max_queue_delay_ms": 2}}``; keys:
+    max_batch_size, max_queue_delay_ms, max_queue_size, batch_arrival_wait_ms."""
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -100,24 +129,22 @@ class Settings(BaseSettings):
             return items or None
         return value
 
-    @model_validator(mode="after")
-    def _check_overrides(self) -> Settings:
-        allowed = {"max_batch_size", "max_queue_delay_ms", "max_queue_size", "batch_arrival_wait_ms"}
-        for model, values in self.model_overrides.items():
-            unknown = set(values) - allowed
-            if unknown:
-                raise ValueError(
-                    f"model_overrides[{model!r}] has unknown keys {sorted(unknown)}; "
-                    f"allowed: {sorted(allowed)}"
-                )
-        return self
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
-    def batching_for(self, model: str) -> tuple[int, float, int, float]:
-        """(max_batch_size, max_queue_delay_ms, max_queue_size, batch_arrival_wait_ms) for one model."""
-        override = self.model_overrides.get(model, {})
-        return (
-            int(override.get("max_batch_size", self.max_batch_size)),
-            float(override.get("max_queue_delay_ms", self.max_queue_delay_ms)),
-            int(override.get("max_queue_size", self.max_queue_size)),
-            float(override.get("batch_arrival_wait_ms", self.batch_arrival_wait_ms)),
+    def batching_for(self, model: str) -> BatchingSettings:
+        """The batcher's settings for one model: its override, else the server-wide values."""
+        override = self.model_overrides.get(model) or BatchingOverride()
+        return BatchingSettings(
+            max_batch_size=override.max_batch_size or self.max_batch_size,
+            max_queue_delay_ms=(
+                self.max_queue_delay_ms if override.max_queue_delay_ms is None else override.max_queue_delay_ms
+            ),
+            max_queue_size=override.max_queue_size or self.max_queue_size,
+            batch_arrival_wait_ms=(
+                self.batch_arrival_wait_ms if override.batch_arrival_wait_ms is None
+                else override.batch_arrival_wait_ms
+            ),
         )

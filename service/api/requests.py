@@ -4,8 +4,6 @@ work for a client who has gone away is dropped."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -14,6 +12,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.wire import decode_base64
 
 T = TypeVar("T")
 
@@ -21,7 +20,8 @@ IMAGE_CONTENT_TYPES = "image/* (jpeg, png, webp, bmp, gif), application/octet-st
 
 
 class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
+    """The client disconnected before its answer was ready: its work is dropped and the app
+    answers 499 (nobody reads it; the metrics count a dropped request)."""
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -51,17 +51,6 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-def decode_base64(text: object, where: str) -> bytes:
-    if not isinstance(text, str):
-        raise BadRequest(f"{where} must be a base64 string")
-    if text.startswith("data:"):  # a data URL, as a browser's FileReader makes it
-        _, _, text = text.partition(",")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{where} is not valid base64") from None
 
 
 async def images_from_request(request: Request, limit: int) -> list[bytes]:

@@ -7,8 +7,9 @@ from importlib.resources import files
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from service.api.common import Plane
 from service.api.responses import FastJSONResponse as JSONResponse
-from service.metrics import CONTENT_TYPE
+from service.metrics import CONTENT_TYPE, Metrics
 
 router = APIRouter(tags=["system"])
 
@@ -24,15 +25,15 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz", summary="Ready: model loading has finished and at least one model serves")
-async def readyz(request: Request) -> Response:
-    plane = request.app.state.dataplane
-    ready, detail = plane.readiness()
+async def readyz(plane: Plane) -> Response:
+    ready, detail = plane.registry.readiness()
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "detail": detail, "models": plane.list_models()},
+        {"status": "ready" if ready else "not ready", "detail": detail, "models": plane.registry.status()},
         status_code=200 if ready else 503,
     )
 
 
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=CONTENT_TYPE)

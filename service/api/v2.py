@@ -1,11 +1,15 @@
 """The Open Inference Protocol (KServe v2 / Triton) REST API.
 
-Routes parse HTTP and call the codec (service.inference_protocol) and the data plane;
-nothing else happens here. Stock clients (``tritonclient.http``) work unchanged.
+An infer route is codec -> data plane -> codec: the codec (service.inference_protocol)
+parses the request against the model's signature, the data plane runs it exactly as it
+runs v1 requests (same batcher, limits and checks), the codec builds the answer. Stock
+clients (``tritonclient.http``) work unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -13,14 +17,20 @@ from fastapi.responses import Response
 
 from service import inference_protocol as oip
 from service.api import schemas
-from service.api.requests import ClientGone, read_body, unless_client_gone
+from service.api.common import Plane, note_model, server_timing
+from service.api.requests import read_body, unless_client_gone
 from service.api.responses import FastJSONResponse as JSONResponse
-from service.api.v1 import Plane, note_model, server_timing
+from service.dataplane import DataPlane, ImageInputs, Inputs, TensorInputs, Timings
+from service.encoding import Encoding, NpyDtype
+from service.errors import ModelNotReady
+from service.registry import ServedModel
 
 router = APIRouter(tags=["v2"])
 
 ModelName = Annotated[str, Path(description="Model name (a directory of the model repository).")]
-Version = Annotated[str, Path(description="Model version: a positive integer, as a string.")]
+# The pattern is declared for clients; parse_version enforces it with the protocol's 400.
+Version = Annotated[str, Path(json_schema_extra={"pattern": oip.VERSION_PATTERN},
+                              description="Model version: a positive integer, as a string.")]
 
 INFER_BODY: dict[str, Any] = {
     "requestBody": {
@@ -54,16 +64,17 @@ async def live() -> Response:
 
 @router.get("/v2/health/ready", summary="Server ready: loading has finished and a model serves")
 async def ready(plane: Plane) -> Response:
-    is_ready, detail = plane.readiness()
+    is_ready, detail = plane.registry.readiness()
     if is_ready:
         return JSONResponse({"ready": True})
     return JSONResponse({"ready": False, "error": detail}, status_code=503)
 
 
-async def _metadata(request: Request, plane: Plane, name: str, version: str | None) -> Response:
+async def _metadata(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
     number = oip.parse_version(version)
     note_model(request, name, number)
-    return JSONResponse(oip.model_metadata(plane.metadata(name, number)))
+    with plane.serving(name, number) as model:
+        return JSONResponse(oip.model_metadata(model.signature, plane.registry.versions(name)))
 
 
 @router.get("/v2/models/{name}", summary="Model metadata (newest ready version)", responses=schemas.ERRORS)
@@ -76,11 +87,15 @@ async def model_version_metadata(request: Request, plane: Plane, name: ModelName
     return await _metadata(request, plane, name, version)
 
 
-async def _ready(request: Request, plane: Plane, name: str, version: str | None) -> Response:
+async def _ready(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
+    """200 when ready, 503 while loading or failed; an unknown model or version is a 404."""
     number = oip.parse_version(version)
     note_model(request, name, number)
-    status, body = oip.model_ready(plane, name, number)
-    return JSONResponse(body, status_code=status)
+    try:
+        plane.registry.resolve(name, number)
+    except ModelNotReady as exc:
+        return JSONResponse({"name": name, "ready": False, "error": exc.message}, status_code=503)
+    return JSONResponse({"name": name, "ready": True})
 
 
 @router.get("/v2/models/{name}/ready", summary="Model ready", responses=schemas.ERRORS)
@@ -93,16 +108,37 @@ async def model_version_ready(request: Request, plane: Plane, name: ModelName, v
     return await _ready(request, plane, name, version)
 
 
-async def _infer(request: Request, plane: Plane, name: str, version: str | None) -> Response:
+async def _infer(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
     number = oip.parse_version(version)
     note_model(request, name, number)
     body = await read_body(request, plane.settings.max_body_bytes)
-    try:
-        encoded, timings = await unless_client_gone(request, oip.infer(plane, name, number, body, request.headers))
-    except ClientGone:
-        return Response(status_code=499)  # nobody reads it; counted as a dropped request
+    with plane.serving(name, number) as model:
+        encoded, timings = await unless_client_gone(request, _infer_with(plane, model, body, request))
     headers = {**encoded.headers, "Server-Timing": server_timing(timings)}
     return Response(encoded.body, media_type=encoded.media_type, headers=headers)
+
+
+async def _infer_with(plane: DataPlane, model: ServedModel, body: bytes,
+                      request: Request) -> tuple[oip.EncodedResponse, Timings]:
+    signature = model.signature
+    body = oip.decompress(body, request.headers.get("content-encoding"), plane.settings.max_body_bytes)
+    started = time.perf_counter()
+    parsed = await asyncio.to_thread(
+        oip.parse_request, body, request.headers.get(oip.HEADER_LENGTH), signature, plane.check_count
+    )
+    parse_seconds = time.perf_counter() - started
+    layers = parsed.layers(signature)
+    if layers:
+        encoding = Encoding.NPY if parsed.binary_layers(signature) else Encoding.JSON
+        plane.check_budget(signature, layers, parsed.batch_size, encoding, NpyDtype.FLOAT32)
+    inputs: Inputs = ImageInputs(parsed.data) if isinstance(parsed.data, list) else TensorInputs(parsed.data)
+    result = await plane.run(model, inputs, parsed.run_outputs(signature))
+    timings = result.timings
+    timings.decode += parse_seconds
+    started = time.perf_counter()
+    encoded = await asyncio.to_thread(oip.build_response, signature, parsed, result.outputs)
+    timings.encode = time.perf_counter() - started
+    return encoded, timings
 
 
 @router.post("/v2/models/{name}/infer", summary="Inference (newest ready version)",

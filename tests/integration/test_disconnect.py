@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from service.app import create_app
-from service.dataplane import DataPlane
+from service.registry import ModelRegistry
 from service.settings import Settings
 from tests.service.conftest import png_bytes
 from tests.service.synthetic import write_artifact
@@ -40,7 +40,7 @@ class HeldModel:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, DataPlane]]:
+def server(tmp_path: Path) -> Iterator[tuple[str, ModelRegistry]]:
     write_artifact(tmp_path, "synthetic", 1)
     app = create_app(Settings(model_repository=tmp_path, max_batch_size=1))
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
@@ -48,11 +48,11 @@ def server(tmp_path: Path) -> Iterator[tuple[str, DataPlane]]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while not (server.started and app.state.dataplane.load_finished):
+    while not (server.started and app.state.registry.load_finished):
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
     port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"127.0.0.1:{port}", app.state.dataplane
+    yield f"127.0.0.1:{port}", app.state.registry
     server.should_exit = True
     thread.join(10)
 
@@ -67,11 +67,10 @@ V2_TENSOR = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "dat
     ("/v2/models/synthetic/infer", "application/json", V2_TENSOR),
 ], ids=["v1", "v2"])
 def test_a_request_whose_client_left_never_reaches_the_model(
-    server: tuple[str, DataPlane], path: str, content_type: str, body: bytes
+    server: tuple[str, ModelRegistry], path: str, content_type: str, body: bytes
 ) -> None:
-    address, plane = server
-    batcher = plane.entries["synthetic"][1].batcher
-    assert batcher is not None
+    address, registry = server
+    batcher = registry.resolve("synthetic", 1).batcher
     held = HeldModel(batcher.model)
     batcher.model = held
     headers = {"content-type": content_type}

@@ -13,11 +13,15 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
-def build_model(channels: int, size: int, classes: int, filters: int = 4, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """conv 3x3 (pad 1) -> relu -> maxpool 2 -> flatten -> gemm, with random weights."""
+def build_model(channels: int, size: int, classes: int, filters: int = 4, seed: int = 0,
+                faulty: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """conv 3x3 (pad 1) -> relu -> maxpool 2 -> flatten -> gemm, with random weights
+    (``faulty``: a NaN conv bias, so every map and score is NaN whatever the input)."""
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 0.5, (filters, channels, 3, 3)).astype(np.float32)
     b = rng.normal(0, 0.1, (filters,)).astype(np.float32)
+    if faulty:
+        b[:] = np.nan
     half = size // 2
     fc_w = rng.normal(0, 0.2, (classes, filters * half * half)).astype(np.float32)
     fc_b = np.zeros(classes, dtype=np.float32)
@@ -65,9 +69,10 @@ def write_artifact(
     classes: int = 3,
     seed: int = 0,
     initial_weights: bool = True,
+    faulty: bool = False,
 ) -> Path:
     """Write ``root/name/version/`` per docs/artifact.md and return its directory."""
-    model, weights = build_model(channels, size, classes, seed=seed)
+    model, weights = build_model(channels, size, classes, seed=seed, faulty=faulty)
     directory = root / name / str(version)
     directory.mkdir(parents=True)
     onnx.save(model, directory / "model.onnx")

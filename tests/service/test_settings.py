@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.settings import Settings
+from service.settings import BatchingSettings, Settings
 
 
 def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -19,8 +19,8 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
     settings = Settings()
     assert settings.model_repository == Path("/srv/models")
     assert settings.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert settings.batching_for("big") == (2, 0.0, 256, 15.0)
-    assert settings.batching_for("other") == (8, 0.0, 256, 15.0)
+    assert settings.batching_for("big") == BatchingSettings(2, 0.0, 256, 15.0)
+    assert settings.batching_for("other") == BatchingSettings(8, 0.0, 256, 15.0)
 
 
 @pytest.mark.parametrize("field, value", [

@@ -19,7 +19,6 @@ import math
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 from benchmarks import loadgen
 from benchmarks.images import write_body
+from service.testing import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -80,12 +80,6 @@ class Row:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def version_of(dist: str) -> str:
@@ -167,47 +161,16 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
-class Server:
+class Server(ServerProcess):
     """A server subprocess on a free loopback port, its log in benchmarks/out/logs/."""
 
     def __init__(self, name: str, cmd: list[str], env: dict[str, str], ready_path: str, port: int) -> None:
         self.name = name
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = OUT / "logs" / f"{name}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self._wait_ready(ready_path)
-
-    def _wait_ready(self, path: str, timeout: float = 300.0) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}:\n"
-                                   + self.log_path.read_text(errors="replace")[-3000:])
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"{self.name} never became ready; see {self.log_path}")
+        super().__init__(cmd, port=port, env=env, cwd=ROOT, log=OUT / "logs" / f"{name}.log",
+                         ready_path=ready_path, timeout=300.0)
 
     def cpu(self) -> float:
-        return process_tree_cpu(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+        return process_tree_cpu(self.pid)
 
 
 def scrape(url: str, model: str) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """``python -m service`` / ``convscope-serve``: run the server with uvicorn.
 
-Command-line flags override the environment (``CONVSCOPE_*``); settings are validated
-here, before any worker starts, so a bad value fails at once with a clear message.
+Every setting is an environment variable (``CONVSCOPE_*``) and a flag (``--max-batch-size``
+for ``CONVSCOPE_MAX_BATCH_SIZE``); a flag wins. Settings are validated here, before any
+worker starts, so a bad value fails at once with a clear message and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,45 +12,64 @@ import os
 import sys
 import tempfile
 
-from pydantic import ValidationError
+from pydantic import ByteSize, ValidationError
+from pydantic_settings import SettingsError
+
+from service.settings import Settings
+
+ENV_PREFIX = "CONVSCOPE_"
+
+
+def parser() -> argparse.ArgumentParser:
+    """One flag per setting, documented by the setting's own docstring."""
+    out = argparse.ArgumentParser(prog="convscope-serve", description=(__doc__ or "").splitlines()[0],
+                                  allow_abbrev=False)
+    for name, field in Settings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        help_text = " ".join((field.description or "").split()).replace("``", "").replace("%", "%%")
+        out.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE",
+                         help=f"{help_text} [{env}; default: {_shown(field.get_default(call_default_factory=True))}]")
+    return out
+
+
+def _shown(default: object) -> str:
+    if default is None:
+        return "unset"
+    if isinstance(default, ByteSize):
+        return default.human_readable(decimal=False)
+    return str(default)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="convscope-serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", help="interface to listen on (CONVSCOPE_HOST, default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="port (CONVSCOPE_PORT, default 8000)")
-    parser.add_argument("--workers", type=int, help="worker processes (CONVSCOPE_WORKERS, default 1)")
-    parser.add_argument("--model-repository", help="model repository (CONVSCOPE_MODEL_REPOSITORY, default ./models)")
-    parser.add_argument("--log-level", help="critical|error|warning|info|debug (CONVSCOPE_LOG_LEVEL)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     for key, value in vars(args).items():
         if value is not None:
             # Through the environment, so every uvicorn worker process sees the same settings.
-            os.environ[f"CONVSCOPE_{key.upper()}"] = str(value)
+            os.environ[ENV_PREFIX + key.upper()] = value
+    try:
+        settings = Settings()
+    except (ValidationError, SettingsError) as exc:
+        print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
 
     import uvicorn
 
-    from service.app import create_app
-    from service.settings import Settings
+    from service.app import check_startup, create_app
 
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+        check_startup(settings)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
-                  access_log=False, timeout_graceful_shutdown=10)
     if settings.workers == 1:
-        try:
-            app = create_app(settings)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        uvicorn.run(app, **common)
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                    access_log=False, timeout_graceful_shutdown=10)
     else:
         # Workers are separate processes: Prometheus values must be pooled on disk.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="convscope-metrics-"))
-        uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+        uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers,
+                    host=settings.host, port=settings.port, log_level=settings.log_level,
+                    access_log=False, timeout_graceful_shutdown=10)
     return 0
 
 

@@ -26,6 +26,7 @@ from service.dataplane import DataPlane
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.registry import ModelRegistry
+from service.repository import scan
 from service.runtime import RuntimeOptions, choose_providers
 from service.settings import Settings
 
@@ -90,6 +91,19 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
         inter_op_threads=settings.inter_op_threads,
         allow_spinning=settings.ort_allow_spinning,
     )
+
+
+def check_startup(settings: Settings) -> None:
+    """What can be known wrong before serving, as a ValueError that says so: an execution
+    provider this onnxruntime lacks, a default model the repository does not hold."""
+    runtime_options(settings)
+    if settings.default_model is not None:
+        names = sorted({ref.name for ref in scan(settings.model_repository)})
+        if settings.default_model not in names:
+            raise ValueError(
+                f"CONVSCOPE_DEFAULT_MODEL={settings.default_model!r} is not in the model repository "
+                f"{settings.model_repository}; models there: {', '.join(names) or '(none)'}"
+            )
 
 
 def create_app_from_env() -> FastAPI:

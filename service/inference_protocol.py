@@ -72,9 +72,9 @@ UNSUPPORTED_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "sh
 
 # -- discovery -----------------------------------------------------------------------------
 
-# A version in a URL: ASCII digits, no leading zero, bounded (str.isdigit() would accept
+# A version in a URL: 1 to 9 ASCII digits, at least 1 (str.isdigit() would accept
 # superscripts and other scripts' digits, and int() refuses more than 4300 digits).
-VERSION_PATTERN = r"^[1-9][0-9]{0,8}$"
+VERSION_PATTERN = r"^[0-9]{1,9}$"
 _VERSION = re.compile(VERSION_PATTERN)
 
 
@@ -86,7 +86,7 @@ def parse_version(text: str | None) -> int | None:
     """A version from the URL: a positive integer (the protocol's versions are strings)."""
     if text is None:
         return None
-    if not _VERSION.fullmatch(text):
+    if not _VERSION.fullmatch(text) or int(text) < 1:
         shown = text if len(text) <= 20 else text[:20] + "..."
         raise BadRequest(f"model version {shown!r} is not valid: versions are positive integers (1 to 999999999)")
     return int(text)

@@ -240,6 +240,8 @@ class ModelRegistry:
     def _versions(self, name: str) -> dict[int, ModelEntry]:
         versions = self.entries.get(name)
         if versions is None:
+            if not self.load_finished:
+                raise ModelNotReady(f"model {name} is not known yet: the repository is still loading")
             raise UnknownModel(name, self.names())
         return versions
 

@@ -80,6 +80,13 @@ def test_npy_float16_and_chosen_layers(client: TestClient, random_png: Callable[
     assert array.dtype == np.float16
 
 
+def test_layers_may_repeat_or_be_comma_separated(client: TestClient, random_png: Callable[..., bytes]) -> None:
+    image = random_png()
+    for query in ("layers=features.1&layers=features.2", "layers=features.1,features.2&layers=features.1"):
+        body = client.post(f"/predict?{query}", content=image, headers=PNG).json()
+        assert list(body["feature_maps"]) == ["features.1", "features.2"], query
+
+
 def test_several_images_in_multipart_and_json(client: TestClient, random_png: Callable[..., bytes]) -> None:
     images = [random_png(), random_png(), random_png()]
     files = [("image", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]

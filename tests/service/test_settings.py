@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.settings import BatchingSettings, Settings
+from tests.service.synthetic import write_artifact
 
 
 def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,3 +44,40 @@ def test_cli_refuses_bad_settings_with_exit_2(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "port" in result.stderr
+
+
+def test_log_level_and_byte_sizes_are_read_as_people_write_them() -> None:
+    settings = Settings(log_level="INFO", max_body_bytes="8 MiB", max_feature_map_bytes="512KiB")  # type: ignore[arg-type]
+    assert settings.log_level == "info"
+    assert (settings.max_body_bytes, settings.max_feature_map_bytes) == (8 * 2**20, 512 * 2**10)
+    with pytest.raises(ValidationError, match="byte unit"):
+        Settings(max_body_bytes="8 parsecs")  # type: ignore[arg-type]
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONVSCOPE_")}
+    environment.update(env or {})
+    return subprocess.run([sys.executable, "-m", "service", *args], capture_output=True, text=True,
+                          timeout=60, env=environment)
+
+
+def test_every_setting_is_a_flag_with_its_docstring() -> None:
+    result = serve("--help")
+    assert result.returncode == 0
+    for name, field in Settings.model_fields.items():
+        assert f"--{name.replace('_', '-')} VALUE" in result.stdout
+        assert f"CONVSCOPE_{name.upper()}" in result.stdout.replace("\n", "").replace(" ", "")
+        assert field.description, f"setting {name} has no docstring"
+
+
+def test_bad_json_in_a_setting_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    result = serve(env={"CONVSCOPE_MODEL_OVERRIDES": "not json"})
+    assert result.returncode == 2
+    assert "model_overrides" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_default_model_fails_at_start_naming_the_models(tmp_path: Path) -> None:
+    write_artifact(tmp_path, "digits", 1)
+    result = serve("--model-repository", str(tmp_path), "--default-model", "nope")
+    assert result.returncode == 2
+    assert "'nope' is not in the model repository" in result.stderr and "models there: digits" in result.stderr

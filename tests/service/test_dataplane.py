@@ -1,0 +1,127 @@
+"""The data plane with a fake runtime: the one path through arriving() and the batcher,
+the limits, the layer rule, the model-fault check. No onnxruntime, no HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.batching import DynamicBatcher
+from service.dataplane import DataPlane, ImageInputs, TensorInputs
+from service.encoding import Encoding, NpyDtype
+from service.errors import BadRequest, ModelOutputNotFinite, NotFound, PayloadTooLarge, UnknownLayer
+from service.metrics import Metrics
+from service.preprocessing import InputSpec
+from service.registry import ModelRegistry, ServedModel
+from service.runtime import CPU, RuntimeOptions
+from service.settings import Settings
+from service.signature import LayerSignature, ModelSignature
+from tests.service.conftest import png_bytes
+
+SPEC = InputSpec.from_metadata({"channels": 1, "size": [4, 4], "scale": 1 / 255, "mean": [0.0], "std": [1.0]})
+SIGNATURE = ModelSignature("fake", 1, "input", (1, 4, 4), "logits", ("a", "b"),
+                           (LayerSignature("conv", (2, 4, 4)), LayerSignature("pool", (2, 2, 2))))
+
+
+@dataclass
+class FakeRuntime:
+    """Logits = [sum of pixels, -sum]; each layer = the input repeated; NaN when told."""
+
+    spec: InputSpec = SPEC
+    signature: ModelSignature = SIGNATURE
+    name: str = "fake"
+    version: int = 1
+    layer_names: list[str] = field(default_factory=lambda: ["conv", "pool"])
+    filters: dict[str, np.ndarray] = field(default_factory=lambda: {"conv": np.ones((2, 1, 3, 3), np.float32)})
+    initial_filters: dict[str, np.ndarray] = field(default_factory=dict)
+    poison: bool = False
+    arriving_seen: list[int] = field(default_factory=list)
+    batcher: DynamicBatcher | None = None
+
+    def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        total = batch.reshape(batch.shape[0], -1).sum(axis=1)
+        values = {"logits": np.stack([total, -total], axis=1).astype(np.float32),
+                  "conv": np.repeat(batch, 2, axis=1), "pool": np.repeat(batch[:, :, ::2, ::2], 2, axis=1)}
+        if self.poison:
+            values["pool"] = np.full_like(values["pool"], np.inf)
+        return [values[o] for o in outputs]
+
+
+@pytest.fixture
+async def plane(tmp_path: Path) -> AsyncIterator[tuple[DataPlane, ServedModel, FakeRuntime]]:
+    settings = Settings(model_repository=tmp_path, max_images_per_request=4, max_feature_map_bytes=1024)
+    runtime = FakeRuntime()
+    batcher = DynamicBatcher(runtime, max_batch_size=8, max_queue_delay_ms=0, max_queue_size=16)
+    batcher.start()
+    served = ServedModel(runtime, batcher)  # type: ignore[arg-type]
+    data_plane = DataPlane(settings, ModelRegistry(settings, Metrics(), RuntimeOptions([CPU])))
+    yield data_plane, served, runtime
+    await batcher.stop()
+    data_plane.close()
+
+
+def image(value: int) -> bytes:
+    return png_bytes(np.full((4, 4), value, dtype=np.uint8))
+
+
+@pytest.mark.anyio
+async def test_images_run_with_their_outputs_and_timings(plane: Any) -> None:
+    data_plane, model, _ = plane
+    result = await data_plane.run(model, ImageInputs([image(255), image(0)]), ("logits", "pool"))
+    assert list(result.outputs) == ["logits", "pool"]
+    assert result.outputs["logits"][:, 0].tolist() == pytest.approx([16.0, 0.0])
+    assert result.outputs["pool"].shape == (2, 2, 2, 2)
+    assert result.timings.decode > 0 and result.timings.inference > 0
+
+
+@pytest.mark.anyio
+async def test_tensors_skip_decoding(plane: Any) -> None:
+    data_plane, model, _ = plane
+    result = await data_plane.run(model, TensorInputs(np.ones((3, 1, 4, 4), np.float32)), ("logits",))
+    assert result.outputs["logits"][:, 0].tolist() == [16.0] * 3 and result.timings.decode == 0
+
+
+@pytest.mark.anyio
+async def test_a_non_finite_output_is_the_models_fault(plane: Any) -> None:
+    data_plane, model, runtime = plane
+    runtime.poison = True
+    with pytest.raises(ModelOutputNotFinite, match="model fake version 1 produced NaN or infinite values in pool"):
+        await data_plane.run(model, ImageInputs([image(1)]), ("logits", "pool"))
+    assert (await data_plane.run(model, ImageInputs([image(1)]), ("logits",))).outputs["logits"].shape == (1, 2)
+
+
+@pytest.mark.anyio
+async def test_image_count_limits(plane: Any) -> None:
+    data_plane, model, _ = plane
+    with pytest.raises(BadRequest, match="holds no image"):
+        await data_plane.run(model, ImageInputs([]), ("logits",))
+    with pytest.raises(PayloadTooLarge, match="5 images in one request; the limit is 4"):
+        await data_plane.run(model, TensorInputs(np.zeros((5, 1, 4, 4), np.float32)), ("logits",))
+
+
+@pytest.mark.anyio
+async def test_layer_selection_and_budget(plane: Any) -> None:
+    data_plane, _, _ = plane
+    assert data_plane.select_layers(SIGNATURE, ["pool,conv", "pool"]) == ["pool", "conv"]
+    assert data_plane.select_layers(SIGNATURE, ["all"]) == ["conv", "pool"]
+    with pytest.raises(UnknownLayer, match="unknown layer 'fc'; valid: conv, pool"):
+        data_plane.select_layers(SIGNATURE, ["fc"])
+    data_plane.check_budget(SIGNATURE, ["pool"], 1, Encoding.STATS, NpyDtype.FLOAT32)
+    with pytest.raises(PayloadTooLarge, match="over the budget of 1024 bytes"):
+        data_plane.check_budget(SIGNATURE, ["conv", "pool"], 4, Encoding.JSON, NpyDtype.FLOAT32)
+
+
+@pytest.mark.anyio
+async def test_filters_name_the_layers_that_have_them(plane: Any) -> None:
+    data_plane, model, _ = plane
+    png, info = data_plane.filters_png(model, "conv")
+    assert png.startswith(b"\x89PNG") and info["filters"] == 2
+    with pytest.raises(NotFound, match="layers with filters: conv"):
+        data_plane.filters_png(model, "pool")
+    with pytest.raises(NotFound, match="no record of its filters before training"):
+        data_plane.filters_png(model, "conv", "initial")

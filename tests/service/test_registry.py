@@ -1,0 +1,93 @@
+"""The registry on its own: states, resolution, the words of its errors, leases."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from service.errors import BadRequest, ModelNotReady, UnknownModel, UnknownVersion
+from service.metrics import Metrics
+from service.registry import ModelRegistry, ModelState
+from service.runtime import CPU, RuntimeOptions
+from service.settings import Settings
+from tests.service.synthetic import write_artifact
+
+
+def registry_for(root: Path, **settings: object) -> ModelRegistry:
+    return ModelRegistry(Settings(model_repository=root, **settings), Metrics(), RuntimeOptions([CPU]))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    write_artifact(tmp_path, "alpha", 1, seed=0)
+    write_artifact(tmp_path, "alpha", 2, seed=1)
+    (tmp_path / "alpha" / "3").mkdir()  # no metadata.json: listed as failed, not served
+    write_artifact(tmp_path, "beta", 1, seed=2)
+    return tmp_path
+
+
+@pytest.mark.anyio
+async def test_states_after_loading(root: Path) -> None:
+    registry = registry_for(root)
+    assert registry.readiness() == (False, "loading models")
+    with pytest.raises(ModelNotReady, match="model alpha is not known yet: the repository is still loading"):
+        registry.entry("alpha")
+    await registry.load_all()
+    try:
+        states = {(e.name, e.version): e.state for v in registry.entries.values() for e in v.values()}
+        assert states == {("alpha", 1): ModelState.READY, ("alpha", 2): ModelState.READY,
+                          ("alpha", 3): ModelState.FAILED, ("beta", 1): ModelState.READY}
+        assert registry.readiness() == (True, "ready")
+        status = registry.status()[0]
+        assert (status.name, status.default_version) == ("alpha", 2)
+        assert [v.version for v in status.versions] == [3, 2, 1]
+        assert "metadata.json is missing" in (status.versions[0].reason or "")
+    finally:
+        await registry.close()
+
+
+@pytest.mark.anyio
+async def test_resolution_and_its_errors(root: Path) -> None:
+    registry = registry_for(root)
+    await registry.load_all()
+    try:
+        assert registry.resolve("alpha").version == 2  # newest ready, not the failed 3
+        assert registry.resolve("alpha", 1).version == 1
+        with pytest.raises(UnknownModel, match="unknown model 'gamma'; valid: alpha, beta"):
+            registry.resolve("gamma")
+        with pytest.raises(UnknownVersion, match="model alpha has no version 9; valid: 1, 2, 3"):
+            registry.resolve("alpha", 9)
+        with pytest.raises(ModelNotReady, match="model alpha version 3 is failed: metadata.json is missing"):
+            registry.resolve("alpha", 3)
+        with pytest.raises(BadRequest, match=r"2 models are served \(alpha, beta\): name one"):
+            registry.resolve(None)  # the default needs naming when two models are served
+    finally:
+        await registry.close()
+
+
+@pytest.mark.anyio
+async def test_a_model_with_no_ready_version_says_why(tmp_path: Path) -> None:
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    registry = registry_for(tmp_path)
+    await registry.load_all()
+    with pytest.raises(ModelNotReady, match=r"model broken has no version ready \(version 1: failed \(metadata"):
+        registry.resolve("broken")
+    assert registry.readiness() == (False, f"no model is ready in {tmp_path}")
+
+
+@pytest.mark.anyio
+async def test_stopping_a_model_waits_for_its_leases(root: Path) -> None:
+    registry = registry_for(root)
+    await registry.load_all()
+    try:
+        with registry.lease("beta") as model:
+            assert model.leases == 1
+            stopping = asyncio.create_task(model.stop())
+            await asyncio.sleep(0.05)
+            assert not stopping.done()  # held by this request
+        await asyncio.wait_for(stopping, 5)
+        assert model.leases == 0
+    finally:
+        await registry.close()

@@ -33,8 +33,10 @@ run: $(STAMP)
 export: $(STAMP)
 	$(BIN)/python -m model_export --out $(MODELS) $(ARGS)
 
+# ruff for faults and import order; mypy, strict for service/ (pyproject.toml [tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Lint, then every test. The slow tier (Fashion-MNIST, AlexNet at 224) runs inside the
 # same pytest call and skips itself, saying why, when its data is absent.

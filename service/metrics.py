@@ -78,7 +78,7 @@ class Metrics:
     def render(self) -> bytes:
         if self.multiprocess:
             merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged)
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         return generate_latest(self.registry)
 

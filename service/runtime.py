@@ -101,16 +101,6 @@ class ModelRuntime:
     def metadata(self) -> dict[str, Any]:
         return self.artifact.metadata
 
-    @property
-    def labels(self) -> list[str]:
-        return self.artifact.metadata["labels"]
-
-    def layer(self, name: str) -> dict[str, Any]:
-        for layer in self.metadata["layers"]:
-            if layer["name"] == name:
-                return layer
-        raise KeyError(name)
-
     def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
         """Run one batch; ``outputs`` names what to return, in that order.
 
@@ -118,7 +108,8 @@ class ModelRuntime:
         features session. Called from a worker thread, never the event loop.
         """
         session = self.logits_session if outputs == (self.output_name,) else self.features_session
-        return session.run(list(outputs), {self.input_name: batch})
+        results: list[np.ndarray] = session.run(list(outputs), {self.input_name: batch})
+        return results
 
 
 def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
@@ -177,19 +168,20 @@ def _warm_up(model: ModelRuntime) -> None:
     and a graph whose shapes disagree with its metadata fails here, at load."""
     batch = np.zeros((1, *model.spec.shape), dtype=np.float32)
     (logits,) = model.run(batch, (model.output_name,))
-    if logits.shape != (1, len(model.labels)):
+    labels = model.signature.labels
+    if logits.shape != (1, len(labels)):
         raise ValueError(
             f"the class output has shape {list(logits.shape)} for one image, but metadata "
-            f"lists {len(model.labels)} labels"
+            f"lists {len(labels)} labels"
         )
     if model.layer_names:
         maps = model.run(batch, tuple(model.layer_names))
         for name, value in zip(model.layer_names, maps):
-            expected = model.layer(name)["output_shape"][1:]
-            if list(value.shape[1:]) != list(expected):
+            expected = model.signature.layer_shape(name)
+            if tuple(value.shape[1:]) != expected:
                 raise ValueError(
                     f"layer {name} yields shape {list(value.shape[1:])} per image; "
-                    f"metadata says {expected}"
+                    f"metadata says {list(expected)}"
                 )
 
 

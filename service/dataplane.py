@@ -138,7 +138,7 @@ class DataPlane:
         """Load every version in the repository. One that fails is marked failed with its
         reason; the others load and serve regardless."""
         root = self.settings.model_repository
-        refs = scan(root)
+        refs = scan(root, self.settings.model_name)
         for ref in refs:
             self.entries.setdefault(ref.name, {})[ref.version] = ModelEntry(ref)
         if not refs:

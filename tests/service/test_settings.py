@@ -42,3 +42,10 @@ def test_cli_refuses_bad_settings_with_exit_2(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "port" in result.stderr
+
+
+def test_model_name_is_read_and_must_be_a_model_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSCOPE_MODEL_NAME", "my-isvc")
+    assert Settings().model_name == "my-isvc"
+    with pytest.raises(ValidationError, match="model_name"):
+        Settings(model_name="not a name/")

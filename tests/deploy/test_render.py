@@ -78,6 +78,8 @@ def test_the_components_render_and_validate_inside_an_overlay(tmp_path: Path, ov
     assert keys_file.parent == Path(mount["mountPath"]) and mount["readOnly"] is True
     volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "api-keys")
     assert volume["secret"]["items"] == [{"key": "keys", "path": keys_file.name}]
+    context = pod["spec"]["securityContext"]  # merged into, not replaced
+    assert (context["runAsNonRoot"], context["runAsUser"], context["fsGroup"]) == (True, 10001, 10001)
     # servicemonitor: in the overlay's namespace; the pods' scrape annotations are gone.
     monitor = m.one(manifests, "ServiceMonitor")
     assert monitor["metadata"]["namespace"] == "convscope"

@@ -98,7 +98,7 @@ def check_startup(settings: Settings) -> None:
     provider this onnxruntime lacks, a default model the repository does not hold."""
     runtime_options(settings)
     if settings.default_model is not None:
-        names = sorted({ref.name for ref in scan(settings.model_repository)})
+        names = sorted({ref.name for ref in scan(settings.model_repository, settings.model_name)})
         if settings.default_model not in names:
             raise ValueError(
                 f"CONVSCOPE_DEFAULT_MODEL={settings.default_model!r} is not in the model repository "

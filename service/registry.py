@@ -130,7 +130,7 @@ class ModelRegistry:
     async def load_all(self) -> None:
         """Load every version in the repository. One that fails is marked failed with its
         reason; the others load and serve regardless."""
-        refs = scan(self.root)
+        refs = scan(self.root, self.settings.model_name)
         for ref in refs:
             self.entries.setdefault(ref.name, {})[ref.version] = ModelEntry(ref)
         if not refs:

@@ -121,3 +121,8 @@ class Settings(BaseSettings):
             int(override.get("max_queue_size", self.max_queue_size)),
             float(override.get("batch_arrival_wait_ms", self.batch_arrival_wait_ms)),
         )
+
+    max_explain_passes: int = Field(2000, ge=1, le=1_000_000)
+    """Most forward passes one explanation may make, faithfulness included; a request's
+    ``passes`` above it is refused (422, naming this limit). The default fits the costliest
+    default (RISE: 1 + 1000 masks + 58 faithfulness passes) with room for a finer map."""

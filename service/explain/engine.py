@@ -128,12 +128,17 @@ def default_method(model: ExplainableModel) -> Method:
 class Explainer:
     """Explanations for one model version."""
 
-    def __init__(self, model: ExplainableModel, *, max_passes: int, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, model: ExplainableModel, *, max_passes: int, batch_size: int = DEFAULT_BATCH_SIZE,
+                 batch_seconds: float | None = None) -> None:
+        """``batch_size``: most images per forward call; ``batch_seconds``: also no more than
+        the forward gets through in this time (see passes.py), so a prediction never waits
+        long behind an explanation's run."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model = model
         self.max_passes = max_passes
         self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
 
     # ---- checking a request ------------------------------------------------------------
 
@@ -252,7 +257,7 @@ class Explainer:
         image = np.ascontiguousarray(image, dtype=np.float32)
         passes = Passes(forward, output=model.output, classes=len(model.labels),
                         image_values=int(np.prod(model.input_shape)), budget=plan.budget,
-                        batch_size=self.batch_size)
+                        batch_size=self.batch_size, batch_seconds=self.batch_seconds)
         outputs = (model.output,) if plan.layer is None else (model.output, plan.layer.name)
         first = await passes.run(image, outputs)
         logits = first[0][0]

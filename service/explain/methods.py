@@ -10,6 +10,7 @@ image is one forward pass, taken from the context's ``Passes``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -168,7 +169,7 @@ async def rise(ctx: Context) -> MethodResult:
     step = ctx.passes.batch_size
     for start in range(0, count, step):
         stop = min(count, start + step)
-        chunk = masks.slice(start, stop)
+        chunk = await ctx.passes.offload(functools.partial(masks.slice, start, stop), stop - start)
 
         def make(a: int, b: int, chunk: np.ndarray = chunk) -> np.ndarray:
             return blend(image, baseline, chunk[a:b])

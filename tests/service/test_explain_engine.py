@@ -231,3 +231,42 @@ def test_the_catalogue_lists_each_layers_methods(explainer: Explainer) -> None:
     assert rows["features.3"].methods == (Method.GRAD_CAM, Method.SCORE_CAM, Method.EIGEN_CAM)
     assert rows["features.4"].grad_cam_unavailable is None
     assert rows["flat"].methods == () and rows["flat"].shape == (128,)
+
+
+# ---- batch sizing ------------------------------------------------------------------------
+
+def test_batches_follow_the_time_the_forward_takes() -> None:
+    from service.explain.passes import Passes
+
+    passes = Passes(km.OrtForward(km.build()), output="logits", classes=3, image_values=256, budget=100,
+                    batch_size=16, batch_seconds=0.02)
+    assert passes.next_batch() == 16  # nothing measured yet
+    passes.record(0.005, 1)
+    assert passes.next_batch() == 4
+    passes.record(0.020, 4)  # slower now (predictions queued ahead): (5 + 5) / 2 ms per image
+    assert passes.next_batch() == 4
+    passes.record(0.100, 4)
+    assert passes.next_batch() == 1  # never below one image
+    passes.record(0.0, 16)  # 15 ms -> 7.5 ms per image
+    passes.record(0.0, 16)  # -> 3.75 ms
+    assert passes.next_batch() == 5
+    unbounded = Passes(km.OrtForward(km.build()), output="logits", classes=3, image_values=256, budget=100,
+                       batch_size=16)
+    unbounded.record(10.0, 1)
+    assert unbounded.next_batch() == 16
+
+
+async def test_a_slow_forward_gets_small_batches(proto: object) -> None:
+    real = km.OrtForward(proto)
+    sizes: list[int] = []
+
+    async def slow(batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+        sizes.append(batch.shape[0])
+        await asyncio.sleep(0.02 * batch.shape[0])  # 20 ms an image, or more on a busy machine
+        return await real(batch, outputs)
+
+    explainer = Explainer(describe(km.metadata(proto), proto), max_passes=100, batch_size=16, batch_seconds=0.05)
+    plan = explainer.plan(ExplainRequest(method="occlusion", passes=1 + 16, faithfulness=False))
+    result = await explainer.run(plan, km.image(), slow)
+    assert result.forward_passes == sum(sizes) == 17
+    assert max(sizes[1:]) <= 2  # at most 50 ms of model time per call, not all 16 positions at once

@@ -30,7 +30,7 @@ from service.explain.methods import (
     Context,
     occlusion_geometry,
 )
-from service.explain.model import METHODS, ExplainableModel, LayerInfo, Method
+from service.explain.model import METHODS, ExplainableModel, LayerInfo, Method, default_method
 from service.explain.passes import Forward, Passes
 
 DEFAULT_BATCH_SIZE = 16
@@ -108,21 +108,6 @@ def method_cost(model: ExplainableModel, method: Method, layer: LayerInfo | None
         assert layer is not None
         return Cost(1, layer.shape[0], layer.shape[0])
     return Cost(0, 0, 0)
-
-
-def default_method(model: ExplainableModel) -> Method:
-    """The most faithful method a model allows at a moderate cost: occlusion, on every model.
-
-    Measured on 30 held-out digits (benchmarks/explain.py, tinyvgg; deletion area, lower is
-    better / insertion, higher is better / passes with faithfulness): occlusion
-    0.076 / 0.934 / 228, RISE 0.080 / 0.935 / 1059, score-cam 0.31 / 0.88 / 69, grad-cam
-    0.34 / 0.87 / 59, eigen-cam 0.57 / 0.69 / 59. RISE matches occlusion at five times the
-    passes; the CAMs are cheaper but their maps come from a 7 x 7 layer and, for
-    eigen-cam, are not about the target at all. Occlusion needs no layer and no exact
-    head, so every model allows it, and its cost (169 passes) does not grow with the
-    image or the model.
-    """
-    return Method.OCCLUSION
 
 
 class Explainer:

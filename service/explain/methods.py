@@ -199,7 +199,8 @@ async def score_cam(ctx: Context) -> MethodResult:
     acts = _activations(ctx)
     flat = acts.reshape(acts.shape[0], -1)
     informative = np.flatnonzero(flat.max(axis=1) > flat.min(axis=1))  # a flat channel masks nothing
-    # Over budget: the channels with the most activation, as the Score-CAM authors do.
+    # More channels than passes: score those that fire most (mean activation); a weak
+    # channel's mask keeps little of the image and weighs little in the sum anyway.
     order = informative[np.argsort(-flat[informative].mean(axis=1), kind="stable")]
     chosen = np.sort(order[: ctx.method_passes])
     image, baseline, size = ctx.image, ctx.baseline, ctx.size

@@ -116,8 +116,6 @@ class ExplainableModel:
         return tuple(m for m in Method if not m.uses_layer or self.layers_for(m))
 
     def catalogue(self) -> Catalogue:
-        from service.explain.engine import default_method  # the policy lives with the engine
-
         rows = []
         for layer in self.layers:
             head = self.heads.get(layer.name)
@@ -131,6 +129,21 @@ class ExplainableModel:
                 why = None
             rows.append(LayerMethods(layer.name, layer.shape, self.layer_methods(layer), why))
         return Catalogue(self.methods(), default_method(self), self.default_layer(), tuple(rows))
+
+
+def default_method(model: ExplainableModel) -> Method:
+    """The most faithful method a model allows at a moderate cost: occlusion, on every model.
+
+    Measured on 30 held-out digits (benchmarks/explain.py, trained tinyvgg; deletion area,
+    lower is better / insertion, higher is better / passes with faithfulness): occlusion
+    0.076 / 0.934 / 228, RISE 0.080 / 0.935 / 1059, score-cam 0.31 / 0.88 / 69, grad-cam
+    0.34 / 0.90 / 59, eigen-cam 0.57 / 0.69 / 59 (trained LeNet: the same order). RISE
+    matches occlusion at almost five times the passes; the CAMs are cheaper, but their maps
+    come from a 7 x 7 layer and, for eigen-cam, are not about the target at all. Occlusion
+    needs no layer and no exact head, so every model allows it, and its cost (169 passes)
+    does not grow with the image or the model.
+    """
+    return Method.OCCLUSION
 
 
 def describe(metadata: Mapping[str, Any], model: onnx.ModelProto | str | Path) -> ExplainableModel:

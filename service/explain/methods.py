@@ -248,7 +248,11 @@ async def grad_cam(ctx: Context) -> MethodResult:
     head = ctx.model.grad_head(ctx.layer.name)
     assert head is not None, "plan() only allows grad-cam where the head is exact"
     activations = ctx.activations
-    logits, gradient = await asyncio.to_thread(head.gradient, activations, ctx.target)
+    try:
+        logits, gradient = await asyncio.to_thread(head.gradient, activations, ctx.target)
+    except (ValueError, IndexError, KeyError) as exc:  # a graph the analysis let through but numpy cannot run
+        raise ModelFailed(f"grad-cam could not replay the layers after {ctx.layer.name} ({exc}); "
+                          "use another method") from exc
     # The replayed head must give the logits the model gave for this very image; if not,
     # the gradient would be of some other function.
     scale = max(1.0, float(np.abs(ctx.logits).max()))

@@ -171,7 +171,10 @@ def describe(metadata: Mapping[str, Any], model: onnx.ModelProto | str | Path) -
     heads: dict[str, GradHead | NotExact] = {}
     for layer in layers:
         if layer.spatial:
-            heads[layer.name] = analyse_head(proto, layer.name, output, constants)
+            try:
+                heads[layer.name] = analyse_head(proto, layer.name, output, constants)
+            except Exception as exc:  # an odd graph must never stop the model from loading
+                heads[layer.name] = NotExact(f"the graph after this layer could not be analysed ({exc})")
     return ExplainableModel(
         name=str(metadata.get("name", "model")),
         input_shape=(channels, height, width),

@@ -136,14 +136,16 @@ class Explainer:
         extra = faith.PASSES if request.faithfulness else (1 if method is Method.SCORE_CAM else 0)
         least = 1 + cost.minimum + extra
         limit = "CONVSCOPE_MAX_EXPLAIN_PASSES"
+        if request.seed < 0:
+            raise Unprocessable(f"seed={request.seed} is not valid: seeds are integers from 0")
+        if least > self.max_passes:
+            raise Unprocessable(
+                f"method {method.value} needs at least {least} forward passes{self._why(extra)}, "
+                f"over this server's limit of {self.max_passes} ({limit})"
+                + ("; ask for faithfulness=false" if request.faithfulness else "")
+            )
         if request.passes is None:
             budget = min(1 + cost.default + extra, self.max_passes)
-            if budget < least:
-                raise Unprocessable(
-                    f"method {method.value} needs at least {least} forward passes{self._why(extra)}, "
-                    f"over this server's limit of {self.max_passes} ({limit})"
-                    + ("; ask for faithfulness=false" if request.faithfulness else "")
-                )
         else:
             if request.passes > self.max_passes:
                 raise Unprocessable(

@@ -108,6 +108,7 @@ def test_costs_per_method(explainer: Explainer) -> None:
      r"passes=10 is too few: method grad-cam needs at least 59 \(1 for the image, 58 for faithfulness\); "
      "valid: 59..1000"),
     (ExplainRequest(method="rise", passes=16, faithfulness=False), Unprocessable, "needs at least 17"),
+    (ExplainRequest(seed=-1), Unprocessable, "seed=-1 is not valid"),
 ])
 def test_bad_requests_are_refused_naming_the_valid_values(explainer: Explainer, request_: ExplainRequest,
                                                           error: type, message: str) -> None:
@@ -119,6 +120,8 @@ def test_a_server_limit_below_a_methods_least_cost_is_refused_naming_it(proto: o
     tiny = Explainer(describe(km.metadata(proto), proto), max_passes=30)
     with pytest.raises(Unprocessable, match=r"needs at least 59 .* limit of 30 \(CONVSCOPE_MAX_EXPLAIN_PASSES\)"):
         tiny.plan(ExplainRequest(method="grad-cam"))
+    with pytest.raises(Unprocessable, match=r"limit of 30 \(CONVSCOPE_MAX_EXPLAIN_PASSES\)"):
+        tiny.plan(ExplainRequest(method="grad-cam", passes=20))
     assert tiny.plan(ExplainRequest(method="grad-cam", faithfulness=False)).budget == 1
 
 

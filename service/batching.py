@@ -14,12 +14,23 @@ last run answered. Then the batcher waits for them, up to ``arrival_wait_ms``, i
 of running half a batch and leaving the other half to queue behind it (at 16 clients it
 would otherwise settle into two alternating batches of 8). A lone client never waits:
 nothing else is on its way and the last run answered only it.
+
+Two priorities share the one model (no second copy of it): predictions, and the forward
+passes of explanations (``Priority.EXPLAIN``). An explanation's batch runs only when no
+prediction is queued or on its way (``arriving``), so predictions never wait behind
+queued explanation work; at most they wait for one explanation batch already running,
+which the engine keeps small. Explanation batches never wait to fill (the engine already
+sends them full) and never join a prediction's run. Under a load of predictions that
+never lets the model idle, explanations wait: that is what the priority means. The queue
+limit counts predictions against the predictions queued (explanations queued ahead of a
+prediction do not delay it), and explanations against everything queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import logging
 import time
 from collections.abc import Iterator
@@ -47,6 +58,13 @@ class BatchObserver(Protocol):
     def queue_depth(self, images: int) -> None: ...
 
 
+class Priority(enum.IntEnum):
+    """Who a run is for; lower runs first."""
+
+    PREDICT = 0
+    EXPLAIN = 1
+
+
 @dataclass
 class InferenceResult:
     outputs: list[np.ndarray]
@@ -60,6 +78,7 @@ class _Request:
     inputs: np.ndarray
     outputs: tuple[str, ...]
     future: asyncio.Future[InferenceResult]
+    priority: Priority = Priority.PREDICT
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -92,8 +111,10 @@ class DynamicBatcher:
         self.observer = observer
         self.label = label
         self.runs = 0  # onnxruntime calls made: batching is tested by counting these
-        self._queue: collections.deque[_Request] = collections.deque()
+        # One queue per priority, oldest first in each.
+        self._queues: dict[Priority, collections.deque[_Request]] = {p: collections.deque() for p in Priority}
         self._queued_images = 0
+        self._queued_by_priority: dict[Priority, int] = {p: 0 for p in Priority}
         self._wakeup = asyncio.Event()
         # One thread per model: runs of one model never overlap (onnxruntime already uses
         # every core inside a run), and overlap is what would defeat batching.
@@ -117,11 +138,13 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        for request in [*self._queue, *self._running]:
+        for request in [*self._queued(), *self._running]:
             if not request.future.done():
                 request.future.cancel()
-        self._queue.clear()
+        for queue in self._queues.values():
+            queue.clear()
         self._queued_images = 0
+        self._queued_by_priority = {p: 0 for p in Priority}
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     @contextmanager
@@ -136,20 +159,26 @@ class DynamicBatcher:
             self._arriving -= images
             self._wakeup.set()
 
-    async def infer(self, inputs: np.ndarray, outputs: tuple[str, ...]) -> InferenceResult:
+    async def infer(
+        self, inputs: np.ndarray, outputs: tuple[str, ...], priority: Priority = Priority.PREDICT
+    ) -> InferenceResult:
         """Queue ``inputs`` ([N, ...]); resolves with this request's own N rows of each output.
 
-        Raises Overloaded at once when the queue is full. If the caller is cancelled (its
-        client went away) while queued, the request leaves the queue and never runs.
+        ``priority``: PREDICT for client requests, EXPLAIN for an explanation's passes,
+        which run only while no prediction waits. Raises Overloaded at once when the queue
+        is full. If the caller is cancelled (its client went away) while queued, the
+        request leaves the queue and never runs.
         """
         size = int(inputs.shape[0])
-        if self._queued_images and self._queued_images + size > self.max_queue_size:
+        ahead = self._queued_images if priority is Priority.EXPLAIN else self._queued_by_priority[Priority.PREDICT]
+        if ahead and ahead + size > self.max_queue_size:
             raise Overloaded(
-                f"model {self.label} has {self._queued_images} images queued (limit "
+                f"model {self.label} has {ahead} images queued (limit "
                 f"{self.max_queue_size}); retry shortly"
             )
-        request = _Request(inputs, outputs, asyncio.get_running_loop().create_future())
-        self._queue.append(request)
+        request = _Request(inputs, outputs, asyncio.get_running_loop().create_future(), priority)
+        self._queues[priority].append(request)
+        self._queued_by_priority[priority] += size
         self._set_depth(self._queued_images + size)
         self._wakeup.set()
         try:
@@ -160,10 +189,19 @@ class DynamicBatcher:
 
     def _discard(self, request: _Request) -> None:
         try:
-            self._queue.remove(request)
+            self._queues[request.priority].remove(request)
         except ValueError:
             return  # already taken into a batch
+        self._queued_by_priority[request.priority] -= request.size
         self._set_depth(self._queued_images - request.size)
+
+    def _recount(self) -> None:
+        """Queued images per priority and in all, from the queues themselves."""
+        self._queued_by_priority = {p: sum(r.size for r in self._queues[p]) for p in Priority}
+        self._set_depth(sum(self._queued_by_priority.values()))
+
+    def _queued(self) -> list[_Request]:
+        return [request for priority in Priority for request in self._queues[priority]]
 
     def _set_depth(self, images: int) -> None:
         self._queued_images = images
@@ -171,11 +209,13 @@ class DynamicBatcher:
             self.observer.queue_depth(images)
 
     def _take_matching(self, group: list[_Request], images: int) -> int:
-        """Move queued requests with the group's outputs into it, oldest first, while they fit."""
-        outputs = group[0].outputs
+        """Move queued requests of the group's priority with its outputs into it, oldest
+        first, while they fit."""
+        outputs, priority = group[0].outputs, group[0].priority
+        queue = self._queues[priority]
         kept: collections.deque[_Request] = collections.deque()
-        while self._queue:
-            request = self._queue.popleft()
+        while queue:
+            request = queue.popleft()
             if request.future.done():
                 continue
             if request.outputs == outputs and images + request.size <= self.max_batch_size:
@@ -183,19 +223,34 @@ class DynamicBatcher:
                 images += request.size
             else:
                 kept.append(request)
-        self._queue = kept
+        self._queues[priority] = kept
         return images
+
+    def _pop_first(self) -> _Request | None:
+        """The oldest prediction; else the oldest explanation, unless a prediction is on
+        its way (it would wait a whole explanation run)."""
+        for priority in Priority:
+            queue = self._queues[priority]
+            if priority is Priority.EXPLAIN and self._arriving:
+                return None
+            while queue:
+                request = queue.popleft()
+                if not request.future.done():
+                    return request
+        return None
 
     async def _next_group(self) -> list[_Request]:
         while True:
-            while not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            first = self._queue.popleft()
-            if not first.future.done():
+            first = self._pop_first()
+            if first is not None:
                 break
+            self._wakeup.clear()
+            await self._wakeup.wait()
         group = [first]
         images = self._take_matching(group, first.size)
+        if first.priority is Priority.EXPLAIN:  # sent full by the engine: waiting only delays
+            self._recount()
+            return group
         now = time.perf_counter()
         delay_deadline = now + self.max_queue_delay
         while images < self.max_batch_size:
@@ -214,7 +269,7 @@ class DynamicBatcher:
             except TimeoutError:
                 break
             images = self._take_matching(group, images)
-        self._set_depth(sum(r.size for r in self._queue))
+        self._recount()
         return group
 
     async def _loop(self) -> None:
@@ -239,8 +294,10 @@ class DynamicBatcher:
                 continue
             finished = time.perf_counter()
             self.runs += 1
-            self._last_run_images = int(batch.shape[0])
-            self._last_run_seconds = finished - started
+            if group[0].priority is Priority.PREDICT:
+                # Only predictions' clients "come straight back" for the arrival wait.
+                self._last_run_images = int(batch.shape[0])
+                self._last_run_seconds = finished - started
             compute = finished - started
             queue_times = [started - r.enqueued for r in group]
             offset = 0

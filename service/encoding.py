@@ -40,8 +40,19 @@ _VIRIDIS_STOPS = [
 ]
 # Diverging, grey at zero: for filter weights, whose sign matters.
 _COOLWARM_STOPS = [(59, 76, 192), (141, 176, 254), (221, 221, 221), (244, 154, 123), (180, 4, 38)]
+# Sequential, black -> purple -> orange -> pale yellow: heat that stands out on grey
+# and colour images alike (matplotlib's inferno, sampled).
+_INFERNO_STOPS = [
+    (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66),
+    (245, 125, 21), (250, 193, 39), (252, 255, 164),
+]
 FEATURE_COLORMAP = "viridis"
 FILTER_COLORMAP = "coolwarm"
+SALIENCY_COLORMAP = "inferno"
+SALIENCY_COLORMAPS: tuple[str, ...] = ("inferno", "viridis")
+SALIENCY_ENCODINGS: tuple[str, ...] = ("json", "npy", "png")
+OVERLAY_ALPHA = 0.6  # heat opacity where the map is 1; it fades with the map, so no evidence = the image
+MIN_OVERLAY_PX = 224  # a 28 px digit's overlay is enlarged (nearest) to be seen
 
 _BACKGROUND = (32, 32, 32)
 MIN_TILE_PX = 24  # small maps (7x7) are enlarged (nearest) so a person can see them
@@ -60,6 +71,7 @@ def _lut(stops: Sequence[tuple[int, int, int]]) -> np.ndarray:
 COLORMAPS: dict[str, np.ndarray] = {
     "viridis": _lut(_VIRIDIS_STOPS),
     "coolwarm": _lut(_COOLWARM_STOPS),
+    "inferno": _lut(_INFERNO_STOPS),
 }
 
 
@@ -211,3 +223,52 @@ def encode_feature_map(array: NDArray[Any], encoding: Encoding, dtype: NpyDtype 
     else:  # guarded by the API's validation; a programming error if reached
         raise ValueError(f"unknown encoding {encoding!r}")
     return result
+
+
+def input_image(tensor: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: float) -> np.ndarray:
+    """A preprocessed input [C, H, W] back to the RGB uint8 [H, W, 3] picture the model saw
+    (resized, before normalisation): pixel = (x * std + mean) / scale."""
+    c = tensor.shape[0]
+    pixels = (tensor * np.asarray(std, np.float32).reshape(c, 1, 1)
+              + np.asarray(mean, np.float32).reshape(c, 1, 1)) / scale
+    rgb = np.clip(pixels, 0, 255).round().astype(np.uint8).transpose(1, 2, 0)
+    return np.repeat(rgb, 3, axis=2) if c == 1 else rgb
+
+
+def saliency_overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = SALIENCY_COLORMAP) -> tuple[np.ndarray, dict[str, Any]]:
+    """A saliency map (0..1, [H, W]) as heat over the image it explains ([H, W, 3] uint8).
+
+    The heat's opacity follows the map (``OVERLAY_ALPHA`` at 1, none at 0), so the parts
+    of the image with no evidence show as they are. Small inputs are enlarged by a whole
+    factor (nearest) to at least ``MIN_OVERLAY_PX`` on their short side.
+    """
+    if colormap not in SALIENCY_COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; valid: {', '.join(SALIENCY_COLORMAPS)}")
+    if saliency.shape != image.shape[:2]:
+        raise ValueError(f"map {list(saliency.shape)} and image {list(image.shape[:2])} differ in size")
+    level = np.clip(np.nan_to_num(saliency.astype(np.float32)), 0.0, 1.0)
+    heat = COLORMAPS[colormap][(level * 255).round().astype(np.uint8)].astype(np.float32)
+    alpha = OVERLAY_ALPHA * level[..., None]
+    rgb = (image.astype(np.float32) * (1 - alpha) + heat * alpha).round().astype(np.uint8)
+    h, w = level.shape
+    factor = max(1, min(math.ceil(MIN_OVERLAY_PX / max(1, min(h, w))), MAX_GRID_PX // max(h, w)))
+    if factor > 1:
+        rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+    info = {"colormap": colormap, "alpha": OVERLAY_ALPHA, "range": [0.0, 1.0], "scale": factor,
+            "size": [h * factor, w * factor]}
+    return rgb, info
+
+
+def encode_saliency(saliency: np.ndarray, encoding: str, image: np.ndarray | None = None,
+                    colormap: str = SALIENCY_COLORMAP) -> dict[str, Any]:
+    """An explanation's map in the answer's form, like a feature map's: ``json`` nested
+    lists, ``npy`` base64 .npy bytes, ``png`` base64 overlay on ``image`` with its colormap."""
+    if encoding == "png":
+        if image is None:
+            raise ValueError("a png map needs the input image to overlay")
+        rgb, info = saliency_overlay(image, saliency, colormap)
+        return {"shape": list(saliency.shape), "encoding": "png", **info,
+                "data": base64.b64encode(png_bytes(rgb)).decode("ascii")}
+    if encoding not in SALIENCY_ENCODINGS:  # the API's validation keeps this unreachable
+        raise ValueError(f"unknown encoding {encoding!r} for a map; valid: {', '.join(SALIENCY_ENCODINGS)}")
+    return encode_feature_map(saliency, Encoding(encoding))

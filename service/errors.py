@@ -72,12 +72,17 @@ class UnknownLayer(NotFound):
         super().__init__(one_of("layer", layer, valid) + f" (model {model})")
 
 
-class ModelOutputNotFinite(ServiceError):
+class ModelFailed(ServiceError):
+    """The served model (or the server's replay of part of it) misbehaved: a server-side
+    fault, said plainly, never blamed on the request."""
+
+    status_code = 500
+
+
+class ModelOutputNotFinite(ModelFailed):
     """The model itself produced NaN or infinity: a fault of the served model, not of the
     request. 500 on every path (v1 and v2, JSON and binary, class scores and feature maps),
     so a client never mistakes it for its own error and no encoding hides it."""
-
-    status_code = 500
 
     def __init__(self, model: str, version: int, outputs: Sequence[str]) -> None:
         super().__init__(

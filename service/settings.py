@@ -157,3 +157,8 @@ class Settings(BaseSettings):
     ServingRuntime passes the InferenceService's name). Unset: the ``name`` in the newest
     version's metadata.json, else the directory's own name. A repository's models keep
     their directory names."""
+
+    max_explain_passes: int = Field(2000, ge=1, le=1_000_000)
+    """Most forward passes one explanation may make, faithfulness included; a request's
+    ``passes`` above it is refused (422, naming this limit). The default fits the costliest
+    default (RISE: 1 + 1000 masks + 58 faithfulness passes) with room for a finer map."""

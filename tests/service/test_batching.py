@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher
+from service.batching import DynamicBatcher, Priority
 from service.errors import Overloaded
 
 pytestmark = pytest.mark.anyio
@@ -199,3 +199,120 @@ async def test_clients_that_come_straight_back_are_batched_together() -> None:
 
 async def test_without_the_wait_their_batches_split() -> None:
     assert len(await closed_loop_batches(arrival_wait_ms=0)) > 4
+
+
+# ---- priorities: explanation passes never delay predictions ------------------------------
+
+class RecordingModel(CountingModel):
+    """Also records which inputs (their first value) each run carried."""
+
+    def __init__(self, delay: float = 0.01) -> None:
+        super().__init__(delay)
+        self.runs_seen: list[list[float]] = []
+
+    def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        result = super().run(batch, outputs)
+        self.runs_seen.append([float(v) for v in batch[:, 0]])
+        return result
+
+
+async def test_predictions_queued_behind_explanation_batches_are_taken_first() -> None:
+    model = RecordingModel()
+    model.gate.clear()  # the first explanation batch holds the model while the rest queue
+    batcher = make(model, max_batch_size=4)
+    running = asyncio.ensure_future(batcher.infer(inputs(100, 4), ("double",), Priority.EXPLAIN))
+    await asyncio.sleep(0.05)
+    explanations = [
+        asyncio.ensure_future(batcher.infer(inputs(101 + i, 4), ("double",), Priority.EXPLAIN)) for i in range(3)
+    ]
+    await asyncio.sleep(0.01)
+    predictions = [asyncio.ensure_future(batcher.infer(inputs(i), ("double",))) for i in range(3)]
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    results = await asyncio.gather(running, *explanations, *predictions)
+    await batcher.stop()
+    firsts = [run[0] for run in model.runs_seen]
+    assert firsts == [100, 0, 101, 102, 103]  # the predictions overtook every queued explanation
+    assert model.runs_seen[1] == [0, 1, 2]  # ... in one run of their own
+    for i, result in enumerate(results[4:]):
+        np.testing.assert_array_equal(result.outputs[0], inputs(i) * 2)
+    np.testing.assert_array_equal(results[1].outputs[0], inputs(101, 4) * 2)
+
+
+async def test_explanation_requests_never_join_a_prediction_run() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    batcher = make(model, max_batch_size=32)
+    blocker = asyncio.ensure_future(batcher.infer(inputs(50), ("double",)))
+    await asyncio.sleep(0.05)
+    explanation = asyncio.ensure_future(batcher.infer(inputs(100, 2), ("double",), Priority.EXPLAIN))
+    prediction = asyncio.ensure_future(batcher.infer(inputs(1), ("double",)))
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await asyncio.gather(blocker, explanation, prediction)
+    await batcher.stop()
+    assert model.runs_seen == [[50], [1], [100, 100]]
+
+
+async def test_explanations_wait_while_a_prediction_is_being_decoded() -> None:
+    model = RecordingModel(delay=0)
+    batcher = make(model)
+
+    async def prediction() -> object:
+        with batcher.arriving(1):
+            await asyncio.sleep(0.05)  # decoding its image
+        return await batcher.infer(inputs(1), ("double",))
+
+    arriving = asyncio.ensure_future(prediction())
+    await asyncio.sleep(0)  # it has announced itself
+    await asyncio.gather(arriving, batcher.infer(inputs(100), ("double",), Priority.EXPLAIN))
+    await batcher.stop()
+    assert model.runs_seen == [[1], [100]]
+
+
+async def test_explanations_do_not_take_the_queue_room_of_predictions() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    batcher = make(model, max_queue_size=4, max_batch_size=4)
+    first = asyncio.ensure_future(batcher.infer(inputs(0), ("double",)))
+    await asyncio.sleep(0.05)  # running, not queued
+    queued = asyncio.ensure_future(batcher.infer(inputs(100, 4), ("double",), Priority.EXPLAIN))
+    await asyncio.sleep(0.01)
+    prediction = asyncio.ensure_future(batcher.infer(inputs(1, 4), ("double",)))  # fits: 4 predictions queued
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):  # an explanation counts everything queued (8 > 4)
+        await batcher.infer(inputs(101), ("double",), Priority.EXPLAIN)
+    with pytest.raises(Overloaded):  # and a fifth prediction is over the limit
+        await batcher.infer(inputs(2), ("double",))
+    model.gate.set()
+    await asyncio.gather(first, queued, prediction)
+    await batcher.stop()
+    assert [run[0] for run in model.runs_seen] == [0, 1, 100]
+
+
+async def test_a_cancelled_explanation_batch_never_runs() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    batcher = make(model)
+    first = asyncio.ensure_future(batcher.infer(inputs(0), ("double",)))
+    await asyncio.sleep(0.05)
+    gone = asyncio.ensure_future(batcher.infer(inputs(100, 3), ("double",), Priority.EXPLAIN))
+    await asyncio.sleep(0.01)
+    assert batcher.queued_images == 3
+    gone.cancel()  # the explanation's client went away
+    await asyncio.sleep(0.01)
+    assert batcher.queued_images == 0
+    model.gate.set()
+    await first
+    await batcher.stop()
+    assert model.runs_seen == [[0]]
+
+
+async def test_an_explanation_run_does_not_make_a_lone_prediction_wait_for_arrivals() -> None:
+    model = RecordingModel(delay=0.05)
+    batcher = make(model, arrival_wait_ms=2000)
+    await batcher.infer(inputs(100, 8), ("double",), Priority.EXPLAIN)  # 8 images, but no clients
+    started = time.perf_counter()
+    await batcher.infer(inputs(1), ("double",))
+    await batcher.stop()
+    assert time.perf_counter() - started < 1.0  # no wait for 7 "returning" clients that never were

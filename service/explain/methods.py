@@ -1,0 +1,296 @@
+"""The explanation methods. Each takes the explained image's ``Context`` and returns a raw map
+at the model's input resolution (signed or not; the engine turns it into 0..1 evidence)
+and the parameters it used, so an answer says exactly what was computed.
+
+Perturbation methods (occlusion, RISE, Score-CAM) replace pixels with the model's baseline
+image and score each perturbed image by the target's softmax probability; every such
+image is one forward pass, taken from the context's ``Passes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.errors import ModelFailed
+from service.explain.maps import blend, upsample
+from service.explain.model import ExplainableModel, LayerInfo, Method
+from service.explain.passes import Passes
+
+# Occlusion (Zeiler & Fergus 2014): a window of side/7 of the image (4 px at 28, 32 px at
+# 224), slid with half its side as stride, gives 13 x 13 = 169 positions.
+OCCLUSION_FRACTION = 1 / 7
+OCCLUSION_GRID = 13
+OCCLUSION_MIN_GRID = 2
+# RISE (Petsiuk et al. 2018): 7 x 7 cells, each kept with probability 0.5, upsampled
+# bilinearly with a random sub-cell shift; 1000 masks by default.
+RISE_CELLS = 7
+RISE_KEEP = 0.5
+RISE_MASKS = 1000
+RISE_MIN_MASKS = 16
+
+
+@dataclass
+class Context:
+    """One image being explained: what the first forward pass told, and the passes left."""
+
+    model: ExplainableModel
+    image: np.ndarray  # [C, H, W], the preprocessed input
+    target: int
+    probability: float  # P(target | image)
+    logits: np.ndarray  # [classes]
+    passes: Passes
+    method_passes: int  # how many passes the method itself may make
+    seed: int
+    layer: LayerInfo | None = None
+    activations: np.ndarray | None = None  # the layer's output for the image, [1, C, h, w]
+    _baseline_probability: float | None = field(default=None, repr=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.image.shape[1], self.image.shape[2])
+
+    @property
+    def baseline(self) -> np.ndarray:
+        return self.model.baseline
+
+    async def baseline_probability(self) -> float:
+        """P(target | baseline image): one pass, shared by Score-CAM and faithfulness."""
+        if self._baseline_probability is None:
+            image = np.broadcast_to(self.baseline, self.image.shape).astype(np.float32)[None]
+            (probability,) = await self.passes.probabilities(1, lambda a, b: image, self.target)
+            self._baseline_probability = float(probability)
+        return self._baseline_probability
+
+
+MethodResult = tuple[np.ndarray, dict[str, Any]]
+MethodFn = Callable[[Context], Awaitable[MethodResult]]
+
+
+def cam_to_input(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A class activation map at the layer's resolution -> the input's: ReLU at the layer
+    (as Grad-CAM defines it), then bilinear upsampling with aligned pixel centres."""
+    return upsample(np.maximum(cam, 0.0), size)
+
+
+# ---- occlusion -------------------------------------------------------------------------
+
+def occlusion_geometry(size: tuple[int, int], passes: int) -> tuple[tuple[int, int], list[np.ndarray]]:
+    """(window [h, w], window starts per axis) for at most ``passes`` positions.
+
+    The default is a 13 x 13 grid of windows of 1/7 of the side at half-window stride.
+    A smaller budget makes the grid coarser (never below 2 x 2), widening the window so
+    the windows still cover the image; a larger one refines the stride, down to 1 px.
+    """
+    per_axis = max(OCCLUSION_MIN_GRID, math.isqrt(max(passes, 0)))
+    window = []
+    starts = []
+    for side in size:
+        w = max(1, round(side * OCCLUSION_FRACTION))
+        n = min(per_axis, side - w + 1)
+        if n > 1 and (side - w) / (n - 1) > w:  # a stride wider than the window leaves gaps
+            w = math.ceil(side / n)
+        n = min(n, side - w + 1)
+        window.append(w)
+        starts.append(np.unique(np.round(np.linspace(0, side - w, n)).astype(np.int64)))
+    return (window[0], window[1]), starts
+
+
+async def occlusion(ctx: Context) -> MethodResult:
+    (wh, ww), (rows, cols) = occlusion_geometry(ctx.size, ctx.method_passes)
+    positions = [(r, c) for r in rows for c in cols]
+    image, baseline = ctx.image, ctx.baseline
+
+    def make(start: int, stop: int) -> np.ndarray:
+        batch = np.repeat(image[None], stop - start, axis=0)
+        for i, (r, c) in enumerate(positions[start:stop]):
+            batch[i, :, r : r + wh, c : c + ww] = baseline
+        return batch
+
+    scores = await ctx.passes.probabilities(len(positions), make, ctx.target)
+    drop = np.zeros(ctx.size, dtype=np.float64)
+    covered = np.zeros(ctx.size, dtype=np.float64)
+    for (r, c), score in zip(positions, scores):
+        drop[r : r + wh, c : c + ww] += ctx.probability - score
+        covered[r : r + wh, c : c + ww] += 1
+    raw = np.divide(drop, covered, out=np.zeros_like(drop), where=covered > 0)
+    strides = [int(np.diff(s).max()) if len(s) > 1 else 0 for s in (rows, cols)]
+    return raw, {"window": [wh, ww], "stride": strides, "positions": len(positions)}
+
+
+# ---- RISE ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RiseMasks:
+    """N random masks, reproducible from the seed, built a slice at a time."""
+
+    grids: np.ndarray  # [N, s, s] 0/1
+    shifts: np.ndarray  # [N, 2] sub-cell shift (rows, cols)
+    rows: np.ndarray  # [(s+1) * cell_h, s] bilinear weights
+    cols: np.ndarray  # [(s+1) * cell_w, s]
+    size: tuple[int, int]
+
+    @classmethod
+    def make(cls, count: int, size: tuple[int, int], seed: int, cells: int = RISE_CELLS,
+             keep: float = RISE_KEEP) -> RiseMasks:
+        from service.explain.maps import resize_matrix
+
+        rng = np.random.default_rng(seed)
+        cell = (math.ceil(size[0] / cells), math.ceil(size[1] / cells))
+        grids = (rng.random((count, cells, cells)) < keep).astype(np.float32)
+        shifts = np.stack([rng.integers(0, cell[0], count), rng.integers(0, cell[1], count)], axis=1)
+        return cls(grids, shifts, resize_matrix(cells, (cells + 1) * cell[0]),
+                   resize_matrix(cells, (cells + 1) * cell[1]), size)
+
+    def slice(self, start: int, stop: int) -> np.ndarray:
+        """Masks start..stop as [n, H, W] in 0..1: each grid upsampled, then cropped at its shift."""
+        h, w = self.size
+        dy = self.shifts[start:stop, 0][:, None] + np.arange(h)[None]
+        dx = self.shifts[start:stop, 1][:, None] + np.arange(w)[None]
+        masks: np.ndarray = np.einsum("nHs,nst,nWt->nHW", self.rows[dy], self.grids[start:stop], self.cols[dx],
+                                      optimize=True)
+        return masks
+
+
+async def rise(ctx: Context) -> MethodResult:
+    count = ctx.method_passes
+    masks = RiseMasks.make(count, ctx.size, ctx.seed)
+    image, baseline = ctx.image, ctx.baseline
+    weighted = np.zeros(ctx.size, dtype=np.float64)
+    kept = np.zeros(ctx.size, dtype=np.float64)
+    all_scores = []
+    # Masks are scored a batch at a time, so a thousand 224 px masks never sit in memory.
+    step = ctx.passes.batch_size
+    for start in range(0, count, step):
+        stop = min(count, start + step)
+        chunk = await ctx.passes.offload(functools.partial(masks.slice, start, stop), stop - start)
+
+        def make(a: int, b: int, chunk: np.ndarray = chunk) -> np.ndarray:
+            return blend(image, baseline, chunk[a:b])
+
+        scores = await ctx.passes.probabilities(stop - start, make, ctx.target)
+        weighted += np.einsum("n,nhw->hw", scores, chunk)
+        kept += chunk.sum(axis=0)
+        all_scores.append(scores)
+    mean_score = float(np.concatenate(all_scores).mean())
+    # E[P | pixel kept] - E[P]: zero in expectation for a pixel the target ignores, so
+    # "higher = more evidence" holds without a min-max stretch of the noise floor.
+    raw = np.divide(weighted, kept, out=np.full_like(weighted, mean_score), where=kept > 0) - mean_score
+    return raw, {"masks": count, "cells": RISE_CELLS, "keep_probability": RISE_KEEP, "seed": ctx.seed}
+
+
+# ---- CAM family ------------------------------------------------------------------------
+
+def _activations(ctx: Context) -> np.ndarray:
+    assert ctx.activations is not None and ctx.layer is not None
+    acts: np.ndarray = ctx.activations[0].astype(np.float32, copy=False)
+    return acts
+
+
+async def score_cam(ctx: Context) -> MethodResult:
+    """Score-CAM (Wang et al. 2020): each channel, upsampled and scaled to 0..1, keeps the
+    input where it fires; the rise in P(target) over the baseline image weighs it."""
+    acts = _activations(ctx)
+    flat = acts.reshape(acts.shape[0], -1)
+    informative = np.flatnonzero(flat.max(axis=1) > flat.min(axis=1))  # a flat channel masks nothing
+    # More channels than passes: score those that fire most (mean activation); a weak
+    # channel's mask keeps little of the image and weighs little in the sum anyway.
+    order = informative[np.argsort(-flat[informative].mean(axis=1), kind="stable")]
+    chosen = np.sort(order[: ctx.method_passes])
+    image, baseline, size = ctx.image, ctx.baseline, ctx.size
+
+    def make(start: int, stop: int) -> np.ndarray:
+        # Upsampled a batch at a time: AlexNet's 256 channels at 224 px would be 51 MB at once.
+        up = upsample(acts[chosen[start:stop]], size)
+        flat_up = up.reshape(len(up), -1)
+        lo, hi = flat_up.min(axis=1), flat_up.max(axis=1)
+        masks = (up - lo[:, None, None]) / np.maximum(hi - lo, 1e-12)[:, None, None]
+        return blend(image, baseline, masks)
+
+    scores = await ctx.passes.probabilities(len(chosen), make, ctx.target)
+    weights = scores - await ctx.baseline_probability() if len(chosen) else scores
+    cam = np.tensordot(weights.astype(np.float32), acts[chosen], axes=1) if len(chosen) else acts[0] * 0
+    return cam_to_input(cam, ctx.size), {"channels_scored": int(len(chosen)), "channels": int(acts.shape[0])}
+
+
+def grad_cam_map(acts: np.ndarray, gradient: np.ndarray) -> tuple[np.ndarray, str]:
+    """The gradient-weighted map at the layer's resolution ([C, h, w] each), and which
+    weighting it is.
+
+    Grad-CAM (Selvaraju et al. 2017) weighs channel k by its gradient averaged over
+    positions: sum_k mean(dy/dA_k) * A_k. That is faithful when the head treats every
+    position alike (global average pooling: ResNet-18), where the gradient is the same at
+    every position anyway. A head that flattens the map into a dense layer (TinyVGG,
+    LeNet, AlexNet) weighs each position separately, and averaging throws that away: on
+    the trained digits TinyVGG the averaged weights are negative for 86 of 100
+    class x channel pairs and Grad-CAM's map is empty for every held-out digit. So each
+    position is weighed by its own gradient, sum_k dy/dA_k[i, j] * A_k[i, j] (HiResCAM,
+    Draelos & Carin 2020): the same map as Grad-CAM where the gradient does not vary
+    over positions, and each position's exact share of the logit for a dense head.
+    """
+    cam = np.einsum("khw,khw->hw", gradient, acts)
+    flat = gradient.reshape(gradient.shape[0], -1)
+    spread = float(np.abs(flat - flat.mean(axis=1, keepdims=True)).max()) if flat.size else 0.0
+    uniform = spread <= 1e-6 * max(float(np.abs(flat).max()), 1e-30)
+    return cam, "per channel (Grad-CAM)" if uniform else "per position (HiResCAM)"
+
+
+async def grad_cam(ctx: Context) -> MethodResult:
+    """Grad-CAM with the gradient of the target logit computed exactly by replaying the
+    head in numpy (service/explain/head.py); weighting as ``grad_cam_map`` says."""
+    assert ctx.layer is not None and ctx.activations is not None
+    head = ctx.model.grad_head(ctx.layer.name)
+    assert head is not None, "plan() only allows grad-cam where the head is exact"
+    activations = ctx.activations
+    try:
+        logits, gradient = await asyncio.to_thread(head.gradient, activations, ctx.target)
+    except (ValueError, IndexError, KeyError) as exc:  # a graph the analysis let through but numpy cannot run
+        raise ModelFailed(f"grad-cam could not replay the layers after {ctx.layer.name} ({exc}); "
+                          "use another method") from exc
+    # The replayed head must give the logits the model gave for this very image; if not,
+    # the gradient would be of some other function.
+    scale = max(1.0, float(np.abs(ctx.logits).max()))
+    if float(np.abs(logits[0] - ctx.logits).max()) > 1e-3 * scale:
+        raise ModelFailed(
+            f"grad-cam's replay of the layers after {ctx.layer.name} disagrees with the model's output; "
+            "use another method"
+        )
+    cam, weights = grad_cam_map(_activations(ctx), gradient[0])
+    return cam_to_input(cam, ctx.size), {"weights": weights, "head": list(head.ops)}
+
+
+def eigen_cam_map(acts: np.ndarray) -> np.ndarray:
+    """Eigen-CAM (Muhammad & Yeasin 2020) at the layer's resolution: the projection of each
+    position's channel vector on the first principal component, its sign chosen so the map
+    correlates positively with the total activation (an SVD's sign is arbitrary)."""
+    channels = acts.shape[0]
+    positions = acts.reshape(channels, -1).T.astype(np.float64)  # [h*w, C]
+    centred = positions - positions.mean(axis=0)
+    if not np.any(centred):
+        return np.zeros(acts.shape[1:], dtype=np.float32)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    projection = centred @ vt[0]
+    total = positions.sum(axis=1)
+    if float(projection @ (total - total.mean())) < 0:
+        projection = -projection
+    cam: np.ndarray = projection.reshape(acts.shape[1:]).astype(np.float32)
+    return cam
+
+
+async def eigen_cam(ctx: Context) -> MethodResult:
+    return cam_to_input(eigen_cam_map(_activations(ctx)), ctx.size), {"class_specific": False}
+
+
+METHOD_FNS: dict[Method, MethodFn] = {
+    Method.OCCLUSION: occlusion,
+    Method.RISE: rise,
+    Method.SCORE_CAM: score_cam,
+    Method.GRAD_CAM: grad_cam,
+    Method.EIGEN_CAM: eigen_cam,
+}

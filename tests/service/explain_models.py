@@ -1,0 +1,121 @@
+"""A model with a known answer for the explanation tests, built with onnx.helper.
+
+16 x 16 grey input. conv 3x3 (pad 1) with two filters: channel 0 averages the intensity,
+channel 1 its negative -> relu ("features.1") -> conv 1x1 that keeps the two channels
+-> relu ("features.3") -> max-pool 2 ("features.4", 8 x 8) -> flatten ("flat") -> dense.
+
+Class 0's logit reads channel 0 of four pooled cells whose receptive field lies in input
+rows and columns 3..8, so it depends on the image only inside ``REGION`` (rows and
+columns 2..9). Classes 1 and 2 are constant. The test image has a bright square there
+(class 0's evidence) and a dark square elsewhere, which the net sees (channel 1) but
+class 0 ignores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+SIZE = 16
+REGION = (slice(2, 10), slice(2, 10))
+LABELS = ["square", "other", "none"]
+
+
+def _weights() -> dict[str, np.ndarray]:
+    conv = np.zeros((2, 1, 3, 3), dtype=np.float32)
+    conv[0] = 1 / 9
+    conv[1] = -1 / 9
+    mix = np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1)
+    dense = np.zeros((3, 2, 8, 8), dtype=np.float32)
+    dense[0, 0, 2:4, 2:4] = 0.5  # pooled cells 2..3 see input rows/cols 3..8
+    bias = np.array([-2.0, 0.0, 0.0], dtype=np.float32)
+    return {"conv1.weight": conv, "conv1.bias": np.zeros(2, np.float32), "conv2.weight": mix,
+            "conv2.bias": np.zeros(2, np.float32), "fc.weight": dense.reshape(3, -1), "fc.bias": bias}
+
+
+def build(head: str = "flatten") -> onnx.ModelProto:
+    """``head="flatten"``: as described above. ``head="gap"``: global average pooling
+    instead of the flatten (a ResNet-style head), weights averaged to match."""
+    w = _weights()
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c1"], ["features.1"]),
+        helper.make_node("Conv", ["features.1", "conv2.weight", "conv2.bias"], ["c2"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c2"], ["features.3"]),
+        helper.make_node("MaxPool", ["features.3"], ["features.4"], kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    outputs = [("logits", [3]), ("features.1", [2, SIZE, SIZE]), ("features.3", [2, SIZE, SIZE]),
+               ("features.4", [2, 8, 8])]
+    if head == "flatten":
+        nodes += [
+            helper.make_node("Flatten", ["features.4"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
+        ]
+        outputs.append(("flat", [128]))
+    else:
+        w["fc.weight"] = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]], np.float32)
+        nodes += [
+            helper.make_node("GlobalAveragePool", ["features.4"], ["gap"]),
+            helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
+        ]
+    graph = helper.make_graph(
+        nodes, "known-answer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *shape]) for name, shape in outputs],
+        initializer=[numpy_helper.from_array(v, k) for k, v in w.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def metadata(model: onnx.ModelProto, name: str = "known") -> dict[str, Any]:
+    """The artifact metadata the engine reads (docs/artifact.md), for ``build``'s graph."""
+    shapes = {o.name: [d.dim_value or -1 for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    return {
+        "name": name,
+        "labels": list(LABELS),
+        "input": {"name": "input", "shape": [-1, 1, SIZE, SIZE], "channels": 1, "size": [SIZE, SIZE],
+                  "scale": 1 / 255, "mean": [0.5], "std": [0.25], "resize": "bilinear"},
+        "output": {"name": "logits", "shape": [-1, 3], "kind": "logits"},
+        "layers": [{"name": n, "output_shape": shapes[n], "receptive_field": None, "stride": None}
+                   for n in ("features.1", "features.3", "features.4", "flat") if n in shapes],
+    }
+
+
+def image() -> np.ndarray:
+    """[1, 1, 16, 16]: class 0's evidence inside REGION, a distractor outside it."""
+    x = np.zeros((1, 1, SIZE, SIZE), dtype=np.float32)
+    x[0, 0, 3:9, 3:9] = 2.0
+    x[0, 0, 11:15, 11:15] = -1.0
+    return x
+
+
+@dataclass
+class OrtForward:
+    """The data plane's forward, played by onnxruntime; records every call."""
+
+    model: onnx.ModelProto
+    calls: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+    session: ort.InferenceSession = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.session = ort.InferenceSession(self.model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    async def __call__(self, batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
+        self.calls.append((int(batch.shape[0]), tuple(outputs)))
+        await asyncio.sleep(0)  # a real forward always yields to the loop
+        return list(self.session.run(list(outputs), {"input": batch}))
+
+    @property
+    def images(self) -> int:
+        return sum(n for n, _ in self.calls)

@@ -30,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.errors import Overloaded
+from service.errors import ModelNotReady, Overloaded
 
 log = logging.getLogger("convscope.batching")
 
@@ -100,6 +100,7 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
         self._worker: asyncio.Task[None] | None = None
         self._running: list[_Request] = []
+        self._stopped = False
 
     @property
     def queued_images(self) -> int:
@@ -109,7 +110,13 @@ class DynamicBatcher:
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.label}")
 
+    def _gone(self) -> ModelNotReady:
+        return ModelNotReady(f"model {self.label} was stopped (unloaded, or the server is shutting down); retry")
+
     async def stop(self) -> None:
+        """Stop the worker; a request still queued or running fails with ModelNotReady (503),
+        and so does any later ``infer``: nothing waits on a batcher that will never run."""
+        self._stopped = True
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -119,7 +126,7 @@ class DynamicBatcher:
             self._worker = None
         for request in [*self._queue, *self._running]:
             if not request.future.done():
-                request.future.cancel()
+                request.future.set_exception(self._gone())
         self._queue.clear()
         self._queued_images = 0
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -142,6 +149,8 @@ class DynamicBatcher:
         Raises Overloaded at once when the queue is full. If the caller is cancelled (its
         client went away) while queued, the request leaves the queue and never runs.
         """
+        if self._stopped:
+            raise self._gone()
         size = int(inputs.shape[0])
         if self._queued_images and self._queued_images + size > self.max_queue_size:
             raise Overloaded(

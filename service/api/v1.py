@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
+from service import auth
 from service.api import schemas
 from service.api.common import MAX_VERSION, Plane, note_model, server_timing
 from service.api.predictions import PredictQuery, layer_catalogue, model_metadata, predict
@@ -21,7 +22,7 @@ from service.dataplane import DataPlane
 from service.encoding import Encoding, FilterState, NpyDtype
 from service.errors import BadRequest
 
-router = APIRouter(tags=["v1"])
+router = APIRouter(tags=["v1"], dependencies=[auth.INFER])
 
 ModelName = Annotated[str, Path(description="Model name (a directory of the model repository).")]
 Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Model version (an integer directory).")]

@@ -15,9 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from service import auth
 from service import inference_protocol as oip
 from service.api import schemas
-from service.api.common import Plane, note_model, server_timing
+from service.api.common import Plane, note_model, readiness, server_timing
 from service.api.requests import read_body, unless_client_gone
 from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane, ImageInputs, Inputs, TensorInputs, Timings
@@ -25,7 +26,8 @@ from service.encoding import Encoding, NpyDtype
 from service.errors import ModelNotReady
 from service.registry import ServedModel
 
-router = APIRouter(tags=["v2"])
+router = APIRouter(tags=["v2"], dependencies=[auth.INFER])
+health = APIRouter(tags=["v2"], dependencies=[auth.PROBE])  # probes: no key, answered while draining
 
 ModelName = Annotated[str, Path(description="Model name (a directory of the model repository).")]
 # The pattern is declared for clients; parse_version enforces it with the protocol's 400.
@@ -57,14 +59,14 @@ async def server_metadata() -> Response:
     return JSONResponse(oip.server_metadata())
 
 
-@router.get("/v2/health/live", summary="Server live")
+@health.get("/v2/health/live", summary="Server live")
 async def live() -> Response:
     return JSONResponse({"live": True})
 
 
-@router.get("/v2/health/ready", summary="Server ready: loading has finished and a model serves")
-async def ready(plane: Plane) -> Response:
-    is_ready, detail = plane.registry.readiness()
+@health.get("/v2/health/ready", summary="Server ready: loading has finished, a model serves, no drain has begun")
+async def ready(request: Request) -> Response:
+    is_ready, detail = readiness(request)
     if is_ready:
         return JSONResponse({"ready": True})
     return JSONResponse({"ready": False, "error": detail}, status_code=503)

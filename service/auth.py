@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import fastapi.routing
 from fastapi import Depends, FastAPI, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.routing import APIRoute
@@ -216,12 +217,36 @@ def access_of(route: BaseRoute | None) -> Access | None:
     return found[0] if len(found) == 1 else None
 
 
+@dataclass(frozen=True)
+class RouteInfo:
+    route: APIRoute
+    path: str
+    methods: frozenset[str]
+    in_schema: bool
+
+
+def api_routes(app: FastAPI) -> list[RouteInfo]:
+    """Every API route of the app, with its full path. Recent FastAPI keeps an included
+    router as one entry of ``app.routes`` and resolves its routes lazily; older releases copy
+    them in. The route itself is what requests see as ``scope["route"]``."""
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    if iterate is None:
+        return [RouteInfo(r, r.path_format, frozenset(r.methods or ()), r.include_in_schema)
+                for r in app.routes if isinstance(r, APIRoute)]
+    found = []
+    for context in iterate(app.routes):
+        route = context.original_route
+        if isinstance(route, APIRoute):
+            found.append(RouteInfo(route, context.path_format or route.path_format,
+                                   frozenset(context.methods or ()), bool(context.include_in_schema)))
+    return found
+
+
 def install(app: FastAPI, policy: AccessPolicy) -> None:
     """Put the policy where the gates find it; refuse routes without exactly one declared
     access (a route added without one would otherwise be open by accident)."""
     app.state.access_policy = policy
-    wrong = [f"{sorted(r.methods or ())} {r.path}" for r in app.routes
-             if isinstance(r, APIRoute) and len(declared(r)) != 1]
+    wrong = [f"{sorted(r.methods)} {r.path}" for r in api_routes(app) if len(declared(r.route)) != 1]
     if wrong:
         raise RuntimeError("routes must declare exactly one access (dependencies=[auth.INFER] or another "
                            f"of auth's): {', '.join(wrong)}")
@@ -234,12 +259,12 @@ def document(schema: dict[str, Any], app: FastAPI, policy: AccessPolicy) -> None
         "description": "An API key from CONVSCOPE_API_KEYS_FILE / CONVSCOPE_API_KEYS.",
     }
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
-    for route in app.routes:
-        access = access_of(route)
-        if access is None or not isinstance(route, APIRoute) or not route.include_in_schema:
+    for info in api_routes(app):
+        access = access_of(info.route)
+        if access is None or not info.in_schema:
             continue
-        for method in route.methods or ():
-            operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+        for method in info.methods:
+            operation = schema["paths"].get(info.path, {}).get(method.lower())
             if operation is None:
                 continue
             responses = operation.setdefault("responses", {})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import shutil
 import threading
 import weakref
@@ -21,22 +20,7 @@ from service.registry import ModelRegistry, ModelState, ServedModel
 from service.repository import scan
 from service.runtime import CPU, RuntimeOptions
 from service.settings import Settings
-from tests.service.synthetic import write_artifact
-
-
-def publish(root: Path, name: str, version: int, **options: object) -> Path:
-    """Write a version the way the export stage does: complete elsewhere, then one rename."""
-    staging = root / ".staging"
-    built = write_artifact(staging, name, version, **options)  # type: ignore[arg-type]
-    target = root / name / str(version)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(built, target)
-    shutil.rmtree(staging)
-    return target
-
-
-def corrupt(version_dir: Path) -> None:
-    (version_dir / "model.onnx").write_bytes(b"not an onnx model")
+from tests.service.synthetic import publish, write_artifact
 
 
 @pytest.fixture
@@ -76,7 +60,7 @@ async def test_a_new_version_becomes_the_default_once_ready_and_held_requests_st
 @pytest.mark.anyio
 async def test_a_failing_new_version_leaves_the_default_serving_and_is_retried_when_fixed(
         registry: ModelRegistry) -> None:
-    corrupt(publish(registry.root, "alpha", 2, seed=1))
+    publish(registry.root, "alpha", 2, seed=1, corrupted=True)
     await sync(registry)
     assert state(registry, "alpha", 2) is ModelState.FAILED
     assert "does not match its sha256" in (registry.entries["alpha"][2].reason or "")
@@ -140,7 +124,7 @@ async def test_unload_and_load_on_request(registry: ModelRegistry) -> None:
 
 @pytest.mark.anyio
 async def test_load_on_request_says_which_version_failed_and_what_serves(registry: ModelRegistry) -> None:
-    corrupt(publish(registry.root, "alpha", 2, seed=1))
+    publish(registry.root, "alpha", 2, seed=1, corrupted=True)
     with pytest.raises(LoadFailed, match=r"model alpha failed to load \(version 2: model.onnx does not match "
                                          r"its sha256.*\); version 1 serves"):
         await registry.load_model("alpha")

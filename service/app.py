@@ -102,12 +102,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _document(app: FastAPI, policy: auth.AccessPolicy) -> None:
-    """The OpenAPI document also says which calls need a key (service.auth.document)."""
+    """The OpenAPI document also says which calls need a key (service.auth.document), and
+    holds the v2 request schema the infer routes refer to."""
     plain = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = plain()
+            schema.setdefault("components", {}).setdefault("schemas", {})["InferenceRequest"] = v2.INFERENCE_REQUEST
             auth.document(schema, app, policy)
             app.openapi_schema = schema
         return app.openapi_schema

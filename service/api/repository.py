@@ -44,10 +44,6 @@ TRITON_STATES: dict[ModelState, str] = {
 }
 
 
-class IndexRequest(BaseModel):
-    ready: bool = Field(False, description="Only versions ready for inference.")
-
-
 class IndexItem(BaseModel):
     name: str
     version: str
@@ -55,14 +51,23 @@ class IndexItem(BaseModel):
     reason: str = Field(description="Why the version is in this state; empty when ready.")
 
 
-class ControlRequest(BaseModel):
-    parameters: dict[str, Any] = Field(default_factory=dict, description="Unload: `unload_dependents` "
-                                       "(accepted; convscope models have no dependents). Load: none.")
-
-
-def _body_schema(model: type[BaseModel], description: str) -> dict[str, Any]:
+def _body(description: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """An optional JSON object body with exactly these properties (anything else is a 400)."""
+    schema = {"type": "object", "properties": properties, "additionalProperties": False}
     return {"requestBody": {"required": False, "description": description,
-                            "content": {"application/json": {"schema": model.model_json_schema()}}}}
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+def _parameters_schema(properties: dict[str, Any]) -> dict[str, Any]:
+    return {"parameters": {"type": "object", "properties": properties, "additionalProperties": False}}
+
+
+INDEX_BODY = _body("Optional; tritonclient sends an empty body.",
+                   {"ready": {"type": "boolean", "description": "Only versions ready for inference."}})
+LOAD_BODY = _body("Optional. Triton's `config` and `file:` parameters are not supported: a version's "
+                  "configuration is its metadata.json.", _parameters_schema({}))
+UNLOAD_BODY = _body("Optional.", _parameters_schema(
+    {"unload_dependents": {"type": "boolean", "description": "Accepted; convscope models have no dependents."}}))
 
 
 CONTROL_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": schemas.ErrorBody} for code in (400, 404, 413)}
@@ -110,7 +115,7 @@ def _item(entry: IndexEntry) -> dict[str, str]:
 
 @router.post("/v2/repository/index", summary="Every model version on disk or loaded, with its state",
              response_model=list[IndexItem], responses=CONTROL_ERRORS,
-             openapi_extra=_body_schema(IndexRequest, "Optional; tritonclient sends an empty body."))
+             openapi_extra=INDEX_BODY)
 async def index(request: Request, plane: Plane) -> Response:
     payload = await _json_object(request)
     unknown_keys = sorted(set(payload) - {"ready"})
@@ -127,7 +132,7 @@ async def index(request: Request, plane: Plane) -> Response:
 @router.post("/v2/repository/models/{name}/load", summary="Load a model's versions from disk (again)",
              response_class=Response, responses={200: {"description": "Loaded: every version on disk is ready."},
                                                  **CONTROL_ERRORS},
-             openapi_extra=_body_schema(ControlRequest, "Optional."))
+             openapi_extra=LOAD_BODY)
 async def load(request: Request, plane: Plane, name: ModelName) -> Response:
     note_model(request, name, None)
     _parameters(await _json_object(request), {})
@@ -138,7 +143,7 @@ async def load(request: Request, plane: Plane, name: ModelName) -> Response:
 @router.post("/v2/repository/models/{name}/unload",
              summary="Unload a model once its requests have ended; it answers 503 until loaded again",
              response_class=Response, responses={200: {"description": "Unloaded."}, **CONTROL_ERRORS},
-             openapi_extra=_body_schema(ControlRequest, "Optional."))
+             openapi_extra=UNLOAD_BODY)
 async def unload(request: Request, plane: Plane, name: ModelName) -> Response:
     note_model(request, name, None)
     _parameters(await _json_object(request), {"unload_dependents": bool})

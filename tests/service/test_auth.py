@@ -170,3 +170,11 @@ def test_keys_never_reach_the_log(tmp_path: Path, keys_file: Path, caplog: pytes
     text = caplog.text
     assert "2 API key(s) configured" in text
     assert INFER_KEY not in text and ADMIN_KEY not in text and "wrong-key" not in text
+
+
+def test_the_explorer_asks_for_a_key_and_sends_it_as_a_bearer_header(client: TestClient) -> None:
+    page = client.get("/").text
+    assert 'id="keyform"' in page and "response.status === 401" in page
+    assert "Authorization: `Bearer ${key}`" in page and 'sessionStorage.getItem("convscope-key")' in page
+    assert "<img" not in page.split("<script>")[1] or "img.src = URL.createObjectURL" in page  # images fetched with the key
+    assert "setInterval(" in page  # the model list follows loads and unloads

@@ -130,9 +130,10 @@ class Settings(BaseSettings):
 
     api_keys_file: Path | None = None
     """File of API keys, one ``<key>:<scope>`` a line (scope ``infer`` or ``admin``; ``#``
-    starts a comment). With any key configured, every route but liveness, readiness, the
-    explorer page and the API docs needs ``Authorization: Bearer <key>``. With none, inference
-    is open and the repository control calls are disabled. Read at start."""
+    starts a comment). With any key configured, every route but the probes, ``/metrics``
+    (see CONVSCOPE_METRICS_REQUIRE_KEY), the explorer page and the API docs needs
+    ``Authorization: Bearer <key>``; with none, inference is open and the repository
+    control calls are disabled. Read at start."""
 
     api_keys: SecretStr | None = None
     """API keys in the form of ``CONVSCOPE_API_KEYS_FILE``, comma separated

@@ -4,7 +4,10 @@ disabled without keys, and keys never echoed or logged."""
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,5 +179,16 @@ def test_the_explorer_asks_for_a_key_and_sends_it_as_a_bearer_header(client: Tes
     page = client.get("/").text
     assert 'id="keyform"' in page and "response.status === 401" in page
     assert "Authorization: `Bearer ${key}`" in page and 'sessionStorage.getItem("convscope-key")' in page
-    assert "<img" not in page.split("<script>")[1] or "img.src = URL.createObjectURL" in page  # images fetched with the key
+    assert "img.src = URL.createObjectURL(b)" in page  # filter pictures are fetched, with the key
     assert "setInterval(" in page  # the model list follows loads and unloads
+
+
+def test_the_cli_refuses_unusable_keys_with_exit_2_and_never_prints_them(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("s3cret-but-no-scope-at-all\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVSCOPE_")}
+    result = subprocess.run([sys.executable, "-m", "service", "--api-keys-file", str(keys), "--model-repository",
+                             str(tmp_path)], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2
+    assert f"CONVSCOPE_API_KEYS_FILE {keys}, line 1: expected <key>:<scope>" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout

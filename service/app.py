@@ -142,7 +142,7 @@ def check_startup(settings: Settings) -> None:
     runtime_options(settings)
     auth.KeyRing.from_settings(settings)
     if settings.default_model is not None:
-        names = sorted({ref.name for ref in scan(settings.model_repository)})
+        names = sorted({ref.name for ref in scan(settings.model_repository, settings.model_name)})
         if settings.default_model not in names:
             raise ValueError(
                 f"CONVSCOPE_DEFAULT_MODEL={settings.default_model!r} is not in the model repository "

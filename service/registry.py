@@ -165,13 +165,18 @@ class ModelRegistry:
     def root(self) -> Path:
         return self.settings.model_repository
 
+    def scan(self) -> list[ArtifactRef]:
+        """The versions on disk now, named as the settings say (CONVSCOPE_MODEL_NAME for a
+        single-model layout). Blocking: call it on a thread."""
+        return scan(self.root, self.settings.model_name)
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def load_all(self) -> None:
         """Load every version in the repository. One that fails is marked failed with its
         reason; the others load and serve regardless."""
         async with self._changing:
-            refs = await asyncio.to_thread(scan, self.root)
+            refs = await asyncio.to_thread(self.scan)
             for ref in refs:
                 self.entries.setdefault(ref.name, {})[ref.version] = ModelEntry(ref)
             if not refs:
@@ -212,7 +217,7 @@ class ModelRegistry:
         versions and failed or unloaded ones are loaded, ready ones kept, ones gone from disk
         unloaded. LoadFailed (400) names any version that failed, and what still serves."""
         async with self._changing:
-            refs = await asyncio.to_thread(scan, self.root)
+            refs = await asyncio.to_thread(self.scan)
             mine = {r.version: r for r in refs if r.name == name}
             if not mine:
                 raise UnknownModel(name, sorted({r.name for r in refs}))
@@ -349,7 +354,7 @@ class ModelRegistry:
     async def index(self) -> list[IndexEntry]:
         """Every version on disk or in the registry, by name then version (the repository
         extension's index): what could be loaded as well as what is."""
-        refs = await asyncio.to_thread(scan, self.root)
+        refs = await asyncio.to_thread(self.scan)
         found = {(r.name, r.version): IndexEntry(r.name, r.version, None) for r in refs}
         for versions in self.entries.values():
             for e in versions.values():

@@ -1,5 +1,9 @@
 """The model repository on disk: ``<root>/<name>/<version>/metadata.json`` (docs/artifact.md).
 
+The root may also be a single model, as KServe's storage initializer lays one out in
+``/mnt/models``: a directory of versions (``<root>/<version>/``) or one version's own
+directory (``<root>/metadata.json``); see :class:`Layout`.
+
 This module only finds and validates artifacts; opening onnxruntime sessions is the
 runtime's job. A version that fails validation is reported with its reason and never
 stops the others from loading.
@@ -9,14 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 SUPPORTED_SCHEMA_VERSIONS = {1}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _INPUT_KEYS = ("name", "shape", "channels", "size", "mean", "std", "scale")
+# The name a single model gets when neither the setting, its metadata nor its directory
+# offers a valid one (a mount point such as "/" has no name).
+FALLBACK_MODEL_NAME = "model"
+
+log = logging.getLogger("convscope.repository")
 
 
 class ArtifactError(Exception):
@@ -25,7 +36,7 @@ class ArtifactError(Exception):
 
 @dataclass(frozen=True)
 class ArtifactRef:
-    """One ``<name>/<version>`` directory found in the repository."""
+    """One version found under the root: the name it is served under, its number, its directory."""
 
     name: str
     version: int
@@ -50,22 +61,97 @@ class Artifact:
         return self.ref.version
 
 
-def scan(root: Path) -> list[ArtifactRef]:
-    """Every ``<name>/<version>`` directory under ``root``, sorted by name then version.
+class Layout(Enum):
+    """How the directory the service is pointed at holds its models.
 
-    Hidden directories (the export stage's in-progress ``.tmp-*``) and non-integer
-    versions are skipped: they are not versions.
+    KServe's storage initializer copies whatever the InferenceService's ``storageUri``
+    names into ``/mnt/models``: a whole repository, one model's directory of versions, or
+    one version's directory. The service accepts all three.
+    """
+
+    REPOSITORY = "repository"  # <root>/<name>/<version>/metadata.json (the export stage's)
+    MODEL = "model"  # <root>/<version>/metadata.json: one model, its versions
+    ARTIFACT = "artifact"  # <root>/metadata.json: one version of one model
+
+
+def detect_layout(root: Path) -> Layout:
+    """Which layout ``root`` has: a ``metadata.json`` at the root makes it one artifact; a
+    positive-integer directory holding a ``metadata.json`` makes it one model's versions;
+    anything else is a repository (possibly empty)."""
+    if (root / "metadata.json").is_file():
+        return Layout.ARTIFACT
+    for child in root.iterdir():
+        if child.is_dir() and _is_version(child.name) and (child / "metadata.json").is_file():
+            return Layout.MODEL
+    return Layout.REPOSITORY
+
+
+def scan(root: Path, model_name: str | None = None) -> list[ArtifactRef]:
+    """Every version under ``root``, sorted by name then version, whatever its :class:`Layout`.
+
+    In a repository each model is named after its directory. A single model (the other two
+    layouts) is named ``model_name`` when given, else the ``name`` in its newest version's
+    metadata.json, else after ``root`` itself. Hidden directories (the export stage's
+    in-progress ``.tmp-*``) and non-integer versions are skipped: they are not versions.
     """
     if not root.is_dir():
         return []
+    layout = detect_layout(root)
+    if layout is Layout.ARTIFACT:
+        name = model_name or _single_model_name(root, [root])
+        return [ArtifactRef(name, _metadata_version(root), root)]
+    if layout is Layout.MODEL:
+        versions = _version_dirs(root)
+        name = model_name or _single_model_name(root, versions[::-1])
+        return [ArtifactRef(name, int(d.name), d) for d in versions]
+
     refs: list[ArtifactRef] = []
     for model_dir in sorted(root.iterdir()):
         if not model_dir.is_dir() or not NAME_PATTERN.match(model_dir.name):
             continue
-        for version_dir in model_dir.iterdir():
-            if version_dir.is_dir() and version_dir.name.isdigit() and int(version_dir.name) > 0:
-                refs.append(ArtifactRef(model_dir.name, int(version_dir.name), version_dir))
+        refs.extend(ArtifactRef(model_dir.name, int(d.name), d) for d in _version_dirs(model_dir))
+    if not refs and (root / "model.onnx").is_file():
+        log.warning("%s holds model.onnx but no metadata.json: point the service at a whole artifact "
+                    "directory (docs/artifact.md), not at the ONNX file alone", root)
+    if model_name is not None and refs and model_name not in {r.name for r in refs}:
+        log.warning("model name %r applies to a single model; %s is a repository, whose models keep "
+                    "their directory names: %s", model_name, root, ", ".join(sorted({r.name for r in refs})))
     return sorted(refs, key=lambda r: (r.name, r.version))
+
+
+def _is_version(dirname: str) -> bool:
+    return dirname.isdigit() and int(dirname) > 0
+
+
+def _version_dirs(model_dir: Path) -> list[Path]:
+    """The positive-integer subdirectories of one model, oldest first."""
+    found = [d for d in model_dir.iterdir() if d.is_dir() and _is_version(d.name)]
+    return sorted(found, key=lambda d: int(d.name))
+
+
+def _read_metadata(version_dir: Path) -> dict[str, Any]:
+    """metadata.json as an object, or {} when it cannot be read: load_artifact reports why."""
+    try:
+        metadata = json.loads((version_dir / "metadata.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _metadata_version(version_dir: Path) -> int:
+    """A lone artifact's version: the one its metadata records, else 1."""
+    version = _read_metadata(version_dir).get("version")
+    return version if isinstance(version, int) and not isinstance(version, bool) and version > 0 else 1
+
+
+def _single_model_name(root: Path, newest_first: list[Path]) -> str:
+    """The first valid of: the newest readable metadata's ``name``, the root's own name."""
+    for version_dir in newest_first:
+        name = _read_metadata(version_dir).get("name")
+        if isinstance(name, str) and NAME_PATTERN.match(name):
+            return name
+    dirname = root.resolve().name
+    return dirname if NAME_PATTERN.match(dirname) else FALLBACK_MODEL_NAME
 
 
 def sha256_of(path: Path) -> str:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 
 from service.registry import ModelRegistry
-from service.repository import ArtifactRef, scan
+from service.repository import ArtifactRef
 
 log = logging.getLogger("convscope.repository")
 
@@ -25,7 +25,7 @@ def _scan(registry: ModelRegistry) -> list[ArtifactRef] | None:
         if not root.is_dir():
             log.warning("model repository %s is missing or not a directory: nothing changed", root)
             return None
-        return scan(root)
+        return registry.scan()
     except OSError as exc:
         log.warning("model repository %s cannot be read (%s): nothing changed", root, exc)
         return None

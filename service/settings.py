@@ -183,3 +183,12 @@ class Settings(BaseSettings):
                 else override.batch_arrival_wait_ms
             ),
         )
+
+    model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Name to serve the model under when ``model_repository`` is a single model rather than
+    a repository of ``<name>/<version>/``: a directory of version directories (``1/``,
+    ``2/``) or one version's own directory (``metadata.json`` and ``model.onnx`` at its
+    root), as KServe's storage initializer lays a model out in ``/mnt/models`` (the
+    ServingRuntime passes the InferenceService's name). Unset: the ``name`` in the newest
+    version's metadata.json, else the directory's own name. A repository's models keep
+    their directory names."""

@@ -17,7 +17,6 @@ from service.batching import DynamicBatcher
 from service.errors import LoadFailed, ModelNotReady, UnknownModel, UnknownVersion
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ModelState, ServedModel
-from service.repository import scan
 from service.runtime import CPU, RuntimeOptions
 from service.settings import Settings
 from tests.service.synthetic import publish, write_artifact
@@ -37,7 +36,7 @@ def state(registry: ModelRegistry, name: str, version: int) -> ModelState:
 
 
 async def sync(registry: ModelRegistry) -> None:
-    await registry.sync(scan(registry.root))
+    await registry.sync(registry.scan())
 
 
 def image() -> np.ndarray:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 
-from service.repository import ArtifactError, load_artifact, scan
+from service.repository import ArtifactError, Layout, detect_layout, load_artifact, scan
 from tests.service.synthetic import write_artifact
 
 
@@ -88,3 +90,98 @@ def test_invalid_json(tmp_path: Path) -> None:
     (directory / "metadata.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         load_artifact(scan(tmp_path)[0])
+
+
+# -- the layouts KServe's storage initializer produces in /mnt/models --------------------------
+
+
+def lone_version(tmp_path: Path, name: str = "digits", version: int = 3, mount: str = "models") -> Path:
+    """One version's directory as the root: metadata.json and model.onnx directly in it."""
+    source = write_artifact(tmp_path / "export", name, version)
+    root = tmp_path / "mnt" / mount
+    root.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, root)
+    return root
+
+
+def model_directory(tmp_path: Path, name: str = "digits", versions: tuple[int, ...] = (1, 2),
+                    mount: str = "models") -> Path:
+    """One model's directory as the root: its version directories directly in it."""
+    for version in versions:
+        write_artifact(tmp_path / "export", name, version)
+    root = tmp_path / "mnt" / mount
+    root.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(tmp_path / "export" / name, root)
+    return root
+
+
+def found(root: Path, model_name: str | None = None) -> list[tuple[str, int, Path]]:
+    return [(r.name, r.version, r.path) for r in scan(root, model_name)]
+
+
+def test_a_lone_version_directory_is_one_model_named_by_its_metadata(tmp_path: Path) -> None:
+    root = lone_version(tmp_path)
+    assert detect_layout(root) is Layout.ARTIFACT
+    assert found(root) == [("digits", 3, root)]
+    artifact = load_artifact(scan(root)[0])
+    assert artifact.model_path == root / "model.onnx"
+
+
+def test_the_model_name_setting_names_a_single_model(tmp_path: Path) -> None:
+    lone = lone_version(tmp_path / "a")
+    assert found(lone, "my-isvc") == [("my-isvc", 3, lone)]
+    versions = model_directory(tmp_path / "b")
+    assert found(versions, "my-isvc") == [("my-isvc", 1, versions / "1"), ("my-isvc", 2, versions / "2")]
+
+
+def test_a_directory_of_versions_is_one_model(tmp_path: Path) -> None:
+    root = model_directory(tmp_path, versions=(2, 10))
+    (root / ".tmp-123").mkdir()  # an export in progress
+    (root / "latest").mkdir()
+    (root / "0").mkdir()
+    (root / "3").mkdir()  # incomplete: listed, and its load says why
+    assert detect_layout(root) is Layout.MODEL
+    assert found(root) == [("digits", 2, root / "2"), ("digits", 3, root / "3"), ("digits", 10, root / "10")]
+    with pytest.raises(ArtifactError, match="metadata.json is missing"):
+        load_artifact(scan(root)[1])
+    assert load_artifact(scan(root)[2]).version == 10
+
+
+def test_a_single_model_is_named_by_its_newest_readable_metadata(tmp_path: Path) -> None:
+    root = model_directory(tmp_path, versions=(1, 2, 3))
+    break_metadata(root / "2", name="renamed")
+    (root / "3" / "metadata.json").write_text("{not json")
+    assert {r.name for r in scan(root)} == {"renamed"}
+
+
+def test_a_single_model_without_a_usable_name_takes_its_directory_name(tmp_path: Path) -> None:
+    named = lone_version(tmp_path / "a", mount="fashion")
+    break_metadata(named, name="not a valid name!", version=None)
+    assert found(named) == [("fashion", 1, named)]  # and version 1 when the metadata has none
+    unnamed = lone_version(tmp_path / "b", mount="_mount")
+    (unnamed / "metadata.json").write_text("[]")
+    assert found(unnamed) == [("model", 1, unnamed)]
+    with pytest.raises(ArtifactError, match="JSON object"):
+        load_artifact(scan(unnamed)[0])
+
+
+def test_a_model_named_like_a_version_keeps_the_repository_layout(tmp_path: Path) -> None:
+    write_artifact(tmp_path, "7", 1)
+    assert detect_layout(tmp_path) is Layout.REPOSITORY
+    assert found(tmp_path) == [("7", 1, tmp_path / "7" / "1")]
+
+
+def test_a_repository_keeps_its_names_whatever_the_model_name(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    write_artifact(tmp_path, "a", 1)
+    write_artifact(tmp_path, "b", 1)
+    with caplog.at_level(logging.WARNING, logger="convscope.repository"):
+        assert [r.name for r in scan(tmp_path, "my-isvc")] == ["a", "b"]
+    assert "'my-isvc' applies to a single model" in caplog.text and "a, b" in caplog.text
+
+
+def test_an_onnx_file_alone_is_no_model_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    with caplog.at_level(logging.WARNING, logger="convscope.repository"):
+        assert scan(tmp_path) == []
+    assert "no metadata.json" in caplog.text

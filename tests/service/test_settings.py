@@ -81,3 +81,10 @@ def test_unknown_default_model_fails_at_start_naming_the_models(tmp_path: Path) 
     result = serve("--model-repository", str(tmp_path), "--default-model", "nope")
     assert result.returncode == 2
     assert "'nope' is not in the model repository" in result.stderr and "models there: digits" in result.stderr
+
+
+def test_model_name_is_read_and_must_be_a_model_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVSCOPE_MODEL_NAME", "my-isvc")
+    assert Settings().model_name == "my-isvc"
+    with pytest.raises(ValidationError, match="model_name"):
+        Settings(model_name="not a name/")

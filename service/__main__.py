@@ -62,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                    access_log=False, timeout_graceful_shutdown=10)
+        # Not uvicorn.run: service.drain handles SIGTERM (readiness 503, requests answered, exit 0).
+        from service import drain
+
+        app = create_app(settings)
+        drain.serve(app, uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                                        access_log=False, timeout_graceful_shutdown=10))
     else:
         # Workers are separate processes: Prometheus values must be pooled on disk.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="convscope-metrics-"))

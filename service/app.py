@@ -10,23 +10,26 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import onnxruntime as ort
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import __version__
-from service.api import system, v1, v2
+from service import __version__, auth
+from service.api import docs, repository, system, v1, v2
 from service.api.requests import ClientGone
 from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane
+from service.drain import Drain, InFlight, refuse_while_draining
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.registry import ModelRegistry
 from service.repository import scan
+from service.repository_watch import watch
 from service.runtime import RuntimeOptions, choose_providers
 from service.settings import Settings
 
@@ -41,7 +44,11 @@ Serve a convolutional neural network and look inside it while it serves.
 * **v2**: the Open Inference Protocol (KServe v2 / Triton) REST API, with the binary tensor
   data and classification extensions. Feature maps are extra outputs, returned only when
   asked for in `outputs`.
+* **repository** (`/v2/repository/...`): Triton's model repository extension: the index,
+  load and unload (a key of scope `admin`; disabled when no key is configured).
 * `/metrics` (Prometheus), `/healthz`, `/readyz`.
+
+With API keys configured (`CONVSCOPE_API_KEYS_FILE`), send `Authorization: Bearer <key>`.
 
 Every error answers `{"error": "..."}`.
 """
@@ -51,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics()
+    policy = auth.AccessPolicy.from_settings(settings)
     registry = ModelRegistry(settings, metrics, runtime_options(settings))
     dataplane = DataPlane(settings, registry)
 
@@ -58,7 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("onnxruntime %s, providers available: %s; using %s", ort.__version__,
                  ", ".join(ort.get_available_providers()), ", ".join(registry.runtime_options.providers))
-        loading = asyncio.create_task(_load(registry), name="load-models")
+        log.info("%s", _access_summary(policy))
+        loading = asyncio.create_task(_load(registry, settings.repository_poll_seconds), name="load-models")
         try:
             yield
         finally:
@@ -70,17 +79,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await registry.close()
             dataplane.close()
 
-    app = FastAPI(title="convscope", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    # FastAPI's own docs pages load their assets from a CDN: service.api.docs serves them.
+    app = FastAPI(title="convscope", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, dependencies=[Depends(refuse_while_draining)])
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.dataplane = dataplane
+    app.state.drain = Drain(settings.drain_seconds)
     _install_error_handlers(app)
     app.include_router(v1.router)
     app.include_router(v2.router)
+    app.include_router(v2.health)
+    app.include_router(repository.router)
     app.include_router(system.router)
+    docs.install(app)
+    auth.install(app, policy)
+    _document(app, policy)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(InFlight, drain=app.state.drain)  # outermost: counts every request
     return app
+
+
+def _document(app: FastAPI, policy: auth.AccessPolicy) -> None:
+    """The OpenAPI document also says which calls need a key (service.auth.document), and
+    holds the v2 request schema the infer routes refer to."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = plain()
+            schema.setdefault("components", {}).setdefault("schemas", {})["InferenceRequest"] = v2.INFERENCE_REQUEST
+            auth.document(schema, app, policy)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _access_summary(policy: auth.AccessPolicy) -> str:
+    if not policy.keys:
+        return ("no API key configured: inference is open and repository control is disabled "
+                "(CONVSCOPE_API_KEYS_FILE enables keys)")
+    return (f"{len(policy.keys)} API key(s) configured: inference and repository control need one; "
+            f"/metrics {'needs one' if policy.metrics_require_key else 'is open'}")
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
@@ -95,8 +137,10 @@ def runtime_options(settings: Settings) -> RuntimeOptions:
 
 def check_startup(settings: Settings) -> None:
     """What can be known wrong before serving, as a ValueError that says so: an execution
-    provider this onnxruntime lacks, a default model the repository does not hold."""
+    provider this onnxruntime lacks, API keys that cannot be used, a default model the
+    repository does not hold."""
     runtime_options(settings)
+    auth.KeyRing.from_settings(settings)
     if settings.default_model is not None:
         names = sorted({ref.name for ref in scan(settings.model_repository, settings.model_name)})
         if settings.default_model not in names:
@@ -111,13 +155,16 @@ def create_app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
-async def _load(registry: ModelRegistry) -> None:
+async def _load(registry: ModelRegistry, poll_seconds: float) -> None:
+    """Load the repository, then (when the poll is on) keep the registry in step with it."""
     try:
         await registry.load_all()
     except asyncio.CancelledError:
         raise
     except Exception:  # a bug in loading must not leave /readyz loading forever
         log.exception("model loading failed")
+    if poll_seconds > 0:
+        await watch(registry, poll_seconds)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -41,7 +41,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.errors import Overloaded
+from service.errors import ModelNotReady, Overloaded
 
 log = logging.getLogger("convscope.batching")
 
@@ -121,6 +121,7 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
         self._worker: asyncio.Task[None] | None = None
         self._running: list[_Request] = []
+        self._stopped = False
 
     @property
     def queued_images(self) -> int:
@@ -130,7 +131,13 @@ class DynamicBatcher:
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.label}")
 
+    def _gone(self) -> ModelNotReady:
+        return ModelNotReady(f"model {self.label} was stopped (unloaded, or the server is shutting down); retry")
+
     async def stop(self) -> None:
+        """Stop the worker; a request still queued or running fails with ModelNotReady (503),
+        and so does any later ``infer``: nothing waits on a batcher that will never run."""
+        self._stopped = True
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -140,7 +147,7 @@ class DynamicBatcher:
             self._worker = None
         for request in [*self._queued(), *self._running]:
             if not request.future.done():
-                request.future.cancel()
+                request.future.set_exception(self._gone())
         for queue in self._queues.values():
             queue.clear()
         self._queued_images = 0
@@ -169,6 +176,8 @@ class DynamicBatcher:
         is full. If the caller is cancelled (its client went away) while queued, the
         request leaves the queue and never runs.
         """
+        if self._stopped:
+            raise self._gone()
         size = int(inputs.shape[0])
         ahead = self._queued_images if priority is Priority.EXPLAIN else self._queued_by_priority[Priority.PREDICT]
         if ahead and ahead + size > self.max_queue_size:

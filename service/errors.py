@@ -89,3 +89,36 @@ class ModelOutputNotFinite(ModelFailed):
             f"model {model} version {version} produced NaN or infinite values in "
             f"{', '.join(outputs)}: the model is faulty (its weights or its graph), not the request"
         )
+
+
+class Unauthorized(ServiceError):
+    """No API key, or one the server does not know: 401 with the challenge RFC 6750 asks for.
+    The message never repeats what the client sent."""
+
+    status_code = 401
+
+    def __init__(self, message: str, *, invalid_token: bool = False) -> None:
+        challenge = 'Bearer realm="convscope"' + (', error="invalid_token"' if invalid_token else "")
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ServiceError):
+    """A known key without the scope this call needs, or a call that is switched off."""
+
+    status_code = 403
+
+
+class ShuttingDown(ServiceError):
+    """The server is draining before it exits: the client should go to another replica."""
+
+    status_code = 503
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; retry (another replica will answer)",
+                         headers={"Retry-After": "1", "Connection": "close"})
+
+
+class LoadFailed(ServiceError):
+    """A load through the repository API that left a version failed (Triton answers 400)."""
+
+    status_code = 400

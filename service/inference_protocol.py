@@ -48,6 +48,7 @@ EXTENSIONS = [
     "classification",  # Triton's: parameters.classification = k -> "value:index:label" strings
     "convscope_feature_maps",  # every tapped layer is an output, returned only when asked for
     "convscope_encoded_images",  # BYTES input image_bytes: encoded images, preprocessed as v1 does
+    "model_repository",  # Triton's: POST /v2/repository/index, .../models/{name}/load and /unload
 ]
 
 # Tensor data types of the protocol, with their numpy element types (BYTES: variable size).

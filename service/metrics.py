@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -71,6 +72,28 @@ class Metrics:
             "convscope_models_failed", "Model versions that failed to load.", registry=r,
             multiprocess_mode="max",
         )
+        self.model_loads = Counter(
+            "convscope_model_loads", "Model version loads (at start, by the poll or on request), by outcome: "
+            "success or failure.", ["model", "outcome"], registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "convscope_model_load_duration_seconds", "Time to validate, open and warm up one model version.",
+            ["model"], buckets=LOAD_BUCKETS, registry=r,
+        )
+        self.model_unloads = Counter(
+            "convscope_model_unloads", "Model versions unloaded (gone from disk, or on request).", ["model"],
+            registry=r,
+        )
+
+    def forget(self, model: str, version: int) -> None:
+        """Drop an unloaded version's queue depth, so no stale value lingers (its counters
+        stay: they are totals)."""
+        labels = (model, str(version))
+        try:
+            self.queue_depth.labels(*labels).set(0)  # multiprocess files keep the last value
+            self.queue_depth.remove(*labels)
+        except KeyError:
+            pass
 
     def observer(self, model: str, version: int) -> BatchMetrics:
         return BatchMetrics(self, model, str(version))

@@ -1,25 +1,37 @@
 """The model registry: every version in the repository, its state, and the one place that
 turns ``(name, version)`` into a model that can serve.
 
-A version is *loading*, *ready*, *failed* (with its reason) or *unloading*. Requests hold a
-lease on the served model they resolved (``ModelRegistry.lease``), taken in the same step
-as the resolution so nothing can unload the model in between; unloading a version waits
-for its leases to end before it stops the batcher and drops the sessions. That is what lets
-versions come and go (reload, unload) while requests are in flight.
+A version is *loading*, *ready*, *failed* (with its reason), *unloading* or *unloaded*.
+Requests hold a lease on the served model they resolved (``ModelRegistry.lease``), taken in
+the same step as the resolution so nothing can unload the model in between; unloading a
+version waits for its leases to end before it stops the batcher and drops the sessions.
+That is what lets versions come and go while requests are in flight:
+
+* ``sync`` makes the registry match the repository on disk (the poll calls it): a new
+  version is loaded and warmed up while the others serve, and becomes its model's default
+  the moment it is ready (the default is the newest ready version: one assignment, no
+  gap); a version or a whole model gone from disk is taken out of resolution at once and
+  unloaded when its last request ends; a failed version is tried again when its files change;
+* ``load_model`` / ``unload_model`` do the same for one model on request (Triton's model
+  repository extension); an unloaded model stays unloaded, whatever the poll finds, until
+  it is loaded again.
+
+One lock orders these changes; requests never take it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from service.batching import DynamicBatcher
-from service.errors import BadRequest, ModelNotReady, NotFound, UnknownModel, UnknownVersion
+from service.errors import BadRequest, LoadFailed, ModelNotReady, NotFound, UnknownModel, UnknownVersion
 from service.metrics import Metrics
 from service.repository import ArtifactError, ArtifactRef, load_artifact, scan
 from service.runtime import ModelRuntime, RuntimeOptions, load_model
@@ -34,6 +46,20 @@ class ModelState(StrEnum):
     READY = "ready"
     FAILED = "failed"
     UNLOADING = "unloading"
+    UNLOADED = "unloaded"  # on request: stays so until loaded again
+
+
+# What the files of a version directory look like: (name, size, mtime) of each. A failed
+# version is tried again when this changes (an export copied in by hand, now complete).
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    try:
+        stats = [(f.name, f.stat()) for f in path.iterdir() if f.is_file()]
+    except OSError:
+        return ()
+    return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats))
 
 
 @dataclass(eq=False)
@@ -81,6 +107,7 @@ class ModelEntry:
     state: ModelState = ModelState.LOADING
     reason: str | None = None
     served: ServedModel | None = None
+    fingerprint: Fingerprint | None = None
 
     @property
     def name(self) -> str:
@@ -105,6 +132,17 @@ class VersionStatus:
 
 
 @dataclass(frozen=True)
+class IndexEntry:
+    """One version for the repository index: on disk, in the registry, or both. ``state``
+    None: on disk but not loaded (the poll is off, or has not run since)."""
+
+    name: str
+    version: int
+    state: ModelState | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     name: str
     default_version: int | None
@@ -120,29 +158,135 @@ class ModelRegistry:
         self.runtime_options = runtime_options
         self.entries: dict[str, dict[int, ModelEntry]] = {}
         self.load_finished = False
+        self.held: set[str] = set()  # unloaded on request: sync leaves them alone
+        self._changing = asyncio.Lock()
 
     @property
     def root(self) -> Path:
         return self.settings.model_repository
+
+    def scan(self) -> list[ArtifactRef]:
+        """The versions on disk now, named as the settings say (CONVSCOPE_MODEL_NAME for a
+        single-model layout). Blocking: call it on a thread."""
+        return scan(self.root, self.settings.model_name)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def load_all(self) -> None:
         """Load every version in the repository. One that fails is marked failed with its
         reason; the others load and serve regardless."""
-        refs = scan(self.root, self.settings.model_name)
-        for ref in refs:
-            self.entries.setdefault(ref.name, {})[ref.version] = ModelEntry(ref)
-        if not refs:
-            log.warning("no model found in %s: export one with `python -m model_export --out %s`",
-                        self.root, self.root)
-        try:
+        async with self._changing:
+            refs = await asyncio.to_thread(self.scan)
             for ref in refs:
-                await self._load(self.entries[ref.name][ref.version])
-        finally:
-            self.load_finished = True
+                self.entries.setdefault(ref.name, {})[ref.version] = ModelEntry(ref)
+            if not refs:
+                log.warning("no model found in %s: export one with `python -m model_export --out %s`",
+                            self.root, self.root)
+            try:
+                for ref in refs:
+                    await self._load(self.entries[ref.name][ref.version])
+            finally:
+                self.load_finished = True
+
+    async def sync(self, refs: Iterable[ArtifactRef]) -> None:
+        """Make the registry match ``refs``, a scan of the repository: load new versions, try
+        failed ones again whose files changed, unload versions and models no longer there.
+        Models unloaded on request are left as they are."""
+        async with self._changing:
+            on_disk = {(r.name, r.version): r for r in refs}
+            self.held &= {name for name, _ in on_disk}
+            prints = await asyncio.to_thread(lambda: {key: fingerprint(r.path) for key, r in on_disk.items()})
+            for key, ref in sorted(on_disk.items()):
+                if ref.name in self.held:
+                    continue
+                entry = self.entries.get(ref.name, {}).get(ref.version)
+                if entry is None:
+                    log.info("model %s version %d appeared in the repository: loading it", ref.name, ref.version)
+                    await self._add(ref)
+                elif entry.state is ModelState.FAILED and entry.fingerprint != prints[key]:
+                    log.info("model %s version %d changed on disk: loading it again", ref.name, ref.version)
+                    await self._reload(entry)
+            gone = [e for versions in self.entries.values() for e in versions.values()
+                    if (e.name, e.version) not in on_disk]
+            for entry in gone:
+                log.info("model %s version %d is gone from the repository: unloading it", entry.name, entry.version)
+            await self._unload(gone, forget=True)
+
+    async def load_model(self, name: str) -> None:
+        """Read one model's versions from disk again (the repository extension's load): new
+        versions and failed or unloaded ones are loaded, ready ones kept, ones gone from disk
+        unloaded. LoadFailed (400) names any version that failed, and what still serves."""
+        async with self._changing:
+            refs = await asyncio.to_thread(self.scan)
+            mine = {r.version: r for r in refs if r.name == name}
+            if not mine:
+                raise UnknownModel(name, sorted({r.name for r in refs}))
+            self.held.discard(name)
+            failed: list[ModelEntry] = []
+            for version, ref in sorted(mine.items()):
+                entry = self.entries.get(name, {}).get(version)
+                if entry is None:
+                    entry = await self._add(ref)
+                elif entry.state in (ModelState.FAILED, ModelState.UNLOADED):
+                    await self._reload(entry)
+                else:
+                    continue  # ready: a served version's files are not read again
+                if entry.state is ModelState.FAILED:
+                    failed.append(entry)
+            await self._unload([e for v, e in self.entries.get(name, {}).items() if v not in mine], forget=True)
+            if failed:
+                ready = [v for v, e in self.entries[name].items() if e.state is ModelState.READY]
+                serving = f"version {max(ready)} serves" if ready else "no version of it serves"
+                problems = "; ".join(f"version {e.version}: {e.reason}" for e in failed)
+                raise LoadFailed(f"model {name} failed to load ({problems}); {serving}")
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every version of a model once its requests have ended (the repository
+        extension's unload). Until it is loaded again it answers 503 and the poll leaves it be."""
+        async with self._changing:
+            versions = self._versions(name)
+            self.held.add(name)
+            await self._unload([e for e in versions.values() if e.state is not ModelState.UNLOADED], forget=False)
+
+    async def _add(self, ref: ArtifactRef) -> ModelEntry:
+        entry = ModelEntry(ref)
+        self.entries.setdefault(ref.name, {})[ref.version] = entry
+        await self._load(entry)
+        return entry
+
+    async def _reload(self, entry: ModelEntry) -> None:
+        entry.state, entry.reason = ModelState.LOADING, None
+        self._update_gauges()
+        await self._load(entry)
+
+    async def _unload(self, entries: list[ModelEntry], *, forget: bool) -> None:
+        """Take ``entries`` out of resolution at once, then stop each when its last request
+        ends; ``forget``: drop them from the registry (gone from disk), else mark them unloaded."""
+        stopping = []
+        for entry in entries:
+            stopping.append((entry, entry.served))
+            entry.state, entry.reason, entry.served = ModelState.UNLOADING, None, None
+        self._update_gauges()
+        for entry, served in stopping:
+            if served is not None:
+                await served.stop()
+                self.metrics.forget(entry.name, entry.version)
+                self.metrics.model_unloads.labels(entry.name).inc()
+                log.info("model %s version %d unloaded", entry.name, entry.version)
+            if forget:
+                versions = self.entries.get(entry.name, {})
+                if versions.get(entry.version) is entry:
+                    del versions[entry.version]
+                if not versions:
+                    self.entries.pop(entry.name, None)
+            else:
+                entry.state = ModelState.UNLOADED
+                entry.reason = f"unloaded on request; POST /v2/repository/models/{entry.name}/load loads it again"
+        self._update_gauges()
 
     async def _load(self, entry: ModelEntry) -> None:
+        started = time.perf_counter()
+        entry.fingerprint = await asyncio.to_thread(fingerprint, entry.ref.path)
         try:
             artifact = await asyncio.to_thread(load_artifact, entry.ref)
             runtime = await asyncio.to_thread(load_model, artifact, self.runtime_options)
@@ -153,9 +297,14 @@ class ModelRegistry:
         else:
             entry.served = ServedModel(runtime, self._batcher(runtime))
             entry.served.batcher.start()
+            # From this assignment on, the newest ready version, which may be this one, is
+            # its model's default: the switch is this one step, with no await around it.
             entry.state = ModelState.READY
             log.info("model %s version %d ready on %s (%.2f s)", entry.name, entry.version,
                      runtime.provider, runtime.load_seconds)
+        outcome = "success" if entry.state is ModelState.READY else "failure"
+        self.metrics.model_loads.labels(entry.name, outcome).inc()
+        self.metrics.model_load_seconds.labels(entry.name).observe(time.perf_counter() - started)
         self._update_gauges()
 
     def _batcher(self, runtime: ModelRuntime) -> DynamicBatcher:
@@ -175,6 +324,8 @@ class ModelRegistry:
         log.error("model %s version %d failed to load: %s", entry.name, entry.version, reason)
 
     async def close(self) -> None:
+        """Stop every batcher now (the drain has already let requests finish); a request
+        still waiting in one is answered 503."""
         for versions in self.entries.values():
             for entry in versions.values():
                 if entry.served is not None:
@@ -199,6 +350,16 @@ class ModelRegistry:
 
     def versions(self, name: str) -> list[int]:
         return sorted(self._versions(name))
+
+    async def index(self) -> list[IndexEntry]:
+        """Every version on disk or in the registry, by name then version (the repository
+        extension's index): what could be loaded as well as what is."""
+        refs = await asyncio.to_thread(self.scan)
+        found = {(r.name, r.version): IndexEntry(r.name, r.version, None) for r in refs}
+        for versions in self.entries.values():
+            for e in versions.values():
+                found[(e.name, e.version)] = IndexEntry(e.name, e.version, e.state, e.reason)
+        return [found[key] for key in sorted(found)]
 
     def status(self) -> list[ModelStatus]:
         return [self._model_status(name) for name in self.names()]

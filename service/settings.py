@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -120,6 +120,41 @@ class Settings(BaseSettings):
     """Per-model batcher settings as JSON, e.g.
     ``{"digits-tinyvgg": {"max_batch_size": 8, "max_queue_delay_ms": 2}}``; keys:
     max_batch_size, max_queue_delay_ms, max_queue_size, batch_arrival_wait_ms."""
+
+    repository_poll_seconds: float = Field(0.0, ge=0.0, le=86_400.0)
+    """How often to compare the model repository on disk with what is served (0: never; the
+    repository is then read at start and by ``POST /v2/repository/models/{name}/load``). A new
+    version is loaded and warmed up, then becomes its model's default in one step; a version
+    or model removed from disk is unloaded once its requests have finished; a version that
+    fails to load is listed as failed and the previous default keeps serving."""
+
+    api_keys_file: Path | None = None
+    """File of API keys, one ``<key>:<scope>`` a line (scope ``infer`` or ``admin``; ``#``
+    starts a comment). With any key configured, every route but the probes, ``/metrics``
+    (see CONVSCOPE_METRICS_REQUIRE_KEY), the explorer page and the API docs needs
+    ``Authorization: Bearer <key>``; with none, inference is open and the repository
+    control calls are disabled. Read at start."""
+
+    api_keys: SecretStr | None = None
+    """API keys in the form of ``CONVSCOPE_API_KEYS_FILE``, comma separated
+    (``<key>:infer,<key>:admin``); adds to the file's. Prefer the file: a flag's value shows
+    in the process list."""
+
+    metrics_require_key: bool = False
+    """Make ``GET /metrics`` need an API key (of either scope). Off: open, like the probes."""
+
+    drain_seconds: float = Field(20.0, ge=0.0, le=3600.0)
+    """On SIGTERM: readiness answers 503 at once, requests in flight and queued are answered,
+    new ones get 503 with Retry-After, and the process exits 0 once none is left or after at
+    most this many seconds."""
+
+    @model_validator(mode="after")
+    def _metrics_key_needs_keys(self) -> Settings:
+        if self.metrics_require_key and self.api_keys_file is None and self.api_keys is None:
+            raise ValueError(
+                "CONVSCOPE_METRICS_REQUIRE_KEY needs API keys: set CONVSCOPE_API_KEYS_FILE or CONVSCOPE_API_KEYS"
+            )
+        return self
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -83,6 +83,8 @@ def _images_from_json(body: bytes) -> list[bytes]:
         raise BadRequest("the body's JSON is nested too deeply") from None
     if not isinstance(payload, dict):
         raise BadRequest('JSON body must be an object: {"image": "<base64>"} or {"images": [...]}')
+    if "images" in payload and "image" in payload:
+        raise BadRequest('send "image" (one base64 image) or "images" (a list), not both')
     if "images" in payload:
         items = payload["images"]
         if not isinstance(items, list) or not items:
@@ -107,7 +109,11 @@ async def _images_from_multipart(request: Request, limit: int) -> list[bytes]:
             if isinstance(part, UploadFile):
                 images.append(await part.read())
             else:
-                images.append(part.encode("latin-1"))
+                # Starlette decodes a text part as UTF-8 when it can, else as latin-1: undo either.
+                try:
+                    images.append(part.encode("latin-1"))
+                except UnicodeEncodeError:
+                    images.append(part.encode("utf-8"))
         return images
     finally:
         await form.close()

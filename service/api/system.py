@@ -1,4 +1,4 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness, Prometheus metrics and the explorer page."""
 
 from __future__ import annotations
 
@@ -7,33 +7,45 @@ from importlib.resources import files
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from service.api.common import Plane
+from service import auth
+from service.api.common import Plane, readiness
 from service.api.responses import FastJSONResponse as JSONResponse
 from service.metrics import CONTENT_TYPE, Metrics
 
 router = APIRouter(tags=["system"])
 
+READY_RESPONSES: dict[int | str, dict[str, object]] = {
+    503: {"description": "Not ready: models still loading, none ready, or the server draining before it exits."},
+}
+METRICS_RESPONSE: dict[int | str, dict[str, object]] = {
+    200: {"description": "Prometheus text exposition format.",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+}
 
-@router.get("/", response_class=HTMLResponse, summary="The explorer: predictions, feature maps and filters in a browser")
+
+@router.get("/", response_class=HTMLResponse, dependencies=[auth.PUBLIC],
+            summary="The explorer: predictions, feature maps and filters in a browser")
 async def explorer() -> HTMLResponse:
     return HTMLResponse(files("service").joinpath("static/explorer.html").read_text(encoding="utf-8"))
 
 
-@router.get("/healthz", summary="Alive: the process answers")
+@router.get("/healthz", dependencies=[auth.PROBE], summary="Alive: the process answers")
 async def healthz() -> Response:
     return JSONResponse({"status": "alive"})
 
 
-@router.get("/readyz", summary="Ready: model loading has finished and at least one model serves")
-async def readyz(plane: Plane) -> Response:
-    ready, detail = plane.registry.readiness()
+@router.get("/readyz", dependencies=[auth.PROBE], responses=READY_RESPONSES,
+            summary="Ready: model loading has finished, at least one model serves, and no drain has begun")
+async def readyz(request: Request, plane: Plane) -> Response:
+    ready, detail = readiness(request)
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "detail": detail, "models": plane.registry.status()},
         status_code=200 if ready else 503,
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", dependencies=[auth.METRICS], response_class=Response, responses=METRICS_RESPONSE,
+            summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     return Response(metrics.render(), media_type=CONTENT_TYPE)

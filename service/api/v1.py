@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
+from service import auth
 from service.api import schemas
 from service.api.common import MAX_VERSION, Plane, note_model, server_timing
 from service.api.predictions import PredictQuery, layer_catalogue, model_metadata, predict
@@ -21,7 +22,7 @@ from service.dataplane import DataPlane
 from service.encoding import Encoding, FilterState, NpyDtype
 from service.errors import BadRequest
 
-router = APIRouter(tags=["v1"])
+router = APIRouter(tags=["v1"], dependencies=[auth.INFER])
 
 ModelName = Annotated[str, Path(description="Model name (a directory of the model repository).")]
 Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Model version (an integer directory).")]
@@ -52,26 +53,35 @@ FilterStateQuery = Annotated[
     Query(description="trained: the learned kernels; initial: the random kernels before training."),
 ]
 
-IMAGE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "One image as the raw body, several as multipart parts named `image`, "
-                       'or JSON `{"image": "<base64>"}` / `{"images": ["<base64>", ...]}`.',
-        "content": {
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {"type": "object", "properties": {
-                    "image": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
+def _image_body(most: int | None) -> dict[str, Any]:
+    """The request body of a route that takes images: ``most`` of them (None: the server's limit)."""
+    binary = {"type": "string", "format": "binary"}
+    base64 = {"type": "string", "format": "byte", "minLength": 1}
+    many = {"maxItems": most} if most else {}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": ("One image as the raw body, several as multipart parts named `image`, "
+                            'or JSON `{"image": "<base64>"}` / `{"images": ["<base64>", ...]}`.'
+                            if most != 1 else
+                            'One image: the raw body, one multipart part named `image`, or JSON `{"image": "<base64>"}`.'),
+            "content": {
+                "image/*": {"schema": binary},
+                "application/octet-stream": {"schema": binary},
+                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                    "image": {"type": "array", "minItems": 1, **many, "items": binary}}}},
+                "application/json": {"schema": {
+                    "type": "object",
+                    "properties": {"image": base64, "images": {"type": "array", "minItems": 1, **many, "items": base64}},
+                    "oneOf": [{"required": ["image"]}, {"required": ["images"]}],
+                }},
             },
-            "application/json": {
-                "schema": {"type": "object", "properties": {
-                    "image": {"type": "string", "format": "byte"},
-                    "images": {"type": "array", "items": {"type": "string", "format": "byte"}}}}
-            },
-        },
+        }
     }
-}
+
+
+IMAGE_BODY = _image_body(None)
+ONE_IMAGE_BODY = _image_body(1)
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "A PNG image."},
     **schemas.ERRORS,
@@ -121,14 +131,14 @@ async def _feature_map_png(request: Request, plane: DataPlane, name: str, versio
 
 
 @router.post("/v1/models/{name}/layers/{layer}/feature_maps.png", summary="One layer's feature maps as a PNG grid",
-             response_class=Response, responses=PNG_RESPONSE, openapi_extra=IMAGE_BODY)
+             response_class=Response, responses=PNG_RESPONSE, openapi_extra=ONE_IMAGE_BODY)
 async def feature_maps_png(request: Request, plane: Plane, name: ModelName, layer: LayerName) -> Response:
     return await _feature_map_png(request, plane, name, None, layer)
 
 
 @router.post("/v1/models/{name}/versions/{version}/layers/{layer}/feature_maps.png",
              summary="One layer's feature maps as a PNG grid (one version)",
-             response_class=Response, responses=PNG_RESPONSE, openapi_extra=IMAGE_BODY)
+             response_class=Response, responses=PNG_RESPONSE, openapi_extra=ONE_IMAGE_BODY)
 async def feature_maps_png_version(request: Request, plane: Plane, name: ModelName, version: Version,
                                    layer: LayerName) -> Response:
     return await _feature_map_png(request, plane, name, version, layer)

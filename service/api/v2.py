@@ -15,9 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
+from service import auth
 from service import inference_protocol as oip
 from service.api import schemas
-from service.api.common import Plane, note_model, server_timing
+from service.api.common import Plane, note_model, readiness, server_timing
 from service.api.requests import read_body, unless_client_gone
 from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane, ImageInputs, Inputs, TensorInputs, Timings
@@ -25,11 +26,13 @@ from service.encoding import Encoding, NpyDtype
 from service.errors import ModelNotReady
 from service.registry import ServedModel
 
-router = APIRouter(tags=["v2"])
+router = APIRouter(tags=["v2"], dependencies=[auth.INFER])
+health = APIRouter(tags=["v2"], dependencies=[auth.PROBE])  # probes: no key, answered while draining
 
 ModelName = Annotated[str, Path(description="Model name (a directory of the model repository).")]
-# The pattern is declared for clients; parse_version enforces it with the protocol's 400.
-Version = Annotated[str, Path(json_schema_extra={"pattern": oip.VERSION_PATTERN},
+# What parse_version accepts (1 to 9 digits, not all zeros), declared for clients; it
+# enforces it with the protocol's 400.
+Version = Annotated[str, Path(json_schema_extra={"pattern": "^0*[1-9][0-9]*$", "maxLength": 9},
                               description="Model version: a positive integer, as a string.")]
 
 INFER_BODY: dict[str, Any] = {
@@ -39,10 +42,41 @@ INFER_BODY: dict[str, Any] = {
                        "JSON part is Inference-Header-Content-Length bytes long. Inputs: the model's FP32 "
                        "tensor [N, C, H, W], or `image_bytes` (BYTES [N]: encoded images; base64 in JSON).",
         "content": {
-            "application/json": {"schema": {"type": "object"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
     }
+}
+# $inference_request of the protocol, as the codec reads it. Which input and output names
+# and shapes a model takes is per model: GET /v2/models/{name} lists them.
+_PARAMETERS: dict[str, Any] = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+INFERENCE_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {**_PARAMETERS, "properties": {"binary_data_output": {"type": "boolean"}}},
+        "inputs": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["name", "shape", "datatype"],
+            "properties": {
+                "name": {"type": "string", "description": "The model's FP32 input, or image_bytes."},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "datatype": {"type": "string", "enum": list(oip.DATATYPES)},
+                "parameters": {**_PARAMETERS, "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+                "data": {"type": "array", "description": "Row-major values; BYTES: base64 strings."},
+            },
+        }},
+        "outputs": {"type": "array", "items": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "parameters": {**_PARAMETERS, "properties": {
+                    "binary_data": {"type": "boolean"}, "classification": {"type": "integer", "minimum": 0}}},
+            },
+        }},
+    },
 }
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "An $inference_response; JSON, or JSON then binary data (application/octet-stream, "
@@ -57,14 +91,15 @@ async def server_metadata() -> Response:
     return JSONResponse(oip.server_metadata())
 
 
-@router.get("/v2/health/live", summary="Server live")
+@health.get("/v2/health/live", summary="Server live")
 async def live() -> Response:
     return JSONResponse({"live": True})
 
 
-@router.get("/v2/health/ready", summary="Server ready: loading has finished and a model serves")
-async def ready(plane: Plane) -> Response:
-    is_ready, detail = plane.registry.readiness()
+@health.get("/v2/health/ready", responses={503: {"description": "Not ready, or draining before exit."}},
+            summary="Server ready: loading has finished, a model serves, no drain has begun")
+async def ready(request: Request) -> Response:
+    is_ready, detail = readiness(request)
     if is_ready:
         return JSONResponse({"ready": True})
     return JSONResponse({"ready": False, "error": detail}, status_code=503)

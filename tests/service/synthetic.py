@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,22 @@ def write_artifact(
     }
     (directory / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return directory
+
+
+def corrupt(version_dir: Path) -> None:
+    """Break a version's model file after its checksum was recorded."""
+    (version_dir / "model.onnx").write_bytes(b"not an onnx model")
+
+
+def publish(root: Path, name: str, version: int, *, corrupted: bool = False, **options: object) -> Path:
+    """Write a version the way the export stage does: complete elsewhere, then one rename
+    (``corrupted``: with a model file that fails its checksum)."""
+    staging = root / ".staging"
+    built = write_artifact(staging, name, version, **options)  # type: ignore[arg-type]
+    if corrupted:
+        corrupt(built)
+    target = root / name / str(version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(built, target)
+    shutil.rmtree(staging)
+    return target

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BeforeValidator
 
 from service.api import schemas
-from service.api.common import MAX_VERSION, Plane, note_model, server_timing
+from service.api.common import MAX_VERSION, Plane, ascii_version, note_model, server_timing
 from service.api.predictions import PredictQuery, layer_catalogue, model_metadata, predict
 from service.api.requests import images_from_request, unless_client_gone
 from service.api.responses import FastJSONResponse as JSONResponse
@@ -24,8 +25,10 @@ from service.errors import BadRequest
 router = APIRouter(tags=["v1"])
 
 ModelName = Annotated[str, Path(description="Model name (a directory of the model repository).")]
-Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Model version (an integer directory).")]
-VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Model version (default: newest ready).")]
+Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Model version (an integer directory)."),
+                    BeforeValidator(ascii_version)]
+VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Model version (default: newest ready)."),
+                         BeforeValidator(ascii_version)]
 LayerName = Annotated[str, Path(description="Layer name as listed by GET /v1/models/{name}/layers.")]
 
 

@@ -84,7 +84,7 @@ PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
 async def _predict(request: Request, plane: DataPlane, name: str | None, version: int | None,
                    query: PredictQuery) -> Response:
     note_model(request, name, version)
-    images = await images_from_request(request, plane.settings.max_body_bytes)
+    images = await images_from_request(request, plane)
     with plane.serving(name, version) as model:
         note_model(request, model.name, model.version)
         body, timings = await unless_client_gone(request, predict(plane, model, images, query))
@@ -114,7 +114,7 @@ async def predict_version(request: Request, plane: Plane, name: ModelName, versi
 
 async def _feature_map_png(request: Request, plane: DataPlane, name: str, version: int | None, layer: str) -> Response:
     note_model(request, name, version)
-    images = await images_from_request(request, plane.settings.max_body_bytes)
+    images = await images_from_request(request, plane)
     if len(images) != 1:
         raise BadRequest(f"send exactly one image for a feature-map picture, not {len(images)}")
     with plane.serving(name, version) as model:

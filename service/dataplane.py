@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from service import encoding as enc
 from service.encoding import Encoding, NpyDtype
 from service.errors import BadRequest, ModelOutputNotFinite, NotFound, PayloadTooLarge, UnknownLayer
-from service.image_preparation import ImagePreparer
+from service.image_preparation import DecodeBudget, ImagePreparer
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 from service.signature import ModelSignature
@@ -98,7 +98,11 @@ class DataPlane:
         # only take turns at the GIL with the event loop. On one thread the loop waits for
         # one C call at most between its own turns, however many bodies queue up.
         self.parser = ThreadPoolExecutor(1, thread_name_prefix="parse")
-        self.images = ImagePreparer(self.pool, max_pixels=settings.max_image_pixels)
+        self.images = ImagePreparer(
+            self.pool, max_pixels=settings.max_image_pixels,
+            budget=DecodeBudget(int(settings.decode_budget_bytes)),
+            max_request_bytes=int(settings.max_request_decode_bytes),
+        )
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)

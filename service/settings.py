@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -116,10 +116,30 @@ class Settings(BaseSettings):
     preprocess_threads: int = Field(4, ge=1, le=256)
     """Threads that decode and preprocess images off the event loop."""
 
+    decode_budget_bytes: Bytes = ByteSize(512 * 1024 * 1024)
+    """Memory that decoding images may take at once, over every request of a worker process:
+    each request reserves what its images need decoded and converted (counted from their
+    headers, before any pixel is decoded) and gets 503 with Retry-After when the rest of the
+    budget is too small. Bytes, or with a unit: ``512MiB``."""
+
+    max_request_decode_bytes: Bytes = ByteSize(256 * 1024 * 1024)
+    """Memory the images of one request may need decoded and converted (a 16-bit PNG needs
+    about 10 bytes a pixel, an RGB JPEG 5); 413 beyond it. At most the decode budget.
+    Bytes, or with a unit: ``256MiB``."""
+
     model_overrides: dict[str, BatchingOverride] = Field(default_factory=dict)
     """Per-model batcher settings as JSON, e.g.
     ``{"digits-tinyvgg": {"max_batch_size": 8, "max_queue_delay_ms": 2}}``; keys:
     max_batch_size, max_queue_delay_ms, max_queue_size, batch_arrival_wait_ms."""
+
+    @model_validator(mode="after")
+    def _request_within_budget(self) -> Settings:
+        if self.max_request_decode_bytes > self.decode_budget_bytes:
+            raise ValueError(
+                f"max_request_decode_bytes ({self.max_request_decode_bytes}) is over decode_budget_bytes "
+                f"({self.decode_budget_bytes}): such a request could never be decoded"
+            )
+        return self
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -10,12 +10,14 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import onnxruntime as ort
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
@@ -24,7 +26,8 @@ from service.api.requests import ClientGone
 from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane
 from service.errors import ServiceError
-from service.metrics import Metrics
+from service.http_limits import CONNECTIONS, PROTOCOL_STATUS, REFUSALS
+from service.metrics import Metrics, model_labels
 from service.registry import ModelRegistry
 from service.repository import scan
 from service.runtime import RuntimeOptions, choose_providers
@@ -55,12 +58,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dataplane = DataPlane(settings, registry)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         log.info("onnxruntime %s, providers available: %s; using %s", ort.__version__,
                  ", ".join(ort.get_available_providers()), ", ".join(registry.runtime_options.providers))
         loading = asyncio.create_task(_load(registry), name="load-models")
         try:
-            yield
+            # The lifespan state reaches the HTTP protocol (service/http_limits.py): it counts
+            # its open connections and those it refuses before any request gets here.
+            yield {REFUSALS: metrics.count_refusal, CONNECTIONS: metrics.open_connections}
         finally:
             loading.cancel()
             try:
@@ -79,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(system.router)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
     return app
 
 
@@ -126,8 +131,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ClientGone)
-    async def client_gone(request: Request, exc: ClientGone) -> Response:
-        return Response(status_code=499)  # nobody reads it; counted as a dropped request
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client hung up (during its upload, or while its answer was being made): its
+        # outcome, not a fault. Nobody reads the 499; the metrics count it.
+        log.debug("client gone: %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -161,9 +170,10 @@ class RequestMetrics:
     routes read to notice a client that has gone away.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, registry: ModelRegistry) -> None:
         self.app = app
         self.metrics = metrics
+        self.registry = registry
         self.replica = socket.gethostname().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -184,12 +194,13 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            # Every label from a bounded set: the route's template, a status, and the model
+            # and version only as the registry knows them (note_model), never the URL's words.
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             if endpoint not in ("/metrics", "/healthz", "/readyz"):
+                status = scope.get(PROTOCOL_STATUS, status)  # the server cut the request short
                 state = scope.get("state", {})
-                params = scope.get("path_params", {})
-                model = state.get("model") or params.get("name") or ""
-                version = state.get("version") or params.get("version") or ""
-                self.metrics.requests.labels(model, str(version), endpoint, str(status)).inc()
+                model, version = model_labels(self.registry.entries, state.get("model"), state.get("version"))
+                self.metrics.requests.labels(model, version, endpoint, str(status)).inc()
                 self.metrics.request_latency.labels(model, endpoint).observe(time.perf_counter() - started)

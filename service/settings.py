@@ -127,6 +127,29 @@ class Settings(BaseSettings):
     about 10 bytes a pixel, an RGB JPEG 5); 413 beyond it. At most the decode budget.
     Bytes, or with a unit: ``256MiB``."""
 
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
+    """Open client connections per worker process. At the cap, the connection idle the
+    longest (between requests, or connected and silent) is closed to make room; when none is
+    idle, a new one gets 503 at once. Kept under the process's open-file limit, which the
+    service raises to its hard limit at start (less 256 files for its own use)."""
+
+    max_header_bytes: Bytes = ByteSize(32 * 1024)
+    """Largest request line plus headers. Counted as they arrive: past it the client gets 414
+    (still in the URL) or 431 and the connection is closed, before the rest is read.
+    Bytes, or with a unit: ``32KiB``."""
+
+    header_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
+    """Time a client has to send a whole request line and headers, from the moment it
+    connects or sends the first byte of its next request; a trickle of bytes does not extend
+    it. Past it: 408 and the connection closed (closed silently when nothing came)."""
+
+    body_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    """Longest wait for the next piece of a request body (not the whole upload); past it,
+    408 and the connection closed."""
+
+    keep_alive_timeout_s: int = Field(5, ge=1, le=3600)
+    """How long a connection may stay idle after a response before the server closes it."""
+
     model_overrides: dict[str, BatchingOverride] = Field(default_factory=dict)
     """Per-model batcher settings as JSON, e.g.
     ``{"digits-tinyvgg": {"max_batch_size": 8, "max_queue_delay_ms": 2}}``; keys:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.dataplane import DataPlane
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -39,11 +39,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (CONVSCOPE_MAX_BODY_BYTES)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (CONVSCOPE_MAX_BODY_BYTES)")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone() from None  # gone during its upload (or its body was cut off as malformed)
     body = b"".join(chunks)
     # Starlette's form parser replays a cached body: keep it where request.form() looks.
     request._body = body

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from service.app import check_startup, create_app
+    from service.http_limits import uvicorn_options, worker_uvicorn_options
 
     try:
         check_startup(settings)
@@ -67,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
 
         app = create_app(settings)
         drain.serve(app, uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                        access_log=False, timeout_graceful_shutdown=10))
+                                        access_log=False, timeout_graceful_shutdown=10,
+                                        **uvicorn_options(settings)))
     else:
         # Workers are separate processes: Prometheus values must be pooled on disk.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="convscope-metrics-"))
         uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers,
                     host=settings.host, port=settings.port, log_level=settings.log_level,
-                    access_log=False, timeout_graceful_shutdown=10)
+                    access_log=False, timeout_graceful_shutdown=10, **worker_uvicorn_options(settings))
     return 0
 
 

@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, auth
@@ -26,7 +27,8 @@ from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane
 from service.drain import Drain, InFlight, refuse_while_draining
 from service.errors import ServiceError
-from service.metrics import Metrics
+from service.http_limits import CONNECTIONS, PROTOCOL_STATUS, REFUSALS
+from service.metrics import Metrics, model_labels
 from service.registry import ModelRegistry
 from service.repository import scan
 from service.repository_watch import watch
@@ -63,13 +65,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dataplane = DataPlane(settings, registry)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         log.info("onnxruntime %s, providers available: %s; using %s", ort.__version__,
                  ", ".join(ort.get_available_providers()), ", ".join(registry.runtime_options.providers))
         log.info("%s", _access_summary(policy))
         loading = asyncio.create_task(_load(registry, settings.repository_poll_seconds), name="load-models")
         try:
-            yield
+            # The lifespan state reaches the HTTP protocol (service/http_limits.py): it counts
+            # its open connections and those it refuses before any request gets here.
+            yield {REFUSALS: metrics.count_refusal, CONNECTIONS: metrics.open_connections}
         finally:
             loading.cancel()
             try:
@@ -96,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.install(app)
     auth.install(app, policy)
     _document(app, policy)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
     app.add_middleware(InFlight, drain=app.state.drain)  # outermost: counts every request
     return app
 
@@ -173,8 +177,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ClientGone)
-    async def client_gone(request: Request, exc: ClientGone) -> Response:
-        return Response(status_code=499)  # nobody reads it; counted as a dropped request
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client hung up (during its upload, or while its answer was being made): its
+        # outcome, not a fault. Nobody reads the 499; the metrics count it.
+        log.debug("client gone: %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -208,9 +216,10 @@ class RequestMetrics:
     routes read to notice a client that has gone away.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, registry: ModelRegistry) -> None:
         self.app = app
         self.metrics = metrics
+        self.registry = registry
         self.replica = socket.gethostname().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -231,12 +240,13 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            # Every label from a bounded set: the route's template, a status, and the model
+            # and version only as the registry knows them (note_model), never the URL's words.
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             if endpoint not in ("/metrics", "/healthz", "/readyz"):
+                status = scope.get(PROTOCOL_STATUS, status)  # the server cut the request short
                 state = scope.get("state", {})
-                params = scope.get("path_params", {})
-                model = state.get("model") or params.get("name") or ""
-                version = state.get("version") or params.get("version") or ""
-                self.metrics.requests.labels(model, str(version), endpoint, str(status)).inc()
+                model, version = model_labels(self.registry.entries, state.get("model"), state.get("version"))
+                self.metrics.requests.labels(model, version, endpoint, str(status)).inc()
                 self.metrics.request_latency.labels(model, endpoint).observe(time.perf_counter() - started)

@@ -3,21 +3,26 @@
 Only the headers are read on the event loop (cheap whatever the image, and enough to refuse
 a decompression bomb). An image of more than INLINE_PIXELS is decoded and preprocessed on a
 worker thread; a smaller one (a 28 px digit) right on the loop, where it costs less than
-the hand-off would.
+the hand-off would. The memory decoding takes is known from the headers too
+(preprocessing.decode_cost) and bounded before any pixel is decoded: per request (413) and
+over every request in flight (the decode budget: 503 with Retry-After when it is spent).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from service.preprocessing import InputSpec, load, open_checked, preprocess
+from service.errors import Overloaded, PayloadTooLarge
+from service.preprocessing import InputSpec, decode_cost, load, open_checked, preprocess
 
 # Decoding and resizing an image this small takes tens of microseconds: less than handing
 # it to a worker thread and back (the benchmark's 28 px digits gained ~15% images/s).
@@ -38,26 +43,70 @@ class _Prepared:
     preprocess_seconds: float
 
 
-class ImagePreparer:
-    """Decodes and preprocesses images for a model, on the loop or on its own thread pool."""
+class DecodeBudget:
+    """Bytes of decoding memory in flight over every request of the process: reserved on the
+    event loop before a request's images are decoded, given back by each image as its
+    decode ends, on whichever thread that is."""
 
-    def __init__(self, pool: ThreadPoolExecutor, *, max_pixels: int) -> None:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, amount: int) -> bool:
+        with self._lock:
+            if self.in_flight + amount > self.capacity:
+                return False
+            self.in_flight += amount
+            return True
+
+    def release(self, amount: int) -> None:
+        with self._lock:
+            self.in_flight -= amount
+
+
+class ImagePreparer:
+    """Decodes and preprocesses images for a model, on the loop or on its own thread pool,
+    within a per-request limit and a budget shared by all requests, both in bytes of
+    decoding memory (preprocessing.decode_cost), both checked from the headers alone."""
+
+    def __init__(self, pool: ThreadPoolExecutor, *, max_pixels: int, budget: DecodeBudget,
+                 max_request_bytes: int) -> None:
         self.pool = pool
         self.max_pixels = max_pixels
+        self.budget = budget
+        self.max_request_bytes = max_request_bytes
 
     async def prepare(self, spec: InputSpec, images: list[bytes]) -> PreparedImages:
-        loop = asyncio.get_running_loop()
-        pending: list[asyncio.Future[_Prepared]] = []
+        opened: list[tuple[Image.Image, float]] = []
         for data in images:
             started = time.perf_counter()
-            image = open_checked(data, max_pixels=self.max_pixels)
-            header_seconds = time.perf_counter() - started
-            if image.width * image.height <= INLINE_PIXELS:
-                done: asyncio.Future[_Prepared] = loop.create_future()
-                done.set_result(_finish(image, spec, header_seconds))
-                pending.append(done)
-            else:
-                pending.append(loop.run_in_executor(self.pool, _finish, image, spec, header_seconds))
+            opened.append((open_checked(data, max_pixels=self.max_pixels), time.perf_counter() - started))
+        costs = [decode_cost(image, spec.mode) for image, _ in opened]
+        self._reserve(sum(costs))
+        loop = asyncio.get_running_loop()
+        pending: list[asyncio.Future[_Prepared]] = []
+        handed = 0  # bytes whose release is now up to a finished (or cancelled) decode
+        try:
+            for (image, header_seconds), cost in zip(opened, costs):
+                if image.width * image.height <= INLINE_PIXELS:
+                    done: asyncio.Future[_Prepared] = loop.create_future()
+                    handed += cost
+                    try:
+                        done.set_result(_finish(image, spec, header_seconds))
+                    finally:
+                        self.budget.release(cost)
+                    pending.append(done)
+                else:
+                    job = self.pool.submit(_finish, image, spec, header_seconds)
+                    handed += cost
+                    job.add_done_callback(functools.partial(_give_back, self.budget, cost))
+                    pending.append(asyncio.wrap_future(job))
+        except BaseException:
+            self.budget.release(sum(costs) - handed)
+            for future in pending:
+                future.cancel()  # a queued decode is dropped, and gives its bytes back
+            raise
         results = await asyncio.gather(*pending)
         tensor = results[0].tensor[None] if len(results) == 1 else np.stack([r.tensor for r in results])
         return PreparedImages(
@@ -65,6 +114,24 @@ class ImagePreparer:
             decode_seconds=sum(r.decode_seconds for r in results),
             preprocess_seconds=sum(r.preprocess_seconds for r in results),
         )
+
+    def _reserve(self, total: int) -> None:
+        if total > self.max_request_bytes:
+            raise PayloadTooLarge(
+                f"decoding this request's images takes about {total} bytes of memory; the limit is "
+                f"{self.max_request_bytes} (CONVSCOPE_MAX_REQUEST_DECODE_BYTES): send fewer or smaller "
+                "images, or 8-bit ones (a 16-bit image takes 13 bytes a pixel, an 8-bit RGB one 8)"
+            )
+        if not self.budget.reserve(total):
+            raise Overloaded(
+                f"decoding this request's images takes about {total} bytes of memory and "
+                f"{self.budget.in_flight} of the {self.budget.capacity} bytes the server decodes at once "
+                "(CONVSCOPE_DECODE_BUDGET_BYTES) are taken: retry shortly"
+            )
+
+
+def _give_back(budget: DecodeBudget, cost: int, _: Future[_Prepared]) -> None:
+    budget.release(cost)
 
 
 def _finish(image: Image.Image, spec: InputSpec, header_seconds: float) -> _Prepared:

@@ -21,7 +21,6 @@ How convscope models look through v2:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import struct
@@ -36,6 +35,7 @@ from numpy.typing import NDArray
 
 from service import __version__
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, one_of
+from service.json_bounds import JsonBounds, loads
 from service.signature import ModelSignature
 from service.wire import decode_base64
 
@@ -188,19 +188,30 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:size], body[size:]
 
 
+def json_bounds(signature: ModelSignature, max_images: int) -> JsonBounds:
+    """The most a valid request's JSON holds for this model: ``max_images`` images as base64
+    strings, or their tensor as numbers (flat, or nested [N][C][H][W]), and room for the
+    names, parameters and requested outputs around them."""
+    channels, height, width = signature.input_shape
+    values = max_images * channels * height * width
+    outputs = len(signature.output_names)
+    return JsonBounds(
+        strings=max_images + 64 + 16 * outputs,
+        items=max(values, max_images) + 64 + 16 * outputs,
+        containers=max_images * (channels * height + channels + 1) + 16 + 4 * outputs,
+        depth=12,
+    )
+
+
 def parse_request(body: bytes, header_length: str | None, signature: ModelSignature,
-                  check_count: Callable[[int], None]) -> InferenceRequest:
+                  check_count: Callable[[int], None], max_images: int) -> InferenceRequest:
     """Parse and check an $inference_request (JSON, optionally followed by binary data)
     against the model. Every problem is a BadRequest that says what to send instead.
-    ``check_count`` vets the batch size before any data is read."""
+    The JSON's structure is bounded by what ``max_images`` images can need before it is
+    parsed; ``check_count`` vets the batch size before any data is read."""
     header, binary = split_body(body, header_length)
-    try:
-        payload = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        hint = "" if header_length is not None else f" (binary tensor data needs the {HEADER_LENGTH} header)"
-        raise BadRequest(f"the inference request is not valid JSON: {exc}{hint}") from None
-    except RecursionError:
-        raise BadRequest("the inference request nests JSON too deeply") from None
+    hint = "" if header_length is not None else f" (binary tensor data needs the {HEADER_LENGTH} header)"
+    payload = loads(header, json_bounds(signature, max_images), "the inference request", hint)
     if not isinstance(payload, dict):
         raise BadRequest("the inference request must be a JSON object with \"inputs\"")
     request_id = payload.get("id")

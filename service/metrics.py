@@ -10,6 +10,7 @@ there and ``/metrics``, whichever worker answers it, reports the sum over all of
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -68,6 +69,14 @@ class Metrics:
         self.models_loaded = Gauge(
             "convscope_models_loaded", "Model versions ready to serve.", registry=r, multiprocess_mode="max",
         )
+        self.http_refused = Counter(
+            "convscope_http_refused", "Connections the HTTP server answered and closed itself, before any "
+            "request reached the app, by reason (service/http_limits.py).", ["reason"], registry=r,
+        )
+        self.http_connections = Gauge(
+            "convscope_http_connections", "Open client connections (CONVSCOPE_MAX_CONNECTIONS is per worker).",
+            registry=r, multiprocess_mode="livesum",
+        )
         self.models_failed = Gauge(
             "convscope_models_failed", "Model versions that failed to load.", registry=r,
             multiprocess_mode="max",
@@ -94,6 +103,12 @@ class Metrics:
             self.queue_depth.remove(*labels)
         except KeyError:
             pass
+
+    def count_refusal(self, reason: str) -> None:
+        self.http_refused.labels(reason).inc()
+
+    def open_connections(self, count: int) -> None:
+        self.http_connections.set(count)
 
     def observer(self, model: str, version: int) -> BatchMetrics:
         return BatchMetrics(self, model, str(version))
@@ -128,3 +143,17 @@ class BatchMetrics:
 
     def queue_depth(self, images: int) -> None:
         self._depth.set(images)
+
+
+UNKNOWN = "unknown"
+
+
+def model_labels(served: Mapping[str, Collection[int]], name: object, version: object) -> tuple[str, str]:
+    """The model and version labels of a request: its model and version as the repository
+    has them, "unknown" for anything else, "" where it named none. Never the client's own
+    words: a label per unknown name would grow the metrics without end."""
+    if not isinstance(name, str) or name not in served:
+        return (UNKNOWN if name else ""), (UNKNOWN if version else "")
+    if version is None or version == "":
+        return name, ""
+    return name, (str(version) if isinstance(version, int) and version in served[name] else UNKNOWN)

@@ -112,6 +112,29 @@ def load(image: Image.Image) -> Image.Image:
     return image
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}  # else 4 (RGB padded)
+
+
+def decode_cost(image: Image.Image, mode: str) -> int:
+    """Bytes that ``load`` and ``to_mode(..., mode)`` need at their peak for an image from
+    ``open_checked``, known from its header before any pixel is decoded: the decoded frame
+    and the copy exif_transpose returns, then what converting it allocates (16-bit: a copy
+    of the samples, float32 and 8-bit arrays; alpha: an RGBA copy, a background and the
+    composite; then the converted image). A 16-bit PNG needs 13 bytes a pixel, RGB 8."""
+    pixels = image.width * image.height
+    stored = _BYTES_PER_PIXEL.get(image.mode, 4)
+    cost = 2 * stored
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        cost += 3 * 4
+    elif image.mode in HIGH_DEPTH_MODES:
+        cost += stored + 4 + 1 + 1
+    if image.mode != mode or has_alpha:
+        cost += 1 if mode == "L" else 4
+    return pixels * cost
+
+
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
     """Convert to L or RGB. Transparent pixels become black, the datasets' background."""
     if image.mode == mode:
@@ -120,12 +143,14 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, rgba)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float greyscale: stretch to 8 bits rather than clip to white.
-        array = np.asarray(image, dtype=np.float64)
+    if image.mode in HIGH_DEPTH_MODES:
+        # 16-bit and float greyscale: stretch to 8 bits rather than clip to white. float32,
+        # in place: 4 bytes a pixel at once, not float64's 8 three times (decode_cost).
+        array = np.asarray(image, dtype=np.float32)
         lo, hi = float(array.min()), float(array.max())
-        scaled = (array - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(array)
-        image = Image.fromarray(scaled.astype(np.uint8))  # 2-D uint8 -> mode L
+        array -= lo
+        array *= 255.0 / (hi - lo) if hi > lo else 0.0
+        image = Image.fromarray(array.astype(np.uint8))  # 2-D uint8 -> mode L
     return image.convert(mode)
 
 

@@ -116,6 +116,40 @@ class Settings(BaseSettings):
     preprocess_threads: int = Field(4, ge=1, le=256)
     """Threads that decode and preprocess images off the event loop."""
 
+    decode_budget_bytes: Bytes = ByteSize(512 * 1024 * 1024)
+    """Memory that decoding images may take at once, over every request of a worker process:
+    each request reserves what its images need decoded and converted (counted from their
+    headers, before any pixel is decoded) and gets 503 with Retry-After when the rest of the
+    budget is too small. Bytes, or with a unit: ``512MiB``."""
+
+    max_request_decode_bytes: Bytes = ByteSize(256 * 1024 * 1024)
+    """Memory the images of one request may need decoded and converted (a 16-bit PNG needs
+    about 10 bytes a pixel, an RGB JPEG 5); 413 beyond it. At most the decode budget.
+    Bytes, or with a unit: ``256MiB``."""
+
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
+    """Open client connections per worker process. At the cap, the connection idle the
+    longest (between requests, or connected and silent) is closed to make room; when none is
+    idle, a new one gets 503 at once. Kept under the process's open-file limit, which the
+    service raises to its hard limit at start (less 256 files for its own use)."""
+
+    max_header_bytes: Bytes = ByteSize(32 * 1024)
+    """Largest request line plus headers. Counted as they arrive: past it the client gets 414
+    (still in the URL) or 431 and the connection is closed, before the rest is read.
+    Bytes, or with a unit: ``32KiB``."""
+
+    header_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
+    """Time a client has to send a whole request line and headers, from the moment it
+    connects or sends the first byte of its next request; a trickle of bytes does not extend
+    it. Past it: 408 and the connection closed (closed silently when nothing came)."""
+
+    body_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    """Longest wait for the next piece of a request body (not the whole upload); past it,
+    408 and the connection closed."""
+
+    keep_alive_timeout_s: int = Field(5, ge=1, le=3600)
+    """How long a connection may stay idle after a response before the server closes it."""
+
     model_overrides: dict[str, BatchingOverride] = Field(default_factory=dict)
     """Per-model batcher settings as JSON, e.g.
     ``{"digits-tinyvgg": {"max_batch_size": 8, "max_queue_delay_ms": 2}}``; keys:
@@ -153,6 +187,15 @@ class Settings(BaseSettings):
         if self.metrics_require_key and self.api_keys_file is None and self.api_keys is None:
             raise ValueError(
                 "CONVSCOPE_METRICS_REQUIRE_KEY needs API keys: set CONVSCOPE_API_KEYS_FILE or CONVSCOPE_API_KEYS"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _request_within_budget(self) -> Settings:
+        if self.max_request_decode_bytes > self.decode_budget_bytes:
+            raise ValueError(
+                f"max_request_decode_bytes ({self.max_request_decode_bytes}) is over decode_budget_bytes "
+                f"({self.decode_budget_bytes}): such a request could never be decoded"
             )
         return self
 

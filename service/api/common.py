@@ -3,15 +3,29 @@ model a request was for, the Server-Timing header, and one rule for version numb
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.dataplane import DataPlane, Timings
 from service.drain import readiness_detail
+from service.inference_protocol import VERSION_PATTERN
 
 # Versions are positive integers with at most 9 digits, on both APIs (v2 carries them as strings).
 MAX_VERSION = 999_999_999
+
+
+def ascii_version(value: object) -> object:
+    """v1's half of the one rule (v2's is inference_protocol.parse_version): 1 to 9 ASCII
+    digits, as text, before pydantic's int parsing, which would take "1.0", " 1", "+1" or
+    "1_0" (as 10)."""
+    if isinstance(value, str) and not _VERSION_TEXT.fullmatch(value):
+        raise ValueError("versions are positive integers (1 to 999999999), written in ASCII digits")
+    return value
+
+
+_VERSION_TEXT = re.compile(VERSION_PATTERN)
 
 
 def get_dataplane(request: Request) -> DataPlane:

@@ -4,14 +4,15 @@ work for a client who has gone away is dropped."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
+from service.dataplane import DataPlane
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.json_bounds import JsonBounds, loads
 from service.wire import decode_base64
 
 T = TypeVar("T")
@@ -38,11 +39,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (CONVSCOPE_MAX_BODY_BYTES)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is over the limit of {limit} bytes (CONVSCOPE_MAX_BODY_BYTES)")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone() from None  # gone during its upload (or its body was cut off as malformed)
     body = b"".join(chunks)
     # Starlette's form parser replays a cached body: keep it where request.form() looks.
     request._body = body
@@ -53,12 +57,13 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def images_from_request(request: Request, limit: int) -> list[bytes]:
+async def images_from_request(request: Request, plane: DataPlane) -> list[bytes]:
     """The encoded images a predict request carries, in order.
 
     Raw body (image/* or application/octet-stream): one image. multipart/form-data: every
     part named ``image``. JSON: ``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}``.
     """
+    limit = plane.settings.max_body_bytes
     kind = media_type(request)
     if not kind:
         raise UnsupportedMediaType(f"no Content-Type; send one of: {IMAGE_CONTENT_TYPES}")
@@ -70,17 +75,18 @@ async def images_from_request(request: Request, limit: int) -> list[bytes]:
             raise BadRequest("the body is empty: send the image's bytes")
         return [body]
     if kind == "application/json":
-        return _images_from_json(body)
+        return await plane.parse(_images_from_json, body, plane.settings.max_images_per_request, size=len(body))
     return await _images_from_multipart(request, limit)
 
 
-def _images_from_json(body: bytes) -> list[bytes]:
-    try:
-        payload: Any = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    except RecursionError:  # a few KiB of "[[[[..." is enough to exhaust the parser's stack
-        raise BadRequest("the body's JSON is nested too deeply") from None
+def json_bounds(max_images: int) -> JsonBounds:
+    """The most a valid JSON body holds: ``{"images": [...]}`` with up to ``max_images``
+    base64 strings, and room for a few fields of the client's own that are ignored."""
+    return JsonBounds(strings=max_images + 32, items=max_images + 64, containers=16, depth=8)
+
+
+def _images_from_json(body: bytes, max_images: int) -> list[bytes]:
+    payload: Any = loads(body, json_bounds(max_images), "the body")
     if not isinstance(payload, dict):
         raise BadRequest('JSON body must be an object: {"image": "<base64>"} or {"images": [...]}')
     if "images" in payload and "image" in payload:

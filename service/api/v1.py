@@ -11,10 +11,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BeforeValidator
 
 from service import auth
 from service.api import schemas
-from service.api.common import MAX_VERSION, Plane, note_model, server_timing
+from service.api.common import MAX_VERSION, Plane, ascii_version, note_model, server_timing
 from service.api.predictions import PredictQuery, layer_catalogue, model_metadata, predict
 from service.api.requests import images_from_request, unless_client_gone
 from service.api.responses import FastJSONResponse as JSONResponse
@@ -25,8 +26,10 @@ from service.errors import BadRequest
 router = APIRouter(tags=["v1"], dependencies=[auth.INFER])
 
 ModelName = Annotated[str, Path(description="Model name (a directory of the model repository).")]
-Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Model version (an integer directory).")]
-VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Model version (default: newest ready).")]
+Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Model version (an integer directory)."),
+                    BeforeValidator(ascii_version)]
+VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Model version (default: newest ready)."),
+                         BeforeValidator(ascii_version)]
 LayerName = Annotated[str, Path(description="Layer name as listed by GET /v1/models/{name}/layers.")]
 
 
@@ -91,7 +94,7 @@ PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
 async def _predict(request: Request, plane: DataPlane, name: str | None, version: int | None,
                    query: PredictQuery) -> Response:
     note_model(request, name, version)
-    images = await images_from_request(request, plane.settings.max_body_bytes)
+    images = await images_from_request(request, plane)
     with plane.serving(name, version) as model:
         note_model(request, model.name, model.version)
         body, timings = await unless_client_gone(request, predict(plane, model, images, query))
@@ -121,7 +124,7 @@ async def predict_version(request: Request, plane: Plane, name: ModelName, versi
 
 async def _feature_map_png(request: Request, plane: DataPlane, name: str, version: int | None, layer: str) -> Response:
     note_model(request, name, version)
-    images = await images_from_request(request, plane.settings.max_body_bytes)
+    images = await images_from_request(request, plane)
     if len(images) != 1:
         raise BadRequest(f"send exactly one image for a feature-map picture, not {len(images)}")
     with plane.serving(name, version) as model:

@@ -25,6 +25,7 @@ from service.dataplane import DataPlane, ImageInputs, Inputs, TensorInputs, Timi
 from service.encoding import Encoding, NpyDtype
 from service.errors import ModelNotReady
 from service.registry import ServedModel
+from service.signature import ModelSignature
 
 router = APIRouter(tags=["v2"], dependencies=[auth.INFER])
 health = APIRouter(tags=["v2"], dependencies=[auth.PROBE])  # probes: no key, answered while draining
@@ -156,11 +157,9 @@ async def _infer(request: Request, plane: DataPlane, name: str, version: str | N
 async def _infer_with(plane: DataPlane, model: ServedModel, body: bytes,
                       request: Request) -> tuple[oip.EncodedResponse, Timings]:
     signature = model.signature
-    body = oip.decompress(body, request.headers.get("content-encoding"), plane.settings.max_body_bytes)
     started = time.perf_counter()
-    parsed = await asyncio.to_thread(
-        oip.parse_request, body, request.headers.get(oip.HEADER_LENGTH), signature, plane.check_count
-    )
+    parsed = await plane.parse(_parse, body, request.headers.get("content-encoding"),
+                               request.headers.get(oip.HEADER_LENGTH), signature, plane, size=len(body))
     parse_seconds = time.perf_counter() - started
     layers = parsed.layers(signature)
     if layers:
@@ -174,6 +173,13 @@ async def _infer_with(plane: DataPlane, model: ServedModel, body: bytes,
     encoded = await asyncio.to_thread(oip.build_response, signature, parsed, result.outputs)
     timings.encode = time.perf_counter() - started
     return encoded, timings
+
+
+def _parse(body: bytes, content_encoding: str | None, header_length: str | None, signature: ModelSignature,
+           plane: DataPlane) -> oip.InferenceRequest:
+    settings = plane.settings
+    body = oip.decompress(body, content_encoding, settings.max_body_bytes)
+    return oip.parse_request(body, header_length, signature, plane.check_count, settings.max_images_per_request)
 
 
 @router.post("/v2/models/{name}/infer", summary="Inference (newest ready version)",

@@ -27,7 +27,8 @@ def no_limit(count: int) -> None:
 
 def parse(payload: dict[str, object], binary: bytes = b"") -> oip.InferenceRequest:
     header = json.dumps(payload).encode()
-    return oip.parse_request(header + binary, str(len(header)) if binary else None, SIGNATURE, no_limit)
+    return oip.parse_request(header + binary, str(len(header)) if binary else None, SIGNATURE, no_limit,
+                             max_images=64)
 
 
 def tensor_input(values: list[float], shape: list[int]) -> dict[str, object]:
@@ -81,7 +82,7 @@ def test_the_count_is_vetted_before_the_data_is_read() -> None:
 
     header = json.dumps({"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [10**6], "data": []}]})
     with pytest.raises(PayloadTooLarge, match="1000000 images"):
-        oip.parse_request(header.encode(), None, SIGNATURE, refuse)
+        oip.parse_request(header.encode(), None, SIGNATURE, refuse, max_images=64)
 
 
 @pytest.mark.parametrize("text", ["0", "\u00b2", "\u0663", "1" * 5000, "-1", "1.0", "1234567890"])

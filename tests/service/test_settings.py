@@ -28,6 +28,8 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize("field, value", [
     ("port", 70000), ("workers", 0), ("max_batch_size", 0), ("log_level", "loud"),
     ("model_overrides", {"m": {"max_batch": 3}}),
+    ("max_request_decode_bytes", 2 * 1024**3),  # over the decode budget: could never be decoded
+    ("header_timeout_s", 0), ("max_header_bytes", 100),
 ])
 def test_invalid_values_fail_at_start(field: str, value: object) -> None:
     with pytest.raises(ValidationError):

@@ -1,0 +1,79 @@
+"""Decoding memory, counted from the headers: per image by mode, per request, and over
+every request in flight (the decode budget)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import BadRequest, Overloaded, PayloadTooLarge
+from service.image_preparation import DecodeBudget, ImagePreparer
+from service.preprocessing import InputSpec, decode_cost, open_checked
+
+GREY = InputSpec.from_metadata({"channels": 1, "size": [8, 8], "resize": "bilinear", "scale": 1 / 255,
+                                "mean": [0.5], "std": [0.25]})
+
+
+def encoded(array: np.ndarray, format: str = "PNG", **options: object) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format=format, **options)
+    return out.getvalue()
+
+
+BIG16 = encoded(np.full((100, 100), 1234, dtype=np.uint16))  # 16-bit grey: 13 bytes a pixel to L
+
+
+@pytest.mark.parametrize("data, mode, per_pixel", [
+    (BIG16, "L", 2 * 2 + (2 + 4 + 1 + 1) + 1),  # frame + transposed copy, samples, float32, uint8, L, converted
+    (encoded(np.zeros((100, 100, 3), np.uint8), "JPEG"), "L", 2 * 4 + 1),  # RGB is stored as 4 bytes
+    (encoded(np.zeros((100, 100, 3), np.uint8), "JPEG"), "RGB", 2 * 4),
+    (encoded(np.zeros((100, 100), np.uint8)), "L", 2 * 1),  # already L: no conversion
+    (encoded(np.zeros((100, 100, 4), np.uint8)), "RGB", 2 * 4 + 3 * 4 + 4),  # alpha composited on black
+])
+def test_decode_cost_by_mode(data: bytes, mode: str, per_pixel: int) -> None:
+    assert decode_cost(open_checked(data, max_pixels=10**8), mode) == 100 * 100 * per_pixel
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as executor:
+        yield executor
+
+
+def preparer(pool: ThreadPoolExecutor, budget: int, per_request: int) -> ImagePreparer:
+    return ImagePreparer(pool, max_pixels=10**8, budget=DecodeBudget(budget), max_request_bytes=per_request)
+
+
+@pytest.mark.anyio
+async def test_a_request_over_its_limit_is_refused_before_decoding(pool: ThreadPoolExecutor) -> None:
+    images = preparer(pool, budget=1_000_000, per_request=200_000)
+    with pytest.raises(PayloadTooLarge, match="260000 bytes .* the limit is 200000"):
+        await images.prepare(GREY, [BIG16, BIG16])  # 130 000 bytes each
+    assert images.budget.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_a_spent_budget_is_a_503_and_every_decode_gives_its_share_back(pool: ThreadPoolExecutor) -> None:
+    images = preparer(pool, budget=300_000, per_request=300_000)
+    assert images.budget.reserve(200_000)  # another request's decodes in flight
+    with pytest.raises(Overloaded, match="200000 of the 300000 bytes"):
+        await images.prepare(GREY, [BIG16])
+    images.budget.release(200_000)
+    prepared = await images.prepare(GREY, [BIG16, BIG16])
+    assert prepared.tensor.shape == (2, 1, 8, 8)
+    assert images.budget.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_a_corrupt_image_gives_the_whole_reservation_back(pool: ThreadPoolExecutor) -> None:
+    images = preparer(pool, budget=1_000_000, per_request=1_000_000)
+    truncated = BIG16[: len(BIG16) // 2]
+    with pytest.raises(BadRequest):
+        await images.prepare(GREY, [BIG16, truncated])
+    pool.shutdown(wait=True)  # the other image's decode has ended too
+    assert images.budget.in_flight == 0

@@ -34,8 +34,6 @@ from service.repository import ArtifactError, ArtifactRef, load_artifact, scan
 from service.runtime import (
     ModelRuntime,
     RuntimeOptions,
-    choose_providers,
-    load_initial_filters,
     load_model,
 )
 from service.settings import Settings
@@ -125,12 +123,7 @@ class DataPlane:
         self.entries: dict[str, dict[int, ModelEntry]] = {}
         self.load_finished = False
         self._pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
-        self._runtime_options = RuntimeOptions(
-            providers=choose_providers(settings.providers),
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            allow_spinning=settings.ort_allow_spinning,
-        )
+        self._runtime_options = RuntimeOptions.from_settings(settings)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -282,7 +275,7 @@ class DataPlane:
     def _finish(image: Image.Image, model: ModelRuntime, header_seconds: float) -> tuple[np.ndarray, float, float]:
         """Decode the pixels of a header-checked image and preprocess them."""
         t0 = time.perf_counter()
-        image = load(image)
+        image = load(image, model.spec)
         t1 = time.perf_counter()
         tensor = preprocess(image, model.spec)
         return tensor, header_seconds + t1 - t0, time.perf_counter() - t1
@@ -427,7 +420,7 @@ class DataPlane:
                 f"layer); layers with filters: {', '.join(with_filters) or '(none)'}"
             )
         if state == "initial":
-            initial = load_initial_filters(model.artifact)
+            initial = model.initial_filters
             if layer not in initial:
                 raise NotFound(
                     f"model {model.name} version {model.version} has no record of its filters before "

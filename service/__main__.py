@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 from pydantic import ValidationError
 
@@ -27,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
             # Through the environment, so every uvicorn worker process sees the same settings.
             os.environ[f"CONVSCOPE_{key.upper()}"] = str(value)
 
-    import uvicorn
-
-    from service.app import create_app
+    from service.server import serve
     from service.settings import Settings
 
     try:
@@ -37,20 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
-                  access_log=False, timeout_graceful_shutdown=10)
-    if settings.workers == 1:
-        try:
-            app = create_app(settings)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        uvicorn.run(app, **common)
-    else:
-        # Workers are separate processes: Prometheus values must be pooled on disk.
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="convscope-metrics-"))
-        uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
-    return 0
+    return serve(settings)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,8 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
     with tempfile.TemporaryDirectory(prefix="convscope-weights-") as placeholder_dir:
         values = {}
         if shared:
-            (Path(placeholder_dir) / _PLACEHOLDER).open("wb").truncate(max(a.nbytes for a in shared.values()))
+            with (Path(placeholder_dir) / _PLACEHOLDER).open("wb") as placeholder:
+                placeholder.truncate(max(a.nbytes for a in shared.values()))  # sparse: no disk used
             values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in shared.items()}
         session_options = options.session_options(values, Path(placeholder_dir))
         features_session = ort.InferenceSession(full_graph, sess_options=session_options,

@@ -32,7 +32,11 @@ class Settings(BaseSettings):
     """TCP port to listen on (0 picks a free one)."""
 
     workers: int = Field(1, ge=1, le=64)
-    """uvicorn worker processes; each loads every model (memory grows with this)."""
+    """Worker processes, each with its own SO_REUSEPORT socket so the kernel spreads
+    connections evenly; each loads every model (memory grows with this). Small models
+    (TinyVGG) are bound by per-request Python: one worker per core with
+    ``intra_op_threads=1`` (2 cores: 1.7x one worker). Large ones (AlexNet) gain from
+    batching: one worker, threads = cores (benchmarks/README.md)."""
 
     log_level: LogLevel = "info"
     """Log level of the service and of uvicorn."""
@@ -46,7 +50,8 @@ class Settings(BaseSettings):
     build offers it, else CPU."""
 
     intra_op_threads: int = Field(0, ge=0, le=256)
-    """Threads onnxruntime uses inside one operator (0: one per physical core)."""
+    """Threads onnxruntime uses inside one operator (0: one per physical core). With
+    several workers keep workers x threads <= physical cores."""
 
     inter_op_threads: int = Field(0, ge=0, le=256)
     """Threads onnxruntime uses across independent operators (0: onnxruntime's default)."""

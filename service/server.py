@@ -116,11 +116,15 @@ class Supervisor:
         self._created_dir: Path | None = None
 
     def run(self) -> int:
-        self._prepare_metrics_dir()
         # Bound but never listening: it holds the port (and picks one for port 0) without
         # taking connections, which the kernel gives only to listening sockets.
-        reserved = reuseport_socket(self.settings.host, self.settings.port)
+        try:
+            reserved = reuseport_socket(self.settings.host, self.settings.port)
+        except OSError as exc:
+            print(f"error: cannot listen on {self.settings.host}:{self.settings.port}: {exc}", file=sys.stderr)
+            return 2
         port = reserved.getsockname()[1]
+        self._prepare_metrics_dir()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         log.info("convscope: %d workers on %s:%d (SO_REUSEPORT)", len(self.slots), self.settings.host, port)
         print(f"convscope: {len(self.slots)} workers on http://{self.settings.host}:{port}", flush=True)

@@ -79,7 +79,7 @@ class RuntimeOptions:
     reducing_gap: float | None = REDUCING_GAP
     # onnxruntime's CPU arena keeps the largest batch's buffers (rounded up to powers of
     # two) for the life of the session: every feature map of a batch of 32 AlexNet images
-    # is ~200 MB. Without it, freed buffers go back to the system (benchmarks/README.md).
+    # is ~110 MB. Without it, freed buffers go back to the system (benchmarks/README.md).
     cpu_mem_arena: bool = False
     share_weights: bool = True
 

@@ -25,19 +25,15 @@ import numpy as np
 def measure(model_dir: Path, body: Path, batches: list[int], seconds: float, warmup: float) -> dict[str, object]:
     from service.preprocessing import decode, preprocess
     from service.repository import load_artifact, scan
-    from service.runtime import RuntimeOptions, choose_providers, load_model
+    from service.runtime import RuntimeOptions, load_model
     from service.settings import Settings
 
     settings = Settings()
-    options = RuntimeOptions(
-        providers=choose_providers(settings.providers),
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-    )
+    options = RuntimeOptions.from_settings(settings)  # exactly the service's sessions
     refs = scan(model_dir.parent)
     ref = max((r for r in refs if r.name == model_dir.name), key=lambda r: r.version)
     model = load_model(load_artifact(ref), options)
-    image = preprocess(decode(body.read_bytes(), max_pixels=settings.max_image_pixels), model.spec)
+    image = preprocess(decode(body.read_bytes(), max_pixels=settings.max_image_pixels, spec=model.spec), model.spec)
     outputs = (model.output_name,)
     results = []
     for batch_size in batches:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen
-from benchmarks.images import write_body
+from benchmarks.images import PHOTOS, write_body, write_photo
 from service.testing import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,13 @@ LATENCY_SLACK_MS = 1.5  # concurrency 1: p50 <= raw batch-1 p50 + 1.5 ms
 FEATURES_OVERHEAD = 0.25  # all maps as npy, concurrency 1: p50 <= 1.25 x predictions-only p50
 NAIVE_FACTOR = 2.0  # concurrency 16: >= 2x the naive baseline's images/s
 TARGET_CONCURRENCY = 16
+# Issue 14's targets.
+PHOTO_SHARE = 0.6  # camera photos, concurrency 16: >= 60% of the 224 px JPEG's images/s
+PHOTO_DECODE_FACTOR = 10.0  # 12 MP JPEG decode+preprocess <= 10x the 224 px JPEG's
+NAIVE_FACTOR_14 = 1.3  # tinyvgg, concurrency 16: >= 1.3x the naive baseline
+WORKERS_FACTOR = 1.6  # tinyvgg, concurrency 16: two workers >= 1.6x one
+THROUGHPUT_SHARE_14 = 0.80  # alexnet, concurrency 16: >= 80% of raw best batch
+IDLE_RSS_FACTOR = 1.5  # alexnet: idle RSS per worker <= 1.5x model.onnx
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,68 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(child for child, parent in parents.items() if parent == current)
+    return found
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process in MB (10^6 bytes), NaN when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return math.nan
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) * 1024 / 1e6 if match else math.nan
+
+
+def worker_rss_mb(pid: int) -> dict[int, float]:
+    """RSS of each process of a server that holds models: the server itself when it has no
+    children, else its children (the workers; the supervisor holds no model)."""
+    tree = process_tree(pid)
+    workers = [p for p in tree if p != pid] or [pid]
+    return {p: rss_mb(p) for p in workers}
+
+
+class RssSampler:
+    """Samples every worker's RSS every ``interval`` seconds in a thread; ``peak`` is the
+    largest RSS any one worker reached while it ran."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        import threading
+
+        self.pid, self.interval, self.peak = pid, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            values = [v for v in worker_rss_mb(self.pid).values() if not math.isnan(v)]
+            self.peak = max([self.peak, *values])
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class Server(ServerProcess):
     """A server subprocess on a free loopback port, its log in benchmarks/out/logs/."""
 
@@ -230,12 +299,14 @@ def measure_http(server: Server, bench: Bench, system: str, path_label: str, url
     for concurrency in concurrencies:
         before = scrape(server.url, metrics_model) if metrics_model else {}
         cpu0, t0 = server.cpu(), time.perf_counter()
-        result = loadgen.measure(url, body, content_type, concurrency, seconds, warmup, generator)
+        with RssSampler(server.process.pid) as sampler:
+            result = loadgen.measure(url, body, content_type, concurrency, seconds, warmup, generator)
         # The server's CPU over warm-up + measurement, spread over both (they run alike).
         cpu, wall = server.cpu() - cpu0, time.perf_counter() - t0
         after = scrape(server.url, metrics_model) if metrics_model else {}
         extra: dict[str, Any] = {"generator": result.generator, "client_cpu": result.client_cpu,
-                                 "server_cpu": cpu / wall if wall else math.nan}
+                                 "server_cpu": cpu / wall if wall else math.nan,
+                                 "peak_rss_mb": sampler.peak}
         if result.rps > 0:
             extra["server_cpu_ms_per_image"] = 1000.0 * (cpu / wall) / result.rps
         if before and after:
@@ -250,6 +321,79 @@ def measure_http(server: Server, bench: Bench, system: str, path_label: str, url
         log(f"    c={concurrency:>3}: {result.rps:9.1f} images/s  p50 {result.p50_ms:8.2f}  p95 {result.p95_ms:8.2f}  "
             f"p99 {result.p99_ms:8.2f} ms  errors {result.errors}  server CPU {extra['server_cpu']:.2f} cores"
             + (f"  mean batch {extra['mean_batch']:.1f}" if "mean_batch" in extra else ""))
+    return rows
+
+
+def server_timing_ms(url: str, body: Path, content_type: str, requests: int, warmup: int = 3) -> dict[str, float]:
+    """Median decode, preprocess and decode+preprocess ms over ``requests`` sequential
+    requests, from the service's own Server-Timing header (the client's side excluded)."""
+    import statistics
+
+    import httpx
+
+    data = body.read_bytes()
+    samples: dict[str, list[float]] = {"decode": [], "preprocess": [], "decode+preprocess": []}
+    with httpx.Client(timeout=60, headers={"Content-Type": content_type}) as client:
+        for i in range(warmup + requests):
+            response = client.post(url, content=data)
+            response.raise_for_status()
+            if i < warmup:
+                continue
+            parts = dict(re.findall(r"(\w+);dur=([\d.eE+-]+)", response.headers.get("server-timing", "")))
+            decode, prep = float(parts.get("decode", "nan")), float(parts.get("preprocess", "nan"))
+            samples["decode"].append(decode)
+            samples["preprocess"].append(prep)
+            samples["decode+preprocess"].append(decode + prep)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def measure_photos(server: Server, bench: Bench, photos: dict[str, tuple[Path, str]], concurrency: int,
+                   seconds: float, warmup: float, generator: str, requests: int) -> list[Row]:
+    """Issue 14's photo rows: decode+preprocess ms per image (Server-Timing, one client)
+    and served images/s at ``concurrency`` for each photo, predictions only."""
+    url = f"{server.url}/v1/models/{bench.name}/predict"
+    rows = []
+    for key, (body, content_type) in photos.items():
+        timing = server_timing_ms(url, body, content_type, requests)
+        log(f"    {key}: decode {timing['decode']:.2f} + preprocess {timing['preprocess']:.2f} ms (median of {requests})")
+        (row,) = measure_http(server, bench, "service", f"photo {key}", url, body, content_type, [concurrency],
+                              seconds, warmup, generator, bench.name)
+        row.extra.update({f"{k}_ms": v for k, v in timing.items()})
+        row.extra["body_bytes"] = body.stat().st_size
+        rows.append(row)
+    return rows
+
+
+def subset_repository(repository: Path, names: list[str]) -> Path:
+    """A repository of symlinks holding only ``names`` (a server that loads less starts faster)."""
+    subset = OUT / ("repo-" + "-".join(names))
+    subset.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        link = subset / name
+        if not link.exists():
+            link.symlink_to(repository / name, target_is_directory=True)
+    return subset
+
+
+def measure_workers(bench: Bench, repository: Path, body: Path, content_type: str, env: dict[str, str],
+                    workers: list[int], concurrency: int, seconds: float, warmup: float,
+                    generator: str) -> list[Row]:
+    """The same point with 1, 2, ... worker processes, each on a fresh server."""
+    rows = []
+    subset = subset_repository(repository, [bench.name])
+    for count in workers:
+        port = free_port()
+        log(f"[workers] {bench.name} with CONVSCOPE_WORKERS={count}")
+        server = Server(f"workers-{count}", [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port",
+                                             str(port), "--model-repository", str(subset), "--log-level",
+                                             "warning", "--workers", str(count)],
+                        env, "/readyz", port)
+        try:
+            url = f"{server.url}/v1/models/{bench.name}/predict"
+            rows += measure_http(server, bench, "service", f"predict, {count} worker{'s' * (count > 1)}", url, body,
+                                 content_type, [concurrency], seconds, warmup, generator, bench.name)
+        finally:
+            server.stop()
     return rows
 
 
@@ -322,6 +466,106 @@ def check_targets(rows: list[Row], models: list[str]) -> list[Target]:
     return targets
 
 
+def check_targets_14(rows: list[Row], models: list[str], memory: dict[str, Any]) -> list[Target]:
+    """Issue 14's targets: camera photos, every core, memory."""
+    targets: list[Target] = []
+    if "alexnet" in models:
+        base = find(rows, "alexnet", "service", "photo jpeg-224", TARGET_CONCURRENCY)
+        for key in ("jpeg-12mp", "png-4k"):
+            row = find(rows, "alexnet", "service", f"photo {key}", TARGET_CONCURRENCY)
+            text = (f"alexnet, {key}, concurrency {TARGET_CONCURRENCY}: images/s >= {PHOTO_SHARE:.0%} "
+                    "of the 224 px JPEG's")
+            if row is None or base is None:
+                targets.append(Target(text, None, "not measured"))
+            else:
+                share = row.images_per_s / base.images_per_s
+                targets.append(Target(text, share >= PHOTO_SHARE,
+                                      f"{row.images_per_s:.1f} vs {base.images_per_s:.1f} = {share:.0%}"))
+        big = find(rows, "alexnet", "service", "photo jpeg-12mp", TARGET_CONCURRENCY)
+        text = f"12 MP JPEG decode+preprocess <= {PHOTO_DECODE_FACTOR:g}x the 224 px JPEG's (Server-Timing)"
+        if big is None or base is None:
+            targets.append(Target(text, None, "not measured"))
+        else:
+            a, b = big.extra["decode+preprocess_ms"], base.extra["decode+preprocess_ms"]
+            targets.append(Target(text, a <= PHOTO_DECODE_FACTOR * b, f"{a:.2f} vs {b:.2f} ms = {a / b:.1f}x"))
+        served = find(rows, "alexnet", "service", "predict", TARGET_CONCURRENCY)
+        best = best_raw(rows, "alexnet")
+        text = (f"alexnet, concurrency {TARGET_CONCURRENCY}: served images/s >= {THROUGHPUT_SHARE_14:.0%} "
+                "of raw best batch (issue 14)")
+        if served is None:
+            targets.append(Target(text, None, "not measured"))
+        else:
+            share = served.images_per_s / best.images_per_s
+            targets.append(Target(text, share >= THROUGHPUT_SHARE_14,
+                                  f"{served.images_per_s:.1f} vs {best.images_per_s:.1f} ({best.path}) = {share:.0%}"))
+        text = f"alexnet: idle RSS per worker <= {IDLE_RSS_FACTOR:g}x model.onnx"
+        if "idle_rss_mb" in memory:
+            limit = IDLE_RSS_FACTOR * memory["alexnet_model_mb"]
+            targets.append(Target(text, memory["idle_rss_mb"] <= limit,
+                                  f"{memory['idle_rss_mb']:.0f} MB vs limit {limit:.0f} MB "
+                                  f"({memory['idle_rss_mb'] / memory['alexnet_model_mb']:.2f}x)"))
+        else:
+            targets.append(Target(text, None, "not measured"))
+    if "tinyvgg" in models:
+        # Every core: the best service configuration measured (the main run, or N workers).
+        candidates = [r for r in rows if r.model == "tinyvgg" and r.system == "service"
+                      and r.concurrency == TARGET_CONCURRENCY and r.path.startswith("predict")]
+        served = max(candidates, key=lambda r: r.images_per_s, default=None)
+        naive = find(rows, "tinyvgg", "naive", "torch eager", TARGET_CONCURRENCY)
+        text = (f"tinyvgg, concurrency {TARGET_CONCURRENCY}: >= {NAIVE_FACTOR_14:g}x the naive baseline's images/s "
+                "(best service configuration)")
+        if served is None or naive is None or naive.images_per_s <= 0:
+            targets.append(Target(text, None, "not measured"))
+        else:
+            factor = served.images_per_s / naive.images_per_s
+            targets.append(Target(text, factor >= NAIVE_FACTOR_14,
+                                  f"{served.images_per_s:.1f} ({served.path}) vs {naive.images_per_s:.1f} "
+                                  f"= {factor:.2f}x"))
+        one = find(rows, "tinyvgg", "service", "predict, 1 worker", TARGET_CONCURRENCY)
+        two = find(rows, "tinyvgg", "service", "predict, 2 workers", TARGET_CONCURRENCY)
+        text = f"tinyvgg, concurrency {TARGET_CONCURRENCY}: two workers >= {WORKERS_FACTOR:g}x one worker"
+        if one is None or two is None or one.images_per_s <= 0:
+            targets.append(Target(text, None, "not measured"))
+        else:
+            factor = two.images_per_s / one.images_per_s
+            targets.append(Target(text, factor >= WORKERS_FACTOR,
+                                  f"{two.images_per_s:.1f} vs {one.images_per_s:.1f} = {factor:.2f}x"))
+    return targets
+
+
+def photo_table(rows: list[Row]) -> str:
+    base = find(rows, "alexnet", "service", "photo jpeg-224", TARGET_CONCURRENCY)
+    head = ("| photo | body | decode ms | preprocess ms | decode+preprocess ms | × 224 px | images/s (c=16) "
+            "| × 224 px rate | p50 ms | server CPU ms/image |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in (r for r in rows if r.path.startswith("photo ")):
+        lines.append("| " + " | ".join([
+            r.path.removeprefix("photo "), f"{r.extra['body_bytes'] / 1e6:.2f} MB",
+            fmt(r.extra["decode_ms"], 2), fmt(r.extra["preprocess_ms"], 2), fmt(r.extra["decode+preprocess_ms"], 2),
+            fmt(r.extra["decode+preprocess_ms"] / base.extra["decode+preprocess_ms"], 1) if base else "–",
+            fmt(r.images_per_s), fmt(r.images_per_s / base.images_per_s, 2) if base else "–",
+            fmt(r.p50_ms, 2), fmt(r.extra.get("server_cpu_ms_per_image", math.nan), 2),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def memory_lines(memory: dict[str, Any], rows: list[Row]) -> list[str]:
+    lines = []
+    if "idle_rss_mb" in memory:
+        lines.append(f"- Idle RSS per worker, models loaded, before any request: {memory['idle_rss_mb']:.0f} MB "
+                     f"(AlexNet's model.onnx: {memory['alexnet_model_mb']:.0f} MB; the server also holds TinyVGG, "
+                     f"{memory.get('tinyvgg_model_mb', 0):.2f} MB)")
+    if "idle_after_mb" in memory:
+        lines.append(f"- Idle RSS per worker after the service points: {memory['idle_after_mb']:.0f} MB")
+    for r in rows:
+        if r.system == "service" and r.extra.get("peak_rss_mb") and r.model == "alexnet" \
+                and r.path == "features (npy)" and r.concurrency == max(
+                    x.concurrency or 0 for x in rows if x.model == "alexnet" and x.path == "features (npy)"):
+            lines.append(f"- Peak RSS per worker, AlexNet every feature map as npy at concurrency {r.concurrency}: "
+                         f"{r.extra['peak_rss_mb']:.0f} MB (sampled every 50 ms)")
+    return lines
+
+
 def fmt(value: float, digits: int = 1) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -347,7 +591,8 @@ def table(rows: list[Row], models: list[str]) -> str:
 
 
 def markdown(rows: list[Row], models: list[str], targets: list[Target], info: dict[str, Any],
-             args: argparse.Namespace, settings_env: dict[str, str]) -> str:
+             args: argparse.Namespace, settings_env: dict[str, str], targets_14: list[Target] | None = None,
+             memory: dict[str, Any] | None = None) -> str:
     started = info["started"]
     status = {True: "PASS", False: "MISS", None: "n/a"}
     env_text = ", ".join(f"`{k}={v}`" for k, v in sorted(settings_env.items())) or "none (defaults)"
@@ -380,6 +625,12 @@ def markdown(rows: list[Row], models: list[str], targets: list[Target], info: di
         "",
         *[f"- **{status[t.passed]}** {t.text}: {t.detail}" for t in targets],
         "",
+    ]
+    if targets_14:
+        parts += ["Issue 14 (camera photos, every core, memory):", "",
+                  *[f"- **{status[t.passed]}** {t.text}: {t.detail}" for t in targets_14], ""]
+    main_rows = [r for r in rows if not r.path.startswith("photo ")]
+    parts += [
         "## Results",
         "",
         "`× raw best`: images/s over raw onnxruntime's best batch; `p50 × raw b1`: p50 over raw "
@@ -388,9 +639,17 @@ def markdown(rows: list[Row], models: list[str], targets: list[Target], info: di
         "`server CPU`: cores the server process (for raw rows: the benchmark process) used during "
         "the point; `ms/image`: CPU per image, a figure that a busy machine disturbs less than speed.",
         "",
-        table(rows, models),
+        table(main_rows, models),
         "",
     ]
+    if any(r.path.startswith("photo ") for r in rows):
+        parts += ["## Camera photos (AlexNet at 224)", "",
+                  "Decode and preprocess: medians of the service's own Server-Timing over sequential requests; "
+                  "images/s at concurrency 16, predictions only, as a ratio to the 224 px JPEG in the same run.",
+                  "", photo_table(rows), ""]
+    mem = memory_lines(memory or {}, rows)
+    if mem:
+        parts += ["## Memory", "", *mem, ""]
     return "\n".join(parts)
 
 
@@ -421,6 +680,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a service setting for this run (e.g. CONVSCOPE_INTRA_OP_THREADS=2); repeatable")
     parser.add_argument("--no-features", action="store_true", help="skip the feature-map (npy) points")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument("--no-photos", action="store_true", help="skip the camera-photo rows (AlexNet)")
+    parser.add_argument("--no-workers", action="store_true", help="skip TinyVGG with 1 vs 2 workers")
+    parser.add_argument("--photo-requests", type=int, default=None,
+                        help="sequential requests per photo for the Server-Timing medians (default 20)")
+    parser.add_argument("--workers-list", default="1,2", help="worker counts compared on TinyVGG (default 1,2)")
     parser.add_argument("--note", default="", help="a line quoted at the top of the results (e.g. why it was run)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -430,6 +694,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration if args.duration is not None else (2.0 if quick else 8.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     args.raw_duration = args.raw_duration if args.raw_duration is not None else (1.0 if quick else 4.0)
+    args.photo_requests = args.photo_requests or (8 if quick else 20)
     args.out = args.out or (OUT / "RESULTS.quick.md" if quick else ROOT / "benchmarks" / "RESULTS.md")
     return args
 
@@ -483,7 +748,14 @@ def main(argv: list[str] | None = None) -> int:
     server = Server("service", [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                                 "--model-repository", str(repository), "--log-level", "warning"],
                     env, "/readyz", port)
+    memory: dict[str, Any] = {}
     try:
+        time.sleep(1.0)  # let the load's last frees settle
+        memory["idle_rss_mb"] = max(worker_rss_mb(server.process.pid).values())
+        for key in models:
+            memory[f"{key}_model_mb"] = sum(
+                p.stat().st_size for p in (repository / BENCHES[key].name).glob("*/model.onnx")) / 1e6
+        log(f"[service] idle RSS per worker {memory['idle_rss_mb']:.0f} MB")
         for key in models:
             bench = BENCHES[key]
             body, content_type = bodies[key]
@@ -496,8 +768,21 @@ def main(argv: list[str] | None = None) -> int:
                 rows += measure_http(server, bench, "service", "features (npy)", base + "?layers=all&encoding=npy",
                                      body, content_type, concurrencies, args.duration, args.warmup, generator,
                                      bench.name)
+        if "alexnet" in models and not args.no_photos:
+            log("[service] camera photos on alexnet")
+            photos = {key: write_photo(OUT / "bodies", key) for key in PHOTOS}
+            rows += measure_photos(server, BENCHES["alexnet"], photos, TARGET_CONCURRENCY, args.duration,
+                                   args.warmup, generator, args.photo_requests)
+        memory["idle_after_mb"] = max(worker_rss_mb(server.process.pid).values())
     finally:
         server.stop()
+
+    if "tinyvgg" in models and not args.no_workers:
+        bench = BENCHES["tinyvgg"]
+        body, content_type = bodies["tinyvgg"]
+        rows += measure_workers(bench, repository, body, content_type, env,
+                                [int(w) for w in args.workers_list.split(",")], TARGET_CONCURRENCY,
+                                args.duration, args.warmup, generator)
 
     if not args.no_naive:
         for key in models:
@@ -527,16 +812,18 @@ def main(argv: list[str] | None = None) -> int:
     info["loadavg_end"] = os.getloadavg()
     log(f"measured in {time.monotonic() - began:.0f} s")
     targets = check_targets(rows, models)
-    text = markdown(rows, models, targets, info, args, settings_env)
+    targets_14 = check_targets_14(rows, models, memory)
+    text = markdown(rows, models, targets, info, args, settings_env, targets_14, memory)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"info": info, "rows": [r.__dict__ for r in rows],
-                                         "targets": [t.__dict__ for t in targets]}, indent=1, default=str))
+        args.json.write_text(json.dumps({"info": info, "rows": [r.__dict__ for r in rows], "memory": memory,
+                                         "targets": [t.__dict__ for t in targets + targets_14]},
+                                        indent=1, default=str))
     print(text)
     log(f"written to {args.out}")
-    return 1 if args.strict and any(t.passed is False for t in targets) else 0
+    return 1 if args.strict and any(t.passed is False for t in targets + targets_14) else 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 from pydantic import ByteSize, ValidationError
 from pydantic_settings import SettingsError
@@ -52,31 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)
         return 2
 
-    import uvicorn
-
-    from service.app import check_startup, create_app
-    from service.http_limits import uvicorn_options, worker_uvicorn_options
+    from service.app import check_startup
+    from service.server import serve
 
     try:
         check_startup(settings)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if settings.workers == 1:
-        # Not uvicorn.run: service.drain handles SIGTERM (readiness 503, requests answered, exit 0).
-        from service import drain
-
-        app = create_app(settings)
-        drain.serve(app, uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                        access_log=False, timeout_graceful_shutdown=10,
-                                        **uvicorn_options(settings)))
-    else:
-        # Workers are separate processes: Prometheus values must be pooled on disk.
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="convscope-metrics-"))
-        uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers,
-                    host=settings.host, port=settings.port, log_level=settings.log_level,
-                    access_log=False, timeout_graceful_shutdown=10, **worker_uvicorn_options(settings))
-    return 0
+    return serve(settings)
 
 
 if __name__ == "__main__":

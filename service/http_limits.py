@@ -36,7 +36,6 @@ open connections are the gauge ``convscope_http_connections`` (``CONNECTIONS``).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import resource
 import time
@@ -60,8 +59,6 @@ CONNECTIONS = "convscope.http_connections"
 # A scope key: the status the server itself answered a request with, when it cut the
 # request short (a malformed chunked body, a body timeout) while the app was handling it.
 PROTOCOL_STATUS = "convscope.protocol_status"
-# For uvicorn's import-string form (several workers): limits from the environment.
-PROTOCOL = "service.http_limits:LimitedHttpToolsProtocol"
 
 LINGER_S = 2.0  # how long a refused client's further bytes are read and dropped
 SLOW_HEAD_S = 1.0  # a head still incomplete after this may make room for a new connection
@@ -148,22 +145,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {"http": bound_protocol(limits), "timeout_keep_alive": settings.keep_alive_timeout_s}
 
 
-def worker_uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """The same for ``uvicorn.run(..., workers=N)``, which pickles its config into each
-    worker: the protocol by import string; each worker reads the limits from the
-    environment (``CONVSCOPE_*``, as ``create_app_from_env`` reads the rest)."""
-    HttpLimits.from_settings(settings).for_this_process()  # raise the open-file limit the workers inherit
-    return {"http": PROTOCOL, "timeout_keep_alive": settings.keep_alive_timeout_s}
-
-
 def bound_protocol(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:
     """A protocol class serving with ``limits`` (for a server in this process)."""
     return type("BoundHttpToolsProtocol", (LimitedHttpToolsProtocol,), {"limits": limits})
-
-
-@functools.cache
-def _limits_from_environment() -> HttpLimits:
-    return HttpLimits.from_settings(Settings()).for_this_process()
 
 
 class _Notes:
@@ -187,14 +171,17 @@ class _Notes:
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits above, per connection."""
 
-    limits: ClassVar[HttpLimits | None] = None  # None: from CONVSCOPE_* in the environment
+    limits: ClassVar[HttpLimits | None] = None  # set by bound_protocol: one class per serving process
     notes: ClassVar[_Notes] = _Notes()
     lingering: ClassVar[int] = 0  # refused connections lingering, in this process
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.bounds = type(self).limits or _limits_from_environment()
+        bounds = type(self).limits
+        if bounds is None:
+            raise RuntimeError("serve with http_limits.uvicorn_options(settings): it binds the limits")
+        self.bounds = bounds
         self.head_bytes = 0  # of the request head being read
         self.reading_head = True  # between requests, or inside a head
         self.line_done = False  # the request line of that head has ended

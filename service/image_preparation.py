@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from service.errors import Overloaded, PayloadTooLarge
-from service.preprocessing import InputSpec, decode_cost, load, open_checked, preprocess
+from service.preprocessing import InputSpec, decode_cost, load, open_checked, preprocess, reduce_on_decode
 
 # Decoding and resizing an image this small takes tens of microseconds: less than handing
 # it to a worker thread and back (the benchmark's 28 px digits gained ~15% images/s).
@@ -81,7 +81,9 @@ class ImagePreparer:
         opened: list[tuple[Image.Image, float]] = []
         for data in images:
             started = time.perf_counter()
-            opened.append((open_checked(data, max_pixels=self.max_pixels), time.perf_counter() - started))
+            image = open_checked(data, max_pixels=self.max_pixels)
+            reduce_on_decode(image, spec)  # first: the decode is counted at the size it will have
+            opened.append((image, time.perf_counter() - started))
         costs = [decode_cost(image, spec.mode) for image, _ in opened]
         self._reserve(sum(costs))
         loop = asyncio.get_running_loop()

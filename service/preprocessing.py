@@ -1,18 +1,30 @@
-"""From encoded image bytes to the model's input tensor, exactly as the export stage trained it.
+"""From encoded image bytes to the model's input tensor, as the export stage trained it.
 
 The recipe comes from the artifact's ``input`` metadata: decode with Pillow, apply EXIF
 orientation, take the first frame, convert to the model's channels, resize with the
 recorded filter, scale, normalise per channel, lay out as CHW float32.
+
+Decode only what the model will see: a camera photo is 12 megapixels, the model's input
+a few thousand pixels. When an image is at least ``2 * reducing_gap`` times the input
+size, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's
+``draft``), and any image is then shrunk by an integer box reduction (``Image.reduce``)
+to no less than ``reducing_gap`` times the input before the recorded filter resamples
+it. Both steps average whole blocks of pixels, which is what a downscaling filter does
+anyway, so the result stays close to a full decode + resize (benchmarks/README.md
+measures how close: top-1 agreement and probability differences on a trained model).
+``reducing_gap=None`` (setting ``CONVSCOPE_FULL_RESOLUTION_DECODE``) keeps the exact
+full-resolution path.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from service.errors import BadRequest, PayloadTooLarge
 
@@ -29,6 +41,12 @@ _RESAMPLE = {
     "hamming": Image.Resampling.HAMMING,
 }
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+# The cheap integer steps stop at this many times the input size; the recorded filter does
+# the rest. Pillow's own thumbnail() uses 2.0 ("indistinguishable in most cases" from 3.0
+# up); measured agreement and speed for 1.5, 2 and 3 in benchmarks/README.md.
+REDUCING_GAP = 2.0
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPS_AXES = {5, 6, 7, 8}
 
 
 @dataclass(frozen=True)
@@ -42,9 +60,13 @@ class InputSpec:
     scale: float
     mean: np.ndarray  # shape (C, 1, 1)
     std: np.ndarray  # shape (C, 1, 1)
+    reducing_gap: float | None = REDUCING_GAP
+    """Shrink large images in integer steps (DCT scaling, box reduction) down to no less
+    than this many times the input size before resampling; None: the exact path, full
+    decode and one resample."""
 
     @classmethod
-    def from_metadata(cls, inp: dict[str, Any]) -> InputSpec:
+    def from_metadata(cls, inp: dict[str, Any], *, reducing_gap: float | None = REDUCING_GAP) -> InputSpec:
         resize = str(inp.get("resize", "bilinear")).lower()
         if resize not in _RESAMPLE:
             raise ValueError(f"input.resize {resize!r} is not one of {sorted(_RESAMPLE)}")
@@ -57,6 +79,7 @@ class InputSpec:
             scale=float(inp["scale"]),
             mean=np.asarray(inp["mean"], dtype=np.float32).reshape(channels, 1, 1),
             std=np.asarray(inp["std"], dtype=np.float32).reshape(channels, 1, 1),
+            reducing_gap=reducing_gap,
         )
 
     @property
@@ -68,13 +91,17 @@ class InputSpec:
         return (self.channels, self.height, self.width)
 
 
-def decode(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode an encoded image (first frame, EXIF orientation applied).
+def decode(data: bytes, *, max_pixels: int, spec: InputSpec | None = None) -> Image.Image:
+    """Decode an encoded image (first frame, EXIF orientation applied); with ``spec``, at
+    reduced scale when the model's input is much smaller (see ``load``).
 
     Raises BadRequest for bytes that are not a complete image of an accepted format,
     PayloadTooLarge for images over ``max_pixels``.
     """
-    return load(open_checked(data, max_pixels=max_pixels))
+    image = open_checked(data, max_pixels=max_pixels)
+    if spec is not None:
+        reduce_on_decode(image, spec)
+    return load(image)
 
 
 def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -101,12 +128,26 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     return image
 
 
+def reduce_on_decode(image: Image.Image, spec: InputSpec) -> None:
+    """Before ``load``: where the spec's ``reducing_gap`` is set, have a JPEG much larger than
+    the model's input decoded at 1/2, 1/4 or 1/8 scale, never below ``reducing_gap`` times
+    the input in either direction (after EXIF rotation). Only the decoder is configured:
+    ``image.size`` says the reduced size at once, so the decode's memory can be counted
+    from it. The header's full size has already been checked against the pixel limit."""
+    # JPEG alone decodes at reduced scale; and only a JPEG's EXIF is in its header (a PNG's
+    # getexif() would decode the whole image to look for one after the pixels).
+    if spec.reducing_gap is not None and image.format == "JPEG":
+        _draft(image, spec, spec.reducing_gap)
+
+
 def load(image: Image.Image) -> Image.Image:
-    """Decode the pixels of an image from ``open_checked``: first frame, EXIF orientation."""
+    """Decode the pixels of an image from ``open_checked`` (after ``reduce_on_decode``, if
+    at all): first frame, EXIF orientation."""
     try:
         image.seek(0)  # first frame of an animation
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # In place: without a rotation to apply, exif_transpose would copy the whole image.
+        ImageOps.exif_transpose(image, in_place=True)
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise BadRequest(f"the image is truncated or corrupt: {exc}") from None
     return image
@@ -118,8 +159,9 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "
 
 def decode_cost(image: Image.Image, mode: str) -> int:
     """Bytes that ``load`` and ``to_mode(..., mode)`` need at their peak for an image from
-    ``open_checked``, known from its header before any pixel is decoded: the decoded frame
-    and the copy exif_transpose returns, then what converting it allocates (16-bit: a copy
+    ``open_checked`` (and ``reduce_on_decode``: the size it will decode at), known from its
+    header before any pixel is decoded: the decoded frame and, for an EXIF rotation, its
+    transposed copy, then what converting it allocates (16-bit: a copy
     of the samples, float32 and 8-bit arrays; alpha: an RGBA copy, a background and the
     composite; then the converted image). A 16-bit PNG needs 13 bytes a pixel, RGB 8."""
     pixels = image.width * image.height
@@ -133,6 +175,24 @@ def decode_cost(image: Image.Image, mode: str) -> int:
     if image.mode != mode or has_alpha:
         cost += 1 if mode == "L" else 4
     return pixels * cost
+
+
+def _draft(image: Image.Image, spec: InputSpec, gap: float) -> None:
+    """Ask the decoder (JPEG only; others ignore it) for a reduced scale. The smallest
+    scale it may pick keeps both sides >= gap x the input, in the image's stored
+    orientation, so the EXIF rotation applied afterwards leaves them right. libjpeg
+    rounds a side that is not a multiple of the scale up (one partial block), which
+    stretches the picture by under one reduced pixel: nothing a classifier can see."""
+    width, height = spec.width, spec.height
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPS_AXES:
+        width, height = height, width
+    wanted = (math.ceil(width * gap), math.ceil(height * gap))
+    if image.width < 2 * wanted[0] or image.height < 2 * wanted[1]:
+        return  # not even half-scale decoding fits: decode as is
+    # A grey model reads the JPEG's luma alone (Y is the same 0.299/0.587/0.114 mix
+    # Pillow's L conversion computes) and skips the colour planes.
+    mode = "L" if spec.mode == "L" and image.mode == "RGB" else None
+    image.draft(mode, wanted)
 
 
 def to_mode(image: Image.Image, mode: str) -> Image.Image:
@@ -158,7 +218,10 @@ def preprocess(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """A decoded image -> the model's CHW float32 input."""
     image = to_mode(image, spec.mode)
     if image.size != (spec.width, spec.height):
-        image = image.resize((spec.width, spec.height), spec.resample)
+        # reducing_gap: Pillow first box-reduces by the integer factor that leaves at least
+        # gap x the target (C, a few ms for 8 MP), then resamples with the recorded filter,
+        # whose kernel is then gap x wide instead of as wide as the whole reduction.
+        image = image.resize((spec.width, spec.height), spec.resample, reducing_gap=spec.reducing_gap)
     pixels = np.asarray(image)
     chw = pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     # (p * scale - mean) / std as one multiply-add into a fresh buffer: a tenth of the

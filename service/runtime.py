@@ -7,29 +7,54 @@ Each model gets two sessions over the same weights:
   a graph output, and a session with many outputs stays slower even when asked for one,
   so predictions without feature maps take this path and run at full speed;
 - a *features* session over the full graph, for requests that ask for feature maps.
+
+Memory (issue 14): on the CPU the two sessions share one copy of the dense layers'
+weights, which are most of a classifier's bytes (AlexNet: 218 of 228 MB). They are read
+once into numpy arrays and handed to both sessions as pre-allocated initializers
+(``SessionOptions.add_initializer``); the graphs the sessions parse carry only a
+reference to them. Such weights must not be repacked per session, so prepacking is off
+for those sessions (measured in benchmarks/README.md). Conv weights stay in each graph:
+the CPU provider rewrites them into its blocked layout per session anyway, and an
+optimizer that reads an initializer's values would read the placeholder, not the
+shared array. Only a Gemm/MatMul's weight input is shared, where no optimizer reads it.
+The parsed protobuf is dropped once the sessions exist, and filters (trained and
+initial) are read once here, not per request.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from service.preprocessing import InputSpec
+from service.preprocessing import REDUCING_GAP, InputSpec
 from service.repository import Artifact
 from service.signature import ModelSignature
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger("convscope.runtime")
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# Initializers at least this large, read only as a Gemm/MatMul weight, are shared by the
+# two sessions; smaller ones are not worth a placeholder.
+SHARE_MIN_BYTES = 1 << 20
+# Where the shared weights' placeholders point (a sparse file: the sessions check that it
+# exists, never read it, since add_initializer supplies the values).
+_PLACEHOLDER = "convscope-shared-weights.bin"
 
 
 def choose_providers(requested: list[str] | None) -> list[str]:
@@ -52,8 +77,31 @@ class RuntimeOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     allow_spinning: bool = False
+    # Preprocessing's integer reduction of large images (None: exact full-resolution path).
+    reducing_gap: float | None = REDUCING_GAP
+    # onnxruntime's CPU arena keeps the largest batch's buffers (rounded up to powers of
+    # two) for the life of the session: every feature map of a batch of 32 AlexNet images
+    # is ~110 MB. Without it, freed buffers go back to the system (benchmarks/README.md).
+    cpu_mem_arena: bool = False
+    share_weights: bool = True
 
-    def session_options(self) -> ort.SessionOptions:
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimeOptions:
+        """Everything the runtime and preprocessing take from the settings."""
+        return cls(
+            providers=choose_providers(settings.providers),
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            allow_spinning=settings.ort_allow_spinning,
+            reducing_gap=None if settings.full_resolution_decode else REDUCING_GAP,
+        )
+
+    @property
+    def cpu_only(self) -> bool:
+        return self.providers == [CPU]
+
+    def session_options(self, shared: dict[str, ort.OrtValue] | None = None,
+                        placeholder_dir: Path | None = None) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads keep a core busy after each run; on a small box that core is the
@@ -66,6 +114,14 @@ class RuntimeOptions:
         if self.inter_op_threads:
             options.inter_op_num_threads = self.inter_op_threads
         options.log_severity_level = 3  # onnxruntime's warnings go to stderr, not our logs
+        options.enable_cpu_mem_arena = self.cpu_mem_arena
+        if shared:
+            # Prepacking would give each session its own repacked copy of the shared weights.
+            options.add_session_config_entry("session.disable_prepacking", "1")
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str(placeholder_dir))
+            for name, value in shared.items():
+                options.add_initializer(name, value)
         return options
 
 
@@ -82,7 +138,11 @@ class ModelRuntime:
     output_name: str
     layer_names: list[str]
     filters: dict[str, np.ndarray] = field(default_factory=dict)
+    """Conv kernels as trained, by layer name."""
     initial_filters: dict[str, np.ndarray] = field(default_factory=dict)
+    """Conv kernels before training (initial_weights.npz), by layer name; empty without one."""
+    shared_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    """The dense weights both sessions read (kept alive here: the sessions do not own them)."""
     load_seconds: float = 0.0
 
     @cached_property
@@ -116,7 +176,7 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
     """Open both sessions for an artifact, check them against its metadata, warm them up."""
     started = time.perf_counter()
     metadata = artifact.metadata
-    spec = InputSpec.from_metadata(metadata["input"])
+    InputSpec.from_metadata(metadata["input"])  # a bad recipe fails before the heavy work
     proto = onnx.load(str(artifact.model_path))
     output_name = metadata["output"]["name"]
     input_name = metadata["input"]["name"]
@@ -131,19 +191,28 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
         raise ValueError(f"the ONNX graph has no input {input_name!r} (it has {graph_inputs})")
 
     filters = _conv_filters(proto, metadata["layers"])
-
-    session_options = options.session_options()
-    features_session = ort.InferenceSession(
-        proto.SerializeToString(), sess_options=session_options, providers=options.providers
-    )
+    shared = _detach_shared_weights(proto) if options.share_weights and options.cpu_only else {}
+    full_graph = proto.SerializeToString()
     # The fast path: the same graph with the class output alone.
     keep = [o for o in proto.graph.output if o.name == output_name]
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
-    logits_session = ort.InferenceSession(
-        proto.SerializeToString(), sess_options=session_options, providers=options.providers
-    )
-    del proto
+    logits_graph = proto.SerializeToString()
+    del proto  # the parsed protobuf holds a copy of every weight
+
+    with tempfile.TemporaryDirectory(prefix="convscope-weights-") as placeholder_dir:
+        values = {}
+        if shared:
+            with (Path(placeholder_dir) / _PLACEHOLDER).open("wb") as placeholder:
+                placeholder.truncate(max(a.nbytes for a in shared.values()))  # sparse: no disk used
+            values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in shared.items()}
+        session_options = options.session_options(values, Path(placeholder_dir))
+        features_session = ort.InferenceSession(full_graph, sess_options=session_options,
+                                                providers=options.providers)
+        del full_graph
+        logits_session = ort.InferenceSession(logits_graph, sess_options=session_options,
+                                              providers=options.providers)
+    spec = InputSpec.from_metadata(metadata["input"], reducing_gap=options.reducing_gap)
 
     model = ModelRuntime(
         artifact=artifact,
@@ -157,10 +226,23 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
         filters=filters,
         # Read once here, not per request: filters.png?state=initial is a page's first view.
         initial_filters=load_initial_filters(artifact),
+        shared_weights=shared,
     )
     _warm_up(model)
+    _release_free_memory()
     model.load_seconds = time.perf_counter() - started
     return model
+
+
+def _release_free_memory() -> None:
+    """Hand the heap pages that loading freed (the parsed graph, onnxruntime's load-time
+    copies) back to the system. glibc keeps them in the loading thread's malloc arena
+    otherwise: 50-70 MB of idle RSS for AlexNet. A no-op off glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _warm_up(model: ModelRuntime) -> None:
@@ -197,6 +279,30 @@ def _conv_filters(proto: onnx.ModelProto, layers: list[dict[str, Any]]) -> dict[
             if array.ndim == 4:
                 found[wanted[initializer.name]] = array.astype(np.float32, copy=False)
     return found
+
+
+def _detach_shared_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Move the large weights that only Gemm/MatMul read as their weight input out of the
+    graph into numpy arrays, leaving external-data placeholders in their place."""
+    readers: dict[str, list[tuple[str, int]]] = {}
+    for node in proto.graph.node:
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node.op_type, index))
+    shared: dict[str, np.ndarray] = {}
+    for tensor in proto.graph.initializer:
+        uses = readers.get(tensor.name, [])
+        if not uses or any(op not in ("Gemm", "MatMul") or index != 1 for op, index in uses):
+            continue
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < SHARE_MIN_BYTES:
+            continue
+        array = numpy_helper.to_array(tensor)
+        shared[tensor.name] = np.ascontiguousarray(array)
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", _PLACEHOLDER), ("offset", "0"), ("length", str(array.nbytes))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return shared
 
 
 def load_initial_filters(artifact: Artifact) -> dict[str, np.ndarray]:

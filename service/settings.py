@@ -58,7 +58,11 @@ class Settings(BaseSettings):
     """TCP port to listen on (0 picks a free one)."""
 
     workers: int = Field(1, ge=1, le=64)
-    """uvicorn worker processes; each loads every model (memory grows with this)."""
+    """Worker processes, each with its own SO_REUSEPORT socket so the kernel spreads
+    connections evenly; each loads every model (memory grows with this). Small models
+    (TinyVGG) are bound by per-request Python: one worker per core with
+    ``intra_op_threads=1`` (2 cores: 1.7x one worker). Large ones (AlexNet) gain from
+    batching: one worker, threads = cores (benchmarks/README.md)."""
 
     log_level: LogLevel = "info"
     """Log level of the service and of uvicorn (any case: ``INFO`` and ``info`` alike)."""
@@ -73,7 +77,8 @@ class Settings(BaseSettings):
     build offers it, else CPU."""
 
     intra_op_threads: int = Field(0, ge=0, le=256)
-    """Threads onnxruntime uses inside one operator (0: one per physical core)."""
+    """Threads onnxruntime uses inside one operator (0: one per physical core). With
+    several workers keep workers x threads <= physical cores."""
 
     inter_op_threads: int = Field(0, ge=0, le=256)
     """Threads onnxruntime uses across independent operators (0: onnxruntime's default)."""
@@ -240,3 +245,10 @@ class Settings(BaseSettings):
     """Most forward passes one explanation may make, faithfulness included; a request's
     ``passes`` above it is refused (422, naming this limit). The default fits the costliest
     default (RISE: 1 + 1000 masks + 58 faithfulness passes) with room for a finer map."""
+
+    full_resolution_decode: bool = False
+    """Decode and resize every image at full resolution, exactly as the export stage's
+    reference pipeline does. Off (the default): a photo much larger than the model's input
+    is decoded at reduced scale (JPEG DCT scaling) and shrunk in integer steps before the
+    final resize; a 12 MP JPEG costs a fraction of the time, and predictions agree with
+    the exact path (top-1 and probabilities measured in benchmarks/README.md)."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -105,3 +106,113 @@ def test_unknown_resize_filter_is_rejected() -> None:
     with pytest.raises(ValueError, match="resize"):
         InputSpec.from_metadata({"channels": 1, "size": [8, 8], "resize": "magic", "scale": 1,
                                  "mean": [0], "std": [1]})
+
+
+# -- decoding only what the model sees (issue 14) -------------------------------------------
+
+PHOTO_SPEC = InputSpec.from_metadata({"channels": 3, "size": [32, 32], "resize": "bilinear", "scale": 1 / 255,
+                                      "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+EXACT = replace(PHOTO_SPEC, reducing_gap=None)
+
+
+def photo(size: tuple[int, int]) -> Image.Image:
+    """scikit-learn's china.jpg enlarged: real image content at a camera-like size."""
+    from sklearn.datasets import load_sample_images
+
+    return Image.fromarray(load_sample_images().images[0]).resize(size, Image.Resampling.BICUBIC)
+
+
+def both_paths(data: bytes, spec: InputSpec = PHOTO_SPEC) -> tuple[np.ndarray, np.ndarray]:
+    reduced = preprocess(decode(data, max_pixels=10**8, spec=spec), spec)
+    exact = preprocess(decode(data, max_pixels=10**8, spec=replace(spec, reducing_gap=None)),
+                       replace(spec, reducing_gap=None))
+    return reduced, exact
+
+
+def assert_close(reduced: np.ndarray, exact: np.ndarray) -> None:
+    # In 0..255 pixel levels (std 0.25 on a 1/255 scale: 1 level = 1/63.75 normalised).
+    levels = np.abs(reduced - exact) * 0.25 * 255
+    assert levels.mean() < 1.5 and levels.max() < 16, (levels.mean(), levels.max())
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_matches_the_exact_path() -> None:
+    data = encode(photo((1600, 1200)), "JPEG", quality=90)
+    decoded = decode(data, max_pixels=10**8, spec=PHOTO_SPEC)
+    # Input 32 px, gap 2: the smallest scale keeping both sides >= 64 px is 1/8.
+    assert decoded.size == (200, 150)
+    assert decode(data, max_pixels=10**8, spec=EXACT).size == (1600, 1200)
+    assert decode(data, max_pixels=10**8).size == (1600, 1200)  # no spec: as before
+    assert_close(*both_paths(data))
+
+
+def test_reduced_decoding_never_goes_below_the_gap() -> None:
+    data = encode(photo((300, 200)), "JPEG")
+    # 200 / 64 = 3.1: half scale leaves 100 >= 64, a quarter would not.
+    assert decode(data, max_pixels=10**8, spec=PHOTO_SPEC).size == (150, 100)
+    small = encode(photo((100, 100)), "JPEG")
+    assert decode(small, max_pixels=10**8, spec=PHOTO_SPEC).size == (100, 100)
+
+
+def test_exif_rotation_with_reduced_decoding_gives_the_upright_size() -> None:
+    spec = replace(PHOTO_SPEC, height=128, width=32)  # a tall input
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated a quarter turn clockwise
+    data = encode(photo((2048, 1024)), "JPEG", exif=exif)
+    decoded = decode(data, max_pixels=10**8, spec=spec)
+    # Upright it is 1024 wide, 2048 tall; >= 64 x 256 is wanted: 1/8 fits. Judged in the
+    # stored orientation without the swap, 1024 / 256 would allow only 1/4.
+    assert decoded.size == (128, 256)
+    assert_close(*both_paths(data, spec))
+
+
+def test_cmyk_jpeg_on_the_reduced_path() -> None:
+    data = encode(photo((1024, 768)).convert("CMYK"), "JPEG", quality=95)
+    assert decode(data, max_pixels=10**8, spec=PHOTO_SPEC).size == (128, 96)
+    assert_close(*both_paths(data))
+
+
+def test_grey_model_reads_a_large_jpeg_luma_only() -> None:
+    spec = replace(PHOTO_SPEC, channels=1, mean=np.full((1, 1, 1), 0.5, np.float32),
+                   std=np.full((1, 1, 1), 0.25, np.float32))
+    data = encode(photo((1024, 768)), "JPEG", quality=95)
+    decoded = decode(data, max_pixels=10**8, spec=spec)
+    assert decoded.mode == "L" and decoded.size == (128, 96)
+    assert_close(*both_paths(data, spec))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "I;16", "RGBA"])
+def test_large_png_is_box_reduced_before_the_resample(mode: str) -> None:
+    image = photo((1280, 960))
+    if mode == "P":
+        image = image.quantize(64)
+    elif mode == "I;16":
+        image = Image.fromarray((np.asarray(image.convert("L"), dtype=np.uint16) * 200))
+    elif mode == "RGBA":
+        image = image.convert("RGBA")
+    data = encode(image, "PNG")
+    if mode == "I;16":
+        spec = replace(PHOTO_SPEC, channels=1, mean=np.full((1, 1, 1), 0.5, np.float32),
+                       std=np.full((1, 1, 1), 0.25, np.float32))
+        assert_close(*both_paths(data, spec))
+    else:
+        assert_close(*both_paths(data))
+
+
+def test_animated_gif_first_frame_on_the_reduced_path() -> None:
+    first, second = photo((800, 600)).quantize(64), Image.new("P", (800, 600), 0)
+    data = encode(first, "GIF", save_all=True, append_images=[second])
+    reduced, exact = both_paths(data)
+    assert_close(reduced, exact)
+    assert reduced.std() > 0.1  # the photo, not the blank second frame
+
+
+def test_small_images_are_untouched_by_the_reduced_path() -> None:
+    data = encode(photo((60, 50)), "JPEG")
+    reduced, exact = both_paths(data)
+    np.testing.assert_array_equal(reduced, exact)
+
+
+def test_pixel_limit_is_checked_from_the_header_on_the_reduced_path() -> None:
+    data = encode(photo((1600, 1200)), "JPEG")
+    with pytest.raises(PayloadTooLarge, match="1920000 pixels"):
+        decode(data, max_pixels=1_000_000, spec=PHOTO_SPEC)

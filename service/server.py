@@ -1,0 +1,233 @@
+"""Running the service: one process, or ``CONVSCOPE_WORKERS`` processes that share the port.
+
+With several workers each one binds its own listening socket to the same address with
+``SO_REUSEPORT``, so the kernel hashes every new connection onto one of the workers'
+accept queues. uvicorn's own ``workers=N`` shares one socket instead and lets the
+processes race to accept: with a load generator that opens its 16 connections at once,
+one or two event loops won most of them, and two workers gave 1.0-2.4x one worker's
+rate from run to run (issue 14). Hashing spreads connections evenly whatever the
+client does (benchmarks/README.md).
+
+The supervisor (this process) holds no model: it reserves the port, starts the workers,
+restarts one that dies, forwards SIGTERM/SIGINT to all of them on shutdown, and
+removes the Prometheus multiprocess directory it created once every worker is gone.
+Every worker writes its metrics there, so ``/metrics`` from any worker is the sum.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from service import drain, http_limits
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("convscope.server")
+
+# uvicorn's own shutdown after the drain: only closing connections is left by then.
+GRACEFUL_SHUTDOWN_S = 10
+BACKLOG = 2048
+# A worker that dies this soon after starting, this many times in a row, is not restarted
+# again: something is wrong with the machine or the settings, not the worker.
+CRASH_WINDOW_S = 30.0
+MAX_QUICK_CRASHES = 3
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status for ``python -m service``."""
+    from service.app import create_app
+
+    try:
+        app = create_app(settings)  # a bad provider or setting fails here, before any fork
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if settings.workers == 1:
+        _serve_app(app, settings)
+        return 0
+    del app  # built only to check the settings; every worker builds its own
+    return Supervisor(settings).run()
+
+
+def uvicorn_options(settings: Settings, port: int | None = None) -> dict[str, Any]:
+    """uvicorn.Config's keyword arguments for one serving process (call it in that process:
+    it raises the process's open-file limit for the connection cap)."""
+    return dict(host=settings.host, port=settings.port if port is None else port, log_level=settings.log_level,
+                access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                **http_limits.uvicorn_options(settings))
+
+
+def _serve_app(app: FastAPI, settings: Settings, port: int | None = None,
+               sockets: list[socket.socket] | None = None) -> None:
+    import uvicorn
+
+    drain.serve(app, uvicorn.Config(app, **uvicorn_options(settings, port)), sockets=sockets)
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) with SO_REUSEPORT, not yet listening."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6 and host in ("::", ""):
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(address)
+    return sock
+
+
+def _worker_main(settings: Settings, port: int) -> None:
+    """One worker process: its own SO_REUSEPORT listening socket, its own app and models."""
+    from service.app import create_app
+
+    sock = reuseport_socket(settings.host, port)
+    sock.listen(BACKLOG)
+    _serve_app(create_app(settings), settings, port, sockets=[sock])
+
+
+@dataclass
+class _Slot:
+    """One worker position: its current process and how often it died young."""
+
+    index: int
+    process: BaseProcess | None = None
+    started: float = 0.0
+    quick_crashes: int = 0
+    pids: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Starts ``settings.workers`` worker processes on one port and looks after them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.context = multiprocessing.get_context("spawn")  # no inherited threads or sessions
+        self.slots = [_Slot(i) for i in range(settings.workers)]
+        self.stopping = False
+        self.status = 0
+        self._created_dir: Path | None = None
+
+    def run(self) -> int:
+        # Bound but never listening: it holds the port (and picks one for port 0) without
+        # taking connections, which the kernel gives only to listening sockets.
+        try:
+            reserved = reuseport_socket(self.settings.host, self.settings.port)
+        except OSError as exc:
+            print(f"error: cannot listen on {self.settings.host}:{self.settings.port}: {exc}", file=sys.stderr)
+            return 2
+        port = reserved.getsockname()[1]
+        self._prepare_metrics_dir()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        log.info("convscope: %d workers on %s:%d (SO_REUSEPORT)", len(self.slots), self.settings.host, port)
+        print(f"convscope: {len(self.slots)} workers on http://{self.settings.host}:{port}", flush=True)
+        try:
+            for slot in self.slots:
+                self._start(slot, port)
+            self._watch(port)
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            reserved.close()
+            self._remove_metrics_dir()
+        return self.status
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _start(self, slot: _Slot, port: int) -> None:
+        process = self.context.Process(target=_worker_main, args=(self.settings, port),
+                                       name=f"convscope-worker-{slot.index}", daemon=False)
+        process.start()
+        slot.process, slot.started = process, time.monotonic()
+        if process.pid is not None:
+            slot.pids.append(process.pid)
+
+    def _watch(self, port: int) -> None:
+        while not self.stopping:
+            sentinels = [s.process.sentinel for s in self.slots if s.process is not None]
+            multiprocessing.connection.wait(sentinels, timeout=0.5)
+            for slot in self.slots:
+                process = slot.process
+                if self.stopping or process is None or process.is_alive():
+                    continue
+                self._forget(process)
+                lived = time.monotonic() - slot.started
+                slot.quick_crashes = slot.quick_crashes + 1 if lived < CRASH_WINDOW_S else 0
+                if slot.quick_crashes >= MAX_QUICK_CRASHES:
+                    print(f"error: worker {slot.index} exited {MAX_QUICK_CRASHES} times within "
+                          f"{CRASH_WINDOW_S:.0f} s of starting (last exit code {process.exitcode}); "
+                          "stopping", file=sys.stderr, flush=True)
+                    self.status = 1
+                    self.stopping = True
+                    return
+                print(f"warning: worker {slot.index} (pid {process.pid}) exited with {process.exitcode}; "
+                      "restarting it", file=sys.stderr, flush=True)
+                self._start(slot, port)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def _stop_all(self) -> None:
+        running = [s.process for s in self.slots if s.process is not None and s.process.is_alive()]
+        for process in running:
+            if process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        # Each worker drains (up to drain_seconds), then closes its connections.
+        deadline = time.monotonic() + self.settings.drain_seconds + GRACEFUL_SHUTDOWN_S + 5
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for slot in self.slots:
+            if slot.process is not None:
+                self._forget(slot.process)
+
+    def _forget(self, process: BaseProcess) -> None:
+        """A worker is gone: its live gauges (queue depth) must stop counting."""
+        if process.pid is not None and os.environ.get(_MULTIPROC_ENV):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+
+    # -- metrics directory -------------------------------------------------------------------
+
+    def _prepare_metrics_dir(self) -> None:
+        """Workers pool their metrics in PROMETHEUS_MULTIPROC_DIR: a fresh temporary one
+        (removed at the end), or the operator's, cleared of a previous run's files."""
+        given = os.environ.get(_MULTIPROC_ENV)
+        if given:
+            directory = Path(given)
+            directory.mkdir(parents=True, exist_ok=True)
+            for stale in directory.glob("*.db"):
+                stale.unlink()
+            return
+        self._created_dir = Path(tempfile.mkdtemp(prefix="convscope-metrics-"))
+        os.environ[_MULTIPROC_ENV] = str(self._created_dir)  # the spawned workers inherit it
+
+    def _remove_metrics_dir(self) -> None:
+        if self._created_dir is not None:
+            shutil.rmtree(self._created_dir, ignore_errors=True)
+            os.environ.pop(_MULTIPROC_ENV, None)
+            self._created_dir = None

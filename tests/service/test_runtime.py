@@ -1,0 +1,64 @@
+"""The runtime's sessions: shared dense weights give the same answers as a plain session,
+and filters (trained and initial) are read once, at load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service import runtime
+from service.repository import load_artifact, scan
+from service.runtime import CPU, RuntimeOptions, load_model
+from tests.service.synthetic import write_artifact
+
+
+def artifact(root: Path, **kwargs: object) -> object:
+    write_artifact(root, "synthetic", 1, **kwargs)
+    return load_artifact(scan(root)[0])
+
+
+def test_shared_weights_answer_exactly_as_a_plain_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)  # the synthetic fc.weight is small
+    art = artifact(tmp_path, channels=3, size=16, classes=5)
+    model = load_model(art, RuntimeOptions(providers=[CPU]))
+    # Only the Gemm's weight is shared; the conv weight stays in each graph.
+    assert set(model.shared_weights) == {"fc.weight"}
+    batch = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
+    plain = ort.InferenceSession(str(art.model_path), providers=[CPU])
+    names = [model.output_name, *model.layer_names]
+    expected = plain.run(names, {model.input_name: batch})
+    for got, want in zip(model.run(batch, tuple(names)), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    (logits,) = model.run(batch, (model.output_name,))
+    np.testing.assert_allclose(logits, expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_nothing_is_shared_when_asked_not_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)
+    model = load_model(artifact(tmp_path), RuntimeOptions(providers=[CPU], share_weights=False))
+    assert model.shared_weights == {}
+
+
+def test_filters_trained_and_initial_are_read_at_load(tmp_path: Path) -> None:
+    art = artifact(tmp_path)
+    model = load_model(art, RuntimeOptions(providers=[CPU]))
+    assert set(model.filters) == set(model.initial_filters) == {"features.1"}
+    with np.load(art.initial_weights_path) as data:
+        np.testing.assert_array_equal(model.initial_filters["features.1"], data["conv.weight"])
+    assert not np.array_equal(model.filters["features.1"], model.initial_filters["features.1"])
+
+
+def test_without_initial_weights_there_are_no_initial_filters(tmp_path: Path) -> None:
+    model = load_model(artifact(tmp_path, initial_weights=False), RuntimeOptions(providers=[CPU]))
+    assert model.initial_filters == {} and "features.1" in model.filters
+
+
+def test_options_from_settings_carry_the_decoding_opt_out() -> None:
+    from service.settings import Settings
+
+    assert RuntimeOptions.from_settings(Settings()).reducing_gap is not None
+    exact = RuntimeOptions.from_settings(Settings(full_resolution_decode=True))
+    assert exact.reducing_gap is None and exact.providers

@@ -43,7 +43,7 @@ def _layers(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, mean_default: str, std_default: str) -> None:
     parser.add_argument("--out", default="models", help="model repository root (default: ./models)")
     parser.add_argument(
         "--version", type=_positive_int, help="version to write (default: next free); never overwrites"
@@ -57,13 +57,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--mean",
         type=float,
         nargs="+",
-        help="per-channel mean after scaling (default: measured on the training set)",
+        help=f"per-channel mean after scaling (default: {mean_default})",
     )
     parser.add_argument(
         "--std",
         type=float,
         nargs="+",
-        help="per-channel std after scaling (default: measured on the training set)",
+        help=f"per-channel std after scaling (default: {std_default})",
     )
     parser.add_argument(
         "--size", type=int, nargs=2, metavar=("H", "W"), help="input size the image is resized to"
@@ -144,7 +144,8 @@ def train_parser() -> argparse.ArgumentParser:
         help="torch threads for training (default: 1 below 64 px, else one per core)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    _common(parser)
+    measured = "measured on the training set; ImageNet's for an ImageNet checkpoint"
+    _common(parser, measured, measured)
     return parser
 
 
@@ -161,7 +162,9 @@ def import_parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default: 1/255)"
     )
     parser.add_argument("--output", help="the class-score output (default: the first graph output)")
-    _common(parser)
+    # An import has no training set to measure statistics on: without these flags the
+    # model gets pixel * scale as it is, and the run says so on stderr.
+    _common(parser, "0, no centring; a warning says so", "1, no rescaling; a warning says so")
     return parser
 
 

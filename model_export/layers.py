@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import metadata
 from .errors import ExportError
+from .metadata import ParamCount, ParamGroup
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 ACTIVATIONS = (
@@ -140,29 +142,21 @@ def count_params(module: nn.Module, recurse: bool = True) -> int:
 
 
 def param_summary(model: nn.Module) -> dict[str, Any]:
-    """total/conv/dense/other split; per_module lists modules owning parameters."""
-    per_module = []
-    split = {"conv": 0, "dense": 0, "other": 0}
+    """metadata `params` of a PyTorch net: every module that owns parameters."""
+    counts = []
     for path, module in model.named_modules():
-        n = count_params(module, recurse=False)
-        if n == 0:
-            continue
-        per_module.append({"name": path, "type": type(module).__name__, "params": n})
-        if isinstance(module, nn.modules.conv._ConvNd):
-            split["conv"] += n
-        elif isinstance(module, nn.Linear):
-            split["dense"] += n
-        else:
-            split["other"] += n
-    total = count_params(model)
-    if sum(split.values()) != total:  # shared parameters would be counted twice
+        group: ParamGroup = (
+            "conv"
+            if isinstance(module, nn.modules.conv._ConvNd)
+            else "dense"
+            if isinstance(module, nn.Linear)
+            else "other"
+        )
+        counts.append(ParamCount(path, type(module).__name__, count_params(module, recurse=False), group))
+    summary = metadata.param_summary(counts)
+    if summary["total"] != count_params(model):  # shared parameters would be counted twice
         raise ExportError("parameter split does not add up (shared parameters?)")
-    return {
-        "total": total,
-        **split,
-        "dense_fraction": split["dense"] / total if total else 0.0,
-        "per_module": per_module,
-    }
+    return summary
 
 
 def _pair(value: Any) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import artifact, metadata
 from .errors import ExportError
+from .geometry import INPUT, UNKNOWN, Geometry
 from .metadata import ParamCount, ParamGroup
 from .parity import check_dynamic_batch, compare, run_onnx
 from .preprocessing import SCALE, InputSpec, check_channels, normalisation
@@ -224,9 +225,10 @@ def _attr(node: Any, name: str, default: Any) -> Any:
 
 def _receptive_fields(
     graph: Any, input_name: str, consts: dict[str, np.ndarray], shapes: dict[str, list[int]]
-) -> dict[str, tuple[int, int]]:
-    """(rf, jump) per value on the spatial grid, for chain-like parts of the graph."""
-    state: dict[str, tuple[int, int]] = {input_name: (1, 1)}
+) -> dict[str, Geometry]:
+    """Receptive field, stride and offset per value on the spatial grid, for the
+    chain-like parts of the graph (geometry.py)."""
+    state: dict[str, Geometry] = {input_name: INPUT}
     for node in graph.node:
         # Every non-constant input must be on the grid already; else this value's
         # receptive field is unknown (and so is everything computed from it).
@@ -234,28 +236,79 @@ def _receptive_fields(
         if not spatial_inputs or any(i not in state for i in spatial_inputs):
             continue
         inputs = [state[i] for i in spatial_inputs]
-        op = node.op_type
-        rf, jump = inputs[0]
-        if op in ("Conv", "MaxPool", "AveragePool"):
-            if op == "Conv" and node.input[1] in consts:
-                kernel = list(consts[node.input[1]].shape[2:])
-            else:
-                kernel = list(_attr(node, "kernel_shape", []))
-            if not kernel:
-                continue
-            k = max(kernel)
-            d = max(_attr(node, "dilations", [1]))
-            s = max(_attr(node, "strides", [1]))
-            state[node.output[0]] = (rf + (k - 1) * d * jump, jump * s)
-        elif op in ("GlobalAveragePool", "GlobalMaxPool"):
-            shape = shapes.get(node.input[0], [])
-            if len(shape) == 4 and min(shape[2:]) > 0:
-                extent = max(shape[2:])
-                state[node.output[0]] = (rf + (extent - 1) * jump, jump * extent)
-        elif op in ELEMENTWISE:
-            if len({j for _, j in inputs}) == 1:
-                state[node.output[0]] = (max(r for r, _ in inputs), jump)
+        geometry = _through(node, inputs, consts, shapes)
+        if geometry is not None:
+            state[node.output[0]] = geometry
     return state
+
+
+def _through(
+    node: Any, inputs: list[Geometry], consts: dict[str, np.ndarray], shapes: dict[str, list[int]]
+) -> Geometry | None:
+    """The geometry of one node's output, or None where this walk does not model it."""
+    op = node.op_type
+    first = inputs[0]
+    if op in ("Conv", "MaxPool", "AveragePool"):
+        if op == "Conv" and node.input[1] in consts:
+            kernel = list(consts[node.input[1]].shape[2:])
+        else:
+            kernel = list(_attr(node, "kernel_shape", []))
+        if not kernel:
+            return None
+        dilation = max(_attr(node, "dilations", [1]))
+        stride = max(_attr(node, "strides", [1]))
+        padding = _pad_before(node, kernel, shapes.get(node.input[0], []))
+        return first.window(max(kernel), stride, dilation, padding)
+    if op in ("GlobalAveragePool", "GlobalMaxPool"):
+        shape = shapes.get(node.input[0], [])
+        if len(shape) == 4 and min(shape[2:]) > 0:
+            extent = max(shape[2:])
+            return first.window(extent, extent, 1, 0)
+        return None
+    if op == "Pad":
+        return first.padded(_pad_op_before(node, consts))
+    if op in ELEMENTWISE and len({g.stride for g in inputs}) == 1:
+        offsets = {g.offset for g in inputs}
+        rf = max(g.receptive_field or 0 for g in inputs)
+        return Geometry(rf, first.stride, first.offset if len(offsets) == 1 else None)
+    return None
+
+
+def _same(values: list[int]) -> int | None:
+    return values[0] if values and len(set(values)) == 1 else None
+
+
+def _pad_before(node: Any, kernel: list[int], in_shape: list[int]) -> int | None:
+    """Rows (= columns) of padding before the first one of a Conv/pool, or None."""
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad == "VALID":
+        return 0
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if len(in_shape) != 4 or min(in_shape[2:]) <= 0:
+            return None
+        strides = list(_attr(node, "strides", [1, 1]))
+        dilations = list(_attr(node, "dilations", [1, 1]))
+        before = []
+        for size, k, s, d in zip(in_shape[2:], kernel, strides, dilations, strict=False):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            before.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+        return _same(before)
+    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+    return _same([int(p) for p in pads[: len(pads) // 2]])
+
+
+def _pad_op_before(node: Any, consts: dict[str, np.ndarray]) -> int | None:
+    """Rows (= columns) a Pad node adds before the first one, or None."""
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in consts:
+            return None
+        pads = [int(p) for p in consts[node.input[1]].ravel()]
+    else:
+        pads = [int(p) for p in _attr(node, "pads", [])]  # before opset 11
+    if len(pads) != 8 or (len(node.input) > 3 and node.input[3]):  # NCHW only; no `axes`
+        return None
+    return _same(pads[2:4])
 
 
 def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: set[str]) -> dict[str, Any]:
@@ -515,9 +568,10 @@ def _describe_layers(rewritten: _Rewritten) -> list[dict[str, Any]]:
             params = sum(int(consts[i].size) for i in conv_node.input[1:] if i in consts)
         entry["output_shape"] = None
         entry["params"] = params
-        rf = rfs.get(node.output[0])
-        entry["receptive_field"] = rf[0] if rf else None
-        entry["stride"] = rf[1] if rf else None
+        geometry = rfs.get(node.output[0], UNKNOWN)
+        entry["receptive_field"] = geometry.receptive_field
+        entry["stride"] = geometry.stride
+        entry["receptive_field_offset"] = geometry.offset
         layers.append(entry)
     return layers
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .architectures import REGISTRY
+from .channel_view import DEFAULT_IMAGES, DEFAULT_IMAGES_LARGE, DEFAULT_TOP_K
 from .datasets import DATASETS
 from .errors import ExportError
 from .parity import DEFAULT_TOLERANCE
@@ -36,6 +37,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, not {text}")
     return value
 
 
@@ -73,6 +81,23 @@ def _common(parser: argparse.ArgumentParser, mean_default: str, std_default: str
         type=float,
         default=DEFAULT_TOLERANCE,
         help="parity tolerance: max|onnx - reference| <= tol * max(1, max|reference|) (default: 1e-3)",
+    )
+
+
+def _channel_view(parser: argparse.ArgumentParser, source: str) -> None:
+    parser.add_argument(
+        "--channel-images",
+        type=_count,
+        metavar="N",
+        help=f"{source} images ranked for the channel view (the top images of every channel); "
+        f"default: {DEFAULT_IMAGES}, {DEFAULT_IMAGES_LARGE} for inputs over 64x64 px; 0: no channel view",
+    )
+    parser.add_argument(
+        "--channel-top-k",
+        type=_positive_int,
+        default=DEFAULT_TOP_K,
+        metavar="K",
+        help=f"images kept per channel in the channel view (default: {DEFAULT_TOP_K})",
     )
 
 
@@ -144,6 +169,7 @@ def train_parser() -> argparse.ArgumentParser:
         help="torch threads for training (default: 1 below 64 px, else one per core)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _channel_view(parser, "held-out")
     measured = "measured on the training set; ImageNet's for an ImageNet checkpoint"
     _common(parser, measured, measured)
     return parser
@@ -162,6 +188,13 @@ def import_parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default: 1/255)"
     )
     parser.add_argument("--output", help="the class-score output (default: the first graph output)")
+    parser.add_argument(
+        "--data-dir",
+        help="images the model did not learn from, ImageFolder layout (<class>/<image>; its val/ when it "
+        "has train/ and val/): a channel view and samples are stored from them (default: neither)",
+    )
+    _channel_view(parser, "--data-dir")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     # An import has no training set to measure statistics on: without these flags the
     # model gets pixel * scale as it is, and the run says so on stderr.
     _common(parser, "0, no centring; a warning says so", "1, no rescaling; a warning says so")
@@ -211,6 +244,8 @@ def _run_train(argv: Sequence[str]) -> Path | None:
             parity_images=args.parity_images,
             progress=not args.quiet,
             threads=args.threads,
+            channel_images=args.channel_images,
+            channel_top_k=args.channel_top_k,
         )
     )
 
@@ -234,6 +269,10 @@ def _run_import(argv: Sequence[str]) -> Path | None:
             scale=args.scale,
             output=args.output,
             tolerance=args.tolerance,
+            data_dir=args.data_dir,
+            channel_images=args.channel_images,
+            channel_top_k=args.channel_top_k,
+            progress=not args.quiet,
         )
     )
 

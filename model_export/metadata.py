@@ -88,6 +88,8 @@ class ModelFacts:
     opset: int | None
     training: dict[str, Any] | None = None  # None for an import
     with_torch: bool = True
+    channel_view: dict[str, Any] | None = None  # None: not computed
+    samples: dict[str, Any] | None = None  # None: none stored
 
 
 def build(facts: ModelFacts) -> dict[str, Any]:
@@ -108,5 +110,7 @@ def build(facts: ModelFacts) -> dict[str, Any]:
         "training": facts.training,
         "parity": facts.parity,
         "versions": package_versions(facts.opset, with_torch=facts.with_torch),
+        "channel_view": facts.channel_view,
+        "samples": facts.samples,
         "files": {},
     }

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from . import artifact, metadata
+from . import artifact, channel_view, metadata
+from .datasets import Dataset, load_images
 from .errors import ExportError
 from .geometry import INPUT, UNKNOWN, Geometry
 from .metadata import ParamCount, ParamGroup
@@ -80,6 +81,10 @@ class ImportOptions:
     scale: float = SCALE
     output: str | None = None
     tolerance: float = 1e-3
+    data_dir: str | None = None  # ImageFolder images for the channel view and samples
+    channel_images: int | None = None  # None: channel_view.default_images(size); 0: none
+    channel_top_k: int = channel_view.DEFAULT_TOP_K
+    progress: bool = True
 
 
 def _load(path: str) -> Any:
@@ -365,6 +370,7 @@ def import_onnx(opts: ImportOptions) -> Path:
     import onnx
 
     name = _check_options(opts)
+    images = load_images(opts.data_dir) if opts.data_dir else None
     original = _load(opts.file)
     signature = _signature(original, opts)
     sample, reference = _reference_logits(opts.file, signature)
@@ -377,6 +383,7 @@ def import_onnx(opts: ImportOptions) -> Path:
         model_path = staging.path / artifact.MODEL_FILE
         onnx.save(rewritten.model, str(model_path))
         parity = _check_parity(model_path, sample, reference, rewritten, layers, opts.tolerance)
+        view, samples = _write_views(staging.path, model_path, layers, input_spec, images, opts)
         meta = metadata.build(
             metadata.ModelFacts(
                 name=name,
@@ -392,6 +399,8 @@ def import_onnx(opts: ImportOptions) -> Path:
                 opset=metadata.opset_of(rewritten.model),
                 training=None,
                 with_torch=False,
+                channel_view=view,
+                samples=samples,
             )
         )
         return staging.commit(meta)
@@ -405,6 +414,9 @@ def _check_options(opts: ImportOptions) -> str:
         raise ExportError("--tolerance must be positive")
     if not opts.scale > 0:
         raise ExportError("--scale must be positive")
+    channel_view.check_options(opts.channel_images, opts.channel_top_k)
+    if opts.data_dir is None and opts.channel_images:
+        raise ExportError("--channel-images needs --data-dir: the images to rank")
     return name
 
 
@@ -621,6 +633,27 @@ def _check_parity(
     parity = compare({"logits": reference}, {"logits": outputs[name]}, tolerance, len(sample))
     parity["max_abs_diff"] = {name: parity["max_abs_diff"]["logits"]}
     return parity
+
+
+def _write_views(
+    directory: Path,
+    model_path: Path,
+    layers: list[dict[str, Any]],
+    spec: InputSpec,
+    images: Dataset | None,
+    opts: ImportOptions,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The channel view and samples from --data-dir's images; (None, None) without them."""
+    if images is None:
+        return None, None
+    count = opts.channel_images
+    options = channel_view.ViewOptions(
+        images=channel_view.default_images(spec.size) if count is None else count,
+        top_k=opts.channel_top_k,
+        progress=opts.progress,
+    )
+    view = channel_view.write_channel_view(directory, model_path, layers, spec, images.val, images.classes, options)
+    return view, channel_view.write_samples(directory, spec, images.val, images.classes)
 
 
 def parse_size(values: Sequence[int] | None) -> tuple[int, int] | None:

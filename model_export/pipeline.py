@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import artifact, metadata
+from . import artifact, channel_view, metadata
 from .architectures import ArchSpec, get_arch, imagenet_labels
 from .datasets import Dataset, limit, load_dataset
 from .errors import ExportError
@@ -54,6 +54,8 @@ class TrainOptions:
     parity_images: int = 32
     progress: bool = True
     threads: int | None = None
+    channel_images: int | None = None  # None: channel_view.default_images(size); 0: none
+    channel_top_k: int = channel_view.DEFAULT_TOP_K
 
 
 def _load_weights(path: str) -> dict[str, Any]:
@@ -168,6 +170,8 @@ def export_trained(opts: TrainOptions) -> Path:
         _write_initial_weights(net, staging.path)
         parity_images = preprocess(data.val.images[: opts.parity_images], input_spec)
         parity = _check_parity(net, model_path, parity_images, opts)
+        view = _write_channel_view(staging.path, model_path, net, input_spec, data, opts)
+        samples = channel_view.write_samples(staging.path, input_spec, data.val, data.classes)
         meta = metadata.build(
             metadata.ModelFacts(
                 name=name,
@@ -182,6 +186,8 @@ def export_trained(opts: TrainOptions) -> Path:
                 parity=parity,
                 opset=opset,
                 training=training,
+                channel_view=view,
+                samples=samples,
             )
         )
         return staging.commit(meta)
@@ -201,6 +207,7 @@ def _check_options(opts: TrainOptions) -> str:
         raise ExportError("--epochs must be 0 or more")
     if not opts.tolerance > 0:
         raise ExportError("--tolerance must be positive")
+    channel_view.check_options(opts.channel_images, opts.channel_top_k)
     return name
 
 
@@ -339,6 +346,22 @@ def _check_parity(net: _Net, model_path: Path, images: np.ndarray, opts: TrainOp
     reference = {n: t.numpy() for n, t in zip(["logits", *net.taps], eager, strict=False)}
     check_dynamic_batch(model_path, images)
     return compare(reference, run_onnx(model_path, images), opts.tolerance, len(images))
+
+
+def _write_channel_view(
+    directory: Path, model_path: Path, net: _Net, input_spec: InputSpec, data: Dataset, opts: TrainOptions
+) -> dict[str, Any] | None:
+    """The held-out images that excite each channel most, from the model just written."""
+    images = opts.channel_images
+    options = channel_view.ViewOptions(
+        images=channel_view.default_images(input_spec.size) if images is None else images,
+        top_k=opts.channel_top_k,
+        progress=opts.progress,
+        seed=opts.seed,
+    )
+    return channel_view.write_channel_view(
+        directory, model_path, net.layers, input_spec, data.val, data.classes, options
+    )
 
 
 def _describe(spec: ArchSpec, opts: TrainOptions, epochs: int, imagenet: bool) -> str:

@@ -194,7 +194,7 @@ def _crops(top: _LayerTop, size: tuple[int, int]) -> bool:
     """Whether this layer's pictures are receptive-field crops rather than whole images."""
     rf = top.geometry.receptive_field
     large = size[0] * size[1] > SMALL_INPUT_PIXELS
-    known = top.spatial and rf is not None and top.geometry.offset is not None
+    known = top.spatial and top.geometry.offset is not None
     return large and known and rf is not None and rf * CROP_RATIO <= min(size)
 
 
@@ -216,8 +216,8 @@ def _layer_arrays(top: _LayerTop, map_shape: list[int], pictures: _Pictures) -> 
             if rect is not None:
                 boxes[c, r] = rect
             picture[c, r] = pictures.crop(image, rect) if crops and rect is not None else pictures.whole(image)
-    image = top.image.astype(np.int32)
-    return {"activation": top.activation, "image": image, "position": position, "box": boxes, "picture": picture}
+    images = top.image.astype(np.int32)
+    return {"activation": top.activation, "image": images, "position": position, "box": boxes, "picture": picture}
 
 
 @dataclass

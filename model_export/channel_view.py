@@ -222,10 +222,37 @@ def _layer_arrays(top: _LayerTop, map_shape: list[int], pictures: _Pictures) -> 
 
 @dataclass
 class ViewOptions:
-    images: int  # held-out images to rank; 0: no channel view
+    images: int | None = None  # held-out images to rank; None: default_images(size); 0: none
     top_k: int = DEFAULT_TOP_K
     progress: bool = True
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What was written: metadata `channel_view` and `samples` (None: not stored)."""
+
+    channel_view: dict[str, Any] | None = None
+    samples: dict[str, Any] | None = None
+
+
+def write_views(
+    directory: Path,
+    model_path: Path,
+    layers: list[dict[str, Any]],
+    spec: InputSpec,
+    held_out: Split,
+    classes: list[str],
+    options: ViewOptions,
+) -> Stored:
+    """channel_view.npz and samples.npz from held-out images, next to model.onnx."""
+    count = default_images(spec.size) if options.images is None else options.images
+    view = None
+    if count > 0 and len(held_out) > 0:
+        indices = subset_indices(len(held_out), count, options.seed)
+        table = _Table(layers, classes, indices, held_out.subset(indices))
+        view = _write_channel_view(directory / CHANNEL_VIEW_FILE, model_path, spec, table, options)
+    return Stored(view, write_samples(directory, spec, held_out, classes))
 
 
 def check_options(images: int | None, top_k: int) -> None:
@@ -235,29 +262,30 @@ def check_options(images: int | None, top_k: int) -> None:
         raise ExportError("--channel-top-k must be at least 1")
 
 
-def write_channel_view(
-    directory: Path,
-    model_path: Path,
-    layers: list[dict[str, Any]],
-    spec: InputSpec,
-    held_out: Split,
-    classes: list[str],
-    options: ViewOptions,
-) -> dict[str, Any] | None:
-    """channel_view.npz in `directory`; returns metadata `channel_view` (None: not asked)."""
-    if options.images == 0 or len(held_out) == 0:
-        return None
+@dataclass(frozen=True)
+class _Table:
+    """What is ranked: the tapped layers, over which held-out images."""
+
+    layers: list[dict[str, Any]]
+    classes: list[str]
+    indices: np.ndarray  # held-out indices of the ranked images
+    ranked: Split
+
+
+def _write_channel_view(
+    path: Path, model_path: Path, spec: InputSpec, table: _Table, options: ViewOptions
+) -> dict[str, Any]:
+    """Rank, store the tables and pictures at `path`; returns metadata `channel_view`."""
     started = time.perf_counter()
-    indices = subset_indices(len(held_out), options.images, options.seed)
-    ranked = held_out.subset(indices)
+    layers, ranked = table.layers, table.ranked
     pixels = model_view(ranked.images, spec)
     top_k = min(options.top_k, len(ranked))
     tops = _rank(model_path, layers, pixels, spec, top_k, options.progress)
     pictures = _Pictures(spec.size, pixels)
     arrays: dict[str, np.ndarray] = {
         "layers": np.array([layer["name"] for layer in layers]),
-        "classes": np.array(classes),
-        "image_index": indices.astype(np.int64),
+        "classes": np.array(table.classes),
+        "image_index": table.indices.astype(np.int64),
         "image_label": ranked.labels.astype(np.int64),
         "size": np.array(spec.size, dtype=np.int32),
     }
@@ -269,9 +297,9 @@ def write_channel_view(
     arrays["picture_origin"] = np.array(pictures.origins, dtype=np.int32).reshape(-1, 2)
     arrays["picture_crop"] = np.array([kind == "crop" for kind in pictures.kinds], dtype=bool)
     # PNG data does not deflate again; the tables are small: no compression.
-    np.savez(directory / CHANNEL_VIEW_FILE, allow_pickle=False, **arrays)
+    np.savez(path, allow_pickle=False, **arrays)
     return {
-        "file": CHANNEL_VIEW_FILE,
+        "file": path.name,
         "images": len(ranked),
         "top_k": top_k,
         "layers": [layer["name"] for layer in layers],

@@ -9,11 +9,12 @@ the model came in. Torch-free on purpose: the import path must not need torch.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any, Literal
 
 from . import artifact
+from .channel_view import Stored
 from .preprocessing import InputSpec
 
 ParamGroup = Literal["conv", "dense", "other"]
@@ -88,8 +89,7 @@ class ModelFacts:
     opset: int | None
     training: dict[str, Any] | None = None  # None for an import
     with_torch: bool = True
-    channel_view: dict[str, Any] | None = None  # None: not computed
-    samples: dict[str, Any] | None = None  # None: none stored
+    views: Stored = field(default_factory=Stored)  # channel view and samples, where stored
 
 
 def build(facts: ModelFacts) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def build(facts: ModelFacts) -> dict[str, Any]:
         "training": facts.training,
         "parity": facts.parity,
         "versions": package_versions(facts.opset, with_torch=facts.with_torch),
-        "channel_view": facts.channel_view,
-        "samples": facts.samples,
+        "channel_view": facts.views.channel_view,
+        "samples": facts.views.samples,
         "files": {},
     }

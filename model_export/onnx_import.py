@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import artifact, channel_view, metadata
-from .datasets import Dataset, load_images
+from .datasets import load_images
 from .errors import ExportError
 from .geometry import INPUT, UNKNOWN, Geometry
 from .metadata import ParamCount, ParamGroup
@@ -383,7 +383,12 @@ def import_onnx(opts: ImportOptions) -> Path:
         model_path = staging.path / artifact.MODEL_FILE
         onnx.save(rewritten.model, str(model_path))
         parity = _check_parity(model_path, sample, reference, rewritten, layers, opts.tolerance)
-        view, samples = _write_views(staging.path, model_path, layers, input_spec, images, opts)
+        views = channel_view.Stored()
+        if images is not None:  # --data-dir: images to rank and to sample
+            options = channel_view.ViewOptions(opts.channel_images, opts.channel_top_k, opts.progress)
+            views = channel_view.write_views(
+                staging.path, model_path, layers, input_spec, images.val, images.classes, options
+            )
         meta = metadata.build(
             metadata.ModelFacts(
                 name=name,
@@ -399,8 +404,7 @@ def import_onnx(opts: ImportOptions) -> Path:
                 opset=metadata.opset_of(rewritten.model),
                 training=None,
                 with_torch=False,
-                channel_view=view,
-                samples=samples,
+                views=views,
             )
         )
         return staging.commit(meta)
@@ -633,27 +637,6 @@ def _check_parity(
     parity = compare({"logits": reference}, {"logits": outputs[name]}, tolerance, len(sample))
     parity["max_abs_diff"] = {name: parity["max_abs_diff"]["logits"]}
     return parity
-
-
-def _write_views(
-    directory: Path,
-    model_path: Path,
-    layers: list[dict[str, Any]],
-    spec: InputSpec,
-    images: Dataset | None,
-    opts: ImportOptions,
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The channel view and samples from --data-dir's images; (None, None) without them."""
-    if images is None:
-        return None, None
-    count = opts.channel_images
-    options = channel_view.ViewOptions(
-        images=channel_view.default_images(spec.size) if count is None else count,
-        top_k=opts.channel_top_k,
-        progress=opts.progress,
-    )
-    view = channel_view.write_channel_view(directory, model_path, layers, spec, images.val, images.classes, options)
-    return view, channel_view.write_samples(directory, spec, images.val, images.classes)
 
 
 def parse_size(values: Sequence[int] | None) -> tuple[int, int] | None:

@@ -54,7 +54,7 @@ class TrainOptions:
     parity_images: int = 32
     progress: bool = True
     threads: int | None = None
-    channel_images: int | None = None  # None: channel_view.default_images(size); 0: none
+    channel_images: int | None = None  # None: channel_view.default_images(size); 0: no view
     channel_top_k: int = channel_view.DEFAULT_TOP_K
 
 
@@ -170,8 +170,10 @@ def export_trained(opts: TrainOptions) -> Path:
         _write_initial_weights(net, staging.path)
         parity_images = preprocess(data.val.images[: opts.parity_images], input_spec)
         parity = _check_parity(net, model_path, parity_images, opts)
-        view = _write_channel_view(staging.path, model_path, net, input_spec, data, opts)
-        samples = channel_view.write_samples(staging.path, input_spec, data.val, data.classes)
+        options = channel_view.ViewOptions(opts.channel_images, opts.channel_top_k, opts.progress, opts.seed)
+        views = channel_view.write_views(
+            staging.path, model_path, net.layers, input_spec, data.val, data.classes, options
+        )
         meta = metadata.build(
             metadata.ModelFacts(
                 name=name,
@@ -186,8 +188,7 @@ def export_trained(opts: TrainOptions) -> Path:
                 parity=parity,
                 opset=opset,
                 training=training,
-                channel_view=view,
-                samples=samples,
+                views=views,
             )
         )
         return staging.commit(meta)
@@ -346,22 +347,6 @@ def _check_parity(net: _Net, model_path: Path, images: np.ndarray, opts: TrainOp
     reference = {n: t.numpy() for n, t in zip(["logits", *net.taps], eager, strict=False)}
     check_dynamic_batch(model_path, images)
     return compare(reference, run_onnx(model_path, images), opts.tolerance, len(images))
-
-
-def _write_channel_view(
-    directory: Path, model_path: Path, net: _Net, input_spec: InputSpec, data: Dataset, opts: TrainOptions
-) -> dict[str, Any] | None:
-    """The held-out images that excite each channel most, from the model just written."""
-    images = opts.channel_images
-    options = channel_view.ViewOptions(
-        images=channel_view.default_images(input_spec.size) if images is None else images,
-        top_k=opts.channel_top_k,
-        progress=opts.progress,
-        seed=opts.seed,
-    )
-    return channel_view.write_channel_view(
-        directory, model_path, net.layers, input_spec, data.val, data.classes, options
-    )
 
 
 def _describe(spec: ArchSpec, opts: TrainOptions, epochs: int, imagenet: bool) -> str:

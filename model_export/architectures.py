@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from torch import nn
@@ -111,7 +111,7 @@ def build_alexnet(channels: int, size: tuple[int, int], num_classes: int) -> nn.
     if channels != 3:
         old = net.features[0]
         net.features[0] = nn.Conv2d(channels, old.out_channels, old.kernel_size, old.stride, old.padding)
-    return net
+    return cast("nn.Module", net)  # torchvision has no type information
 
 
 def build_alexnet_small(channels: int, size: tuple[int, int], num_classes: int) -> nn.Module:
@@ -155,7 +155,7 @@ def build_resnet18(channels: int, size: tuple[int, int], num_classes: int) -> nn
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if channels != 3:
         net.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return net
+    return cast("nn.Module", net)
 
 
 REGISTRY: dict[str, ArchSpec] = {

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .architectures import REGISTRY
+from .channel_view import DEFAULT_IMAGES, DEFAULT_IMAGES_LARGE, DEFAULT_TOP_K
 from .datasets import DATASETS
 from .errors import ExportError
 from .parity import DEFAULT_TOLERANCE
@@ -39,11 +40,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, not {text}")
+    return value
+
+
 def _layers(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, mean_default: str, std_default: str) -> None:
     parser.add_argument("--out", default="models", help="model repository root (default: ./models)")
     parser.add_argument(
         "--version", type=_positive_int, help="version to write (default: next free); never overwrites"
@@ -57,13 +65,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--mean",
         type=float,
         nargs="+",
-        help="per-channel mean after scaling (default: measured on the training set)",
+        help=f"per-channel mean after scaling (default: {mean_default})",
     )
     parser.add_argument(
         "--std",
         type=float,
         nargs="+",
-        help="per-channel std after scaling (default: measured on the training set)",
+        help=f"per-channel std after scaling (default: {std_default})",
     )
     parser.add_argument(
         "--size", type=int, nargs=2, metavar=("H", "W"), help="input size the image is resized to"
@@ -73,6 +81,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_TOLERANCE,
         help="parity tolerance: max|onnx - reference| <= tol * max(1, max|reference|) (default: 1e-3)",
+    )
+
+
+def _channel_view(parser: argparse.ArgumentParser, source: str) -> None:
+    parser.add_argument(
+        "--channel-images",
+        type=_count,
+        metavar="N",
+        help=f"{source} images ranked for the channel view (the top images of every channel); "
+        f"default: {DEFAULT_IMAGES}, {DEFAULT_IMAGES_LARGE} for inputs over 64x64 px; 0: no channel view",
+    )
+    parser.add_argument(
+        "--channel-top-k",
+        type=_positive_int,
+        default=DEFAULT_TOP_K,
+        metavar="K",
+        help=f"images kept per channel in the channel view (default: {DEFAULT_TOP_K})",
     )
 
 
@@ -144,7 +169,9 @@ def train_parser() -> argparse.ArgumentParser:
         help="torch threads for training (default: 1 below 64 px, else one per core)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    _common(parser)
+    _channel_view(parser, "held-out")
+    measured = "measured on the training set; ImageNet's for an ImageNet checkpoint"
+    _common(parser, measured, measured)
     return parser
 
 
@@ -161,7 +188,16 @@ def import_parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default: 1/255)"
     )
     parser.add_argument("--output", help="the class-score output (default: the first graph output)")
-    _common(parser)
+    parser.add_argument(
+        "--data-dir",
+        help="images the model did not learn from, ImageFolder layout (<class>/<image>; its val/ when it "
+        "has train/ and val/): a channel view and samples are stored from them (default: neither)",
+    )
+    _channel_view(parser, "--data-dir")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    # An import has no training set to measure statistics on: without these flags the
+    # model gets pixel * scale as it is, and the run says so on stderr.
+    _common(parser, "0, no centring; a warning says so", "1, no rescaling; a warning says so")
     return parser
 
 
@@ -208,6 +244,8 @@ def _run_train(argv: Sequence[str]) -> Path | None:
             parity_images=args.parity_images,
             progress=not args.quiet,
             threads=args.threads,
+            channel_images=args.channel_images,
+            channel_top_k=args.channel_top_k,
         )
     )
 
@@ -231,6 +269,10 @@ def _run_import(argv: Sequence[str]) -> Path | None:
             scale=args.scale,
             output=args.output,
             tolerance=args.tolerance,
+            data_dir=args.data_dir,
+            channel_images=args.channel_images,
+            channel_top_k=args.channel_top_k,
+            progress=not args.quiet,
         )
     )
 

@@ -222,6 +222,23 @@ def load_imagefolder(data_dir: str | os.PathLike[str] | None, seed: int) -> Data
     return Dataset("imagefolder", names, whole.subset(train_idx), whole.subset(val_idx))
 
 
+def load_images(data_dir: str | os.PathLike[str]) -> Dataset:
+    """An ImageFolder tree of images a model did not learn from (for an imported model's
+    channel view): its `val/` when it has `train/` and `val/`, else every image. The
+    whole set comes back as `val`; `train` is empty."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ExportError(f"data directory {root} does not exist")
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        root = root / "val"
+    classes = _scan_classes(root)
+    names = sorted(classes)
+    if not names:
+        raise ExportError(f"{root} holds no class subfolders with images (ImageFolder layout: <class>/<image>)")
+    empty = Split(np.zeros((0, 1, 1), dtype=np.uint8), np.zeros(0, dtype=np.int64))
+    return Dataset("imagefolder", names, empty, _load_tree(classes, names))
+
+
 def _check_classes(names: list[str], root: Path) -> None:
     if len(names) < 2:
         found = f"found {len(names)} ({', '.join(names)})" if names else "found none"
@@ -238,9 +255,16 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None, seed: int) 
     raise ExportError(f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}")
 
 
+def subset_indices(n: int, max_samples: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded random subset of at most `max_samples` of n items."""
+    if max_samples is None or max_samples >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed + 1)
+    return np.sort(rng.choice(n, size=max_samples, replace=False))
+
+
 def limit(split: Split, max_samples: int | None, seed: int) -> Split:
     """A seeded random subset of at most `max_samples` (order kept), for quick runs."""
     if max_samples is None or max_samples >= len(split):
         return split
-    rng = np.random.default_rng(seed + 1)
-    return split.subset(np.sort(rng.choice(len(split), size=max_samples, replace=False)))
+    return split.subset(subset_indices(len(split), max_samples, seed))

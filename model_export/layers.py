@@ -3,7 +3,7 @@
 Everything is derived from one traced forward pass (module calls in execution order,
 with their input/output shapes), so it follows what the net does rather than how its
 modules happen to be declared; receptive fields are then computed analytically along
-the main path (rf += (k - 1) * dilation * jump; jump *= stride).
+the main path (geometry.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import metadata
 from .errors import ExportError
+from .geometry import INPUT, UNKNOWN, Geometry
+from .metadata import ParamCount, ParamGroup
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 ACTIVATIONS = (
@@ -140,29 +143,21 @@ def count_params(module: nn.Module, recurse: bool = True) -> int:
 
 
 def param_summary(model: nn.Module) -> dict[str, Any]:
-    """total/conv/dense/other split; per_module lists modules owning parameters."""
-    per_module = []
-    split = {"conv": 0, "dense": 0, "other": 0}
+    """metadata `params` of a PyTorch net: every module that owns parameters."""
+    counts = []
     for path, module in model.named_modules():
-        n = count_params(module, recurse=False)
-        if n == 0:
-            continue
-        per_module.append({"name": path, "type": type(module).__name__, "params": n})
-        if isinstance(module, nn.modules.conv._ConvNd):
-            split["conv"] += n
-        elif isinstance(module, nn.Linear):
-            split["dense"] += n
-        else:
-            split["other"] += n
-    total = count_params(model)
-    if sum(split.values()) != total:  # shared parameters would be counted twice
+        group: ParamGroup = (
+            "conv"
+            if isinstance(module, nn.modules.conv._ConvNd)
+            else "dense"
+            if isinstance(module, nn.Linear)
+            else "other"
+        )
+        counts.append(ParamCount(path, type(module).__name__, count_params(module, recurse=False), group))
+    summary = metadata.param_summary(counts)
+    if summary["total"] != count_params(model):  # shared parameters would be counted twice
         raise ExportError("parameter split does not add up (shared parameters?)")
-    return {
-        "total": total,
-        **split,
-        "dense_fraction": split["dense"] / total if total else 0.0,
-        "per_module": per_module,
-    }
+    return summary
 
 
 def _pair(value: Any) -> int:
@@ -172,6 +167,18 @@ def _pair(value: Any) -> int:
     return int(value)
 
 
+def _padding(module: nn.Module) -> int | None:
+    """Pixels of padding before the first row/column, or None when rows and columns
+    differ (the contract's geometry is square: the offset is unknown, not wrong)."""
+    value = getattr(module, "padding", 0)
+    if value == "valid":
+        return 0
+    if value == "same":  # stride 1; PyTorch puts the smaller half first
+        return (_pair(getattr(module, "dilation", 1)) * (_pair(getattr(module, "kernel_size", 1)) - 1)) // 2
+    pads = list(value) if isinstance(value, (tuple, list)) else [value]
+    return int(pads[0]) if len(set(pads)) == 1 else None
+
+
 def _adaptive(in_size: int, out_size: int) -> tuple[int, int]:
     """Kernel/stride of adaptive pooling: the largest window and the floor step."""
     stride = max(in_size // out_size, 1)
@@ -179,41 +186,34 @@ def _adaptive(in_size: int, out_size: int) -> tuple[int, int]:
     return kernel, stride
 
 
-def receptive_fields(
-    calls: list[Call], input_hw: tuple[int, int]
-) -> dict[int, tuple[int | None, int | None]]:
-    """(receptive field, stride) in input pixels after each main-path leaf call.
+def receptive_fields(calls: list[Call], input_hw: tuple[int, int]) -> dict[int, Geometry]:
+    """Receptive field, stride and offset in input pixels after each main-path leaf call.
 
-    Non-spatial outputs (after Flatten/Linear) see the whole input: rf = max(H, W) and
-    stride None. A module that changes the spatial size in a way not modelled here
-    makes everything after it unknown (None), rather than wrong.
+    A module that changes the spatial size in a way not modelled here makes everything
+    after it unknown (None), rather than wrong.
     """
-    rf: int | None = 1
-    jump: int | None = 1
-    result: dict[int, tuple[int | None, int | None]] = {}
+    geometry = INPUT
+    result: dict[int, Geometry] = {}
     for i, call in enumerate(calls):
         if not call.leaf or call.side:
             continue
         m = call.module
         spatial_out = call.out_shape is not None and len(call.out_shape) == 4
-        if rf is None or jump is None:
+        if not geometry.spatial:
             pass
         elif not spatial_out:
-            rf, jump = max(input_hw), None
+            geometry = Geometry(max(input_hw), None, None)
         elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            rf += (_pair(m.kernel_size) - 1) * _pair(m.dilation) * jump
-            jump *= _pair(m.stride)
+            geometry = geometry.window(_pair(m.kernel_size), _pair(m.stride), _pair(m.dilation), _padding(m))
         elif isinstance(m, nn.AvgPool2d):
-            rf += (_pair(m.kernel_size) - 1) * jump
-            jump *= _pair(m.stride)
+            geometry = geometry.window(_pair(m.kernel_size), _pair(m.stride), 1, _padding(m))
         elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
             assert call.in_shape is not None and call.out_shape is not None
             k, s = _adaptive(max(call.in_shape[2:]), max(call.out_shape[2:]))
-            rf += (k - 1) * jump
-            jump *= s
+            geometry = geometry.window(k, s, 1, 0)  # windows start at 0: no padding
         elif call.in_shape is None or call.out_shape is None or call.in_shape[2:] != call.out_shape[2:]:
-            rf, jump = None, None
-        result[i] = (rf, jump)
+            geometry = UNKNOWN
+        result[i] = geometry
     return result
 
 
@@ -264,7 +264,7 @@ def describe_taps(
             kind = "other"
         if kind != "conv":
             conv = None
-        rf, stride = rfs.get(leaf_index, (None, None))
+        geometry = rfs.get(leaf_index, UNKNOWN)
         entry: dict[str, Any] = {
             "name": path,
             "op": type(module).__name__,
@@ -284,7 +284,8 @@ def describe_taps(
         # conv made the map; containers count everything inside them.
         producer = conv.module if conv is not None and call.leaf and module is not conv.module else module
         entry["params"] = count_params(producer)
-        entry["receptive_field"] = rf
-        entry["stride"] = stride
+        entry["receptive_field"] = geometry.receptive_field
+        entry["stride"] = geometry.stride
+        entry["receptive_field_offset"] = geometry.offset
         layers.append(entry)
     return layers

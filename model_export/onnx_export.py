@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from typing import Any
 
 import numpy as np
 import onnx
@@ -132,10 +131,3 @@ def conv_weight_names(path: str | os.PathLike[str], convs: dict[str, nn.Conv2d])
         ]
         found[conv_path] = by_value[0] if len(by_value) == 1 else None
     return found
-
-
-def opset_of(model: Any) -> int | None:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from . import artifact
+from . import artifact, channel_view, metadata
+from .datasets import load_images
 from .errors import ExportError
+from .geometry import INPUT, UNKNOWN, Geometry
+from .metadata import ParamCount, ParamGroup
 from .parity import check_dynamic_batch, compare, run_onnx
 from .preprocessing import SCALE, InputSpec, check_channels, normalisation
 
@@ -77,6 +81,10 @@ class ImportOptions:
     scale: float = SCALE
     output: str | None = None
     tolerance: float = 1e-3
+    data_dir: str | None = None  # ImageFolder images for the channel view and samples
+    channel_images: int | None = None  # None: channel_view.default_images(size); 0: none
+    channel_top_k: int = channel_view.DEFAULT_TOP_K
+    progress: bool = True
 
 
 def _load(path: str) -> Any:
@@ -91,11 +99,17 @@ def _load(path: str) -> Any:
     # An arbitrary byte string can decode as an (almost) empty ModelProto.
     if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
         raise ExportError(f"{path} is not an ONNX model (no graph)")
+    _check_valid(model, f"{path} is not a valid ONNX model")
+    return model
+
+
+def _check_valid(model: Any, failure: str) -> None:
+    import onnx
+
     try:
         onnx.checker.check_model(model)
-    except Exception as exc:
-        raise ExportError(f"{path} is not a valid ONNX model: {exc}") from None
-    return model
+    except Exception as exc:  # the checker's ValidationError, and protobuf's errors
+        raise ExportError(f"{failure}: {exc}") from None
 
 
 def read_labels(path: str) -> list[str]:
@@ -216,9 +230,10 @@ def _attr(node: Any, name: str, default: Any) -> Any:
 
 def _receptive_fields(
     graph: Any, input_name: str, consts: dict[str, np.ndarray], shapes: dict[str, list[int]]
-) -> dict[str, tuple[int, int]]:
-    """(rf, jump) per value on the spatial grid, for chain-like parts of the graph."""
-    state: dict[str, tuple[int, int]] = {input_name: (1, 1)}
+) -> dict[str, Geometry]:
+    """Receptive field, stride and offset per value on the spatial grid, for the
+    chain-like parts of the graph (geometry.py)."""
+    state: dict[str, Geometry] = {input_name: INPUT}
     for node in graph.node:
         # Every non-constant input must be on the grid already; else this value's
         # receptive field is unknown (and so is everything computed from it).
@@ -226,34 +241,85 @@ def _receptive_fields(
         if not spatial_inputs or any(i not in state for i in spatial_inputs):
             continue
         inputs = [state[i] for i in spatial_inputs]
-        op = node.op_type
-        rf, jump = inputs[0]
-        if op in ("Conv", "MaxPool", "AveragePool"):
-            if op == "Conv" and node.input[1] in consts:
-                kernel = list(consts[node.input[1]].shape[2:])
-            else:
-                kernel = list(_attr(node, "kernel_shape", []))
-            if not kernel:
-                continue
-            k = max(kernel)
-            d = max(_attr(node, "dilations", [1]))
-            s = max(_attr(node, "strides", [1]))
-            state[node.output[0]] = (rf + (k - 1) * d * jump, jump * s)
-        elif op in ("GlobalAveragePool", "GlobalMaxPool"):
-            shape = shapes.get(node.input[0], [])
-            if len(shape) == 4 and min(shape[2:]) > 0:
-                extent = max(shape[2:])
-                state[node.output[0]] = (rf + (extent - 1) * jump, jump * extent)
-        elif op in ELEMENTWISE:
-            if len({j for _, j in inputs}) == 1:
-                state[node.output[0]] = (max(r for r, _ in inputs), jump)
+        geometry = _through(node, inputs, consts, shapes)
+        if geometry is not None:
+            state[node.output[0]] = geometry
     return state
 
 
-def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: dict[str, str]) -> dict[str, Any]:
+def _through(
+    node: Any, inputs: list[Geometry], consts: dict[str, np.ndarray], shapes: dict[str, list[int]]
+) -> Geometry | None:
+    """The geometry of one node's output, or None where this walk does not model it."""
+    op = node.op_type
+    first = inputs[0]
+    if op in ("Conv", "MaxPool", "AveragePool"):
+        if op == "Conv" and node.input[1] in consts:
+            kernel = list(consts[node.input[1]].shape[2:])
+        else:
+            kernel = list(_attr(node, "kernel_shape", []))
+        if not kernel:
+            return None
+        dilation = max(_attr(node, "dilations", [1]))
+        stride = max(_attr(node, "strides", [1]))
+        padding = _pad_before(node, kernel, shapes.get(node.input[0], []))
+        return first.window(max(kernel), stride, dilation, padding)
+    if op in ("GlobalAveragePool", "GlobalMaxPool"):
+        shape = shapes.get(node.input[0], [])
+        if len(shape) == 4 and min(shape[2:]) > 0:
+            extent = max(shape[2:])
+            return first.window(extent, extent, 1, 0)
+        return None
+    if op == "Pad":
+        return first.padded(_pad_op_before(node, consts))
+    if op in ELEMENTWISE and len({g.stride for g in inputs}) == 1:
+        offsets = {g.offset for g in inputs}
+        rf = max(g.receptive_field or 0 for g in inputs)
+        return Geometry(rf, first.stride, first.offset if len(offsets) == 1 else None)
+    return None
+
+
+def _same(values: list[int]) -> int | None:
+    return values[0] if values and len(set(values)) == 1 else None
+
+
+def _pad_before(node: Any, kernel: list[int], in_shape: list[int]) -> int | None:
+    """Rows (= columns) of padding before the first one of a Conv/pool, or None."""
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad == "VALID":
+        return 0
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if len(in_shape) != 4 or min(in_shape[2:]) <= 0:
+            return None
+        strides = list(_attr(node, "strides", [1, 1]))
+        dilations = list(_attr(node, "dilations", [1, 1]))
+        before = []
+        for size, k, s, d in zip(in_shape[2:], kernel, strides, dilations, strict=False):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            before.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+        return _same(before)
+    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+    return _same([int(p) for p in pads[: len(pads) // 2]])
+
+
+def _pad_op_before(node: Any, consts: dict[str, np.ndarray]) -> int | None:
+    """Rows (= columns) a Pad node adds before the first one, or None."""
+    if len(node.input) > 1 and node.input[1]:
+        if node.input[1] not in consts:
+            return None
+        pads = [int(p) for p in consts[node.input[1]].ravel()]
+    else:
+        pads = [int(p) for p in _attr(node, "pads", [])]  # before opset 11
+    if len(pads) != 8 or (len(node.input) > 3 and node.input[3]):  # NCHW only; no `axes`
+        return None
+    return _same(pads[2:4])
+
+
+def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: set[str]) -> dict[str, Any]:
+    """metadata `params` from the float initializers, each counted at its first user."""
     counted: set[str] = set()
-    per_module = []
-    split = {"conv": 0, "dense": 0, "other": 0}
+    counts = []
     for node in graph.node:
         if node.op_type == "Constant":
             continue
@@ -264,30 +330,87 @@ def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: dict[str, s
                 continue
             counted.add(name)
             n += int(value.size)
-        if n == 0:
-            continue
-        label = names.get(node.output[0]) or node.name or node.output[0]
-        per_module.append({"name": label, "type": node.op_type, "params": n})
-        key = (
+        group: ParamGroup = (
             "conv"
             if node.op_type in ("Conv", "ConvTranspose")
             else "dense"
             if node.op_type in ("Gemm", "MatMul")
             else "other"
         )
-        split[key] += n
-    total = sum(split.values())
-    return {
-        "total": total,
-        **split,
-        "dense_fraction": split["dense"] / total if total else 0.0,
-        "per_module": per_module,
-    }
+        label = node.output[0] if node.output[0] in names else node.name or node.output[0]
+        counts.append(ParamCount(label, node.op_type, n, group))
+    return metadata.param_summary(counts)
+
+
+@dataclass
+class _Signature:
+    """The user's graph as it comes: its image input and its class-score output."""
+
+    input_name: str
+    channels: int
+    size: tuple[int, int]
+    batch: int | None  # a fixed batch size, or None when already dynamic
+    class_output: str
+
+
+@dataclass
+class _Rewritten:
+    """The graph as the artifact stores it, and the names it now uses."""
+
+    model: Any  # onnx.ModelProto
+    input_name: str
+    output_name: str
+    taps: list[Any]  # the tapped nodes (NodeProto), graph order
+    consts: dict[str, np.ndarray]
+    shapes: dict[str, list[int]]  # inferred value shapes (-1 where unknown)
 
 
 def import_onnx(opts: ImportOptions) -> Path:
+    """Write a convscope artifact for an ONNX file; returns the new version's directory."""
     import onnx
 
+    name = _check_options(opts)
+    images = load_images(opts.data_dir) if opts.data_dir else None
+    original = _load(opts.file)
+    signature = _signature(original, opts)
+    sample, reference = _reference_logits(opts.file, signature)
+    labels = _labels(opts, reference)
+    input_spec = _input_spec(opts, signature)
+    rewritten = _rewrite(original, signature)
+    layers = _describe_layers(rewritten)
+    with artifact.Staging(Path(opts.out), name, opts.version) as staging:
+        assert staging.path is not None
+        model_path = staging.path / artifact.MODEL_FILE
+        onnx.save(rewritten.model, str(model_path))
+        parity = _check_parity(model_path, sample, reference, rewritten, layers, opts.tolerance)
+        views = channel_view.Stored()
+        if images is not None:  # --data-dir: images to rank and to sample
+            options = channel_view.ViewOptions(opts.channel_images, opts.channel_top_k, opts.progress)
+            views = channel_view.write_views(
+                staging.path, model_path, layers, input_spec, images.val, images.classes, options
+            )
+        meta = metadata.build(
+            metadata.ModelFacts(
+                name=name,
+                arch="imported",
+                description=f"Imported from {os.path.basename(opts.file)}",
+                labels=labels,
+                input=input_spec,
+                input_name=rewritten.input_name,
+                output_name=rewritten.output_name,
+                layers=layers,
+                params=_param_summary(rewritten.model.graph, rewritten.consts, {e["name"] for e in layers}),
+                parity=parity,
+                opset=metadata.opset_of(rewritten.model),
+                training=None,
+                with_torch=False,
+                views=views,
+            )
+        )
+        return staging.commit(meta)
+
+
+def _check_options(opts: ImportOptions) -> str:
     name = artifact.check_name(opts.name)
     if opts.version is not None:
         artifact.choose_version(Path(opts.out) / name, opts.version)
@@ -295,11 +418,17 @@ def import_onnx(opts: ImportOptions) -> Path:
         raise ExportError("--tolerance must be positive")
     if not opts.scale > 0:
         raise ExportError("--scale must be positive")
-    original = _load(opts.file)
-    model = onnx.ModelProto()
-    model.CopyFrom(original)
-    graph = model.graph
+    channel_view.check_options(opts.channel_images, opts.channel_top_k)
+    if opts.data_dir is None and opts.channel_images:
+        raise ExportError("--channel-images needs --data-dir: the images to rank")
+    return name
 
+
+def _signature(model: Any, opts: ImportOptions) -> _Signature:
+    """One float32 NCHW image input with a known size, and the class output."""
+    import onnx
+
+    graph = model.graph
     init_names = {i.name for i in graph.initializer}
     real_inputs = [vi for vi in graph.input if vi.name not in init_names]
     if len(real_inputs) != 1:
@@ -324,61 +453,108 @@ def import_onnx(opts: ImportOptions) -> Path:
         size = (int(fixed_hw[0]), int(fixed_hw[1]))
     else:
         raise ExportError(f"{opts.file} has a dynamic image size: give --size H W")
-
     outputs = [o.name for o in graph.output]
     class_output = opts.output or outputs[0]
     if class_output not in outputs:
         raise ExportError(f"{opts.file} has no output {class_output!r}; outputs: {', '.join(outputs)}")
+    batch = dims[0].dim_value if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+    return _Signature(inp.name, channels, size, batch, class_output)
 
-    # Run the original once at its own batch size for the parity reference.
-    # A fixed-batch original runs in chunks of its batch size.
-    chunk = dims[0].dim_value if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else PARITY_IMAGES
+
+def _reference_logits(path: str, signature: _Signature) -> tuple[np.ndarray, np.ndarray]:
+    """Random images and the original's class scores for them, the parity reference.
+
+    A fixed-batch original runs in chunks of its batch size.
+    """
+    chunk = signature.batch or PARITY_IMAGES
     count = chunk * max(1, PARITY_IMAGES // chunk)
-    sample = np.random.default_rng(0).standard_normal((count, channels, *size)).astype(np.float32)
+    shape = (count, signature.channels, *signature.size)
+    sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    output = signature.class_output
     try:
-        ref_logits = np.concatenate(
-            [
-                run_onnx(opts.file, sample[i : i + chunk], [class_output])[class_output]
-                for i in range(0, count, chunk)
-            ]
+        logits = np.concatenate(
+            [run_onnx(path, sample[i : i + chunk], [output])[output] for i in range(0, count, chunk)]
         )
     except Exception as exc:  # onnxruntime's own exception types
-        raise ExportError(f"onnxruntime cannot run {opts.file}: {exc}") from None
-    if ref_logits.ndim != 2:
-        raise ExportError(
-            f"class output {class_output!r} has shape {list(ref_logits.shape)}, expected [batch, classes]"
-        )
-    num_classes = int(ref_logits.shape[1])
+        raise ExportError(f"onnxruntime cannot run {path}: {exc}") from None
+    if logits.ndim != 2:
+        raise ExportError(f"class output {output!r} has shape {list(logits.shape)}, expected [batch, classes]")
+    return sample, logits
+
+
+def _labels(opts: ImportOptions, reference: np.ndarray) -> list[str]:
+    num_classes = int(reference.shape[1])
     labels = read_labels(opts.labels) if opts.labels else [f"class_{i}" for i in range(num_classes)]
     if len(labels) != num_classes:
         raise ExportError(f"{len(labels)} labels for {num_classes} classes")
-    mean = normalisation(opts.mean, channels, "mean") or (0.0,) * channels
-    std = normalisation(opts.std, channels, "std") or (1.0,) * channels
+    return labels
 
-    # Rename the input to `input` and the class output to `logits`, where free.
-    used = {n for node in graph.node for n in [*node.input, *node.output]} | init_names
-    input_name = inp.name
+
+def _input_spec(opts: ImportOptions, signature: _Signature) -> InputSpec:
+    """--scale/--mean/--std; an import has no training set to measure them on, so a
+    missing one falls back to no normalisation, said on stderr."""
+    channels = signature.channels
+    mean = normalisation(opts.mean, channels, "mean")
+    std = normalisation(opts.std, channels, "std")
+    missing = [flag for flag, value in (("--mean", mean), ("--std", std)) if value is None]
+    if missing:
+        print(
+            f"warning: no {' or '.join(missing)} given: using mean 0 and std 1 where missing, so the "
+            f"model sees pixel * {opts.scale:.6g} un-normalised; pass the statistics it was trained with",
+            file=sys.stderr,
+        )
+    return InputSpec(
+        channels=channels,
+        size=signature.size,
+        mean=mean or (0.0,) * channels,
+        std=std or (1.0,) * channels,
+        scale=opts.scale,
+    )
+
+
+def _rewrite(original: Any, signature: _Signature) -> _Rewritten:
+    """A copy with the artifact's names, a dynamic batch and one output per tap."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    input_name, output_name = _rename_io(model.graph, signature)
+    _make_batch_dynamic(model, input_name)
+    consts = _constants(model.graph)
+    taps = _name_taps(model.graph, {input_name, output_name}, consts)
+    shapes = _spatial_shapes(model)
+    for node in taps:
+        # Graph outputs need a typed shape; batch stays symbolic, unknown dims free.
+        known = shapes.get(node.output[0]) or [-1, -1, -1, -1]
+        dims: list[str | int | None] = [BATCH_DIM, *[d if d > 0 else None for d in known[1:]]]
+        model.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, dims))
+    _check_valid(model, "the rewritten model is not valid ONNX")
+    return _Rewritten(model, input_name, output_name, taps, consts, shapes)
+
+
+def _rename_io(graph: Any, signature: _Signature) -> tuple[str, str]:
+    """Name the input `input` and the class output `logits` where free; drop the other
+    outputs (e.g. a softmax): they are neither logits nor layers."""
+    used = {n for node in graph.node for n in [*node.input, *node.output]}
+    used |= {i.name for i in graph.initializer}
+    input_name, output_name = signature.input_name, signature.class_output
     if input_name != "input" and "input" not in used:
         _rename_value(graph, input_name, "input")
         input_name = "input"
-    out_name = class_output
-    if out_name != "logits" and "logits" not in used:
-        _rename_value(graph, out_name, "logits")
-        out_name = "logits"
-    # Keep only the class output: others (e.g. softmax) are neither logits nor layers.
-    for o in [o for o in graph.output if o.name != out_name]:
+    if output_name != "logits" and "logits" not in used:
+        _rename_value(graph, output_name, "logits")
+        output_name = "logits"
+    for o in [o for o in graph.output if o.name != output_name]:
         graph.output.remove(o)
-    _make_batch_dynamic(model, input_name)
+    return input_name, output_name
 
-    # Readable names for the tapped values.
-    consts = _constants(graph)
+
+def _name_taps(graph: Any, taken: set[str], consts: dict[str, np.ndarray]) -> list[Any]:
+    """The Conv/Relu/pool nodes to tap, each output renamed to a readable, unique name."""
     used = {n for node in graph.node for n in [*node.input, *node.output]} | set(consts)
-    taken = {input_name, out_name}
-    tap_nodes = [
-        n for n in graph.node if n.op_type in TAP_OPS and n.output and n.output[0] not in (out_name,)
-    ]
-    layer_names: dict[str, str] = {}  # value name -> layer name
-    for node in tap_nodes:
+    taken = set(taken)
+    taps = [n for n in graph.node if n.op_type in TAP_OPS and n.output and n.output[0] not in taken]
+    for node in taps:
         base = _readable(node.output[0], node.op_type)
         candidate, k = base, 2
         while candidate in taken or (candidate != node.output[0] and candidate in used):
@@ -386,96 +562,81 @@ def import_onnx(opts: ImportOptions) -> Path:
         taken.add(candidate)
         if candidate != node.output[0]:
             _rename_value(graph, node.output[0], candidate)
-        layer_names[candidate] = candidate
-    shapes = _spatial_shapes(model)
-    for node in tap_nodes:
-        # Graph outputs need a typed shape; batch stays symbolic, unknown dims free.
-        known = shapes.get(node.output[0]) or [-1, -1, -1, -1]
-        out_dims: list[str | int | None] = [BATCH_DIM, *[d if d > 0 else None for d in known[1:]]]
-        graph.output.append(
-            onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, out_dims)
-        )
+    return taps
 
-    rfs = _receptive_fields(graph, input_name, consts, shapes)
+
+def _describe_layers(rewritten: _Rewritten) -> list[dict[str, Any]]:
+    """metadata `layers` for the taps (output_shape is filled in after a run)."""
+    graph = rewritten.model.graph
+    consts = rewritten.consts
+    rfs = _receptive_fields(graph, rewritten.input_name, consts, rewritten.shapes)
     producers = {n.output[0]: n for n in graph.node if n.output}
+    tapped = {node.output[0] for node in rewritten.taps}
     layers = []
-    for node in tap_nodes:
-        value = node.output[0]
-        conv_node = None
-        if node.op_type == "Conv":
-            conv_node = node
-        elif node.op_type == "Relu":
-            prev = producers.get(node.input[0])
-            if prev is not None and prev.op_type == "BatchNormalization":
-                prev = producers.get(prev.input[0])
-            if prev is not None and prev.op_type == "Conv":
-                conv_node = prev
+    for node in rewritten.taps:
+        conv_node = _conv_behind(node, producers)
         kind = "pool" if "Pool" in node.op_type else "conv" if conv_node is not None else "activation"
-        entry: dict[str, Any] = {
-            "name": value,
-            "op": node.op_type,
-            "kind": kind,
-            "conv": None,
-            "weight": None,
-        }
+        entry: dict[str, Any] = {"name": node.output[0], "op": node.op_type, "kind": kind, "conv": None, "weight": None}
         params = 0
         if conv_node is not None:
-            w_name = conv_node.input[1]
-            entry["conv"] = conv_node.output[0] if conv_node.output[0] in layer_names else None
-            weight = consts.get(w_name)
-            if weight is not None and weight.ndim == 4:
-                entry["weight"] = w_name if w_name in init_names else None
-                group = int(_attr(conv_node, "group", 1))
-                entry["kernel_size"] = [int(x) for x in weight.shape[2:]]
-                entry["out_channels"] = int(weight.shape[0])
-                entry["in_channels"] = int(weight.shape[1]) * group
+            entry["conv"] = conv_node.output[0] if conv_node.output[0] in tapped else None
+            entry.update(_conv_facts(conv_node, consts, {i.name for i in graph.initializer}))
             params = sum(int(consts[i].size) for i in conv_node.input[1:] if i in consts)
         entry["output_shape"] = None
         entry["params"] = params
-        rf = rfs.get(value)
-        entry["receptive_field"] = rf[0] if rf else None
-        entry["stride"] = rf[1] if rf else None
+        geometry = rfs.get(node.output[0], UNKNOWN)
+        entry["receptive_field"] = geometry.receptive_field
+        entry["stride"] = geometry.stride
+        entry["receptive_field_offset"] = geometry.offset
         layers.append(entry)
+    return layers
 
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise ExportError(f"the rewritten model is not valid ONNX: {exc}") from None
 
-    with artifact.Staging(Path(opts.out), name, opts.version) as staging:
-        assert staging.path is not None
-        model_path = staging.path / artifact.MODEL_FILE
-        onnx.save(model, str(model_path))
-        check_dynamic_batch(model_path, sample)
-        rewritten = run_onnx(model_path, sample)
-        for entry in layers:
-            entry["output_shape"] = [-1, *[int(x) for x in rewritten[entry["name"]].shape[1:]]]
-        parity = compare({"logits": ref_logits}, {"logits": rewritten[out_name]}, opts.tolerance, len(sample))
-        parity["max_abs_diff"] = {out_name: parity["max_abs_diff"]["logits"]}
+def _conv_behind(node: Any, producers: dict[str, Any]) -> Any | None:
+    """The Conv whose kernels a tapped value shows: itself, or the Conv (+BN) before a Relu."""
+    if node.op_type == "Conv":
+        return node
+    if node.op_type != "Relu":
+        return None
+    prev = producers.get(node.input[0])
+    if prev is not None and prev.op_type == "BatchNormalization":
+        prev = producers.get(prev.input[0])
+    return prev if prev is not None and prev.op_type == "Conv" else None
 
-        from .onnx_export import opset_of
-        from .pipeline import package_versions
 
-        spec = InputSpec(channels=channels, size=size, mean=mean, std=std, scale=opts.scale)
-        meta: dict[str, Any] = {
-            "schema_version": artifact.SCHEMA_VERSION,
-            "name": name,
-            "version": None,
-            "created": artifact.utc_now(),
-            "arch": "imported",
-            "description": f"Imported from {os.path.basename(opts.file)}",
-            "model_file": artifact.MODEL_FILE,
-            "labels": labels,
-            "input": spec.to_metadata(input_name),
-            "output": {"name": out_name, "shape": [-1, num_classes], "kind": "logits"},
-            "layers": layers,
-            "params": _param_summary(graph, consts, layer_names),
-            "training": None,
-            "parity": parity,
-            "versions": package_versions(opset_of(model), with_torch=False),
-            "files": {},
-        }
-        return staging.commit(meta)
+def _conv_facts(conv: Any, consts: dict[str, np.ndarray], init_names: set[str]) -> dict[str, Any]:
+    """weight (the initializer holding the kernels), kernel_size, out/in channels."""
+    w_name = conv.input[1]
+    weight = consts.get(w_name)
+    if weight is None or weight.ndim != 4:
+        return {}
+    group = int(_attr(conv, "group", 1))
+    return {
+        "weight": w_name if w_name in init_names else None,
+        "kernel_size": [int(x) for x in weight.shape[2:]],
+        "out_channels": int(weight.shape[0]),
+        "in_channels": int(weight.shape[1]) * group,
+    }
+
+
+def _check_parity(
+    model_path: Path,
+    sample: np.ndarray,
+    reference: np.ndarray,
+    rewritten: _Rewritten,
+    layers: list[dict[str, Any]],
+    tolerance: float,
+) -> dict[str, Any]:
+    """The rewritten graph runs at any batch size and gives the original's scores;
+    the run also gives each tapped layer's output shape."""
+    check_dynamic_batch(model_path, sample)
+    outputs = run_onnx(model_path, sample)
+    for entry in layers:
+        entry["output_shape"] = [-1, *[int(x) for x in outputs[entry["name"]].shape[1:]]]
+    name = rewritten.output_name
+    parity = compare({"logits": reference}, {"logits": outputs[name]}, tolerance, len(sample))
+    parity["max_abs_diff"] = {name: parity["max_abs_diff"]["logits"]}
+    return parity
 
 
 def parse_size(values: Sequence[int] | None) -> tuple[int, int] | None:

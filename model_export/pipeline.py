@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import artifact
+from . import artifact, channel_view, metadata
 from .architectures import ArchSpec, get_arch, imagenet_labels
 from .datasets import Dataset, limit, load_dataset
 from .errors import ExportError
@@ -26,6 +25,9 @@ from .preprocessing import (
 
 DEFAULT_EPOCHS = 10  # tinyvgg on digits: ~97% held-out in ~3 s on 2 cores
 IMAGENET_CLASSES = 1000
+
+if TYPE_CHECKING:  # torch is imported when a run starts, not for --help
+    from torch import nn
 
 
 @dataclass
@@ -52,23 +54,8 @@ class TrainOptions:
     parity_images: int = 32
     progress: bool = True
     threads: int | None = None
-
-
-def package_versions(opset: int | None, with_torch: bool = True) -> dict[str, Any]:
-    def version(dist: str) -> str | None:
-        try:
-            return importlib_metadata.version(dist)
-        except importlib_metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "torch": version("torch") if with_torch else None,
-        "torchvision": version("torchvision") if with_torch else None,
-        "onnx": version("onnx"),
-        "onnxruntime": version("onnxruntime") or version("onnxruntime-gpu"),
-        "opset": opset,
-        "convscope": version("convscope"),
-    }
+    channel_images: int | None = None  # None: channel_view.default_images(size); 0: no view
+    channel_top_k: int = channel_view.DEFAULT_TOP_K
 
 
 def _load_weights(path: str) -> dict[str, Any]:
@@ -143,13 +130,75 @@ def _input_spec(
     return InputSpec(channels=channels, size=size, mean=tuple(mean), std=tuple(std))
 
 
+@dataclass
+class _Plan:
+    """What the run builds, settled before any net exists: labels, input, epochs."""
+
+    labels: list[str]
+    channels: int
+    size: tuple[int, int]
+    epochs: int
+    state: dict[str, Any] | None  # --weights, loaded
+    imagenet: bool  # a 1000-class ImageNet checkpoint keeps its own labels
+
+
+@dataclass
+class _Net:
+    """The net with its taps, their metadata, and its conv kernels at initialisation."""
+
+    module: nn.Module
+    taps: list[str]
+    layers: list[dict[str, Any]]
+    convs: dict[str, nn.Conv2d]  # conv module path -> the conv behind a tapped layer
+    initial: dict[str, np.ndarray]  # conv module path -> kernel before training/--weights
+    params: dict[str, Any]  # metadata `params`
+
+
 def export_trained(opts: TrainOptions) -> Path:
     """Run the whole export; returns the new version's directory."""
     spec = get_arch(opts.arch)
+    name = _check_options(opts)
+    data = _load_data(opts)
+    plan = _plan(opts, spec, data)
+    input_spec = _input_spec(opts, spec, data, plan.channels, plan.size, plan.imagenet)
+    net = _build_net(opts, spec, plan)
+    training = _train(opts, net, data, input_spec, plan)
+    with artifact.Staging(Path(opts.out), name, opts.version) as staging:
+        assert staging.path is not None
+        model_path = staging.path / artifact.MODEL_FILE
+        opset = _write_model(net, plan, model_path)
+        _write_initial_weights(net, staging.path)
+        parity_images = preprocess(data.val.images[: opts.parity_images], input_spec)
+        parity = _check_parity(net, model_path, parity_images, opts)
+        options = channel_view.ViewOptions(opts.channel_images, opts.channel_top_k, opts.progress, opts.seed)
+        views = channel_view.write_views(
+            staging.path, model_path, net.layers, input_spec, data.val, data.classes, options
+        )
+        meta = metadata.build(
+            metadata.ModelFacts(
+                name=name,
+                arch=spec.name,
+                description=_describe(spec, opts, plan.epochs, plan.imagenet),
+                labels=plan.labels,
+                input=input_spec,
+                input_name="input",
+                output_name="logits",
+                layers=net.layers,
+                params=net.params,
+                parity=parity,
+                opset=opset,
+                training=training,
+                views=views,
+            )
+        )
+        return staging.commit(meta)
+
+
+def _check_options(opts: TrainOptions) -> str:
+    """Every option that can be wrong, checked before minutes of training; the name."""
     name = artifact.check_name(opts.name or f"{opts.dataset}-{opts.arch}")
-    model_dir = Path(opts.out) / name
     if opts.version is not None:
-        artifact.choose_version(model_dir, opts.version)  # fail before training, not after
+        artifact.choose_version(Path(opts.out) / name, opts.version)  # fail before training, not after
     if opts.weights is not None and not os.path.isfile(opts.weights):
         raise ExportError(f"weights file {opts.weights} does not exist")
     for value, flag in ((opts.batch_size, "--batch-size"), (opts.parity_images, "--parity-images")):
@@ -159,20 +208,21 @@ def export_trained(opts: TrainOptions) -> Path:
         raise ExportError("--epochs must be 0 or more")
     if not opts.tolerance > 0:
         raise ExportError("--tolerance must be positive")
+    channel_view.check_options(opts.channel_images, opts.channel_top_k)
+    return name
 
+
+def _load_data(opts: TrainOptions) -> Dataset:
     data = load_dataset(opts.dataset, opts.data_dir, opts.seed)
     data.train = limit(data.train, opts.max_train_samples, opts.seed)
     data.val = limit(data.val, opts.max_val_samples, opts.seed)
     if len(data.train) == 0 or len(data.val) == 0:
         raise ExportError("the dataset needs at least one training and one held-out image")
+    return data
 
-    import torch
 
-    from . import layers as L
-    from .onnx_export import conv_weight_names, export_onnx, opset_of
-    from .parity import check_dynamic_batch, compare, run_onnx
-    from .training import as_torch_dataset, default_threads, deterministic, evaluate, seed_everything, train
-
+def _plan(opts: TrainOptions, spec: ArchSpec, data: Dataset) -> _Plan:
+    """Labels, input shape and epochs, from the options, the data and --weights."""
     state = _load_weights(opts.weights) if opts.weights else None
     labels = list(data.classes)
     channels = opts.channels or spec.channels
@@ -197,101 +247,106 @@ def export_trained(opts: TrainOptions) -> Path:
             f"{opts.weights} is an ImageNet checkpoint (1000 classes) and {opts.dataset} has "
             f"{len(data.classes)}: fine-tuning it is not supported; export it with --epochs 0"
         )
+    return _Plan(labels, channels, size, epochs, state, imagenet)
 
-    input_spec = _input_spec(opts, spec, data, channels, size, imagenet)
+
+def _build_net(opts: TrainOptions, spec: ArchSpec, plan: _Plan) -> _Net:
+    """The seeded net, its taps and their metadata; --weights loaded into it."""
+    import torch
+
+    from . import layers as L
+    from .training import seed_everything
+
     seed_everything(opts.seed)
-    net = L.prepare(spec.builder(channels, size, len(labels)))
-    net.eval()
-    calls = L.trace(net, torch.zeros(1, channels, *size), spec.side_paths)
+    module = L.prepare(spec.builder(plan.channels, plan.size, len(plan.labels)))
+    module.eval()
+    calls = L.trace(module, torch.zeros(1, plan.channels, *plan.size), spec.side_paths)
     taps = L.resolve_taps(calls, opts.layers or list(spec.default_layers or L.default_taps(calls)))
-    layer_meta = L.describe_taps(net, calls, taps, size)
-    modules = dict(net.named_modules())
+    layer_meta = L.describe_taps(module, calls, taps, plan.size)
+    modules = dict(module.named_modules())
     convs = {entry["conv"]: modules[entry["conv"]] for entry in layer_meta if entry["conv"]}
     # Kernels at initialisation, before training or --weights: "filters before/after".
     initial = {path: m.weight.detach().numpy().copy() for path, m in convs.items()}
-    if state is not None:
-        _fit_weights(net, state, opts.weights or "", spec.name)
+    if plan.state is not None:
+        _fit_weights(module, plan.state, opts.weights or "", spec.name)
+    return _Net(module, taps, layer_meta, convs, initial, L.param_summary(module))
+
+
+def _train(
+    opts: TrainOptions, net: _Net, data: Dataset, input_spec: InputSpec, plan: _Plan
+) -> dict[str, Any]:
+    """Train (or only evaluate a loaded checkpoint); returns metadata `training`."""
+    from .training import as_torch_dataset, default_threads, deterministic, evaluate, train
 
     train_set = as_torch_dataset(data.train, input_spec)
     val_set = as_torch_dataset(data.val, input_spec)
-    threads = opts.threads or default_threads(size)
+    threads = opts.threads or default_threads(plan.size)
     with deterministic(threads):
         result = train(
-            net,
+            net.module,
             train_set,
             val_set,
-            epochs=epochs,
+            epochs=plan.epochs,
             batch_size=opts.batch_size,
             lr=opts.lr,
             seed=opts.seed,
             progress=opts.progress,
         )
-    net.eval()
-    if epochs == 0 and state is not None and not imagenet:
+    net.module.eval()
+    if plan.epochs == 0 and plan.state is not None and not plan.imagenet:
         # A loaded checkpoint for these labels is a trained net: report how it does.
-        result.loss, result.accuracy = evaluate(net, val_set)
+        result.loss, result.accuracy = evaluate(net.module, val_set)
+    return {
+        "dataset": data.name,
+        "train_size": len(data.train),
+        "val_size": len(data.val),
+        "epochs": plan.epochs,
+        "batch_size": opts.batch_size,
+        "lr": opts.lr,
+        "seed": opts.seed,
+        "threads": threads,
+        "seconds": result.seconds,
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "history": result.history,
+        "weights": str(opts.weights) if opts.weights else None,
+    }
 
-    parity_images = preprocess(data.val.images[: opts.parity_images], input_spec)
-    with artifact.Staging(Path(opts.out), name, opts.version) as staging:
-        assert staging.path is not None
-        model_path = staging.path / artifact.MODEL_FILE
-        opset = export_onnx(net, taps, (channels, *size), model_path)
-        weight_names = conv_weight_names(model_path, convs)
-        for entry in layer_meta:
-            entry["weight"] = weight_names.get(entry["conv"]) if entry["conv"] else None
-        initial_arrays: dict[str, np.ndarray] = {}
-        for conv_path, kernel in initial.items():
-            weight_name = weight_names.get(conv_path)
-            if weight_name:
-                initial_arrays[weight_name] = kernel
-        if initial_arrays:
-            # numpy's stubs type **kwds as its allow_pickle flag; the keys are array names.
-            np.savez(staging.path / artifact.INITIAL_WEIGHTS_FILE, **initial_arrays)  # type: ignore[arg-type]
 
-        from .onnx_export import TapModel
+def _write_model(net: _Net, plan: _Plan, model_path: Path) -> int:
+    """model.onnx, and each conv layer's `weight`: the initializer its kernels are in."""
+    import onnx
 
-        with torch.no_grad():
-            eager = TapModel(net, taps).eval()(torch.from_numpy(parity_images))
-        reference = {n: t.numpy() for n, t in zip(["logits", *taps], eager, strict=False)}
-        check_dynamic_batch(model_path, parity_images)
-        parity = compare(reference, run_onnx(model_path, parity_images), opts.tolerance, len(parity_images))
+    from .onnx_export import conv_weight_names, export_onnx
 
-        import onnx
+    opset = export_onnx(net.module, net.taps, (plan.channels, *plan.size), model_path)
+    weight_names = conv_weight_names(model_path, net.convs)
+    for entry in net.layers:
+        entry["weight"] = weight_names.get(entry["conv"]) if entry["conv"] else None
+    return metadata.opset_of(onnx.load(str(model_path), load_external_data=False)) or opset
 
-        opset = opset_of(onnx.load(str(model_path), load_external_data=False)) or opset
-        meta: dict[str, Any] = {
-            "schema_version": artifact.SCHEMA_VERSION,
-            "name": name,
-            "version": None,  # filled in by commit()
-            "created": artifact.utc_now(),
-            "arch": spec.name,
-            "description": _describe(spec, opts, epochs, imagenet),
-            "model_file": artifact.MODEL_FILE,
-            "labels": labels,
-            "input": input_spec.to_metadata(),
-            "output": {"name": "logits", "shape": [-1, len(labels)], "kind": "logits"},
-            "layers": layer_meta,
-            "params": L.param_summary(net),
-            "training": {
-                "dataset": data.name,
-                "train_size": len(data.train),
-                "val_size": len(data.val),
-                "epochs": epochs,
-                "batch_size": opts.batch_size,
-                "lr": opts.lr,
-                "seed": opts.seed,
-                "threads": threads,
-                "seconds": result.seconds,
-                "accuracy": result.accuracy,
-                "loss": result.loss,
-                "history": result.history,
-                "weights": str(opts.weights) if opts.weights else None,
-            },
-            "parity": parity,
-            "versions": package_versions(opset),
-            "files": {},
-        }
-        return staging.commit(meta)
+
+def _write_initial_weights(net: _Net, directory: Path) -> None:
+    """initial_weights.npz: the kernels before training, keyed as in model.onnx."""
+    by_conv = {entry["conv"]: entry["weight"] for entry in net.layers if entry["conv"] and entry["weight"]}
+    arrays = {by_conv[path]: kernel for path, kernel in net.initial.items() if path in by_conv}
+    if arrays:
+        # numpy's stubs type **kwds as its allow_pickle flag; the keys are array names.
+        np.savez(directory / artifact.INITIAL_WEIGHTS_FILE, **arrays)  # type: ignore[arg-type]
+
+
+def _check_parity(net: _Net, model_path: Path, images: np.ndarray, opts: TrainOptions) -> dict[str, Any]:
+    """PyTorch eager vs onnxruntime on held-out images, every output; raises if off."""
+    import torch
+
+    from .onnx_export import TapModel
+    from .parity import check_dynamic_batch, compare, run_onnx
+
+    with torch.no_grad():
+        eager = TapModel(net.module, net.taps).eval()(torch.from_numpy(images))
+    reference = {n: t.numpy() for n, t in zip(["logits", *net.taps], eager, strict=False)}
+    check_dynamic_batch(model_path, images)
+    return compare(reference, run_onnx(model_path, images), opts.tolerance, len(images))
 
 
 def _describe(spec: ArchSpec, opts: TrainOptions, epochs: int, imagenet: bool) -> str:

@@ -22,8 +22,10 @@ from .preprocessing import InputSpec, preprocess
 # larger ones (e.g. 60k images at 224 px) are preprocessed per batch instead.
 CACHE_BYTES = 1 << 30
 
+Example = tuple[torch.Tensor, ...]  # (image CHW float32, class index)
 
-class _LazySplit(TorchDataset):
+
+class _LazySplit(TorchDataset[Example]):
     """Preprocesses one image per item: for splits too big to hold as float32."""
 
     def __init__(self, split: Split, spec: InputSpec) -> None:
@@ -33,12 +35,12 @@ class _LazySplit(TorchDataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> Example:
         x = preprocess([self.split.images[i]], self.spec)[0]
         return torch.from_numpy(x), torch.tensor(int(self.split.labels[i]))
 
 
-def as_torch_dataset(split: Split, spec: InputSpec) -> TorchDataset:
+def as_torch_dataset(split: Split, spec: InputSpec) -> TorchDataset[Example]:
     nbytes = len(split) * spec.channels * spec.size[0] * spec.size[1] * 4
     if nbytes <= CACHE_BYTES:
         return TensorDataset(torch.from_numpy(preprocess(split.images, spec)), torch.from_numpy(split.labels))
@@ -86,7 +88,7 @@ def deterministic(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous_threads)
 
 
-def evaluate(model: nn.Module, data: TorchDataset, batch_size: int = 256) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: TorchDataset[Example], batch_size: int = 256) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) over a dataset, in eval mode."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
@@ -102,8 +104,8 @@ def evaluate(model: nn.Module, data: TorchDataset, batch_size: int = 256) -> tup
 
 def train(
     model: nn.Module,
-    train_data: TorchDataset,
-    val_data: TorchDataset,
+    train_data: TorchDataset[Example],
+    val_data: TorchDataset[Example],
     *,
     epochs: int,
     batch_size: int,

@@ -267,17 +267,26 @@ def _warm_up(model: ModelRuntime) -> None:
                 )
 
 
+def _layers_by_weight(layers: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each kernel initializer and every layer that shows it: a Conv and the ReLU after
+    it are two layers over one set of kernels, and both must show them."""
+    by_weight: dict[str, list[str]] = {}
+    for layer in layers:
+        if layer.get("weight"):
+            by_weight.setdefault(layer["weight"], []).append(layer["name"])
+    return by_weight
+
+
 def _conv_filters(proto: onnx.ModelProto, layers: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """The learned kernels behind each conv layer, keyed by layer name."""
-    wanted = {layer["weight"]: layer["name"] for layer in layers if layer.get("weight")}
-    if not wanted:
-        return {}
+    wanted = _layers_by_weight(layers)
     found: dict[str, np.ndarray] = {}
     for initializer in proto.graph.initializer:
         if initializer.name in wanted:
             array = numpy_helper.to_array(initializer)
             if array.ndim == 4:
-                found[wanted[initializer.name]] = array.astype(np.float32, copy=False)
+                for name in wanted[initializer.name]:
+                    found[name] = array.astype(np.float32, copy=False)
     return found
 
 
@@ -309,8 +318,10 @@ def load_initial_filters(artifact: Artifact) -> dict[str, np.ndarray]:
     """Kernels before training (initial_weights.npz), keyed by layer name."""
     if artifact.initial_weights_path is None:
         return {}
-    by_weight = {
-        layer["weight"]: layer["name"] for layer in artifact.metadata["layers"] if layer.get("weight")
-    }
+    by_weight = _layers_by_weight(artifact.metadata["layers"])
     with np.load(artifact.initial_weights_path, allow_pickle=False) as data:
-        return {by_weight[k]: np.asarray(data[k], dtype=np.float32) for k in data.files if k in by_weight}
+        return {
+            name: np.asarray(data[key], dtype=np.float32)
+            for key in data.files
+            for name in by_weight.get(key, [])
+        }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,56 @@ def test_import_rejects_a_wrong_label_count(tmp_path: Path) -> None:
     result = run_cli(["import", source, "--name", "small", "--out", tmp_path / "models", "--labels", labels])
     assert result.rc == 2 and result.stderr == "error: 2 labels for 5 classes\n"
     assert tree(tmp_path / "models") == []
+
+
+def test_import_without_mean_std_says_it_normalises_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "small.onnx"
+    export_small(source)
+    quiet = run_cli(["import", source, "--name", "given", "--out", tmp_path, "--mean", "0.5", "--std", "0.25"])
+    assert quiet.rc == 0 and quiet.stderr == ""
+    result = run_cli(["import", source, "--name", "bare", "--out", tmp_path, "--std", "0.25"])
+    assert result.rc == 0, result.stderr
+    assert result.stderr.startswith("warning: no --mean given") and result.stderr.count("\n") == 1
+    meta = json.loads((result.written / "metadata.json").read_text())
+    assert meta["input"]["mean"] == [0.0, 0.0, 0.0] and meta["input"]["std"] == [0.25, 0.25, 0.25]
+    both = run_cli(["import", source, "--name", "neither", "--out", tmp_path])
+    assert "no --mean or --std given" in both.stderr
+
+
+def test_an_imported_conv_and_its_relu_both_show_the_kernels(tmp_path: Path) -> None:
+    """The Conv owns the kernels and the ReLU after it shows their outputs: both list the
+    initializer as `weight`, and the service serves filters for both (trained and initial
+    alike), not only for the last layer that names it."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.repository import load_artifact, scan
+    from service.runtime import RuntimeOptions, load_model
+    from service.settings import Settings
+
+    source = tmp_path / "small.onnx"
+    export_small(source)
+    result = run_cli(["import", source, "--name", "small", "--out", tmp_path / "models", "--mean", "0", "--std", "1"])
+    assert result.rc == 0, result.stderr
+    layers = json.loads((result.written / "metadata.json").read_text())["layers"]
+    conv, relu = layers[0], layers[1]
+    assert (conv["op"], relu["op"]) == ("Conv", "Relu")
+    assert conv["weight"] == relu["weight"] == "body.0.weight" and relu["conv"] == conv["name"]
+
+    model = load_model(load_artifact(scan(tmp_path / "models")[0]), RuntimeOptions(providers=["CPUExecutionProvider"]))
+    kernels = next(
+        onnx.numpy_helper.to_array(i) for i in onnx.load(str(source)).graph.initializer if i.name == "body.0.weight"
+    )
+    for layer in (conv, relu):
+        np.testing.assert_array_equal(model.filters[layer["name"]], kernels)
+    with TestClient(create_app(Settings(model_repository=tmp_path / "models"))) as client:
+        for _ in range(500):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.02)
+        for layer in (conv, relu):
+            response = client.get(f"/v1/models/small/layers/{layer['name']}/filters.png")
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "image/png"
+        pool = client.get(f"/v1/models/small/layers/{layers[2]['name']}/filters.png")
+        assert pool.status_code == 404 and conv["name"] in pool.json()["error"]

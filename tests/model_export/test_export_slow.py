@@ -40,6 +40,10 @@ def test_tinyvgg_on_fashion_mnist(tmp_path: Path) -> None:
     assert (training["train_size"], training["val_size"]) == (60000, 10000)
     assert training["accuracy"] >= 0.87
     assert meta["labels"][9] == "Ankle boot"
+    # The channel view: 1000 held-out images by default, whole 28 px pictures, bounded.
+    assert meta["channel_view"]["images"] == 1000 and meta["channel_view"]["pictures"]["crop"] == 0
+    assert meta["files"]["channel_view.npz"]["bytes"] < 1 << 20
+    assert meta["samples"]["count"] == 30
 
 
 @needs_fashion
@@ -71,6 +75,10 @@ def test_alexnet_at_224_on_a_fashion_mnist_subset(tmp_path: Path) -> None:
     layers = {layer["name"]: layer for layer in meta["layers"]}
     assert {n: (layers[n]["receptive_field"], layers[n]["stride"]) for n in ALEXNET_RECEPTIVE_FIELDS} == ALEXNET_RECEPTIVE_FIELDS
     assert 0.955 < meta["params"]["dense_fraction"] < 0.97
+    # 224 px: crops for the shallow layers (rf 11, 19, 51 <= 56), whole images deeper.
+    view = meta["channel_view"]
+    assert view["images"] == 64 and view["pictures"]["crop"] > 0 and 0 < view["pictures"]["whole"] <= 64
+    assert meta["files"]["channel_view.npz"]["bytes"] < 8 << 20
     print(f"\nalexnet 224 parity: {json.dumps(meta['parity']['max_abs_diff'])}")
 
 

@@ -1,0 +1,458 @@
+"""What each channel detects: the held-out images that excite it most, and sample images.
+
+The export stage ranks held-out images through the model and stores, per tapped layer
+and channel, the top-k images by the channel's maximum activation with the position of
+that maximum, the box of input pixels it sees and the pixels to show it
+(channel_view.npz), plus a few held-out images per class (samples.npz); docs/artifact.md
+has the format. This module reads both once, when a model version loads, and answers
+from memory: the JSON of one channel, each top image or crop as stored, the k patches
+as one picture, the samples. numpy + Pillow only.
+
+Artifacts written before the channel view existed (or exported with
+--channel-images 0, or imported without --data-dir) have neither file: they serve as
+before, and asking for a channel view says it was not computed and how to compute it.
+
+The routes decide the URL prefix: every URL here is built from a `base` they pass
+("/v1/models/digits-tinyvgg"), followed by the paths below, which the routes should
+register under the same prefix so the URLs resolve.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from service.errors import NotFound, one_of
+from service.repository import Artifact, ArtifactError
+
+# Paths under a model's base URL; the routes register the same ones.
+CHANNEL_PATH = "/layers/{layer}/channels/{channel}"
+TOP_PNG_PATH = "/layers/{layer}/channels/{channel}/top.png"
+TOP_IMAGE_PATH = "/layers/{layer}/channels/{channel}/top/{rank}"
+SAMPLES_PATH = "/samples"
+SAMPLE_PATH = "/samples/{sample_id}"
+MEDIA_TYPE = "image/png"  # every stored picture and sample is a PNG
+
+TILE = 112  # px: the longer side of each patch in top.png
+GAP = 6
+CAPTION = 16  # px of label text under each patch
+BACKGROUND = (32, 32, 32)
+BOX_COLOUR = (255, 64, 64)
+TEXT_COLOUR = (235, 235, 235)
+RENDER_CACHE = 256  # top.png pictures kept per model version
+_TOP_LEVEL_KEYS = (
+    "layers", "classes", "image_index", "image_label",
+    "picture_data", "picture_offsets", "picture_origin", "picture_crop",
+)
+
+
+class NotComputed(NotFound):
+    """The artifact has no channel view (or no samples): nothing to find, and how to make it."""
+
+    def __init__(self, model: str, version: int, what: str) -> None:
+        if what == "channel view":
+            how = (
+                "it was not computed at export. Export the model again (`python -m model_export "
+                "...` computes it by default; --channel-images N sets how many held-out images are "
+                "ranked, 0 turns it off), or for an imported model run `python -m model_export import "
+                "FILE --data-dir DIR` with a folder of labelled images (DIR/<class>/<image>)"
+            )
+        else:
+            how = (
+                "none were stored at export. Every training export stores them (`python -m "
+                "model_export ...`); an import stores them when given --data-dir DIR"
+            )
+        super().__init__(f"model {model} version {version} has no {what}: {how}")
+
+
+@dataclass(frozen=True)
+class TopImage:
+    """One of the images that excite a channel most."""
+
+    rank: int  # 0 = the strongest
+    activation: float  # the channel's maximum over this image
+    label: str  # the image's class in the held-out set
+    image: int  # its index in the held-out split the export ranked
+    position: tuple[int, int] | None  # (y, x) of the maximum in the layer's map; None: flat layer
+    box: tuple[int, int, int, int] | None  # (left, top, right, bottom) input pixels it sees
+    crop: bool  # the stored picture is the box's pixels only (else the whole input)
+    picture: int  # which stored picture shows it
+
+
+class _Pictures:
+    """Concatenated PNG bytes with their offsets; picture i is one slice."""
+
+    def __init__(
+        self, data: np.ndarray, offsets: np.ndarray, where: str, origin: np.ndarray | None = None,
+        crop: np.ndarray | None = None,
+    ) -> None:
+        if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != data.size:
+            raise ArtifactError(f"{where}: picture offsets do not match the picture data")
+        if np.any(np.diff(offsets) <= 0):
+            raise ArtifactError(f"{where}: picture offsets must increase")
+        count = len(offsets) - 1
+        self.origin = np.zeros((count, 2), dtype=np.int32) if origin is None else origin
+        self.crop = np.zeros(count, dtype=bool) if crop is None else crop.astype(bool)
+        if self.origin.shape != (count, 2) or self.crop.shape != (count,):
+            raise ArtifactError(f"{where}: one origin and one crop flag per picture expected")
+        self._data = data.tobytes()
+        self._offsets = [int(x) for x in offsets]
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> bytes:
+        return self._data[self._offsets[index] : self._offsets[index + 1]]
+
+
+@dataclass(frozen=True)
+class _LayerTable:
+    """One layer's stored top-k table, (channels, k) arrays."""
+
+    activation: np.ndarray  # float32
+    image: np.ndarray  # int32, into the ranked images
+    position: np.ndarray  # int32 (C, k, 2): y, x; -1 for a flat layer
+    box: np.ndarray  # int32 (C, k, 4): left, top, right, bottom; -1 where unknown
+    picture: np.ndarray  # int32, into the pictures
+
+    @property
+    def channels(self) -> int:
+        return int(self.activation.shape[0])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.activation.shape[1])
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path.name} cannot be read: {exc}") from None
+
+
+def _require(arrays: dict[str, np.ndarray], keys: list[str], where: str) -> None:
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ArtifactError(f"{where} lacks {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """channel_view.npz in memory: the tables, the ranked images' labels, the pictures."""
+
+    tables: dict[str, _LayerTable]
+    pictures: _Pictures
+    classes: list[str]
+    image_index: np.ndarray  # (N,) held-out index of each ranked image
+    image_label: np.ndarray  # (N,) its class, into `classes`
+
+    @classmethod
+    def load(cls, path: Path, known_layers: set[str]) -> _Ranking:
+        arrays = _load_npz(path)
+        _require(arrays, list(_TOP_LEVEL_KEYS), path.name)
+        pictures = _Pictures(
+            arrays["picture_data"], arrays["picture_offsets"], path.name, arrays["picture_origin"], arrays["picture_crop"]
+        )
+        images = len(arrays["image_index"])
+        if arrays["image_label"].shape != (images,):
+            raise ArtifactError(f"{path.name}: one label per ranked image expected")
+        tables: dict[str, _LayerTable] = {}
+        for j, name in enumerate(str(n) for n in arrays["layers"]):
+            if name not in known_layers:
+                raise ArtifactError(f"{path.name} ranks layer {name!r}, which metadata does not list")
+            tables[name] = _table(arrays, j, name, images, len(pictures), path.name)
+        classes = [str(c) for c in arrays["classes"]]
+        return cls(tables, pictures, classes, arrays["image_index"], arrays["image_label"])
+
+    def label(self, image: int) -> str:
+        index = int(self.image_label[image])
+        return self.classes[index] if 0 <= index < len(self.classes) else str(index)
+
+
+class ChannelView:
+    """One model version's channel view and samples, loaded once; either may be absent."""
+
+    def __init__(self, model: str, version: int, ranking: _Ranking | None, samples: _Samples | None) -> None:
+        self.model = model
+        self.version = version
+        self._ranking = ranking
+        self._samples = samples
+        self._render = functools.lru_cache(maxsize=RENDER_CACHE)(self._render_top)
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact) -> ChannelView:
+        return cls.load(artifact.ref.path, artifact.metadata, model=artifact.name, version=artifact.version)
+
+    @classmethod
+    def load(cls, directory: Path, metadata: dict[str, Any], *, model: str, version: int) -> ChannelView:
+        """Read channel_view.npz and samples.npz where metadata lists them (metadata
+        `channel_view` / `samples`; absent or null: not stored).
+
+        Raises ArtifactError when a listed file is inconsistent (the checksums in
+        metadata.json were verified already, so this is a writer bug, said at load).
+        """
+        view_section, samples_section = metadata.get("channel_view"), metadata.get("samples")
+        known = {str(layer["name"]) for layer in metadata.get("layers", [])}
+        ranking = _Ranking.load(directory / str(view_section["file"]), known) if view_section else None
+        samples = _Samples.load(directory / str(samples_section["file"])) if samples_section else None
+        return cls(model, version, ranking, samples)
+
+    # --- what it holds ---------------------------------------------------------------
+
+    @property
+    def computed(self) -> bool:
+        return self._ranking is not None
+
+    @property
+    def has_samples(self) -> bool:
+        return self._samples is not None
+
+    @property
+    def images(self) -> int:
+        """How many held-out images were ranked."""
+        return 0 if self._ranking is None else len(self._ranking.image_index)
+
+    @property
+    def layers(self) -> list[str]:
+        return [] if self._ranking is None else list(self._ranking.tables)
+
+    def top(self, layer: str, channel: int) -> list[TopImage]:
+        """The channel's top images, activation descending."""
+        table = self._table(layer)
+        self._check_channel(layer, table, channel)
+        return [self._entry(table, channel, rank) for rank in range(table.top_k)]
+
+    # --- answers for the routes ------------------------------------------------------
+
+    def channel_json(self, layer: str, channel: int, base: str) -> dict[str, Any]:
+        """`GET {base}/layers/{layer}/channels/{c}`."""
+        return {
+            "layer": layer,
+            "channel": channel,
+            "images": self.images,
+            "top": [
+                {
+                    "rank": entry.rank,
+                    "activation": entry.activation,
+                    "label": entry.label,
+                    "image": entry.image,
+                    "position": _named(("y", "x"), entry.position),
+                    "box": _named(("left", "top", "right", "bottom"), entry.box),
+                    "crop": entry.crop,
+                    "image_url": base + top_image_path(layer, channel, entry.rank),
+                }
+                for entry in self.top(layer, channel)
+            ],
+            "top_png_url": base + top_png_path(layer, channel),
+        }
+
+    def top_image(self, layer: str, channel: int, rank: int) -> bytes:
+        """`GET {base}/layers/{layer}/channels/{c}/top/{rank}`: the stored PNG (image or crop)."""
+        table = self._table(layer)
+        self._check_channel(layer, table, channel)
+        if not 0 <= rank < table.top_k:
+            raise NotFound(
+                f"channel {channel} of layer {layer!r} keeps {table.top_k} top images; "
+                f"valid ranks: 0..{table.top_k - 1}, not {rank}"
+            )
+        return self._pictures()[int(table.picture[channel, rank])]
+
+    def top_png(self, layer: str, channel: int) -> bytes:
+        """`GET {base}/layers/{layer}/channels/{c}/top.png`: the k patches in one picture,
+        each with its receptive-field box and label. Rendered once, then cached."""
+        table = self._table(layer)
+        self._check_channel(layer, table, channel)
+        return self._render(layer, channel)
+
+    def samples_json(self, base: str) -> dict[str, Any]:
+        """`GET {base}/samples`."""
+        samples = self._sample_set()
+        return {
+            "samples": [
+                {"id": i, "label": label, "image_url": base + sample_path(i)}
+                for i, label in enumerate(samples.labels)
+            ]
+        }
+
+    def sample_image(self, sample_id: int) -> bytes:
+        """`GET {base}/samples/{id}`: the image as stored (PNG, the model's size and mode)."""
+        samples = self._sample_set()
+        if not 0 <= sample_id < len(samples.labels):
+            raise NotFound(
+                f"unknown sample {sample_id} of model {self.model}; valid: 0..{len(samples.labels) - 1}"
+            )
+        return samples.pictures[sample_id]
+
+    # --- internals -------------------------------------------------------------------
+
+    def _computed(self) -> _Ranking:
+        if self._ranking is None:
+            raise NotComputed(self.model, self.version, "channel view")
+        return self._ranking
+
+    def _pictures(self) -> _Pictures:
+        return self._computed().pictures
+
+    def _table(self, layer: str) -> _LayerTable:
+        tables = self._computed().tables
+        if layer not in tables:
+            raise NotFound(one_of("layer", layer, tables) + f" (the layers of model {self.model})")
+        return tables[layer]
+
+    def _check_channel(self, layer: str, table: _LayerTable, channel: int) -> None:
+        if not 0 <= channel < table.channels:
+            raise NotFound(
+                f"layer {layer!r} of model {self.model} has {table.channels} channels; "
+                f"valid: 0..{table.channels - 1}, not {channel}"
+            )
+
+    def _entry(self, table: _LayerTable, channel: int, rank: int) -> TopImage:
+        ranking = self._computed()
+        image = int(table.image[channel, rank])
+        position = table.position[channel, rank]
+        box = table.box[channel, rank]
+        picture = int(table.picture[channel, rank])
+        return TopImage(
+            rank=rank,
+            activation=float(table.activation[channel, rank]),
+            label=ranking.label(image),
+            image=int(ranking.image_index[image]),
+            position=(int(position[0]), int(position[1])) if position[0] >= 0 else None,
+            box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])) if box[0] >= 0 else None,
+            crop=bool(ranking.pictures.crop[picture]),
+            picture=picture,
+        )
+
+    def _render_top(self, layer: str, channel: int) -> bytes:
+        pictures = self._pictures()
+        entries = self.top(layer, channel)
+        tiles = [_tile(pictures, entry) for entry in entries]
+        columns = max(1, math.ceil(math.sqrt(len(tiles))))
+        rows = max(1, math.ceil(len(tiles) / columns))
+        cell_w, cell_h = TILE + GAP, TILE + CAPTION + GAP
+        sheet = Image.new("RGB", (columns * cell_w + GAP, rows * cell_h + GAP), BACKGROUND)
+        draw = ImageDraw.Draw(sheet)
+        font = _font()
+        for i, (tile, entry) in enumerate(zip(tiles, entries, strict=True)):
+            x = GAP + (i % columns) * cell_w + (TILE - tile.width) // 2
+            y = GAP + (i // columns) * cell_h + (TILE - tile.height) // 2
+            sheet.paste(tile, (x, y))
+            caption = _fit(draw, f"{entry.label}  {entry.activation:.3g}", font, TILE)
+            draw.text((GAP + (i % columns) * cell_w, GAP + (i // columns) * cell_h + TILE + 2), caption,
+                      fill=TEXT_COLOUR, font=font)
+        buffer = io.BytesIO()
+        sheet.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def _sample_set(self) -> _Samples:
+        if self._samples is None:
+            raise NotComputed(self.model, self.version, "sample images")
+        return self._samples
+
+
+def _table(arrays: dict[str, np.ndarray], j: int, name: str, images: int, pictures: int, where: str) -> _LayerTable:
+    keys = [f"{j}.{key}" for key in ("activation", "image", "position", "box", "picture")]
+    _require(arrays, keys, where)
+    table = _LayerTable(*(arrays[k] for k in keys))
+    shape = table.activation.shape
+    if (
+        len(shape) != 2
+        or table.image.shape != shape
+        or table.picture.shape != shape
+        or table.position.shape != (*shape, 2)
+        or table.box.shape != (*shape, 4)
+    ):
+        raise ArtifactError(f"{where}: the tables of layer {name!r} disagree in shape")
+    if table.image.size and (table.image.min() < 0 or table.image.max() >= images):
+        raise ArtifactError(f"{where}: layer {name!r} names images outside 0..{images - 1}")
+    if table.picture.size and (table.picture.min() < 0 or table.picture.max() >= pictures):
+        raise ArtifactError(f"{where}: layer {name!r} names pictures outside 0..{pictures - 1}")
+    return table
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """samples.npz in memory: a few held-out images per class and their labels."""
+
+    labels: list[str]
+    pictures: _Pictures
+
+    @classmethod
+    def load(cls, path: Path) -> _Samples:
+        arrays = _load_npz(path)
+        _require(arrays, ["classes", "label", "data", "offsets"], path.name)
+        classes = [str(c) for c in arrays["classes"]]
+        labels = [classes[int(i)] if 0 <= int(i) < len(classes) else str(int(i)) for i in arrays["label"]]
+        pictures = _Pictures(arrays["data"], arrays["offsets"], path.name)
+        if len(pictures) != len(labels):
+            raise ArtifactError(f"{path.name}: {len(labels)} labels for {len(pictures)} images")
+        return cls(labels, pictures)
+
+
+def _named(keys: tuple[str, ...], values: tuple[int, ...] | None) -> dict[str, int] | None:
+    return None if values is None else dict(zip(keys, values, strict=True))
+
+
+def channel_path(layer: str, channel: int) -> str:
+    return CHANNEL_PATH.format(layer=quote(layer, safe=""), channel=channel)
+
+
+def top_png_path(layer: str, channel: int) -> str:
+    return TOP_PNG_PATH.format(layer=quote(layer, safe=""), channel=channel)
+
+
+def top_image_path(layer: str, channel: int, rank: int) -> str:
+    return TOP_IMAGE_PATH.format(layer=quote(layer, safe=""), channel=channel, rank=rank)
+
+
+def sample_path(sample_id: int) -> str:
+    return SAMPLE_PATH.format(sample_id=sample_id)
+
+
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Pillow's built-in font: nothing to install or download.
+    return ImageFont.load_default(size=11)
+
+
+def _fit(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int
+) -> str:
+    """The text, shortened with an ellipsis until it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _tile(pictures: _Pictures, entry: TopImage) -> Image.Image:
+    """The entry's picture scaled to fit TILE px (pixels kept sharp when enlarged), in RGB,
+    with the receptive-field box drawn where it lies in the picture."""
+    with Image.open(io.BytesIO(pictures[entry.picture])) as stored:
+        picture = stored.convert("RGB")
+    scale = TILE / max(picture.size)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX
+    tile = picture.resize(size, resample)
+    if entry.box is not None:
+        origin = pictures.origin[entry.picture]
+        left, top, right, bottom = entry.box
+        rect = (
+            (left - int(origin[0])) * scale,
+            (top - int(origin[1])) * scale,
+            (right - int(origin[0])) * scale - 1,
+            (bottom - int(origin[1])) * scale - 1,
+        )
+        ImageDraw.Draw(tile).rectangle(rect, outline=BOX_COLOUR, width=max(1, round(scale / 2)) if scale < 4 else 2)
+    return tile

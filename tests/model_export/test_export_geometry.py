@@ -1,0 +1,149 @@
+"""Receptive-field boxes: the geometry in metadata against the pixels a unit really reads.
+
+With every kernel 1 and every bias 0, a zero image gives zero everywhere, and an image
+with one bright pixel lights exactly the units whose receptive field holds that pixel
+(ReLU and max-pooling pass positive values; zero padding adds nothing). So the set of
+input pixels that light unit (y, x) is its true receptive field, clipped to the image,
+and `geometry.box` must give exactly its bounding box: padding and offset included.
+(Not with dilation: a dilated kernel's field has holes, so the pixels it reads can
+have a smaller bounding box than the field; the nets here are undilated.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from export_helpers import run_cli
+from torch import nn
+
+from model_export import layers as L
+from model_export.architectures import REGISTRY
+from model_export.geometry import Geometry, box
+
+
+class _Odd(nn.Module):
+    """Padding wider than the kernel's half, a padded stride-2 pool, an unpadded strided conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 2, 3, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),
+            nn.Conv2d(2, 2, 5, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(2, 2, 3, padding=1),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(2 * 4 * 4, 3)  # 21 px in: 23, 12, 4, 4 px maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def _ones(net: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.fill_(1.0)
+                if module.bias is not None:
+                    module.bias.zero_()
+    return net.eval()
+
+
+def _impulses(channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """One image per input pixel, that pixel 1 (in every channel), the rest 0."""
+    h, w = size
+    batch = torch.zeros(h * w, channels, h, w)
+    batch[torch.arange(h * w), :, torch.arange(h * w) // w, torch.arange(h * w) % w] = 1.0
+    return batch
+
+
+def _true_box(lit: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Bounding box (left, top, right, bottom; exclusive) of the pixels that lit a unit."""
+    rows, cols = np.nonzero(lit)
+    if rows.size == 0:
+        return None
+    return (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+
+
+def _check_units(maps: np.ndarray, layer: dict, size: tuple[int, int]) -> int:
+    """maps: (H*W impulses, C, h, w). Every unit of channel 0, against the metadata box."""
+    geometry = Geometry(layer["receptive_field"], layer["stride"], layer["receptive_field_offset"])
+    checked = 0
+    for y in range(maps.shape[2]):
+        for x in range(maps.shape[3]):
+            lit = (maps[:, 0, y, x] > 0).reshape(size)
+            assert box(geometry, (y, x), size) == _true_box(lit), (layer["name"], y, x)
+            checked += 1
+    return checked
+
+
+def _traced_layers(net: nn.Module, channels: int, size: tuple[int, int]) -> list[dict]:
+    calls = L.trace(net, torch.zeros(1, channels, *size))
+    return L.describe_taps(net, calls, L.default_taps(calls), size)
+
+
+@pytest.mark.parametrize(
+    "name,size",
+    [("tinyvgg", (28, 28)), ("lenet", (28, 28)), ("alexnet-small", (16, 16)), ("odd", (21, 21))],
+)
+def test_boxes_from_the_trace_are_the_pixels_a_unit_reads(name: str, size: tuple[int, int]) -> None:
+    channels = 1
+    torch.manual_seed(0)
+    net = _ones(_Odd() if name == "odd" else L.prepare(REGISTRY[name].builder(channels, size, 3)))
+    layers = [layer for layer in _traced_layers(net, channels, size) if len(layer["output_shape"]) == 4]
+    assert layers and all(layer["receptive_field_offset"] is not None for layer in layers)
+    modules = dict(net.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        modules[layer["name"]].register_forward_hook(lambda _m, _a, out, n=layer["name"]: seen.__setitem__(n, out))
+        for layer in layers
+    ]
+    with torch.no_grad():
+        net(_impulses(channels, size))
+    for handle in handles:
+        handle.remove()
+    assert sum(_check_units(seen[layer["name"]].numpy(), layer, size) for layer in layers) > 100
+
+
+def test_boxes_from_an_imported_graph_are_the_pixels_a_unit_reads(tmp_path: Path) -> None:
+    """The same check on the ONNX graph walk of `model_export import`."""
+    size = (21, 21)
+    net = _ones(_Odd())
+    source = tmp_path / "odd.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(net, (torch.zeros(1, 1, *size),), str(source), dynamo=True, external_data=False)
+    result = run_cli(["import", source, "--name", "odd", "--out", tmp_path / "models", "--mean", "0", "--std", "1"])
+    assert result.rc == 0, result.stderr
+    meta = json.loads((result.written / "metadata.json").read_text())
+    traced = {layer["name"]: layer for layer in _traced_layers(net, 1, size)}
+    imported = [layer for layer in meta["layers"] if layer["op"] == "Relu"]
+    # Same net, two derivations: the graph walk agrees with the trace on every ReLU.
+    assert [(x["receptive_field"], x["stride"], x["receptive_field_offset"]) for x in imported] == [
+        (t["receptive_field"], t["stride"], t["receptive_field_offset"])
+        for t in traced.values()
+        if t["op"] == "ReLU"
+    ]
+    session = ort.InferenceSession(str(result.written / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [layer["name"] for layer in meta["layers"]]
+    outputs = dict(zip(names, session.run(names, {"input": _impulses(1, size).numpy()}), strict=True))
+    for layer in meta["layers"]:
+        _check_units(outputs[layer["name"]], layer, size)
+
+
+def test_box_edges() -> None:
+    g = Geometry(receptive_field=5, stride=2, offset=-2)
+    assert box(g, (0, 0), (10, 12)) == (0, 0, 3, 3)  # starts in the padding: clipped
+    assert box(g, (1, 3), (10, 12)) == (4, 0, 9, 5)
+    assert box(g, (5, 6), (10, 12)) == (10, 8, 12, 10)  # ends past the image: clipped
+    assert box(g, None, (10, 12)) == (0, 0, 12, 10)  # a non-spatial output sees everything
+    assert box(Geometry(5, 2, None), (0, 0), (10, 12)) is None  # offset unknown: no box
+    assert box(Geometry(1, 1, -3), (0, 0), (10, 12)) is None  # only padding in view

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, auth
-from service.api import docs, repository, system, v1, v2
+from service.api import channels, docs, repository, system, v1, v2
 from service.api.requests import ClientGone
 from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane
@@ -43,6 +43,9 @@ Serve a convolutional neural network and look inside it while it serves.
 * **v1** (`/predict`, `/v1/models/...`): class predictions for uploaded images and, on request,
   the feature maps of any layer (`layers=`), as PNG grids, `.npy` arrays, nested lists or
   per-channel statistics; each conv layer's filters as a picture.
+* **channels** (`/v1/models/{name}/layers/{layer}/channels/{c}`, `/v1/models/{name}/samples`):
+  what each channel detects, as the held-out images that excite it most (computed at
+  export), the filter that made it, and sample images to start from.
 * **v2**: the Open Inference Protocol (KServe v2 / Triton) REST API, with the binary tensor
   data and classification extensions. Feature maps are extra outputs, returned only when
   asked for in `outputs`.
@@ -93,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drain = Drain(settings.drain_seconds)
     _install_error_handlers(app)
     app.include_router(v1.router)
+    app.include_router(channels.router)
     app.include_router(v2.router)
     app.include_router(v2.health)
     app.include_router(repository.router)

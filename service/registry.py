@@ -31,6 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from service.batching import DynamicBatcher
+from service.channel_view import ChannelView
 from service.errors import BadRequest, LoadFailed, ModelNotReady, NotFound, UnknownModel, UnknownVersion
 from service.metrics import Metrics
 from service.repository import ArtifactError, ArtifactRef, load_artifact, scan
@@ -64,10 +65,12 @@ def fingerprint(path: Path) -> Fingerprint:
 
 @dataclass(eq=False)
 class ServedModel:
-    """A loaded version: its sessions and its batcher, and how many requests hold it."""
+    """A loaded version: its sessions and its batcher, its channel view and samples (read
+    once at load; empty when the artifact has none), and how many requests hold it."""
 
     runtime: ModelRuntime
     batcher: DynamicBatcher
+    channel_view: ChannelView
     leases: int = 0
     _released: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -289,13 +292,16 @@ class ModelRegistry:
         entry.fingerprint = await asyncio.to_thread(fingerprint, entry.ref.path)
         try:
             artifact = await asyncio.to_thread(load_artifact, entry.ref)
+            # A listed channel_view.npz / samples.npz that cannot be read fails the version
+            # here, at load, with the reason (a writer's bug), rather than on a user's click.
+            channel_view = await asyncio.to_thread(ChannelView.from_artifact, artifact)
             runtime = await asyncio.to_thread(load_model, artifact, self.runtime_options)
         except (ArtifactError, ValueError, OSError) as exc:
             self._fail(entry, str(exc))
         except Exception as exc:  # onnxruntime and onnx raise their own types on bad files
             self._fail(entry, f"{type(exc).__name__}: {exc}")
         else:
-            entry.served = ServedModel(runtime, self._batcher(runtime))
+            entry.served = ServedModel(runtime, self._batcher(runtime), channel_view)
             entry.served.batcher.start()
             # From this assignment on, the newest ready version, which may be this one, is
             # its model's default: the switch is this one step, with no await around it.

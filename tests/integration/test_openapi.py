@@ -29,8 +29,8 @@ ADMIN_KEY = "admin-0123456789abcdef0123"
 @pytest.fixture(scope="module")
 def server(start_server: Callable[..., LiveServer], tmp_path_factory: pytest.TempPathFactory) -> LiveServer:
     root = tmp_path_factory.mktemp("openapi") / "models"
-    write_artifact(root, "synthetic", 1, seed=0)
-    write_artifact(root, "synthetic", 2, seed=1)
+    write_artifact(root, "synthetic", 1, seed=0)  # without a channel view: its routes answer 404
+    write_artifact(root, "synthetic", 2, seed=1, views=True)
     return start_server(root, api_keys=f"{INFER_KEY}:infer,{ADMIN_KEY}:admin")
 
 

@@ -72,8 +72,11 @@ def write_artifact(
     seed: int = 0,
     initial_weights: bool = True,
     faulty: bool = False,
+    views: bool = False,
 ) -> Path:
-    """Write ``root/name/version/`` per docs/artifact.md and return its directory."""
+    """Write ``root/name/version/`` per docs/artifact.md and return its directory
+    (``views``: with a channel view and samples of random images, by the export stage's
+    own writer)."""
     model, weights = build_model(channels, size, classes, seed=seed, faulty=faulty)
     directory = root / name / str(version)
     directory.mkdir(parents=True)
@@ -102,18 +105,38 @@ def write_artifact(
         "layers": [
             {"name": "features.1", "op": "Relu", "kind": "conv", "conv": "conv", "weight": "conv.weight",
              "output_shape": [-1, filters, size, size], "params": filters * channels * 9 + filters,
-             "receptive_field": 3, "stride": 1},
+             "receptive_field": 3, "stride": 1, "receptive_field_offset": -1},
             {"name": "features.2", "op": "MaxPool", "kind": "pool", "conv": None, "weight": None,
-             "output_shape": [-1, filters, half, half], "params": 0, "receptive_field": 4, "stride": 2},
+             "output_shape": [-1, filters, half, half], "params": 0, "receptive_field": 4, "stride": 2,
+             "receptive_field_offset": -1},
         ],
         "params": {"total": 0, "conv": 0, "dense": 0, "other": 0},
         "training": None,
         "parity": None,
         "versions": {"onnx": onnx.__version__, "opset": 17},
-        "files": {f: {"sha256": sha256(directory / f), "bytes": (directory / f).stat().st_size} for f in files},
     }
+    if views:
+        stored = _write_views(directory, metadata, seed)
+        metadata.update(channel_view=stored.channel_view, samples=stored.samples)
+        files += [stored.channel_view["file"], stored.samples["file"]]
+    metadata["files"] = {f: {"sha256": sha256(directory / f), "bytes": (directory / f).stat().st_size} for f in files}
     (directory / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return directory
+
+
+def _write_views(directory: Path, metadata: dict[str, Any], seed: int) -> Any:
+    from model_export.channel_view import ViewOptions, write_views
+    from model_export.datasets import Split
+    from model_export.preprocessing import InputSpec
+
+    meta = metadata["input"]
+    spec = InputSpec(meta["channels"], tuple(meta["size"]), tuple(meta["mean"]), tuple(meta["std"]), meta["scale"])
+    rng = np.random.default_rng(seed)
+    classes = metadata["labels"]
+    shape = (40, *meta["size"]) if meta["channels"] == 1 else (40, *meta["size"], 3)
+    held_out = Split(rng.integers(0, 256, shape, dtype=np.uint8), np.arange(40, dtype=np.int64) % len(classes))
+    return write_views(directory, directory / "model.onnx", metadata["layers"], spec, held_out, classes,
+                       ViewOptions(images=40, top_k=4, progress=False))
 
 
 def corrupt(version_dir: Path) -> None:

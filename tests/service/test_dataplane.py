@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from service.batching import DynamicBatcher
+from service.channel_view import ChannelView
 from service.dataplane import DataPlane, ImageInputs, TensorInputs
 from service.encoding import Encoding, NpyDtype
 from service.errors import BadRequest, ModelOutputNotFinite, NotFound, PayloadTooLarge, UnknownLayer
@@ -58,7 +59,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[tuple[DataPlane, ServedModel, F
     runtime = FakeRuntime()
     batcher = DynamicBatcher(runtime, max_batch_size=8, max_queue_delay_ms=0, max_queue_size=16)
     batcher.start()
-    served = ServedModel(runtime, batcher)  # type: ignore[arg-type]
+    served = ServedModel(runtime, batcher, ChannelView("fake", 1, None, None))  # type: ignore[arg-type]
     data_plane = DataPlane(settings, ModelRegistry(settings, Metrics(), RuntimeOptions([CPU])))
     yield data_plane, served, runtime
     await batcher.stop()

@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.health)
     app.include_router(repository.router)
     app.include_router(system.router)
+    system.mount_explorer(app)
     docs.install(app)
     auth.install(app, policy)
     _document(app, policy)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
+from importlib.resources import as_file, files
+from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from service import auth
 from service.api.common import Plane, readiness
@@ -27,6 +30,22 @@ METRICS_RESPONSE: dict[int | str, dict[str, object]] = {
             summary="The explorer: predictions, feature maps and filters in a browser")
 async def explorer() -> HTMLResponse:
     return HTMLResponse(files("service").joinpath("static/explorer.html").read_text(encoding="utf-8"))
+
+
+class _Static(StaticFiles):
+    """The explorer's script and styles: revalidated on every load (an ETag makes that a
+    304), so a page never runs an older script than the server it talks to."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.setdefault("Cache-Control", "no-cache")
+        return response
+
+
+def mount_explorer(app: FastAPI) -> None:
+    """Serve the explorer's own files under /explorer (public, like the page: no model data)."""
+    with as_file(files("service") / "static") as path:
+        app.mount("/explorer", _Static(directory=Path(path)), name="explorer")
 
 
 @router.get("/healthz", dependencies=[auth.PROBE], summary="Alive: the process answers")

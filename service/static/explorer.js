@@ -254,6 +254,10 @@ async function look(blob, name) {
   state.image = blob; state.imageName = name;
   const started = performance.now();
   const meta = state.meta;
+  // The explanation of the top class starts with the prediction (the server takes the
+  // prediction first when both wait), not after it.
+  $("target").replaceChildren();
+  const explained = explain();
   const url = `${state.base}/predict?top_k=${meta.labels.length}&layers=all&encoding=npy&dtype=float16`;
   const [response, input] = await Promise.all([
     api(url, { method: "POST", body: blob, headers: { "Content-Type": blob.type || "application/octet-stream" } }),
@@ -285,7 +289,7 @@ async function look(blob, name) {
   const drawn = performance.now();
   window.convscope.timings.push({ what: "image", model: meta.name, predict_ms: answered - started, draw_ms: drawn - answered,
                                   server_ms: body.timings_ms.total });
-  explain();
+  await explained;
 }
 
 function drawInput() {
@@ -461,7 +465,8 @@ let detail = null;
 function placeDetail() {
   if (!detail || !state.selected) return;
   const card = document.querySelector(`.layer[data-layer="${CSS.escape(state.selected.layer)}"]`);
-  if (card) card.after(detail);
+  // Moving a node that holds the focus would drop it: move only when it must.
+  if (card && card.nextElementSibling !== detail) card.after(detail);
 }
 
 function closeDetail() {

@@ -1,0 +1,244 @@
+"""Screenshots of the explorer and the time its own requests take (issue 13).
+
+    python -m benchmarks.explorer_screenshots                 # models in benchmarks/out/explorer-models
+    python -m benchmarks.explorer_screenshots --models DIR --rounds 10
+
+Exports what is missing with the issue's commands (digits-tinyvgg: `python -m model_export`;
+Fashion-MNIST alexnet-small: `--dataset fashion-mnist --arch alexnet-small --epochs 2
+--batch-size 128 --max-train-samples 10000`), serves both with `python -m service`, and
+drives the page in headless Chromium (Debian's `chromium`, through Playwright): pick a
+sample, wait for the prediction, every layer and the explanation, open a channel of a
+middle layer and wait for its top images. Writes to --out:
+
+* explorer-<model>.png (the whole page) and explorer-<model>-channel.png (the channel);
+* explorer-timings.json, and the same as a table on stdout: per sample, the page's requests
+  (the Resource Timing API, from the click to the last response) and its drawing; and the
+  predict answer for every layer in each encoding the page could have used, over HTTP.
+
+The figures are wall-clock on this machine, shared with other jobs: compare within a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.testing import ServerProcess, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+CHROMIUM = "/usr/bin/chromium"
+MODELS = {
+    "digits-tinyvgg": ["--name", "digits-tinyvgg"],
+    "fashion-mnist-alexnet-small": ["--dataset", "fashion-mnist", "--arch", "alexnet-small", "--epochs", "2",
+                                    "--batch-size", "128", "--max-train-samples", "10000"],
+}
+# The channel opened for the screenshots: a middle layer's most active channel.
+MIDDLE = {"digits-tinyvgg": "features.8", "fashion-mnist-alexnet-small": "features.7"}
+TIMED = "fashion-mnist-alexnet-small"
+WAIT_MS = 120_000
+
+
+def export_missing(models: Path) -> None:
+    for name, args in MODELS.items():
+        if list(models.glob(f"{name}/*/metadata.json")):
+            continue
+        command = [sys.executable, "-m", "model_export", *args, "--out", str(models)]
+        print("exporting:", " ".join(command[1:]), flush=True)
+        subprocess.run(command, cwd=ROOT, check=True)
+
+
+def artifact_sizes(models: Path) -> dict[str, dict[str, Any]]:
+    sizes = {}
+    for name in MODELS:
+        newest = max(models.glob(f"{name}/*/metadata.json"), key=lambda p: int(p.parent.name))
+        meta = json.loads(newest.read_text())
+        files = meta["files"]
+        view = meta.get("channel_view") or {}
+        sizes[name] = {
+            "channel_view_bytes": files.get("channel_view.npz", {}).get("bytes"),
+            "samples_bytes": files.get("samples.npz", {}).get("bytes"),
+            "model_bytes": files["model.onnx"]["bytes"],
+            "channel_view_seconds": view.get("seconds"),
+            "ranked_images": view.get("images"),
+        }
+    return sizes
+
+
+def encodings(url: str, models: Path, rounds: int) -> list[dict[str, Any]]:
+    """The predict answer with every layer, per encoding: what the page chose from."""
+    sample = httpx.get(f"{url}/v1/models/{TIMED}/samples/0").content
+    rows = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for query in ("encoding=npy&dtype=float16", "encoding=npy&dtype=float32", "encoding=png", "encoding=stats"):
+            path = f"/v1/models/{TIMED}/predict?top_k=10&layers=all&{query}"
+            times, size, server = [], 0, []
+            for _ in range(rounds + 1):
+                started = time.perf_counter()
+                response = client.post(path, content=sample, headers={"content-type": "image/png"})
+                response.raise_for_status()
+                times.append((time.perf_counter() - started) * 1000)
+                server.append(response.json()["timings_ms"]["total"])
+                size = len(response.content)
+            rows.append({"query": query, "bytes": size, "median_ms": statistics.median(times[1:]),
+                         "server_median_ms": statistics.median(server[1:])})
+    return rows
+
+
+PAGE_REQUESTS = """(since) => performance.getEntriesByType("resource")
+    .filter((e) => e.startTime >= since)
+    .map((e) => ({name: e.name.replace(location.origin, ""), start: e.startTime, end: e.responseEnd,
+                  ms: e.duration, bytes: e.encodedBodySize}))"""
+
+
+def done(page: Any, what: str, count: int) -> None:
+    page.wait_for_function(f"window.convscope.timings.filter((t) => t.what === '{what}').length >= {count}",
+                           timeout=WAIT_MS)
+
+
+SETTLED = ("document.querySelector('#explain-status').textContent.trim() !== '' && "
+           "!document.querySelector('#explain-status').textContent.startsWith('computing')")
+
+
+def explains(page: Any) -> bool:
+    """Wait for the explanation to finish or fail; whether this server offers them."""
+    page.wait_for_function(SETTLED, timeout=WAIT_MS)
+    return "does not offer" not in page.inner_text("#explain-status")
+
+
+def shoot(browser: Any, url: str, model: str, out: Path) -> dict[str, Any]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_function("window.convscope.ready", timeout=WAIT_MS)
+    page.select_option("#model", model)
+    page.wait_for_selector(".sample img", timeout=WAIT_MS)
+    page.click(".sample >> nth=4")
+    done(page, "image", 1)
+    explains(page)
+    page.click(f'.layer[data-layer="{MIDDLE[model]}"] .tile >> nth=0')
+    page.wait_for_function("[...document.querySelectorAll('.detail .patch img')].every((i) => i.naturalWidth > 0) "
+                           "&& document.querySelectorAll('.detail .patch img').length > 0", timeout=WAIT_MS)
+    button = page.locator(".detail .filter-body button")
+    if button.count():
+        button.click()
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(out / f"explorer-{model}.png"), full_page=True)
+    page.locator(".detail").screenshot(path=str(out / f"explorer-{model}-channel.png"))
+    page.close()
+    return {"console_errors": errors}
+
+
+def time_page(browser: Any, url: str, rounds: int) -> list[dict[str, Any]]:
+    """Per sample: the page's own requests from the click (Resource Timing) and its drawing."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url + "/")
+    page.wait_for_function("window.convscope.ready", timeout=WAIT_MS)
+    page.select_option("#model", TIMED)
+    page.wait_for_selector(".sample img", timeout=WAIT_MS)
+    results = []
+    for i in range(rounds + 1):  # the first one warms up
+        since = page.evaluate("performance.now()")
+        page.click(f".sample >> nth={i % page.locator('.sample').count()}")
+        done(page, "image", i + 1)
+        with_explain = explains(page)
+        requests = page.evaluate(PAGE_REQUESTS, since)
+        image = page.evaluate("window.convscope.timings.filter((t) => t.what === 'image').at(-1)")
+        explain = page.evaluate("window.convscope.timings.filter((t) => t.what === 'explain').at(-1)")
+        predict = [r for r in requests if "/predict" in r["name"]]
+        opened = page.evaluate("performance.now()")
+        page.click(f'.layer[data-layer="{MIDDLE[TIMED]}"] .tile >> nth=1')
+        page.wait_for_function("[...document.querySelectorAll('.detail .patch img')].length > 0 && "
+                               "[...document.querySelectorAll('.detail .patch img')].every((i) => i.naturalWidth > 0)",
+                               timeout=WAIT_MS)
+        channel = page.evaluate(PAGE_REQUESTS, opened)
+        results.append({
+            "sample": i, "requests": len(requests), "channel_requests": len(channel),
+            "predict_ms": predict[0]["ms"] if predict else None,
+            "predict_bytes": predict[0]["bytes"] if predict else None,
+            "shown_ms": image["predict_ms"] + image["draw_ms"],
+            "draw_ms": image["draw_ms"],
+            "explain_ms": explain["ms"] if with_explain and explain else None,
+            "explain_passes": explain["passes"] if with_explain and explain else None,
+            "image_requests_ms": max(r["end"] for r in requests) - since,
+            "channel_ms": (max(r["end"] for r in channel) - opened) if channel else None,
+        })
+        page.click(".detail .close")
+    page.close()
+    return results[1:]
+
+
+def median(rows: list[dict[str, Any]], key: str) -> str:
+    values = [r[key] for r in rows if r[key] is not None]
+    return f"{statistics.median(values):.0f} (max {max(values):.0f})" if values else "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, default=OUT / "explorer-models")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--rounds", type=int, default=10, help="samples timed on the AlexNet-small model")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    export_missing(args.models)
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONVSCOPE_")}, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+               "--model-repository", str(args.models)]
+    report: dict[str, Any] = {"sizes": artifact_sizes(args.models)}
+    with ServerProcess(command, port=port, env=env, cwd=ROOT, log=args.out / "explorer-server.log", timeout=120) as server:
+        report["encodings"] = encodings(server.url, args.models, args.rounds)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            report["screenshots"] = {model: shoot(browser, server.url, model, args.out) for model in MODELS}
+            report["page"] = time_page(browser, server.url, args.rounds)
+            browser.close()
+    (args.out / "explorer-timings.json").write_text(json.dumps(report, indent=2))
+    print_report(report, args.out)
+    return 0
+
+
+def print_report(report: dict[str, Any], out: Path) -> None:
+    print("\n| model | channel_view.npz | samples.npz | model.onnx | ranked | channel view at export |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, s in report["sizes"].items():
+        print(f"| {name} | {s['channel_view_bytes'] / 1e3:.0f} KB | {s['samples_bytes'] / 1e3:.0f} KB | "
+              f"{s['model_bytes'] / 1e6:.2f} MB | {s['ranked_images']} | {s['channel_view_seconds']} s |")
+    print(f"\n{TIMED}, predict with layers=all (one sample, median over the rounds, over HTTP):")
+    print("| query | bytes | ms | server ms |\n| --- | --- | --- | --- |")
+    for row in report["encodings"]:
+        print(f"| {row['query']} | {row['bytes']:,} | {row['median_ms']:.1f} | {row['server_median_ms']:.1f} |")
+    rows = report["page"]
+    print(f"\n{TIMED}, the page, per sample (median over {len(rows)}, max in brackets), ms:")
+    labels = {
+        "predict_ms": "predict request (all layers, float16 npy)",
+        "draw_ms": "drawing every layer",
+        "shown_ms": "click -> prediction and every layer shown",
+        "explain_ms": "explanation request",
+        "image_requests_ms": "click -> the image's last response (predict + explain)",
+        "channel_ms": "channel click -> its last response (JSON, filter, top images)",
+    }
+    for key, label in labels.items():
+        print(f"  {label:60} {median(rows, key)}")
+    print(f"  predict bytes {rows[0]['predict_bytes']:,}; requests per image: {rows[0]['requests']}, "
+          f"per channel: {rows[0]['channel_requests']}")
+    for model, shot in report["screenshots"].items():
+        print(f"\n{out / f'explorer-{model}.png'}  {out / f'explorer-{model}-channel.png'}  "
+              f"console errors: {len(shot['console_errors'])}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

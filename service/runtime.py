@@ -13,11 +13,16 @@ weights, which are most of a classifier's bytes (AlexNet: 218 of 228 MB). They a
 once into numpy arrays and handed to both sessions as pre-allocated initializers
 (``SessionOptions.add_initializer``); the graphs the sessions parse carry only a
 reference to them. Such weights must not be repacked per session, so prepacking is off
-for those sessions (measured in benchmarks/README.md). Conv weights stay in each graph:
-the CPU provider rewrites them into its blocked layout per session anyway, and an
-optimizer that reads an initializer's values would read the placeholder, not the
-shared array. Only a Gemm/MatMul's weight input is shared, where no optimizer reads it.
-The parsed protobuf is dropped once the sessions exist, and filters (trained and
+for those sessions (measured in benchmarks/README.md). Only a Gemm/MatMul's weight input
+is shared with the logits session, where no optimizer reads it: that session keeps its
+conv weights in its graph, because the CPU provider's layout optimizer (ORT_ENABLE_ALL)
+rewrites them into its blocked layout and would read a placeholder, not the shared array.
+The features session is built without layout optimizations (ORT_ENABLE_EXTENDED: the
+same speed for AlexNet's every-output runs, measured) and shares the conv weights too;
+the same arrays are the trained filters the API draws. Because a wrongly shared weight
+would give silently wrong maps, the two sessions must give the same class scores for a
+random image at load, or the features session is rebuilt with its conv weights in its
+graph. The parsed protobuf is dropped once the sessions exist, and filters (trained and
 initial) are read once here, not per request.
 """
 
@@ -101,9 +106,13 @@ class RuntimeOptions:
         return self.providers == [CPU]
 
     def session_options(self, shared: dict[str, ort.OrtValue] | None = None,
-                        placeholder_dir: Path | None = None) -> ort.SessionOptions:
+                        placeholder_dir: Path | None = None, *, layout: bool = True) -> ort.SessionOptions:
+        """``layout``: the CPU provider's layout optimizations (ORT_ENABLE_ALL), which read
+        conv weights' values and so must not meet a shared (placeholder) one."""
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if layout else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        )
         # Spinning threads keep a core busy after each run; on a small box that core is the
         # one decoding the next request.
         spin = "1" if self.allow_spinning else "0"
@@ -190,9 +199,13 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
     if input_name not in graph_inputs:
         raise ValueError(f"the ONNX graph has no input {input_name!r} (it has {graph_inputs})")
 
-    filters = _conv_filters(proto, metadata["layers"])
-    shared = _detach_shared_weights(proto) if options.share_weights and options.cpu_only else {}
-    full_graph = proto.SerializeToString()
+    sharing = options.share_weights and options.cpu_only
+    dense = _detach_shared_weights(proto, DENSE_WEIGHTS) if sharing else {}
+    convs = _detach_shared_weights(proto, CONV_WEIGHTS) if sharing else {}
+    filters = _conv_filters(proto, metadata["layers"], convs)
+    features_graph = proto.SerializeToString()
+    _reattach(proto, convs)  # the logits session's layout optimizer reads them
+    with_convs = proto.SerializeToString() if convs else features_graph
     # The fast path: the same graph with the class output alone.
     keep = [o for o in proto.graph.output if o.name == output_name]
     del proto.graph.output[:]
@@ -201,17 +214,23 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
     del proto  # the parsed protobuf holds a copy of every weight
 
     with tempfile.TemporaryDirectory(prefix="convscope-weights-") as placeholder_dir:
-        values = {}
-        if shared:
-            with (Path(placeholder_dir) / _PLACEHOLDER).open("wb") as placeholder:
-                placeholder.truncate(max(a.nbytes for a in shared.values()))  # sparse: no disk used
-            values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in shared.items()}
-        session_options = options.session_options(values, Path(placeholder_dir))
-        features_session = ort.InferenceSession(full_graph, sess_options=session_options,
-                                                providers=options.providers)
-        del full_graph
-        logits_session = ort.InferenceSession(logits_graph, sess_options=session_options,
+        folder = Path(placeholder_dir)
+        if dense or convs:
+            with (folder / _PLACEHOLDER).open("wb") as placeholder:
+                placeholder.truncate(max(a.nbytes for a in [*dense.values(), *convs.values()]))  # sparse
+        values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in {**dense, **convs}.items()}
+        dense_values = {name: values[name] for name in dense}
+        logits_session = ort.InferenceSession(logits_graph, sess_options=options.session_options(dense_values, folder),
                                               providers=options.providers)
+        features_session = ort.InferenceSession(
+            features_graph, sess_options=options.session_options(values, folder, layout=not convs),
+            providers=options.providers)
+        if convs and not _agree(logits_session, features_session, input_name, output_name):
+            log.warning("%s version %d: the features session with shared conv weights disagrees with the "
+                        "logits session; rebuilding it with its own conv weights", artifact.name, artifact.version)
+            features_session = ort.InferenceSession(with_convs, sess_options=options.session_options(dense_values, folder),
+                                                    providers=options.providers)
+    del features_graph, with_convs, logits_graph
     spec = InputSpec.from_metadata(metadata["input"], reducing_gap=options.reducing_gap)
 
     model = ModelRuntime(
@@ -226,7 +245,7 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
         filters=filters,
         # Read once here, not per request: filters.png?state=initial is a page's first view.
         initial_filters=load_initial_filters(artifact),
-        shared_weights=shared,
+        shared_weights={**dense, **convs},
     )
     _warm_up(model)
     _release_free_memory()
@@ -277,22 +296,41 @@ def _layers_by_weight(layers: list[dict[str, Any]]) -> dict[str, list[str]]:
     return by_weight
 
 
-def _conv_filters(proto: onnx.ModelProto, layers: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """The learned kernels behind each conv layer, keyed by layer name."""
+def _conv_filters(proto: onnx.ModelProto, layers: list[dict[str, Any]],
+                  shared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The learned kernels behind each conv layer, keyed by layer name: the shared arrays
+    where the sessions share them (no second copy), else read from the graph."""
     wanted = _layers_by_weight(layers)
     found: dict[str, np.ndarray] = {}
     for initializer in proto.graph.initializer:
         if initializer.name in wanted:
-            array = numpy_helper.to_array(initializer)
+            array = shared.get(initializer.name)
+            if array is None:
+                array = numpy_helper.to_array(initializer)
             if array.ndim == 4:
                 for name in wanted[initializer.name]:
                     found[name] = array.astype(np.float32, copy=False)
     return found
 
 
-def _detach_shared_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Move the large weights that only Gemm/MatMul read as their weight input out of the
-    graph into numpy arrays, leaving external-data placeholders in their place."""
+def _agree(logits: ort.InferenceSession, features: ort.InferenceSession, input_name: str, output_name: str) -> bool:
+    """Whether both sessions give the same class scores for a seeded random image (a zero
+    image would not do: it reads no conv weight, only biases)."""
+    shape = [d if isinstance(d, int) else 1 for d in logits.get_inputs()[0].shape]
+    image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    (a,) = logits.run([output_name], {input_name: image})
+    (b,) = features.run([output_name], {input_name: image})
+    return bool(np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(a).max())))
+
+
+# Which initializers may be shared, by (op, input index) of every node that reads them.
+DENSE_WEIGHTS = frozenset({("Gemm", 1), ("MatMul", 1)})
+CONV_WEIGHTS = frozenset({("Conv", 1)})
+
+
+def _detach_shared_weights(proto: onnx.ModelProto, readers_allowed: frozenset[tuple[str, int]]) -> dict[str, np.ndarray]:
+    """Move the large weights that only ``readers_allowed`` read out of the graph into numpy
+    arrays, leaving external-data placeholders in their place."""
     readers: dict[str, list[tuple[str, int]]] = {}
     for node in proto.graph.node:
         for index, name in enumerate(node.input):
@@ -300,7 +338,7 @@ def _detach_shared_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
     shared: dict[str, np.ndarray] = {}
     for tensor in proto.graph.initializer:
         uses = readers.get(tensor.name, [])
-        if not uses or any(op not in ("Gemm", "MatMul") or index != 1 for op, index in uses):
+        if not uses or any(use not in readers_allowed for use in uses):
             continue
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < SHARE_MIN_BYTES:
             continue
@@ -312,6 +350,16 @@ def _detach_shared_weights(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
     return shared
+
+
+def _reattach(proto: onnx.ModelProto, shared: dict[str, np.ndarray]) -> None:
+    """Put detached weights back into the graph (for a session that must read them)."""
+    for tensor in proto.graph.initializer:
+        array = shared.get(tensor.name)
+        if array is not None:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def load_initial_filters(artifact: Artifact) -> dict[str, np.ndarray]:

@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 
+from service.app import create_app
+from service.server import uvicorn_options
+from service.settings import Settings
 from service.testing import ServerProcess, free_port
 
 LiveServer = ServerProcess
@@ -45,3 +53,25 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
     yield start
     for server in started:
         server.stop()
+
+
+@contextmanager
+def in_process(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
+    """The app under uvicorn with the launcher's options (HTTP limits included), in this
+    process, so a test can reach in and hold a piece of work still, on a real loopback
+    socket: yields the base URL and the app."""
+    app = create_app(settings)
+    options = {**uvicorn_options(settings, port=0), "host": "127.0.0.1", "log_level": "warning"}
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (server.started and app.state.registry.load_finished):
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(10)

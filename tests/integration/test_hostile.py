@@ -13,22 +13,19 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from PIL import Image
 
 from service import image_preparation, json_bounds
-from service.app import create_app
-from service.http_limits import SLOW_HEAD_S, uvicorn_options
+from service.http_limits import SLOW_HEAD_S
 from service.settings import Settings
-from tests.integration.conftest import LiveServer
+from tests.integration.conftest import LiveServer, in_process
 from tests.service.conftest import png_bytes
 from tests.service.synthetic import write_artifact
 
@@ -273,28 +270,6 @@ def test_a_malformed_chunked_body_is_a_400_counted_as_400(server: LiveServer) ->
 
 
 # -- 6, 7: work that must not hold up a concurrent /predict ---------------------------------
-
-
-@contextmanager
-def in_process(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
-    """The app under uvicorn with the service's HTTP limits, in this process (so a test
-    can hold a piece of work still), on a real loopback socket."""
-    app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                            **uvicorn_options(settings))
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and app.state.registry.load_finished):
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 class Gate:

@@ -24,8 +24,10 @@ def test_shared_weights_answer_exactly_as_a_plain_session(tmp_path: Path, monkey
     monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)  # the synthetic fc.weight is small
     art = artifact(tmp_path, channels=3, size=16, classes=5)
     model = load_model(art, RuntimeOptions(providers=[CPU]))
-    # Only the Gemm's weight is shared; the conv weight stays in each graph.
-    assert set(model.shared_weights) == {"fc.weight"}
+    # The Gemm's weight is shared by both sessions, the conv weight by the features session
+    # (the logits session's layout optimizer reads it); the trained filters are that array.
+    assert set(model.shared_weights) == {"fc.weight", "conv.weight"}
+    assert model.filters["features.1"] is model.shared_weights["conv.weight"]
     batch = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
     plain = ort.InferenceSession(str(art.model_path), providers=[CPU])
     names = [model.output_name, *model.layer_names]
@@ -34,6 +36,21 @@ def test_shared_weights_answer_exactly_as_a_plain_session(tmp_path: Path, monkey
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     (logits,) = model.run(batch, (model.output_name,))
     np.testing.assert_allclose(logits, expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_sessions_that_disagree_at_load_fall_back_to_their_own_conv_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)
+    monkeypatch.setattr(runtime, "_agree", lambda *args: False)  # as if sharing had broken a map
+    art = artifact(tmp_path, channels=3, size=16, classes=5)
+    model = load_model(art, RuntimeOptions(providers=[CPU]))
+    assert "rebuilding it with its own conv weights" in caplog.text
+    batch = np.random.default_rng(1).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    names = [model.output_name, *model.layer_names]
+    expected = ort.InferenceSession(str(art.model_path), providers=[CPU]).run(names, {model.input_name: batch})
+    for got, want in zip(model.run(batch, tuple(names)), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_nothing_is_shared_when_asked_not_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -193,7 +193,7 @@ async function selectModel(name, version) {
     t.accuracy != null ? `${pct(t.accuracy)} held-out accuracy on ${t.dataset}` : null,
   ].filter(Boolean).join(" · ");
   renderNetwork();
-  renderMethods();
+  renderMethods(await getJSON(`/v1/models/${encodeURIComponent(m.name)}/layers?version=${m.version}`));
   await renderSamples();
   if (state.image) await look(state.image, state.imageName);
 }
@@ -311,14 +311,21 @@ function renderPredictions(timings, ms) {
 
 // ---------------------------------------------------------------- 2: explain --------
 
-const METHODS = ["occlusion", "rise", "score-cam", "grad-cam", "eigen-cam"];
+const METHODS = ["occlusion", "rise", "score-cam", "grad-cam", "hires-cam", "eigen-cam"];
 
-function renderMethods() {
-  const methods = state.meta.explain?.methods || METHODS;
+// The methods this model allows, from its layer catalogue (GET .../layers): none when its
+// graph could not be analysed, with the reason, and then no explanation is asked for.
+function renderMethods(catalogue) {
+  const offered = catalogue.explanations || { methods: METHODS, default_method: null };
+  state.explainable = offered.methods.length > 0;
+  state.explainWhy = offered.unavailable || "";
   const current = $("method").value;
-  $("method").replaceChildren(el("option", { value: "", text: "default (most faithful)" }),
-    ...methods.map((m) => el("option", { value: typeof m === "string" ? m : m.name, text: typeof m === "string" ? m : m.name })));
+  $("method").replaceChildren(
+    el("option", { value: "", text: offered.default_method ? `${offered.default_method} (default)` : "default" }),
+    ...offered.methods.filter((m) => m !== offered.default_method).map((m) => el("option", { value: m, text: m })));
   if ([...$("method").options].some((o) => o.value === current)) $("method").value = current;
+  $("method").disabled = !state.explainable;
+  $("target").disabled = !state.explainable;
 }
 
 function renderTargets() {
@@ -327,6 +334,12 @@ function renderTargets() {
 
 async function explain() {
   if (state.explainRun) state.explainRun.abort();  // the server stops a run whose client left
+  if (!state.explainable) {
+    state.explainRun = null;
+    $("overlay").hidden = true; $("faithfulness").replaceChildren();
+    $("explain-status").textContent = `This model cannot be explained${state.explainWhy ? `: ${state.explainWhy}` : "."}`;
+    return;
+  }
   const run = new AbortController();
   state.explainRun = run;
   const method = $("method").value, target = $("target").value;
@@ -362,7 +375,7 @@ async function explain() {
 function renderFaithfulness(body) {
   const f = body.faithfulness;
   if (!f) { $("faithfulness").replaceChildren(); return; }
-  const beats = f.deletion < f.random_deletion;
+  const beats = f.beats_random ?? f.deletion < f.random_deletion;
   $("faithfulness").replaceChildren(
     el("table", {},
       el("tr", {}, el("td", { text: "deletion" }), el("td", { class: "v", text: f.deletion.toFixed(3) })),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from service.metrics import Metrics
 from service.registry import ModelRegistry, ModelState
 from service.runtime import CPU, RuntimeOptions
 from service.settings import Settings
-from tests.service.synthetic import write_artifact
+from tests.service.synthetic import sha256, write_artifact
 
 
 def registry_for(root: Path, **settings: object) -> ModelRegistry:
@@ -89,5 +90,29 @@ async def test_stopping_a_model_waits_for_its_leases(root: Path) -> None:
             assert not stopping.done()  # held by this request
         await asyncio.wait_for(stopping, 5)
         assert model.leases == 0
+    finally:
+        await registry.close()
+
+
+@pytest.mark.anyio
+async def test_the_channel_view_loads_with_its_version(tmp_path: Path) -> None:
+    """Read once at load and attached to the served model; absent: an empty view that says
+    it was not computed; listed but unreadable: the version fails at load, saying why."""
+    write_artifact(tmp_path, "viewed", 1, views=True)
+    write_artifact(tmp_path, "plain", 1)
+    broken = write_artifact(tmp_path, "broken", 1, views=True)
+    (broken / "channel_view.npz").write_bytes(b"not a zip file")
+    metadata = json.loads((broken / "metadata.json").read_text())
+    metadata["files"]["channel_view.npz"]["sha256"] = sha256(broken / "channel_view.npz")  # a writer's bug
+    (broken / "metadata.json").write_text(json.dumps(metadata))
+    registry = registry_for(tmp_path)
+    await registry.load_all()
+    try:
+        viewed = registry.resolve("viewed").channel_view
+        assert viewed.computed and viewed.has_samples and viewed.layers == ["features.1", "features.2"]
+        plain = registry.resolve("plain").channel_view
+        assert not plain.computed and not plain.has_samples
+        failed = registry.entry("broken", 1)
+        assert failed.state is ModelState.FAILED and "channel_view.npz cannot be read" in (failed.reason or "")
     finally:
         await registry.close()

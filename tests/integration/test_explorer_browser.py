@@ -6,15 +6,18 @@ installs Chromium so CI always runs them."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conftest import ExportedModel
 from tests.integration.conftest import LiveServer
+from tests.service.conftest import png_bytes
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -112,6 +115,27 @@ def test_the_keyboard_reaches_samples_and_channels(page: Page, server: LiveServe
     p.keyboard.press("Escape")
     p.wait_for_selector(".detail", state="detached")
     assert p.evaluate("document.activeElement.classList.contains('tile')")
+    assert page.errors == []
+
+
+def test_the_user_s_own_image_by_file_picker_and_by_drop(page: Page, server: LiveServer,
+                                                          digits_artifact: ExportedModel) -> None:
+    p = page.page
+    p.goto(server.url + "/")
+    p.wait_for_function("window.convscope.ready")
+    digit = png_bytes(np.kron(digits_artifact.images[0], np.ones((4, 4), dtype=np.uint8)))
+    p.set_input_files("#file", files=[{"name": "mine.png", "mimeType": "image/png", "buffer": digit}])
+    p.wait_for_function("document.querySelector('#input-note').textContent.startsWith('mine.png')")
+    p.wait_for_selector("#predictions tr.best")
+    dropped = p.evaluate_handle(
+        """(b64) => {
+            const transfer = new DataTransfer();
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+            return transfer;
+        }""", base64.b64encode(digit).decode())
+    p.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    p.wait_for_function("document.querySelector('#input-note').textContent.startsWith('dropped.png')")
     assert page.errors == []
 
 

@@ -24,7 +24,8 @@ from tests.service.synthetic import write_artifact
 
 INFER_KEY = "infer-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
-PATH_VALUES = {"name": "synthetic", "version": "1", "layer": "features.1"}
+PATH_VALUES = {"name": "synthetic", "version": "1", "layer": "features.1", "channel": "0", "rank": "0",
+               "sample_id": "0"}
 
 
 @pytest.fixture
@@ -177,10 +178,12 @@ def test_keys_never_reach_the_log(tmp_path: Path, keys_file: Path, caplog: pytes
 
 def test_the_explorer_asks_for_a_key_and_sends_it_as_a_bearer_header(client: TestClient) -> None:
     page = client.get("/").text
-    assert 'id="keyform"' in page and "response.status === 401" in page
-    assert "Authorization: `Bearer ${key}`" in page and 'sessionStorage.getItem("convscope-key")' in page
-    assert "img.src = URL.createObjectURL(b)" in page  # filter pictures are fetched, with the key
-    assert "setInterval(" in page  # the model list follows loads and unloads
+    script = client.get("/explorer/explorer.js").text  # public, like the page: no model data in it
+    assert 'id="keyform"' in page and "response.status === 401" in script
+    assert "Authorization: `Bearer ${key}`" in script and 'sessionStorage.getItem("convscope-key")' in script
+    # pictures (samples, top images, filters) are fetched with the key, then shown from a blob
+    assert "URL.createObjectURL(b)" in script
+    assert "setInterval(" in script  # the model list follows loads and unloads
 
 
 def test_the_cli_refuses_unusable_keys_with_exit_2_and_never_prints_them(tmp_path: Path) -> None:

@@ -202,6 +202,7 @@ async function selectModel(name, version) {
 
 async function renderSamples() {
   const box = $("samples");
+  $("samples-note").hidden = !state.meta.samples;
   if (!state.meta.samples) {
     box.replaceChildren(el("div", { class: "muted", text: "This model version has no sample images (an import without "
       + "--data-dir, or an export from before they existed): choose a file of your own." }));
@@ -727,11 +728,11 @@ function renderFirstFilters() {
   const initial = m.files && "initial_weights.npz" in m.files;
   $("filters-initial-fig").hidden = !initial;
   if (initial) picture(`${path}&state=initial`).then((url) => { $("filters-initial").src = url; }).catch(showError);
-  const cin = first.in_channels;
-  $("filters-note").textContent = `${first.conv || first.name}: ${first.out_channels ?? ""} filters of `
-    + `${(first.kernel_size || []).join("×")} over the image's ${cin === 3 ? "red, green and blue" : cin === 1 ? "grey" : cin} `
-    + `channel${cin === 1 ? "" : "s"}${cin === 3 ? " (in colour, grey = 0)" : " (blue: negative, red: positive)"}. `
-    + (initial ? "Training turned random noise into edge and blob detectors." : "No record of them before training.");
+  const cin = first.in_channels ?? m.input.channels;
+  const how = [first.out_channels, first.kernel_size ? `of ${first.kernel_size.join("×")}` : null].filter((x) => x != null).join(" ");
+  $("filters-note").textContent = `${first.conv || first.name}: ${how ? `${how} ` : ""}filters over the image's `
+    + `${cin === 3 ? "red, green and blue channels (in colour, grey = 0)" : cin === 1 ? "grey channel (blue: negative, red: positive)" : `${cin} channels`}. `
+    + (initial ? "Compare: training turns random noise into edge, colour and blob detectors." : "No record of them before training.");
 }
 
 // ---------------------------------------------------------------- wiring ------------

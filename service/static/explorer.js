@@ -732,7 +732,7 @@ function renderFirstFilters() {
   const how = [first.out_channels, first.kernel_size ? `of ${first.kernel_size.join("×")}` : null].filter((x) => x != null).join(" ");
   $("filters-note").textContent = `${first.conv || first.name}: ${how ? `${how} ` : ""}filters over the image's `
     + `${cin === 3 ? "red, green and blue channels (in colour, grey = 0)" : cin === 1 ? "grey channel (blue: negative, red: positive)" : `${cin} channels`}. `
-    + (initial ? "Compare: training turns random noise into edge, colour and blob detectors." : "No record of them before training.");
+    + (initial ? "Nobody designed them: training started from the random ones and backpropagation found the rest from the data." : "No record of them before training.");
 }
 
 // ---------------------------------------------------------------- wiring ------------

@@ -85,6 +85,7 @@ class Explanation:
     parameters: Mapping[str, Any]  # what the method did: window and stride, masks, channels...
     forward_seconds: float  # waiting on the forward passes (queue + inference)
     compute_seconds: float  # the engine's own numpy work
+    note: str | None = None  # set when the map says nothing (empty or uniform): never hidden
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,12 @@ class Explainer:
     def _layer(self, method: Method, name: str | None) -> LayerInfo | None:
         if not method.uses_layer:
             if name is not None:
+                if name not in (layer.name for layer in self.model.layers):
+                    raise NotFound(one_of("layer", name, [layer.name for layer in self.model.layers])
+                                   + f" (model {self.model.name})")
+                takes = ", ".join(m.value for m in Method if m.uses_layer)
                 raise Unprocessable(f"method {method.value} perturbs the input and takes no layer; "
-                                    "layers are for score-cam, grad-cam and eigen-cam")
+                                    f"layers are for {takes}")
             return None
         valid = self.model.layers_for(method)
         if name is None:
@@ -201,8 +206,8 @@ class Explainer:
             head = self.model.heads.get(name)
             if not layer.spatial:
                 why = "it has no spatial map"
-            elif method is Method.GRAD_CAM and isinstance(head, NotExact):
-                why = f"grad-cam is not exact there ({head.reason})"
+            elif method.uses_gradient and isinstance(head, NotExact):
+                why = f"{method.value} is not exact there ({head.reason})"
             else:
                 why = "it is not valid for this method"
             raise Unprocessable(
@@ -211,6 +216,8 @@ class Explainer:
         return layer
 
     def _target(self, target: int | str) -> int:
+        """A class by index or label; one the model does not have is a 404 (like an unknown
+        layer), naming the valid ones."""
         labels = self.model.labels
         if isinstance(target, str):
             if target in labels:
@@ -218,11 +225,11 @@ class Explainer:
             try:
                 index = int(target)
             except ValueError:
-                raise Unprocessable(self._bad_target(repr(target))) from None
+                raise NotFound(self._bad_target(repr(target))) from None
         else:
             index = int(target)
         if not 0 <= index < len(labels):
-            raise Unprocessable(self._bad_target(str(index)))
+            raise NotFound(self._bad_target(str(index)))
         return index
 
     def _bad_target(self, given: str) -> str:
@@ -264,6 +271,7 @@ class Explainer:
         )
         raw, parameters = await METHOD_FNS[plan.method](ctx)
         saliency = evidence(raw)
+        note = faith.uniform_map_note(saliency, plan.method.value)
         scores = None
         if plan.faithfulness:
             scores = await faith.measure(ctx.image, model.baseline, saliency, passes, index, ctx.probability,
@@ -280,4 +288,5 @@ class Explainer:
             parameters=parameters,
             forward_seconds=passes.forward_seconds,
             compute_seconds=max(0.0, total - passes.forward_seconds),
+            note=note,
         )

@@ -160,6 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=0,
                         help="explanations per method, alone (default: 5 for tinyvgg, 2 for alexnet)")
     parser.add_argument("--rss-only", action="store_true", help="only the idle RSS of each model's server")
+    parser.add_argument("--no-methods", action="store_true", help="skip the per-method measurements")
     parser.add_argument("--source", type=Path, default=ROOT, help="the checkout whose service runs")
     parser.add_argument("--json", type=Path, default=OUT / "explain_http.json")
     parser.add_argument("--note", default="")
@@ -186,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             row: dict[str, Any] = {"idle_rss_mb": rss, "source": str(args.source)}
             if not args.rss_only:
                 requests = args.requests or (5 if key == "tinyvgg" else 2)
-                log(f"[{key}] each method alone, {requests} explanations")
-                row["methods"] = per_method(f"{server.url}/v1/models/{bench.name}/explain",
-                                            body_path.read_bytes(), content_type, requests)
+                if not args.no_methods:
+                    log(f"[{key}] each method alone, {requests} explanations")
+                    row["methods"] = per_method(f"{server.url}/v1/models/{bench.name}/explain",
+                                                body_path.read_bytes(), content_type, requests)
                 log(f"[{key}] predictions at concurrency {CONCURRENCY}, alone and with {EXPLAINERS} explaining")
                 row["interference"] = interference(server, bench.name, body_path, content_type, args.seconds,
                                                    args.warmup)

@@ -24,6 +24,15 @@ sends them full) and never join a prediction's run. The queue limit counts predi
 against the predictions queued (explanations queued ahead of a prediction do not delay
 it), and explanations against everything queued.
 
+How long an explanation batch holds the model is the batcher's call too
+(``explain_batch_images``, which the engine asks before each batch): while predictions
+flow (one is queued or on its way, or one ran in the last ``PREDICTIONS_QUIET_SECONDS``),
+a batch carries no more images than the model gets through in ``EXPLAIN_SHARE`` of the
+last prediction run (measured on explanation runs; at least one image). Explanation
+batches slip into the gaps between prediction runs, and a prediction that arrives during
+one waits a fraction of a run more, not a long batch. With no prediction about, the
+engine's whole batch (nobody waits).
+
 Priority without starvation: under a prediction load that never lets the queue empty,
 that rule alone would hold an explanation back for ever. So an explanation batch that
 has been passed over by ``explain_after`` prediction runs in a row gets the next run
@@ -38,6 +47,7 @@ import asyncio
 import collections
 import enum
 import logging
+import math
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +64,13 @@ log = logging.getLogger("convscope.batching")
 # Prediction runs in a row that may pass over a waiting explanation batch before it gets
 # one run (the anti-starvation rule above).
 EXPLAIN_AFTER = 4
+# With no prediction run for this long, explanation batches are not held short.
+PREDICTIONS_QUIET_SECONDS = 1.0
+# While predictions flow, an explanation batch holds the model for at most about this share
+# of the last prediction run: it fills the gaps between prediction runs without doubling
+# the predictions' latency (measured: a batch as long as a run made AlexNet's predict p99 at
+# concurrency 8 2.5x; benchmarks/RESULTS-explain.md).
+EXPLAIN_SHARE = 0.25
 
 
 class Runnable(Protocol):
@@ -119,6 +136,8 @@ class DynamicBatcher:
         self._arriving = 0
         self._last_run_images = 0
         self._last_run_seconds = 0.0
+        self._last_prediction_end = -math.inf  # perf_counter() when the last prediction run ended
+        self._explain_image_seconds: float | None = None  # compute per image of explanation runs, smoothed
         self.observer = observer
         self.label = label
         if explain_after < 1:
@@ -141,6 +160,19 @@ class DynamicBatcher:
     @property
     def queued_images(self) -> int:
         return self._queued_images
+
+    def explain_batch_images(self, most: int) -> int:
+        """How many images an explanation's next batch should carry, at most ``most``: all
+        of them while no prediction is about; else no more than the model gets through in
+        ``EXPLAIN_SHARE`` of the last prediction run (one image until an explanation run has
+        shown what an image costs), so a prediction never waits long behind one."""
+        quiet = time.perf_counter() - self._last_prediction_end > PREDICTIONS_QUIET_SECONDS
+        if quiet and not self._queued_by_priority[Priority.PREDICT] and not self._arriving:
+            return most
+        if self._explain_image_seconds is None:
+            return 1
+        fits = int(EXPLAIN_SHARE * self._last_run_seconds / max(self._explain_image_seconds, 1e-9))
+        return max(1, min(most, fits))
 
     def start(self) -> None:
         if self._worker is None:
@@ -338,6 +370,11 @@ class DynamicBatcher:
                 # Only predictions' clients "come straight back" for the arrival wait.
                 self._last_run_images = int(batch.shape[0])
                 self._last_run_seconds = finished - started
+                self._last_prediction_end = finished
+            else:
+                per_image = (finished - started) / max(int(batch.shape[0]), 1)
+                old = self._explain_image_seconds
+                self._explain_image_seconds = per_image if old is None else (old + per_image) / 2
             compute = finished - started
             queue_times = [started - r.enqueued for r in group]
             offset = 0

@@ -50,12 +50,9 @@ from service.signature import ModelSignature
 log = logging.getLogger("convscope.registry")
 
 # An explanation's forward passes go to the batcher in batches of at most this many images
-# (and of no more than the model's max_batch_size) ...
+# (and of no more than the model's max_batch_size); while predictions flow, the batcher
+# holds them shorter (DynamicBatcher.explain_batch_images).
 EXPLAIN_BATCH_IMAGES = 16
-# ... and of no more than the batcher gets through in this time (measured per explanation,
-# queueing included): a prediction arriving during an explanation's run waits about this
-# long at most, and under prediction load the batches shrink to one image by themselves.
-EXPLAIN_BATCH_SECONDS = 0.01
 
 
 class ModelState(StrEnum):
@@ -320,7 +317,8 @@ class ModelRegistry:
         except Exception as exc:  # onnxruntime and onnx raise their own types on bad files
             self._fail(entry, f"{type(exc).__name__}: {exc}")
         else:
-            entry.served = ServedModel(runtime, self._batcher(runtime), self._explainer(runtime))
+            batcher = self._batcher(runtime)
+            entry.served = ServedModel(runtime, batcher, self._explainer(runtime, batcher))
             entry.served.batcher.start()
             # From this assignment on, the newest ready version, which may be this one, is
             # its model's default: the switch is this one step, with no await around it.
@@ -344,15 +342,15 @@ class ModelRegistry:
             label=f"{runtime.name}-{runtime.version}",
         )
 
-    def _explainer(self, runtime: ModelRuntime) -> Explainer | None:
+    def _explainer(self, runtime: ModelRuntime, batcher: DynamicBatcher) -> Explainer | None:
         """Built once per version: the engine's view of the graph comes from the runtime's
-        load (its heads share the runtime's weights); the passes go through the batcher."""
+        load (its heads share the runtime's weights); the passes go through the batcher,
+        which sizes them."""
         if runtime.explainable is None:
             return None
-        batching = self.settings.batching_for(runtime.name)
         return Explainer(runtime.explainable, max_passes=self.settings.max_explain_passes,
-                         batch_size=min(EXPLAIN_BATCH_IMAGES, batching.max_batch_size),
-                         batch_seconds=EXPLAIN_BATCH_SECONDS)
+                         batch_size=min(EXPLAIN_BATCH_IMAGES, batcher.max_batch_size),
+                         batch_images=batcher.explain_batch_images)
 
     def _fail(self, entry: ModelEntry, reason: str) -> None:
         entry.state, entry.reason = ModelState.FAILED, reason

@@ -31,7 +31,7 @@ from service.explain.methods import (
     occlusion_geometry,
 )
 from service.explain.model import METHODS, ExplainableModel, LayerInfo, Method, default_method
-from service.explain.passes import Forward, Passes
+from service.explain.passes import BatchImages, Forward, Passes
 
 DEFAULT_BATCH_SIZE = 16
 MAX_LISTED_LABELS = 20
@@ -115,16 +115,18 @@ class Explainer:
     """Explanations for one model version."""
 
     def __init__(self, model: ExplainableModel, *, max_passes: int, batch_size: int = DEFAULT_BATCH_SIZE,
-                 batch_seconds: float | None = None) -> None:
+                 batch_seconds: float | None = None, batch_images: BatchImages | None = None) -> None:
         """``batch_size``: most images per forward call; ``batch_seconds``: also no more than
         the forward gets through in this time (see passes.py), so a prediction never waits
-        long behind an explanation's run."""
+        long behind an explanation's run; ``batch_images``: asked before each call how many
+        images it may carry (the service's batcher, which sees the predictions)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model = model
         self.max_passes = max_passes
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
+        self.batch_images = batch_images
 
     # ---- checking a request ------------------------------------------------------------
 
@@ -251,7 +253,8 @@ class Explainer:
         image = np.ascontiguousarray(image, dtype=np.float32)
         passes = Passes(forward, output=model.output, classes=len(model.labels),
                         image_values=int(np.prod(model.input_shape)), budget=plan.budget,
-                        batch_size=self.batch_size, batch_seconds=self.batch_seconds)
+                        batch_size=self.batch_size, batch_seconds=self.batch_seconds,
+                        batch_images=self.batch_images)
         outputs = (model.output,) if plan.layer is None else (model.output, plan.layer.name)
         first = await passes.run(image, outputs)
         logits = first[0][0]

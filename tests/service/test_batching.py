@@ -383,3 +383,26 @@ async def test_an_explanation_progresses_under_a_prediction_load_that_never_lets
 def test_explain_after_is_at_least_one() -> None:
     with pytest.raises(ValueError, match="explain_after"):
         DynamicBatcher(CountingModel(), max_batch_size=1, max_queue_delay_ms=0, max_queue_size=1, explain_after=0)
+
+
+# ---- how long an explanation batch may hold the model -------------------------------------
+
+async def test_explanation_batches_are_whole_with_no_prediction_about_and_short_while_they_flow() -> None:
+    model = RecordingModel(delay=0)
+    batcher = make(model)
+    assert batcher.explain_batch_images(16) == 16  # nobody to delay
+    await batcher.infer(inputs(1), ("double",))  # a prediction ran just now
+    assert batcher.explain_batch_images(16) == 1  # and what an explanation image costs is not known yet
+    await batcher.infer(inputs(100, 4), ("double",), Priority.EXPLAIN)
+    # The policy from the measured times (set here: a loaded machine would blur them):
+    # no more images than fit in a quarter of the last prediction run.
+    batcher._last_run_seconds, batcher._explain_image_seconds = 0.320, 0.010
+    assert batcher.explain_batch_images(16) == 8
+    assert batcher.explain_batch_images(4) == 4
+    batcher._last_run_seconds = 0.001
+    assert batcher.explain_batch_images(16) == 1  # never below one
+    batcher._last_prediction_end -= 3600  # predictions stopped long ago ...
+    assert batcher.explain_batch_images(16) == 16
+    with batcher.arriving(1):  # ... but one is being decoded
+        assert batcher.explain_batch_images(16) == 1
+    await batcher.stop()

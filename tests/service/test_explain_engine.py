@@ -266,6 +266,23 @@ def test_batches_follow_the_time_the_forward_takes() -> None:
     assert unbounded.next_batch() == 16
 
 
+async def test_the_batcher_can_size_each_batch(proto: object) -> None:
+    asked: list[int] = []
+
+    def batch_images(most: int) -> int:
+        asked.append(most)
+        return 3
+
+    explainer = Explainer(describe(km.metadata(proto), proto), max_passes=1000, batch_size=8,
+                          batch_images=batch_images)
+    forward = km.OrtForward(proto)
+    result = await explainer.run(explainer.plan(ExplainRequest(method="occlusion", faithfulness=False)), km.image(),
+                                 forward)
+    assert result.forward_passes == 1 + 169
+    assert [n for n, _ in forward.calls[1:]] == [3] * 56 + [1]  # asked before each call
+    assert asked and set(asked) == {8}
+
+
 async def test_a_slow_forward_gets_small_batches(proto: object) -> None:
     real = km.OrtForward(proto)
     sizes: list[int] = []

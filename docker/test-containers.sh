@@ -381,6 +381,31 @@ versions=$(run_in -v "${PROJECT}_models:/models:ro" "$SERVICE_IMAGE" sh -c 'ls -
 echo "versions in the models volume: $versions"
 [ "$(echo "$versions" | wc -w)" = 1 ] || die "expected exactly one model version in the volume, got: $versions"
 
+# ---- 3b. limits in front (issue 11) and a clean drain when the engine stops a replica (issue 10)
+log "limits through the balancer: an oversized head and body are refused with JSON"
+pad=$(head -c 20000 /dev/zero | tr '\0' a)
+code=$(curl -sS -o "$STATE/big-head.json" -w '%{http_code}' -H "X-Pad: $pad" "http://127.0.0.1:$PORT/predict")
+[ "$code" = 431 ] || die "a 20 KB header line through the balancer answered $code, not 431"
+grep -q '"error"' "$STATE/big-head.json" || die "the 431 is not {\"error\": ...}: $(head -c 200 "$STATE/big-head.json")"
+head -c 12000000 /dev/zero >"$STATE/big-body.bin"
+code=$(curl -sS -o "$STATE/big-body.json" -w '%{http_code}' --data-binary @"$STATE/big-body.bin" \
+    -H 'Content-Type: image/png' "http://127.0.0.1:$PORT/predict")
+[ "$code" = 413 ] || die "a 12 MB body through the balancer answered $code, not 413"
+echo "OK: 431 and 413 from the balancer, as JSON: $(head -c 120 "$STATE/big-head.json")"
+
+log "drain: a replica stopped by the engine answers what it holds and exits 0"
+victim=$(compose -p "$PROJECT" ps -q service | head -n 1)
+t0=$(date +%s)
+podman stop -t 40 "$victim" >/dev/null
+status=$(podman inspect --format '{{.State.ExitCode}}' "$victim")
+echo "replica ${victim:0:12}: exit $status after $(( $(date +%s) - t0 )) s; its last lines:"
+podman logs "$victim" 2>&1 | tail -3 | cut -c1-160 | sed 's/^/  | /'
+[ "$status" = 0 ] || die "the stopped replica exited $status, not 0 (no clean drain)"
+code=$(curl -sS -o /dev/null -w '%{http_code}' --data-binary @"$STATE/digit.png" \
+    -H 'Content-Type: image/png' "http://127.0.0.1:$PORT/predict")
+[ "$code" = 200 ] || die "with one replica stopped, /predict through the balancer answered $code"
+echo "OK: drained to exit 0; the others still answer"
+
 # ---- 4. (opt-in) the CUDA image's Dockerfile steps, on the local base, CPU fallback
 if [ "${CONVSCOPE_TEST_GPU_IMAGE:-0}" = 1 ]; then
     log "GPU image steps (CONVSCOPE_EXTRA=gpu) on $BASE_IMAGE: no NVIDIA base, no GPU here"

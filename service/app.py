@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, auth
-from service.api import channels, docs, repository, system, v1, v2
+from service.api import channels, docs, explanations, repository, system, v1, v2
 from service.api.requests import ClientGone
 from service.api.responses import FastJSONResponse as JSONResponse
 from service.dataplane import DataPlane
@@ -49,6 +49,10 @@ Serve a convolutional neural network and look inside it while it serves.
 * **v2**: the Open Inference Protocol (KServe v2 / Triton) REST API, with the binary tensor
   data and classification extensions. Feature maps are extra outputs, returned only when
   asked for in `outputs`.
+* **explanations** (`/explain`, `/v1/models/{name}/explain`, `.../explain.png`): which part of
+  an image made the model decide (occlusion, RISE, Score-CAM, Grad-CAM, HiResCAM, Eigen-CAM),
+  as a map at the input's resolution, with deletion/insertion scores against a random map
+  that say whether to trust it.
 * **repository** (`/v2/repository/...`): Triton's model repository extension: the index,
   load and unload (a key of scope `admin`; disabled when no key is configured).
 * `/metrics` (Prometheus), `/healthz`, `/readyz`.
@@ -97,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     app.include_router(v1.router)
     app.include_router(channels.router)
+    app.include_router(explanations.router)
     app.include_router(v2.router)
     app.include_router(v2.health)
     app.include_router(repository.router)
@@ -104,15 +109,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     system.mount_explorer(app)
     docs.install(app)
     auth.install(app, policy)
-    _document(app, policy)
+    _document(app, policy, settings)
     app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
     app.add_middleware(InFlight, drain=app.state.drain)  # outermost: counts every request
     return app
 
 
-def _document(app: FastAPI, policy: auth.AccessPolicy) -> None:
-    """The OpenAPI document also says which calls need a key (service.auth.document), and
-    holds the v2 request schema the infer routes refer to."""
+def _document(app: FastAPI, policy: auth.AccessPolicy, settings: Settings) -> None:
+    """The OpenAPI document also says which calls need a key (service.auth.document), holds
+    the v2 request schema the infer routes refer to, and this server's explanation pass limit."""
     plain = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -120,6 +125,7 @@ def _document(app: FastAPI, policy: auth.AccessPolicy) -> None:
             schema = plain()
             schema.setdefault("components", {}).setdefault("schemas", {})["InferenceRequest"] = v2.INFERENCE_REQUEST
             auth.document(schema, app, policy)
+            explanations.document(schema, settings.max_explain_passes)
             app.openapi_schema = schema
         return app.openapi_schema
 

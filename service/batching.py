@@ -16,14 +16,29 @@ would otherwise settle into two alternating batches of 8). A lone client never w
 nothing else is on its way and the last run answered only it.
 
 Two priorities share the one model (no second copy of it): predictions, and the forward
-passes of explanations (``Priority.EXPLAIN``). An explanation's batch runs only when no
-prediction is queued or on its way (``arriving``), so predictions never wait behind
-queued explanation work; at most they wait for one explanation batch already running,
+passes of explanations (``Priority.EXPLAIN``). Whenever both wait, the prediction is
+taken: an explanation's batch runs when no prediction is queued or on its way
+(``arriving``), so predictions wait at most for one explanation batch already running,
 which the engine keeps small. Explanation batches never wait to fill (the engine already
-sends them full) and never join a prediction's run. Under a load of predictions that
-never lets the model idle, explanations wait: that is what the priority means. The queue
-limit counts predictions against the predictions queued (explanations queued ahead of a
-prediction do not delay it), and explanations against everything queued.
+sends them full) and never join a prediction's run. The queue limit counts predictions
+against the predictions queued (explanations queued ahead of a prediction do not delay
+it), and explanations against everything queued.
+
+How long an explanation batch holds the model is the batcher's call too
+(``explain_batch_images``, which the engine asks before each batch): while predictions
+flow (one is queued or on its way, or one ran in the last ``PREDICTIONS_QUIET_SECONDS``),
+a batch carries no more images than the model gets through in ``EXPLAIN_SHARE`` of the
+last prediction run (measured on explanation runs; at least one image). Explanation
+batches slip into the gaps between prediction runs, and a prediction that arrives during
+one waits a fraction of a run more, not a long batch. With no prediction about, the
+engine's whole batch (nobody waits).
+
+Priority without starvation: under a prediction load that never lets the queue empty,
+that rule alone would hold an explanation back for ever. So an explanation batch that
+has been passed over by ``explain_after`` prediction runs in a row gets the next run
+(one batch, then predictions go first again). Predictions then share the model with at
+most one small explanation batch in every ``explain_after + 1`` runs; an explanation
+under such a load advances a batch at a time, never stops.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ import asyncio
 import collections
 import enum
 import logging
+import math
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +60,17 @@ import numpy as np
 from service.errors import ModelNotReady, Overloaded
 
 log = logging.getLogger("convscope.batching")
+
+# Prediction runs in a row that may pass over a waiting explanation batch before it gets
+# one run (the anti-starvation rule above).
+EXPLAIN_AFTER = 4
+# With no prediction run for this long, explanation batches are not held short.
+PREDICTIONS_QUIET_SECONDS = 1.0
+# While predictions flow, an explanation batch holds the model for at most about this share
+# of the last prediction run: it fills the gaps between prediction runs without doubling
+# the predictions' latency (measured: a batch as long as a run made AlexNet's predict p99 at
+# concurrency 8 2.5x; benchmarks/RESULTS-explain.md).
+EXPLAIN_SHARE = 0.25
 
 
 class Runnable(Protocol):
@@ -99,6 +126,7 @@ class DynamicBatcher:
         arrival_wait_ms: float = 0.0,
         observer: BatchObserver | None = None,
         label: str = "model",
+        explain_after: int = EXPLAIN_AFTER,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
@@ -108,8 +136,14 @@ class DynamicBatcher:
         self._arriving = 0
         self._last_run_images = 0
         self._last_run_seconds = 0.0
+        self._last_prediction_end = -math.inf  # perf_counter() when the last prediction run ended
+        self._explain_image_seconds: float | None = None  # compute per image of explanation runs, smoothed
         self.observer = observer
         self.label = label
+        if explain_after < 1:
+            raise ValueError("explain_after must be at least 1")
+        self.explain_after = explain_after
+        self._passed_over = 0  # prediction runs taken in a row while an explanation waited
         self.runs = 0  # onnxruntime calls made: batching is tested by counting these
         # One queue per priority, oldest first in each.
         self._queues: dict[Priority, collections.deque[_Request]] = {p: collections.deque() for p in Priority}
@@ -126,6 +160,19 @@ class DynamicBatcher:
     @property
     def queued_images(self) -> int:
         return self._queued_images
+
+    def explain_batch_images(self, most: int) -> int:
+        """How many images an explanation's next batch should carry, at most ``most``: all
+        of them while no prediction is about; else no more than the model gets through in
+        ``EXPLAIN_SHARE`` of the last prediction run (one image until an explanation run has
+        shown what an image costs), so a prediction never waits long behind one."""
+        quiet = time.perf_counter() - self._last_prediction_end > PREDICTIONS_QUIET_SECONDS
+        if quiet and not self._queued_by_priority[Priority.PREDICT] and not self._arriving:
+            return most
+        if self._explain_image_seconds is None:
+            return 1
+        fits = int(EXPLAIN_SHARE * self._last_run_seconds / max(self._explain_image_seconds, 1e-9))
+        return max(1, min(most, fits))
 
     def start(self) -> None:
         if self._worker is None:
@@ -172,7 +219,8 @@ class DynamicBatcher:
         """Queue ``inputs`` ([N, ...]); resolves with this request's own N rows of each output.
 
         ``priority``: PREDICT for client requests, EXPLAIN for an explanation's passes,
-        which run only while no prediction waits. Raises Overloaded at once when the queue
+        which run while no prediction waits (or, once, after ``explain_after``
+        prediction runs in a row passed them over). Raises Overloaded at once when the queue
         is full. If the caller is cancelled (its client went away) while queued, the
         request leaves the queue and never runs.
         """
@@ -235,18 +283,33 @@ class DynamicBatcher:
         self._queues[priority] = kept
         return images
 
+    def _pop_live(self, priority: Priority) -> _Request | None:
+        queue = self._queues[priority]
+        while queue:
+            request = queue.popleft()
+            if not request.future.done():
+                return request
+        return None
+
     def _pop_first(self) -> _Request | None:
         """The oldest prediction; else the oldest explanation, unless a prediction is on
-        its way (it would wait a whole explanation run)."""
-        for priority in Priority:
-            queue = self._queues[priority]
-            if priority is Priority.EXPLAIN and self._arriving:
-                return None
-            while queue:
-                request = queue.popleft()
-                if not request.future.done():
-                    return request
-        return None
+        its way (it would wait a whole explanation run). But an explanation passed over by
+        ``explain_after`` prediction runs in a row goes first, once."""
+        waiting = any(not r.future.done() for r in self._queues[Priority.EXPLAIN])
+        if not waiting:
+            self._passed_over = 0
+        elif self._passed_over >= self.explain_after:
+            self._passed_over = 0
+            return self._pop_live(Priority.EXPLAIN)
+        request = self._pop_live(Priority.PREDICT)
+        if request is not None:
+            if waiting:
+                self._passed_over += 1
+            return request
+        if self._arriving:
+            return None
+        self._passed_over = 0
+        return self._pop_live(Priority.EXPLAIN)
 
     async def _next_group(self) -> list[_Request]:
         while True:
@@ -307,6 +370,11 @@ class DynamicBatcher:
                 # Only predictions' clients "come straight back" for the arrival wait.
                 self._last_run_images = int(batch.shape[0])
                 self._last_run_seconds = finished - started
+                self._last_prediction_end = finished
+            else:
+                per_image = (finished - started) / max(int(batch.shape[0]), 1)
+                old = self._explain_image_seconds
+                self._explain_image_seconds = per_image if old is None else (old + per_image) / 2
             compute = finished - started
             queue_times = [started - r.enqueued for r in group]
             offset = 0

@@ -4,6 +4,10 @@ Every route that runs a model (v1 predict, v2 infer, feature-map pictures) goes 
 ``DataPlane.run``: decode and preprocess the images while the model's batcher knows they
 are on their way, queue them, check what came back. The registry says which model serves;
 the codecs and the API shape what goes back to the client.
+
+Explanations go through ``DataPlane.explain``: the same decoding (and decode budget),
+then the model's explainer (built at load) runs its forward passes through the same
+batcher at ``Priority.EXPLAIN``, behind any prediction.
 """
 
 from __future__ import annotations
@@ -20,9 +24,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service import encoding as enc
+from service.batching import Priority
 from service.encoding import Encoding, NpyDtype
-from service.errors import BadRequest, ModelOutputNotFinite, NotFound, PayloadTooLarge, UnknownLayer
+from service.errors import (
+    BadRequest,
+    ModelOutputNotFinite,
+    NotFound,
+    PayloadTooLarge,
+    ServiceError,
+    UnknownLayer,
+)
+from service.explain import METHODS, ExplainRequest, Explanation, default_method
 from service.image_preparation import DecodeBudget, ImagePreparer
+from service.metrics import ExplainOutcome
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 from service.signature import ModelSignature
@@ -87,6 +101,18 @@ class RunResult:
 
     outputs: dict[str, NDArray[np.float32]]
     timings: Timings
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    """One image explained: the engine's answer, the preprocessed input it explains
+    ([C, H, W], for an overlay), and where the time went (``queue`` and ``inference`` summed
+    over the explanation's forward passes; ``engine``: the engine's own numpy work)."""
+
+    explanation: Explanation
+    image: NDArray[np.float32]
+    timings: Timings
+    engine_seconds: float
 
 
 class DataPlane:
@@ -173,6 +199,50 @@ class DataPlane:
         values = dict(zip(outputs, result.outputs))
         await self.offload(_check_finite, model.signature, values, size=sum(v.size for v in values.values()))
         return RunResult(values, timings)
+
+    async def explain(self, model: ServedModel, image: bytes, request: ExplainRequest) -> ExplainResult:
+        """Explain one encoded image. The request is checked against the model before the
+        image is decoded; every forward pass goes through the model's batcher at explanation
+        priority. Cancelling the task (the client went away) stops it before its next pass.
+        Counted in the metrics by method and outcome."""
+        started = time.perf_counter()
+        method = request.method if request.method in METHODS else "unknown"
+        outcome = ExplainOutcome.FAILED
+        explanation: Explanation | None = None
+        try:
+            explainer = model.require_explainer()
+            if request.method is None:
+                method = default_method(explainer.model).value
+            plan = explainer.plan(request)
+            method = plan.method.value
+            timings = Timings()
+            prepared = await self.images.prepare(model.runtime.spec, [image])
+            timings.decode, timings.preprocess = prepared.decode_seconds, prepared.preprocess_seconds
+            batcher, signature = model.batcher, model.signature
+
+            async def forward(batch: NDArray[np.float32], outputs: tuple[str, ...]) -> list[NDArray[np.float32]]:
+                result = await batcher.infer(batch, outputs, Priority.EXPLAIN)
+                timings.queue += result.queue_seconds
+                timings.inference += result.compute_seconds
+                values = dict(zip(outputs, result.outputs))
+                await self.offload(_check_finite, signature, values, size=sum(v.size for v in values.values()))
+                return result.outputs
+
+            explanation = await explainer.run(plan, prepared.tensor, forward)
+            outcome = ExplainOutcome.OK
+            return ExplainResult(explanation, prepared.tensor[0], timings, explanation.compute_seconds)
+        except asyncio.CancelledError:
+            outcome = ExplainOutcome.CANCELLED
+            raise
+        except ServiceError as exc:
+            outcome = ExplainOutcome.REJECTED if exc.status_code < 500 else ExplainOutcome.FAILED
+            raise
+        finally:
+            self.registry.metrics.explained(
+                model.name, model.version, method, outcome,
+                passes=explanation.forward_passes if explanation is not None else None,
+                seconds=time.perf_counter() - started if explanation is not None else None,
+            )
 
     async def offload(self, work: Callable[..., T], *args: Any, size: int) -> T:
         """Run CPU work over ``size`` values on the pool, or right here when it is small."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Mapping
+from enum import StrEnum
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,6 +27,20 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# An explanation makes 1 to CONVSCOPE_MAX_EXPLAIN_PASSES forward passes (default costs:
+# 59 for grad-cam with faithfulness, 228 occlusion, 1059 RISE) and takes milliseconds
+# (TinyVGG) to tens of seconds (RISE on AlexNet under load).
+PASS_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+EXPLAIN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class ExplainOutcome(StrEnum):
+    """How an explanation ended, for ``convscope_explanations``."""
+
+    OK = "ok"
+    REJECTED = "rejected"  # the request's fault (4xx): unknown method, layer or target, bad image...
+    FAILED = "failed"  # the server's or the model's fault (5xx)
+    CANCELLED = "cancelled"  # the client went away: the remaining passes were dropped
 
 
 class Metrics:
@@ -93,6 +108,34 @@ class Metrics:
             "convscope_model_unloads", "Model versions unloaded (gone from disk, or on request).", ["model"],
             registry=r,
         )
+
+        # Explanations (issue 12). ``method`` is always one of the engine's method names,
+        # or "unknown" for a request that named none of them.
+        self.explanations = Counter(
+            "convscope_explanations", "Explanations, by model, version, method and outcome: ok, rejected "
+            "(the request's fault), failed (the server's), cancelled (the client went away).",
+            ["model", "version", "method", "outcome"], registry=r,
+        )
+        self.explanation_passes = Histogram(
+            "convscope_explanation_forward_passes", "Forward passes one explanation made (the image, the "
+            "method's, faithfulness's), for explanations answered.", ["model", "version", "method"],
+            buckets=PASS_BUCKETS, registry=r,
+        )
+        self.explanation_seconds = Histogram(
+            "convscope_explanation_duration_seconds", "Time to explain one image, from decoding to the map and "
+            "its scores, for explanations answered.", ["model", "version", "method"],
+            buckets=EXPLAIN_BUCKETS, registry=r,
+        )
+
+    def explained(self, model: str, version: int, method: str, outcome: ExplainOutcome,
+                  passes: int | None = None, seconds: float | None = None) -> None:
+        """Count one explanation; ``passes`` and ``seconds`` for one that was answered."""
+        labels = (model, str(version), method)
+        self.explanations.labels(*labels, outcome.value).inc()
+        if passes is not None:
+            self.explanation_passes.labels(*labels).observe(passes)
+        if seconds is not None:
+            self.explanation_seconds.labels(*labels).observe(seconds)
 
     def forget(self, model: str, version: int) -> None:
         """Drop an unloaded version's queue depth, so no stale value lingers (its counters

@@ -32,7 +32,16 @@ from pathlib import Path
 
 from service.batching import DynamicBatcher
 from service.channel_view import ChannelView
-from service.errors import BadRequest, LoadFailed, ModelNotReady, NotFound, UnknownModel, UnknownVersion
+from service.errors import (
+    BadRequest,
+    LoadFailed,
+    ModelNotReady,
+    NotFound,
+    UnknownModel,
+    UnknownVersion,
+    Unprocessable,
+)
+from service.explain import Explainer
 from service.metrics import Metrics
 from service.repository import ArtifactError, ArtifactRef, load_artifact, scan
 from service.runtime import ModelRuntime, RuntimeOptions, load_model
@@ -40,6 +49,11 @@ from service.settings import Settings
 from service.signature import ModelSignature
 
 log = logging.getLogger("convscope.registry")
+
+# An explanation's forward passes go to the batcher in batches of at most this many images
+# (and of no more than the model's max_batch_size); while predictions flow, the batcher
+# holds them shorter (DynamicBatcher.explain_batch_images).
+EXPLAIN_BATCH_IMAGES = 16
 
 
 class ModelState(StrEnum):
@@ -65,14 +79,22 @@ def fingerprint(path: Path) -> Fingerprint:
 
 @dataclass(eq=False)
 class ServedModel:
-    """A loaded version: its sessions and its batcher, its channel view and samples (read
-    once at load; empty when the artifact has none), and how many requests hold it."""
+    """A loaded version: its sessions, its batcher, its channel view and samples (read once
+    at load; empty when the artifact has none), its explainer, and how many requests hold it."""
 
     runtime: ModelRuntime
     batcher: DynamicBatcher
     channel_view: ChannelView
+    explainer: Explainer | None = None  # None: the graph could not be analysed (runtime.explain_unavailable)
     leases: int = 0
     _released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def require_explainer(self) -> Explainer:
+        """The explainer, or the 422 that says why this model has none."""
+        if self.explainer is None:
+            why = self.runtime.explain_unavailable or "its graph was not analysed"
+            raise Unprocessable(f"model {self.name} version {self.version} cannot be explained: {why}")
+        return self.explainer
 
     @property
     def name(self) -> str:
@@ -301,7 +323,8 @@ class ModelRegistry:
         except Exception as exc:  # onnxruntime and onnx raise their own types on bad files
             self._fail(entry, f"{type(exc).__name__}: {exc}")
         else:
-            entry.served = ServedModel(runtime, self._batcher(runtime), channel_view)
+            batcher = self._batcher(runtime)
+            entry.served = ServedModel(runtime, batcher, channel_view, self._explainer(runtime, batcher))
             entry.served.batcher.start()
             # From this assignment on, the newest ready version, which may be this one, is
             # its model's default: the switch is this one step, with no await around it.
@@ -324,6 +347,16 @@ class ModelRegistry:
             observer=self.metrics.observer(runtime.name, runtime.version),
             label=f"{runtime.name}-{runtime.version}",
         )
+
+    def _explainer(self, runtime: ModelRuntime, batcher: DynamicBatcher) -> Explainer | None:
+        """Built once per version: the engine's view of the graph comes from the runtime's
+        load (its heads share the runtime's weights); the passes go through the batcher,
+        which sizes them."""
+        if runtime.explainable is None:
+            return None
+        return Explainer(runtime.explainable, max_passes=self.settings.max_explain_passes,
+                         batch_size=min(EXPLAIN_BATCH_IMAGES, batcher.max_batch_size),
+                         batch_images=batcher.explain_batch_images)
 
     def _fail(self, entry: ModelEntry, reason: str) -> None:
         entry.state, entry.reason = ModelState.FAILED, reason

@@ -24,6 +24,10 @@ would give silently wrong maps, the two sessions must give the same class scores
 random image at load, or the features session is rebuilt with its conv weights in its
 graph. The parsed protobuf is dropped once the sessions exist, and filters (trained and
 initial) are read once here, not per request.
+
+Explanations (service/explain/) need to know the graph after each tapped layer to replay
+it in numpy (grad-cam, hires-cam): that analysis runs here, on the graph already parsed,
+and its heads hold the very arrays the sessions share (``shared_weights``), not a copy.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from service.explain import ExplainableModel, describe
 from service.preprocessing import REDUCING_GAP, InputSpec
 from service.repository import Artifact
 from service.signature import ModelSignature
@@ -152,6 +157,10 @@ class ModelRuntime:
     """Conv kernels before training (initial_weights.npz), by layer name; empty without one."""
     shared_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     """The dense weights both sessions read (kept alive here: the sessions do not own them)."""
+    explainable: ExplainableModel | None = field(default=None, repr=False)
+    """What the explanation engine knows of this graph; None when it could not be analysed."""
+    explain_unavailable: str | None = None
+    """Why ``explainable`` is None."""
     load_seconds: float = 0.0
 
     @cached_property
@@ -203,6 +212,8 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
     dense = _detach_shared_weights(proto, DENSE_WEIGHTS) if sharing else {}
     convs = _detach_shared_weights(proto, CONV_WEIGHTS) if sharing else {}
     filters = _conv_filters(proto, metadata["layers"], convs)
+    # The explanation heads read the same arrays the sessions share: no second copy.
+    explainable, explain_unavailable = _describe({**metadata, "name": artifact.name}, proto, {**dense, **convs})
     features_graph = proto.SerializeToString()
     _reattach(proto, convs)  # the logits session's layout optimizer reads them
     with_convs = proto.SerializeToString() if convs else features_graph
@@ -246,11 +257,24 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
         # Read once here, not per request: filters.png?state=initial is a page's first view.
         initial_filters=load_initial_filters(artifact),
         shared_weights={**dense, **convs},
+        explainable=explainable,
+        explain_unavailable=explain_unavailable,
     )
     _warm_up(model)
     _release_free_memory()
     model.load_seconds = time.perf_counter() - started
     return model
+
+
+def _describe(metadata: dict[str, Any], proto: onnx.ModelProto,
+              shared: dict[str, np.ndarray]) -> tuple[ExplainableModel | None, str | None]:
+    """The explanation engine's view of the graph, its heads reading ``shared`` in place.
+    A graph it cannot analyse costs the model its explanations, never its predictions."""
+    try:
+        return describe(metadata, proto, shared=shared), None
+    except Exception as exc:  # an odd graph or metadata: predictions must still serve
+        log.warning("model %s: explanations unavailable: %s", metadata.get("name"), exc)
+        return None, f"the model's graph could not be analysed for explanations ({type(exc).__name__}: {exc})"
 
 
 def _release_free_memory() -> None:

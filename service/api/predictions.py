@@ -90,8 +90,29 @@ LAYER_KEYS = ("name", "op", "kind", "output_shape", "params", "receptive_field",
 
 
 def layer_catalogue(model: ServedModel) -> dict[str, Any]:
-    """The layer names valid for ``layers=``, shallow to deep, with what each shows."""
+    """The layer names valid for ``layers=``, shallow to deep, with what each shows and
+    which explanation methods may use it (``layer=`` of /explain)."""
     runtime = model.runtime
     layers = [{**{k: layer.get(k) for k in LAYER_KEYS}, "has_filters": layer["name"] in runtime.filters}
               for layer in runtime.metadata["layers"]]
-    return {"model": runtime.name, "version": runtime.version, "layers": layers}
+    body: dict[str, Any] = {"model": runtime.name, "version": runtime.version, "layers": layers}
+    if model.explainer is None:
+        for layer in layers:
+            layer["explain_methods"] = []
+        body["explanations"] = {"methods": [], "default_method": None, "default_layer": None,
+                                "unavailable": runtime.explain_unavailable}
+        return body
+    catalogue = model.explainer.model.catalogue()
+    rows = {row.name: row for row in catalogue.layers}
+    for layer in layers:
+        row = rows.get(layer["name"])
+        layer["explain_methods"] = [m.value for m in row.methods] if row is not None else []
+        if row is not None and row.grad_cam_unavailable is not None:
+            layer["gradient_methods_unavailable"] = row.grad_cam_unavailable
+    body["explanations"] = {
+        "methods": [m.value for m in catalogue.methods],
+        "default_method": catalogue.default_method.value,
+        "default_layer": catalogue.default_layer,
+        "unavailable": None,
+    }
+    return body

@@ -71,12 +71,76 @@ class LayerInfo(BaseModel):
     receptive_field: int | None = None
     stride: int | None = None
     has_filters: bool
+    explain_methods: list[str] = Field(description="The explanation methods that may use this layer (`layer=`): "
+                                                   "the CAM family where it is a spatial map.")
+    gradient_methods_unavailable: str | None = Field(
+        None, description="Why grad-cam and hires-cam are not offered at this layer (their gradient would not be "
+                          "exact), where they are not.")
+
+
+class ExplainCatalogue(BaseModel):
+    methods: list[str] = Field(description="Every explanation method this model allows.")
+    default_method: str | None = Field(description="The method a request without `method=` gets.")
+    default_layer: str | None = Field(description="The CAM family's default layer: the deepest spatial one.")
+    unavailable: str | None = Field(None, description="Why this model cannot be explained at all, if so.")
 
 
 class LayerList(BaseModel):
     model: str
     version: int
     layers: list[LayerInfo]
+    explanations: ExplainCatalogue
+
+
+class ExplainTarget(BaseModel):
+    index: int = Field(description="Position in the model's class output.")
+    label: str
+    probability: float = Field(description="The model's softmax probability of this class for the image.")
+
+
+class SaliencyMap(BaseModel):
+    shape: list[int] = Field(description="[H, W]: the model's input resolution, aligned with the preprocessed input.")
+    encoding: str = Field(description="json | npy | png")
+    data: Any = Field(None, description="json: nested lists of floats in 0..1, higher = more evidence for the "
+                                        "target; npy: base64 .npy (float32); png: base64 PNG overlay.")
+    dtype: str | None = Field(None, description="encoding=npy: float32.")
+    colormap: str | None = Field(None, description="encoding=png: the heat's colour map.")
+    alpha: float | None = Field(None, description="encoding=png: the heat's opacity where the map is 1.")
+    range: list[float] | None = Field(None, description="encoding=png: the map values at the colour map's ends.")
+    scale: int | None = Field(None, description="encoding=png: the whole factor small inputs are enlarged by.")
+    size: list[int] | None = Field(None, description="encoding=png: [height, width] of the picture.")
+
+
+class FaithfulnessScores(BaseModel):
+    deletion: float = Field(description="Area under P(target) as the map's top pixels are removed (0..1): lower "
+                                        "is better.")
+    insertion: float = Field(description="Area under P(target) as they are revealed from the baseline: higher is "
+                                         "better.")
+    random_deletion: float = Field(description="Deletion in a random pixel order: chance.")
+    beats_random: bool = Field(description="deletion < random_deletion, for a map that ranks pixels at all (an "
+                                           "empty or uniform map never does).")
+    note: str | None = Field(None, description="How to read the scores when the map does not beat chance.")
+    steps: int
+    baseline: str = Field(description="What removed pixels are replaced with.")
+    deletion_curve: list[float]
+    insertion_curve: list[float]
+    random_deletion_curve: list[float]
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    version: int
+    method: str = Field(description="occlusion | rise | score-cam | grad-cam | hires-cam | eigen-cam")
+    layer: str | None = Field(None, description="The layer the CAM family used; null for occlusion and rise.")
+    target: ExplainTarget
+    forward_passes: int = Field(description="Forward passes made, all included.")
+    budget: int = Field(description="The most passes this explanation was allowed.")
+    map: SaliencyMap
+    note: str | None = Field(None, description="Set when the map says nothing (empty or uniform).")
+    faithfulness: FaithfulnessScores | None = Field(None, description="null with faithfulness=false.")
+    parameters: dict[str, Any] = Field(description="What the method did: windows, masks, channels, weighting.")
+    timings_ms: dict[str, float] = Field(description="decode, preprocess, queue and inference (summed over the "
+                                                     "passes), engine (its numpy work), encode, total.")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

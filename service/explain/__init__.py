@@ -3,9 +3,11 @@
 The engine runs on numpy alone and never runs a model: the data plane gives it forward
 passes. How it plugs in:
 
-At load, once per model version (``proto``: the artifact's ONNX graph)::
+At load, once per model version (``proto``: the artifact's ONNX graph; ``shared``: the
+runtime's numpy weights, which the heads then use in place; the service does this in
+``runtime.load_model`` and ``ModelRegistry._explainer``)::
 
-    explainer = Explainer(describe(artifact.metadata, proto),
+    explainer = Explainer(describe(artifact.metadata, proto, shared=runtime.shared_weights),
                           max_passes=settings.max_explain_passes, batch_size=...)
 
 Per request, before decoding the image (errors are 4xx ServiceErrors naming valid values)::
@@ -32,11 +34,14 @@ Methods and their costs (forward passes, besides the one on the image):
   see ``engine.default_method``.
 - ``rise``: 1000 random 7 x 7 masks (p = 0.5, seeded), one pass each.
 - ``score-cam``: one pass per channel of the layer (capped by mean activation).
-- ``grad-cam``: no extra pass; exact gradients by replaying the head in numpy, where the
-  layers after the tapped one allow it (``head.analyse_head``).
+- ``grad-cam``: classic Grad-CAM (channel weights = the gradient averaged over positions);
+  no extra pass; exact gradients by replaying the head in numpy, where the layers after the
+  tapped one allow it (``head.analyse_head``).
+- ``hires-cam``: the same exact gradient, weighing each position (gradient x activation).
 - ``eigen-cam``: no extra pass; not class-specific.
 
-Faithfulness (``faithfulness.py``) adds 58 passes.
+Faithfulness (``faithfulness.py``) adds 58 passes. A map with one value everywhere (an
+empty map: no evidence found) never "beats random", and ``Explanation.note`` says so.
 """
 
 from service.explain.engine import (

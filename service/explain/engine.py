@@ -31,7 +31,7 @@ from service.explain.methods import (
     occlusion_geometry,
 )
 from service.explain.model import METHODS, ExplainableModel, LayerInfo, Method, default_method
-from service.explain.passes import Forward, Passes
+from service.explain.passes import BatchImages, Forward, Passes
 
 DEFAULT_BATCH_SIZE = 16
 MAX_LISTED_LABELS = 20
@@ -85,6 +85,7 @@ class Explanation:
     parameters: Mapping[str, Any]  # what the method did: window and stride, masks, channels...
     forward_seconds: float  # waiting on the forward passes (queue + inference)
     compute_seconds: float  # the engine's own numpy work
+    note: str | None = None  # set when the map says nothing (empty or uniform): never hidden
 
 
 @dataclass(frozen=True)
@@ -114,16 +115,18 @@ class Explainer:
     """Explanations for one model version."""
 
     def __init__(self, model: ExplainableModel, *, max_passes: int, batch_size: int = DEFAULT_BATCH_SIZE,
-                 batch_seconds: float | None = None) -> None:
+                 batch_seconds: float | None = None, batch_images: BatchImages | None = None) -> None:
         """``batch_size``: most images per forward call; ``batch_seconds``: also no more than
         the forward gets through in this time (see passes.py), so a prediction never waits
-        long behind an explanation's run."""
+        long behind an explanation's run; ``batch_images``: asked before each call how many
+        images it may carry (the service's batcher, which sees the predictions)."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.model = model
         self.max_passes = max_passes
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
+        self.batch_images = batch_images
 
     # ---- checking a request ------------------------------------------------------------
 
@@ -185,8 +188,12 @@ class Explainer:
     def _layer(self, method: Method, name: str | None) -> LayerInfo | None:
         if not method.uses_layer:
             if name is not None:
+                if name not in (layer.name for layer in self.model.layers):
+                    raise NotFound(one_of("layer", name, [layer.name for layer in self.model.layers])
+                                   + f" (model {self.model.name})")
+                takes = ", ".join(m.value for m in Method if m.uses_layer)
                 raise Unprocessable(f"method {method.value} perturbs the input and takes no layer; "
-                                    "layers are for score-cam, grad-cam and eigen-cam")
+                                    f"layers are for {takes}")
             return None
         valid = self.model.layers_for(method)
         if name is None:
@@ -201,8 +208,8 @@ class Explainer:
             head = self.model.heads.get(name)
             if not layer.spatial:
                 why = "it has no spatial map"
-            elif method is Method.GRAD_CAM and isinstance(head, NotExact):
-                why = f"grad-cam is not exact there ({head.reason})"
+            elif method.uses_gradient and isinstance(head, NotExact):
+                why = f"{method.value} is not exact there ({head.reason})"
             else:
                 why = "it is not valid for this method"
             raise Unprocessable(
@@ -211,6 +218,8 @@ class Explainer:
         return layer
 
     def _target(self, target: int | str) -> int:
+        """A class by index or label; one the model does not have is a 404 (like an unknown
+        layer), naming the valid ones."""
         labels = self.model.labels
         if isinstance(target, str):
             if target in labels:
@@ -218,11 +227,11 @@ class Explainer:
             try:
                 index = int(target)
             except ValueError:
-                raise Unprocessable(self._bad_target(repr(target))) from None
+                raise NotFound(self._bad_target(repr(target))) from None
         else:
             index = int(target)
         if not 0 <= index < len(labels):
-            raise Unprocessable(self._bad_target(str(index)))
+            raise NotFound(self._bad_target(str(index)))
         return index
 
     def _bad_target(self, given: str) -> str:
@@ -244,7 +253,8 @@ class Explainer:
         image = np.ascontiguousarray(image, dtype=np.float32)
         passes = Passes(forward, output=model.output, classes=len(model.labels),
                         image_values=int(np.prod(model.input_shape)), budget=plan.budget,
-                        batch_size=self.batch_size, batch_seconds=self.batch_seconds)
+                        batch_size=self.batch_size, batch_seconds=self.batch_seconds,
+                        batch_images=self.batch_images)
         outputs = (model.output,) if plan.layer is None else (model.output, plan.layer.name)
         first = await passes.run(image, outputs)
         logits = first[0][0]
@@ -264,6 +274,7 @@ class Explainer:
         )
         raw, parameters = await METHOD_FNS[plan.method](ctx)
         saliency = evidence(raw)
+        note = faith.uniform_map_note(saliency, plan.method.value)
         scores = None
         if plan.faithfulness:
             scores = await faith.measure(ctx.image, model.baseline, saliency, passes, index, ctx.probability,
@@ -280,4 +291,5 @@ class Explainer:
             parameters=parameters,
             forward_seconds=passes.forward_seconds,
             compute_seconds=max(0.0, total - passes.forward_seconds),
+            note=note,
         )

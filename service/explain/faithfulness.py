@@ -13,6 +13,11 @@ in a random order fixed by the seed, never in raster order). In ``STEPS`` equal 
 - random deletion: deletion in a uniformly random pixel order, on the same image. A map
   whose deletion score is not below this one tells the user nothing.
 
+A map with one value everywhere (all zeros: the method found no evidence for the target)
+ranks no pixel above another: its order is the random tie-break alone, so its deletion
+score is chance that may fall on either side of the random map's. Such a map never
+"beats random": ``beats_random`` is false and ``note`` says why.
+
 The areas use the trapezoid rule over the 21 points, so each lies in 0..1. The endpoints
 are shared (the intact image was already scored; the baseline image is one pass), so the
 whole measure costs 1 + 3 x 19 = 58 forward passes.
@@ -39,10 +44,36 @@ class Faithfulness:
     deletion_curve: tuple[float, ...]  # P(target) at 0, 1/steps, ..., 1 of the pixels
     insertion_curve: tuple[float, ...]
     random_deletion_curve: tuple[float, ...]
+    uniform: bool = False  # the map has one value everywhere: it ranks nothing
 
     @property
     def beats_random(self) -> bool:
-        return self.deletion < self.random_deletion
+        """The map's deletion score is below the random map's, and the map ranks pixels at all."""
+        return not self.uniform and self.deletion < self.random_deletion
+
+    @property
+    def note(self) -> str | None:
+        """How to read the scores when the map does not beat chance; None when it does."""
+        if self.uniform:
+            return "the map is uniform (it ranks no pixel above another): its scores are chance, not evidence"
+        if not self.beats_random:
+            return ("the map does not beat a random map on this image (deletion not below random_deletion): "
+                    "do not trust it here")
+        return None
+
+
+def uniform_map_note(saliency: np.ndarray, method: str) -> str | None:
+    """A sentence for a map that says nothing, whatever the faithfulness setting; None otherwise."""
+    if not is_uniform(saliency):
+        return None
+    if not saliency.any():
+        return (f"the map is empty: {method} found no evidence for the target in this image "
+                "(no positive importance anywhere); try another method")
+    return f"the map is uniform: {method} ranks no part of the image above another"
+
+
+def is_uniform(saliency: np.ndarray) -> bool:
+    return saliency.size == 0 or float(saliency.max()) == float(saliency.min())
 
 
 def ranking(saliency: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -93,4 +124,5 @@ async def measure(image: np.ndarray, baseline: np.ndarray, saliency: np.ndarray,
         deletion_curve=tuple(float(v) for v in deletion),
         insertion_curve=tuple(float(v) for v in insertion),
         random_deletion_curve=tuple(float(v) for v in random),
+        uniform=is_uniform(saliency),
     )

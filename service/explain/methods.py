@@ -219,50 +219,65 @@ async def score_cam(ctx: Context) -> MethodResult:
     return cam_to_input(cam, ctx.size), {"channels_scored": int(len(chosen)), "channels": int(acts.shape[0])}
 
 
-def grad_cam_map(acts: np.ndarray, gradient: np.ndarray) -> tuple[np.ndarray, str]:
-    """The gradient-weighted map at the layer's resolution ([C, h, w] each), and which
-    weighting it is.
+def grad_cam_map(acts: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017) at the layer's resolution ([C, h, w] each): channel
+    k weighed by its gradient averaged over positions, sum_k mean(dy/dA_k) * A_k.
 
-    Grad-CAM (Selvaraju et al. 2017) weighs channel k by its gradient averaged over
-    positions: sum_k mean(dy/dA_k) * A_k. That is faithful when the head treats every
-    position alike (global average pooling: ResNet-18), where the gradient is the same at
-    every position anyway. A head that flattens the map into a dense layer (TinyVGG,
-    LeNet, AlexNet) weighs each position separately, and averaging throws that away: on
-    the trained digits TinyVGG the averaged weights are negative for 86 of 100
-    class x channel pairs and Grad-CAM's map is empty for every held-out digit. So each
-    position is weighed by its own gradient, sum_k dy/dA_k[i, j] * A_k[i, j] (HiResCAM,
-    Draelos & Carin 2020): the same map as Grad-CAM where the gradient does not vary
-    over positions, and each position's exact share of the logit for a dense head.
+    Where the head treats every position alike (global average pooling: ResNet-18) the
+    gradient is the same at every position and this is each position's share of the
+    logit. A head that flattens the map into a dense layer (TinyVGG, LeNet, AlexNet)
+    weighs each position separately and the average can cancel out: on the trained
+    digits TinyVGG most averaged weights are negative and the map is empty (measured in
+    docs/explain.md). ``hires_cam_map`` keeps the per-position weights.
     """
-    cam = np.einsum("khw,khw->hw", gradient, acts)
-    flat = gradient.reshape(gradient.shape[0], -1)
-    spread = float(np.abs(flat - flat.mean(axis=1, keepdims=True)).max()) if flat.size else 0.0
-    uniform = spread <= 1e-6 * max(float(np.abs(flat).max()), 1e-30)
-    return cam, "per channel (Grad-CAM)" if uniform else "per position (HiResCAM)"
+    weights = gradient.reshape(gradient.shape[0], -1).mean(axis=1)
+    cam: np.ndarray = np.tensordot(weights, acts, axes=1)
+    return cam
 
 
-async def grad_cam(ctx: Context) -> MethodResult:
-    """Grad-CAM with the gradient of the target logit computed exactly by replaying the
-    head in numpy (service/explain/head.py); weighting as ``grad_cam_map`` says."""
+def hires_cam_map(acts: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos & Carin 2020): each position weighed by its own gradient,
+    sum_k dy/dA_k[i, j] * A_k[i, j]. The same map as Grad-CAM where the gradient does not
+    vary over positions; for a dense head, each position's exact share of the logit."""
+    cam: np.ndarray = np.einsum("khw,khw->hw", gradient, acts)
+    return cam
+
+
+async def _layer_gradient(ctx: Context, method: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """d(target logit)/d(layer) for the image, [C, h, w], computed exactly by replaying the
+    layers after the tapped one in numpy (service/explain/head.py)."""
     assert ctx.layer is not None and ctx.activations is not None
     head = ctx.model.grad_head(ctx.layer.name)
-    assert head is not None, "plan() only allows grad-cam where the head is exact"
-    activations = ctx.activations
+    assert head is not None, f"plan() only allows {method} where the head is exact"
     try:
-        logits, gradient = await asyncio.to_thread(head.gradient, activations, ctx.target)
+        logits, gradient = await asyncio.to_thread(head.gradient, ctx.activations, ctx.target)
     except (ValueError, IndexError, KeyError) as exc:  # a graph the analysis let through but numpy cannot run
-        raise ModelFailed(f"grad-cam could not replay the layers after {ctx.layer.name} ({exc}); "
+        raise ModelFailed(f"{method} could not replay the layers after {ctx.layer.name} ({exc}); "
                           "use another method") from exc
     # The replayed head must give the logits the model gave for this very image; if not,
     # the gradient would be of some other function.
     scale = max(1.0, float(np.abs(ctx.logits).max()))
     if float(np.abs(logits[0] - ctx.logits).max()) > 1e-3 * scale:
         raise ModelFailed(
-            f"grad-cam's replay of the layers after {ctx.layer.name} disagrees with the model's output; "
+            f"{method}'s replay of the layers after {ctx.layer.name} disagrees with the model's output; "
             "use another method"
         )
-    cam, weights = grad_cam_map(_activations(ctx), gradient[0])
-    return cam_to_input(cam, ctx.size), {"weights": weights, "head": list(head.ops)}
+    grad: np.ndarray = gradient[0]
+    return grad, {"head": list(head.ops)}
+
+
+async def grad_cam(ctx: Context) -> MethodResult:
+    """Classic Grad-CAM: channel weights = the exact gradient averaged over positions."""
+    gradient, parameters = await _layer_gradient(ctx, Method.GRAD_CAM.value)
+    cam = grad_cam_map(_activations(ctx), gradient)
+    return cam_to_input(cam, ctx.size), {"weights": "per channel (gradient averaged over positions)", **parameters}
+
+
+async def hires_cam(ctx: Context) -> MethodResult:
+    """HiResCAM: the same exact gradient, multiplied element-wise with the activations."""
+    gradient, parameters = await _layer_gradient(ctx, Method.HIRES_CAM.value)
+    cam = hires_cam_map(_activations(ctx), gradient)
+    return cam_to_input(cam, ctx.size), {"weights": "per position (gradient x activation)", **parameters}
 
 
 def eigen_cam_map(acts: np.ndarray) -> np.ndarray:
@@ -292,5 +307,6 @@ METHOD_FNS: dict[Method, MethodFn] = {
     Method.RISE: rise,
     Method.SCORE_CAM: score_cam,
     Method.GRAD_CAM: grad_cam,
+    Method.HIRES_CAM: hires_cam,
     Method.EIGEN_CAM: eigen_cam,
 }

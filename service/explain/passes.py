@@ -5,7 +5,9 @@ Batches are at most ``batch_size`` images and, with ``batch_seconds`` set, no mo
 the forward is seen to get through in that time (measured on this explanation's own calls,
 queueing included). An explanation's run holds the model, and a prediction that arrives
 meanwhile waits for it: ``batch_seconds`` bounds that wait, and under prediction load,
-when the calls take longer, the batches shrink by themselves.
+when the calls take longer, the batches shrink by themselves. With ``batch_images`` set
+(the service: the model's batcher, which sees the predictions), it says how many images
+the next call may carry, asked before each call.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ import numpy as np
 
 from service.errors import ModelFailed
 from service.explain.maps import softmax
+
+BatchImages = Callable[[int], int]
+"""Given the most images a call may carry, how many the next one should: the data plane's
+view of the model's load (``DynamicBatcher.explain_batch_images``)."""
 
 Forward = Callable[[np.ndarray, tuple[str, ...]], Awaitable[list[np.ndarray]]]
 """What the data plane provides: run ``batch`` ([N, C, H, W] float32) through the model and
@@ -40,7 +46,8 @@ class Passes:
     """Forward passes for one explanation of one image."""
 
     def __init__(self, forward: Forward, *, output: str, classes: int, image_values: int, budget: int,
-                 batch_size: int, batch_seconds: float | None = None) -> None:
+                 batch_size: int, batch_seconds: float | None = None,
+                 batch_images: BatchImages | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if batch_seconds is not None and batch_seconds <= 0:
@@ -52,15 +59,19 @@ class Passes:
         self.budget = budget
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
+        self.batch_images = batch_images
         self.used = 0
         self.forward_seconds = 0.0
         self.seconds_per_image: float | None = None  # a running estimate from the calls so far
 
     def next_batch(self) -> int:
         """How many images the next call may carry."""
-        if self.batch_seconds is None or self.seconds_per_image is None:
-            return self.batch_size
-        return max(1, min(self.batch_size, int(self.batch_seconds / self.seconds_per_image)))
+        most = self.batch_size
+        if self.batch_seconds is not None and self.seconds_per_image is not None:
+            most = max(1, min(most, int(self.batch_seconds / self.seconds_per_image)))
+        if self.batch_images is not None:
+            most = max(1, min(most, self.batch_images(most)))
+        return most
 
     def record(self, seconds: float, images: int) -> None:
         """Fold one call's time into the per-image estimate (half old, half new: it follows

@@ -31,7 +31,8 @@ def server(start_server: Callable[..., LiveServer], tmp_path_factory: pytest.Tem
     root = tmp_path_factory.mktemp("openapi") / "models"
     write_artifact(root, "synthetic", 1, seed=0)  # without a channel view: its routes answer 404
     write_artifact(root, "synthetic", 2, seed=1, views=True)
-    return start_server(root, api_keys=f"{INFER_KEY}:infer,{ADMIN_KEY}:admin")
+    # A small pass limit keeps each generated explanation cheap (the schema carries it).
+    return start_server(root, api_keys=f"{INFER_KEY}:infer,{ADMIN_KEY}:admin", max_explain_passes=200)
 
 
 def schemathesis(server: LiveServer, key: str, *options: str, cwd: Path) -> subprocess.CompletedProcess[str]:

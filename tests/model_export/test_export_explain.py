@@ -1,5 +1,6 @@
-"""grad-cam parity: the service's gradient, replayed in numpy from the exported ONNX head,
-against PyTorch autograd on the same activations, for the nets the export stage trains.
+"""grad-cam and hires-cam parity: the service's gradient, replayed in numpy from the exported
+ONNX head, against PyTorch autograd on the same activations, and the maps built from it
+against Grad-CAM and HiResCAM computed with PyTorch, for the nets the export stage trains.
 
 The torch reference runs the architecture with the artifact's own weights (loaded by
 initializer name) and the tapped layer's output replaced by the ONNX model's activations
@@ -75,6 +76,7 @@ def check_parity(path: Path, metadata: dict, images: np.ndarray) -> list[str]:
     spec = InputSpec.from_metadata(metadata["input"])
     explainer = Explainer(described, max_passes=100)
     exact = list(described.layers_for(Method.GRAD_CAM))
+    assert exact == list(described.layers_for(Method.HIRES_CAM))
     assert exact, "grad-cam should be exact at the deepest layers of every trained architecture"
 
     async def forward(batch: np.ndarray, outputs: Sequence[str]) -> list[np.ndarray]:
@@ -92,21 +94,16 @@ def check_parity(path: Path, metadata: dict, images: np.ndarray) -> list[str]:
                 _, gradient = head.gradient(acts, target)
                 scale = max(float(np.abs(reference).max()), 1e-12)
                 assert float(np.abs(gradient - reference).max()) <= TOLERANCE * scale, layer
-                # Classic Grad-CAM from the replayed gradient = PyTorch's classic Grad-CAM.
+                # Each served map = PyTorch's (autograd's gradient): grad-cam is classic
+                # Grad-CAM (channel weights), hires-cam weighs each position.
                 size = described.input_shape[1:]
-                a, g = torch.from_numpy(acts), torch.from_numpy(gradient)
-                ours_classic = torch_map(a, g, size, per_position=False)
-                np.testing.assert_allclose(ours_classic, torch_map(a, torch.from_numpy(reference), size, False),
-                                           atol=TOLERANCE)
-                # The served map = PyTorch's, with the weighting grad-cam reports.
-                plan = explainer.plan(ExplainRequest(method="grad-cam", layer=layer, target=target,
-                                                     faithfulness=False))
-                result = asyncio.run(explainer.run(plan, x, forward))
-                per_position = result.parameters["weights"].startswith("per position")
-                expected = torch_map(a, torch.from_numpy(reference), size, per_position)
-                np.testing.assert_allclose(result.map, expected, atol=TOLERANCE)
-                if not per_position:  # a pooling head: the served map is classic Grad-CAM
-                    np.testing.assert_allclose(result.map, ours_classic, atol=TOLERANCE)
+                a = torch.from_numpy(acts)
+                for method, per_position in (("grad-cam", False), ("hires-cam", True)):
+                    plan = explainer.plan(ExplainRequest(method=method, layer=layer, target=target,
+                                                         faithfulness=False))
+                    result = asyncio.run(explainer.run(plan, x, forward))
+                    expected = torch_map(a, torch.from_numpy(reference), size, per_position)
+                    np.testing.assert_allclose(result.map, expected, atol=TOLERANCE, err_msg=f"{method} {layer}")
     return exact
 
 

@@ -31,7 +31,8 @@ def explainer(proto: object) -> Explainer:
 # ---- pass accounting -------------------------------------------------------------------
 
 @pytest.mark.parametrize("method, own", [
-    ("occlusion", 169), ("rise", 1000 - 1 - 58), ("score-cam", 2), ("grad-cam", 0), ("eigen-cam", 0),
+    ("occlusion", 169), ("rise", 1000 - 1 - 58), ("score-cam", 2), ("grad-cam", 0), ("hires-cam", 0),
+    ("eigen-cam", 0),
 ])
 async def test_every_pass_is_counted_and_the_budget_holds(explainer: Explainer, proto: object,
                                                           method: str, own: int) -> None:
@@ -47,7 +48,8 @@ async def test_every_pass_is_counted_and_the_budget_holds(explainer: Explainer, 
 
 
 @pytest.mark.parametrize("method, passes", [
-    ("occlusion", 1 + 169), ("rise", 1 + 1000), ("score-cam", 1 + 2 + 1), ("grad-cam", 1), ("eigen-cam", 1),
+    ("occlusion", 1 + 169), ("rise", 1 + 1000), ("score-cam", 1 + 2 + 1), ("grad-cam", 1), ("hires-cam", 1),
+    ("eigen-cam", 1),
 ])
 async def test_without_faithfulness_only_the_method_runs(proto: object, method: str, passes: int) -> None:
     explainer = Explainer(describe(km.metadata(proto), proto), max_passes=2000)
@@ -88,7 +90,7 @@ def test_costs_per_method(explainer: Explainer) -> None:
 
 @pytest.mark.parametrize("request_, error, message", [
     (ExplainRequest(method="lime"), Unprocessable,
-     "unknown method 'lime'; valid: occlusion, rise, score-cam, grad-cam, eigen-cam"),
+     "unknown method 'lime'; valid: occlusion, rise, score-cam, grad-cam, hires-cam, eigen-cam"),
     (ExplainRequest(method="grad-cam", layer="features.9"), NotFound,
      "unknown layer 'features.9'; valid: features.3, features.4 for grad-cam"),
     (ExplainRequest(method="grad-cam", layer="features.1"), Unprocessable,
@@ -97,11 +99,16 @@ def test_costs_per_method(explainer: Explainer) -> None:
     (ExplainRequest(method="score-cam", layer="flat"), Unprocessable,
      "layer 'flat' cannot be used with score-cam: it has no spatial map; valid layers: features.1, features.3, "
      "features.4"),
-    (ExplainRequest(method="occlusion", layer="features.4"), Unprocessable, "occlusion perturbs the input and takes no layer"),
-    (ExplainRequest(target=3), Unprocessable,
+    (ExplainRequest(method="hires-cam", layer="features.1"), Unprocessable,
+     r"layer 'features.1' cannot be used with hires-cam: hires-cam is not exact there \(Conv .*\)"),
+    (ExplainRequest(method="occlusion", layer="features.4"), Unprocessable,
+     "occlusion perturbs the input and takes no layer; layers are for score-cam, grad-cam, hires-cam, eigen-cam"),
+    (ExplainRequest(method="occlusion", layer="conv9"), NotFound,
+     "unknown layer 'conv9'; valid: features.1, features.3, features.4, flat"),
+    (ExplainRequest(target=3), NotFound,
      r"unknown target 3; valid: a class index 0..2 or a label \('square', 'other', 'none'\)"),
-    (ExplainRequest(target=-1), Unprocessable, "unknown target -1"),
-    (ExplainRequest(target="circle"), Unprocessable, "unknown target 'circle'; valid: a class index 0..2"),
+    (ExplainRequest(target=-1), NotFound, "unknown target -1"),
+    (ExplainRequest(target="circle"), NotFound, "unknown target 'circle'; valid: a class index 0..2"),
     (ExplainRequest(passes=1001), Unprocessable,
      r"passes=1001 is over this server's limit of 1000 \(CONVSCOPE_MAX_EXPLAIN_PASSES\); valid: 63..1000"),
     (ExplainRequest(method="grad-cam", passes=10), Unprocessable,
@@ -231,7 +238,7 @@ def test_the_catalogue_lists_each_layers_methods(explainer: Explainer) -> None:
     rows = {row.name: row for row in catalogue.layers}
     assert rows["features.1"].methods == (Method.SCORE_CAM, Method.EIGEN_CAM)
     assert "Conv" in (rows["features.1"].grad_cam_unavailable or "")
-    assert rows["features.3"].methods == (Method.GRAD_CAM, Method.SCORE_CAM, Method.EIGEN_CAM)
+    assert rows["features.3"].methods == (Method.GRAD_CAM, Method.HIRES_CAM, Method.SCORE_CAM, Method.EIGEN_CAM)
     assert rows["features.4"].grad_cam_unavailable is None
     assert rows["flat"].methods == () and rows["flat"].shape == (128,)
 
@@ -257,6 +264,23 @@ def test_batches_follow_the_time_the_forward_takes() -> None:
                        batch_size=16)
     unbounded.record(10.0, 1)
     assert unbounded.next_batch() == 16
+
+
+async def test_the_batcher_can_size_each_batch(proto: object) -> None:
+    asked: list[int] = []
+
+    def batch_images(most: int) -> int:
+        asked.append(most)
+        return 3
+
+    explainer = Explainer(describe(km.metadata(proto), proto), max_passes=1000, batch_size=8,
+                          batch_images=batch_images)
+    forward = km.OrtForward(proto)
+    result = await explainer.run(explainer.plan(ExplainRequest(method="occlusion", faithfulness=False)), km.image(),
+                                 forward)
+    assert result.forward_passes == 1 + 169
+    assert [n for n, _ in forward.calls[1:]] == [3] * 56 + [1]  # asked before each call
+    assert asked and set(asked) == {8}
 
 
 async def test_a_slow_forward_gets_small_batches(proto: object) -> None:

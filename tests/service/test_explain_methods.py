@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from service.explain import Explainer, ExplainRequest, Method, describe
-from service.explain.methods import OCCLUSION_GRID, RiseMasks, eigen_cam_map, grad_cam_map, occlusion_geometry
+from service.explain.methods import (
+    OCCLUSION_GRID,
+    RiseMasks,
+    eigen_cam_map,
+    grad_cam_map,
+    hires_cam_map,
+    occlusion_geometry,
+)
 from tests.service import explain_models as km
 
 pytestmark = pytest.mark.anyio
@@ -18,6 +25,8 @@ CASES = [
     ("score-cam", "features.1"),
     ("grad-cam", "features.4"),
     ("grad-cam", "features.3"),
+    ("hires-cam", "features.4"),
+    ("hires-cam", "features.3"),
     ("eigen-cam", "features.4"),
     ("eigen-cam", "features.1"),
 ]
@@ -61,12 +70,29 @@ async def test_eigen_cam_is_the_same_for_every_target(model: tuple) -> None:
     np.testing.assert_array_equal(maps[0], maps[1])
 
 
-async def test_a_target_with_no_evidence_in_the_image_gets_an_empty_map(model: tuple) -> None:
+@pytest.mark.parametrize("method", ["grad-cam", "hires-cam"])
+async def test_a_target_with_no_evidence_in_the_image_gets_an_empty_map_said_so(model: tuple, method: str) -> None:
     proto, described = model
     explainer = Explainer(described, max_passes=2000)
-    plan = explainer.plan(ExplainRequest(method="grad-cam", target="none", faithfulness=False))
+    plan = explainer.plan(ExplainRequest(method=method, target="none", faithfulness=False))
     result = await explainer.run(plan, km.image(), km.OrtForward(proto))
     assert not result.map.any()  # class 2's logit is a constant: nothing in the image matters
+    assert result.note is not None and result.note.startswith("the map is empty")
+    measured = await explainer.run(explainer.plan(ExplainRequest(method=method, target="none")), km.image(),
+                                   km.OrtForward(proto))
+    scores = measured.faithfulness
+    assert scores is not None and scores.uniform
+    assert not scores.beats_random  # whatever its random tie order scored
+    assert scores.note is not None and "chance" in scores.note
+
+
+async def test_a_map_that_explains_carries_no_note(model: tuple) -> None:
+    proto, described = model
+    explainer = Explainer(described, max_passes=2000)
+    result = await explainer.run(explainer.plan(ExplainRequest(method="hires-cam", target=0)), km.image(),
+                                 km.OrtForward(proto))
+    assert result.note is None
+    assert result.faithfulness is not None and result.faithfulness.beats_random and result.faithfulness.note is None
 
 
 async def test_rise_is_reproducible_from_its_seed(model: tuple) -> None:
@@ -118,27 +144,30 @@ async def test_score_cam_scores_the_most_active_channels_when_the_budget_is_shor
     assert mass_inside(result.map) >= 0.7  # channel 0 (the bright square) fires most
 
 
-def test_grad_cam_weighs_positions_where_the_head_does_and_channels_where_it_pools() -> None:
+def test_grad_cam_weighs_channels_by_the_mean_gradient_and_hires_cam_each_position() -> None:
     rng = np.random.default_rng(0)
     acts = rng.random((3, 4, 4)).astype(np.float32)
-    pooled = np.broadcast_to(np.array([1.0, -2.0, 0.5], np.float32)[:, None, None], acts.shape)
-    cam, weights = grad_cam_map(acts, pooled)
-    assert weights == "per channel (Grad-CAM)"
-    np.testing.assert_allclose(cam, np.tensordot(pooled.mean(axis=(1, 2)), acts, axes=1), rtol=1e-6)
     varying = rng.normal(size=acts.shape).astype(np.float32)
-    cam, weights = grad_cam_map(acts, varying)
-    assert weights == "per position (HiResCAM)"
-    np.testing.assert_allclose(cam, (varying * acts).sum(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(grad_cam_map(acts, varying),
+                               np.tensordot(varying.mean(axis=(1, 2)), acts, axes=1), rtol=1e-5)
+    np.testing.assert_allclose(hires_cam_map(acts, varying), (varying * acts).sum(axis=0), rtol=1e-5)
+    # Where the gradient is the same at every position (a pooling head) the two agree.
+    pooled = np.broadcast_to(np.array([1.0, -2.0, 0.5], np.float32)[:, None, None], acts.shape)
+    np.testing.assert_allclose(grad_cam_map(acts, pooled), hires_cam_map(acts, pooled), rtol=1e-5)
 
 
-async def test_grad_cam_on_a_pooling_head_is_classic_grad_cam() -> None:
+async def test_on_a_pooling_head_grad_cam_and_hires_cam_draw_the_same_map() -> None:
     proto = km.build(head="gap")
     explainer = Explainer(describe(km.metadata(proto), proto), max_passes=100)
-    plan = explainer.plan(ExplainRequest(method="grad-cam", target=0, faithfulness=False))
-    result = await explainer.run(plan, km.image(), km.OrtForward(proto))
-    assert result.parameters["weights"] == "per channel (Grad-CAM)"
-    assert result.parameters["head"] == ["GlobalAveragePool", "Flatten", "Gemm"]
-    assert mass_inside(result.map) >= 0.7
+    maps = {}
+    for method in ("grad-cam", "hires-cam"):
+        plan = explainer.plan(ExplainRequest(method=method, target=0, faithfulness=False))
+        result = await explainer.run(plan, km.image(), km.OrtForward(proto))
+        assert result.parameters["head"] == ["GlobalAveragePool", "Flatten", "Gemm"]
+        assert mass_inside(result.map) >= 0.7
+        maps[method] = result.map
+    assert maps["grad-cam"].max() == pytest.approx(1.0)
+    np.testing.assert_allclose(maps["grad-cam"], maps["hires-cam"], atol=1e-6)
 
 
 def test_eigen_cam_follows_the_first_component_with_the_activations_sign() -> None:

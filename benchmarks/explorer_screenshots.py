@@ -94,6 +94,28 @@ def encodings(url: str, models: Path, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def explanation_methods(url: str, rounds: int) -> list[dict[str, Any]]:
+    """Each method the model allows, as the page asks for it (png overlay, faithfulness on)."""
+    base = f"/v1/models/{TIMED}"
+    rows = []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        sample = client.get(f"{base}/samples/4").content
+        methods = client.get(f"{base}/layers").json()["explanations"]["methods"]
+        for method in methods:
+            times, body = [], {}
+            for _ in range(max(1, rounds // 3)):
+                started = time.perf_counter()
+                response = client.post(f"{base}/explain?encoding=png&method={method}", content=sample,
+                                       headers={"content-type": "image/png"})
+                response.raise_for_status()
+                times.append((time.perf_counter() - started) * 1000)
+                body = response.json()
+            rows.append({"method": method, "median_ms": statistics.median(times), "passes": body["forward_passes"],
+                         "deletion": body["faithfulness"]["deletion"],
+                         "random_deletion": body["faithfulness"]["random_deletion"]})
+    return rows
+
+
 PAGE_REQUESTS = """(since) => performance.getEntriesByType("resource")
     .filter((e) => e.startTime >= since)
     .map((e) => ({name: e.name.replace(location.origin, ""), start: e.startTime, end: e.responseEnd,
@@ -201,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"sizes": artifact_sizes(args.models)}
     with ServerProcess(command, port=port, env=env, cwd=ROOT, log=args.out / "explorer-server.log", timeout=120) as server:
         report["encodings"] = encodings(server.url, args.models, args.rounds)
+        report["explanations"] = explanation_methods(server.url, args.rounds)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             report["screenshots"] = {model: shoot(browser, server.url, model, args.out) for model in MODELS}
@@ -221,6 +244,11 @@ def print_report(report: dict[str, Any], out: Path) -> None:
     print("| query | bytes | ms | server ms |\n| --- | --- | --- | --- |")
     for row in report["encodings"]:
         print(f"| {row['query']} | {row['bytes']:,} | {row['median_ms']:.1f} | {row['server_median_ms']:.1f} |")
+    print(f"\n{TIMED}, explain?encoding=png (sample 4, faithfulness on), over HTTP:")
+    print("| method | passes | ms | deletion | random |\n| --- | --- | --- | --- | --- |")
+    for row in report["explanations"]:
+        print(f"| {row['method']} | {row['passes']} | {row['median_ms']:.0f} | {row['deletion']:.3f} | "
+              f"{row['random_deletion']:.3f} |")
     rows = report["page"]
     print(f"\n{TIMED}, the page, per sample (median over {len(rows)}, max in brackets), ms:")
     labels = {

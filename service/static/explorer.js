@@ -400,9 +400,8 @@ function renderFaithfulness(body) {
     el("div", { class: `verdict ${beats ? "good" : "bad"}`, text: beats ? "beats chance" : "no better than chance" }),
     f.deletion_curve ? curves(f) : null,
     body.note || f.note ? el("p", { class: "small", text: body.note || f.note }) : null,
-    el("p", { class: "muted small", text: "How to read: P(class) as the pixels the map ranks highest are removed "
-      + "first; the area under it (deletion) is lower for a map that found what the network uses, and must be "
-      + "below the random order's to beat chance. Insertion puts them back: higher is better." })));
+    el("p", { class: "muted small", text: "How to read: deletion is P(class) as the map's top pixels go first (lower is "
+      + "better, and below the random order's to beat chance); insertion, as they come back (higher is better)." })));
 }
 
 // P(class) as pixels go, most important first (deletion), in random order, and as they

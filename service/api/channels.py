@@ -19,7 +19,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import numpy as np
@@ -124,20 +124,17 @@ class ChannelFilter(BaseModel):
                                                                 "recorded, no initial_weights.npz).")
 
 
-def _png_responses(what: str) -> dict[int | str, dict[str, Any]]:
-    return {
-        200: {"content": {MEDIA_TYPE: {}}, "description": what, "headers": CACHE_HEADERS},
-        304: {"description": "Not modified: the If-None-Match ETag still holds."},
-        **schemas.ERRORS,
-    }
-
-
 CACHE_HEADERS = {
     "ETag": {"schema": {"type": "string"}, "description": "Changes whenever the answer could."},
     "Cache-Control": {"schema": {"type": "string"},
                       "description": f"`{IMMUTABLE}` where the URL names the version, else `{REVALIDATE}`."},
 }
 NOT_MODIFIED = {304: {"description": "Not modified: the If-None-Match ETag still holds."}}
+
+
+def _png_responses(what: str) -> dict[int | str, dict[str, Any]]:
+    return {200: {"content": {MEDIA_TYPE: {}}, "description": what, "headers": CACHE_HEADERS},
+            **NOT_MODIFIED, **schemas.ERRORS}
 
 
 def _json_doc(model: type[BaseModel]) -> dict[str, Any]:
@@ -191,7 +188,7 @@ class _Cached:
 
 
 async def _answer(request: Request, plane: DataPlane, name: str, version: int | None,
-                  make: Make, kind: str, *, offload: Make | None = None) -> Response:
+                  make: Make, kind: Literal["json", "png"], *, offload: Make | None = None) -> Response:
     """Resolve and hold the model, ``make`` the JSON body or PNG bytes (which also raises
     the 404s) and answer 304 instead when the client is up to date. ``offload``: ``make``
     only checks; this renders, on the data plane's pool, unless the answer is a 304."""

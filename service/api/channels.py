@@ -129,7 +129,7 @@ CACHE_HEADERS = {
     "Cache-Control": {"schema": {"type": "string"},
                       "description": f"`{IMMUTABLE}` where the URL names the version, else `{REVALIDATE}`."},
 }
-NOT_MODIFIED = {304: {"description": "Not modified: the If-None-Match ETag still holds."}}
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {304: {"description": "Not modified: the If-None-Match ETag still holds."}}
 
 
 def _png_responses(what: str) -> dict[int | str, dict[str, Any]]:

@@ -63,7 +63,11 @@ Every error answers `{"error": "..."}`.
 """
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, load_before_serving: bool = False) -> FastAPI:
+    """The app. Models load in the background while /healthz answers and /readyz says 503;
+    with ``load_before_serving`` (each of several workers sharing a port) the startup waits
+    for them instead, so uvicorn listens, and the kernel hands this worker connections, only
+    once it can answer them."""
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics()
@@ -76,7 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("onnxruntime %s, providers available: %s; using %s", ort.__version__,
                  ", ".join(ort.get_available_providers()), ", ".join(registry.runtime_options.providers))
         log.info("%s", _access_summary(policy))
-        loading = asyncio.create_task(_load(registry, settings.repository_poll_seconds), name="load-models")
+        if load_before_serving:
+            await _load(registry)
+        loading = asyncio.create_task(_load_and_watch(registry, settings.repository_poll_seconds,
+                                                      loaded=load_before_serving), name="load-models")
         try:
             # The lifespan state reaches the HTTP protocol (service/http_limits.py): it counts
             # its open connections and those it refuses before any request gets here.
@@ -170,14 +177,20 @@ def create_app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
-async def _load(registry: ModelRegistry, poll_seconds: float) -> None:
-    """Load the repository, then (when the poll is on) keep the registry in step with it."""
+async def _load(registry: ModelRegistry) -> None:
     try:
         await registry.load_all()
     except asyncio.CancelledError:
         raise
     except Exception:  # a bug in loading must not leave /readyz loading forever
         log.exception("model loading failed")
+
+
+async def _load_and_watch(registry: ModelRegistry, poll_seconds: float, *, loaded: bool) -> None:
+    """Load the repository (unless done), then, when the poll is on, keep the registry in
+    step with it."""
+    if not loaded:
+        await _load(registry)
     if poll_seconds > 0:
         await watch(registry, poll_seconds)
 

@@ -70,7 +70,7 @@ def uvicorn_options(settings: Settings, port: int | None = None) -> dict[str, An
     """uvicorn.Config's keyword arguments for one serving process (call it in that process:
     it raises the process's open-file limit for the connection cap)."""
     return dict(host=settings.host, port=settings.port if port is None else port, log_level=settings.log_level,
-                access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=BACKLOG,
                 **http_limits.uvicorn_options(settings))
 
 
@@ -98,9 +98,10 @@ def _worker_main(settings: Settings, port: int) -> None:
     """One worker process: its own SO_REUSEPORT listening socket, its own app and models."""
     from service.app import create_app
 
+    # Not listening yet: uvicorn listens once the app's startup has loaded the models, so the
+    # kernel never hands this worker a connection it would answer with 503.
     sock = reuseport_socket(settings.host, port)
-    sock.listen(BACKLOG)
-    _serve_app(create_app(settings), settings, port, sockets=[sock])
+    _serve_app(create_app(settings, load_before_serving=True), settings, port, sockets=[sock])
 
 
 @dataclass

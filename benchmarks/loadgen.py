@@ -126,7 +126,8 @@ def run_wrk(url: str, body: Path, content_type: str, concurrency: int, seconds: 
     errors = int(out["non2xx"] + out["connect"] + out["read"] + out["write"] + out["timeout"])
     return LoadResult(
         generator="wrk", concurrency=concurrency, seconds=wall, requests=int(out["requests"]),
-        errors=errors, rps=out["requests"] / wall if wall else 0.0,
+        # Only 2xx answers are images served: a quick 503 is not throughput (as in the httpx path).
+        errors=errors, rps=(out["requests"] - errors) / wall if wall else 0.0,
         p50_ms=out["p50_us"] / 1000.0, p95_ms=out["p95_us"] / 1000.0, p99_ms=out["p99_us"] / 1000.0,
         client_cpu=cpu / wall if wall else math.nan,
     )

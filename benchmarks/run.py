@@ -536,7 +536,7 @@ def check_targets_14(rows: list[Row], models: list[str], memory: dict[str, Any])
 def photo_table(rows: list[Row]) -> str:
     base = find(rows, "alexnet", "service", "photo jpeg-224", TARGET_CONCURRENCY)
     head = ("| photo | body | decode ms | preprocess ms | decode+preprocess ms | × 224 px | images/s (c=16) "
-            "| × 224 px rate | p50 ms | server CPU ms/image |")
+            "| × 224 px rate | p50 ms | errors | server CPU ms/image |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in (r for r in rows if r.path.startswith("photo ")):
         lines.append("| " + " | ".join([
@@ -544,7 +544,7 @@ def photo_table(rows: list[Row]) -> str:
             fmt(r.extra["decode_ms"], 2), fmt(r.extra["preprocess_ms"], 2), fmt(r.extra["decode+preprocess_ms"], 2),
             fmt(r.extra["decode+preprocess_ms"] / base.extra["decode+preprocess_ms"], 1) if base else "–",
             fmt(r.images_per_s), fmt(r.images_per_s / base.images_per_s, 2) if base else "–",
-            fmt(r.p50_ms, 2), fmt(r.extra.get("server_cpu_ms_per_image", math.nan), 2),
+            fmt(r.p50_ms, 2), str(r.errors), fmt(r.extra.get("server_cpu_ms_per_image", math.nan), 2),
         ]) + " |")
     return "\n".join(lines)
 

@@ -126,7 +126,7 @@ class DataPlane:
         self.parser = ThreadPoolExecutor(1, thread_name_prefix="parse")
         self.images = ImagePreparer(
             self.pool, max_pixels=settings.max_image_pixels,
-            budget=DecodeBudget(int(settings.decode_budget_bytes)),
+            budget=DecodeBudget(int(settings.decode_budget_bytes), settings.decode_budget_wait_s),
             max_request_bytes=int(settings.max_request_decode_bytes),
         )
 

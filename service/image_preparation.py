@@ -14,6 +14,7 @@ import asyncio
 import functools
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -46,12 +47,21 @@ class _Prepared:
 class DecodeBudget:
     """Bytes of decoding memory in flight over every request of the process: reserved on the
     event loop before a request's images are decoded, given back by each image as its
-    decode ends, on whichever thread that is."""
+    decode ends, on whichever thread that is.
 
-    def __init__(self, capacity: int) -> None:
+    A request that does not fit waits up to ``wait_s`` for the bytes to come back, first
+    come first served among the waiters: camera photos arriving in a burst are decoded a few
+    at a time instead of half of them being told to retry (a 4K PNG takes 66 MB, so the
+    default budget holds 8 at once, more than 2 cores decode anyway). A request that fits
+    goes at once, even past waiters: a small image is never held behind large ones; a large
+    one that cannot get its bytes within ``wait_s`` is answered 503."""
+
+    def __init__(self, capacity: int, wait_s: float = 0.0) -> None:
         self.capacity = capacity
+        self.wait_s = wait_s
         self.in_flight = 0
         self._lock = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()
 
     def reserve(self, amount: int) -> bool:
         with self._lock:
@@ -60,9 +70,59 @@ class DecodeBudget:
             self.in_flight += amount
             return True
 
+    async def acquire(self, amount: int) -> bool:
+        """Reserve ``amount``, waiting up to ``wait_s`` for it; False when it did not come."""
+        if self.reserve(amount):
+            return True
+        if self.wait_s <= 0 or amount > self.capacity:
+            return False
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(amount, loop, loop.create_future())
+        with self._lock:
+            self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter.granted, self.wait_s)
+        except TimeoutError:
+            self._forget(waiter)
+            return False
+        except asyncio.CancelledError:  # the client went away while it waited
+            self._forget(waiter)
+            raise
+        return True
+
+    def _forget(self, waiter: _Waiter) -> None:
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                return
+        if waiter.granted.done() and not waiter.granted.cancelled():
+            self.release(waiter.amount)  # granted just before it gave up
+        else:
+            waiter.granted.cancel()  # the grant still on its way to the loop gives the bytes back
+
     def release(self, amount: int) -> None:
         with self._lock:
             self.in_flight -= amount
+            granted = []
+            while self._waiters and self.in_flight + self._waiters[0].amount <= self.capacity:
+                waiter = self._waiters.popleft()
+                self.in_flight += waiter.amount
+                granted.append(waiter)
+        for waiter in granted:  # release runs on decode threads too: futures are the loop's
+            waiter.loop.call_soon_threadsafe(self._grant, waiter)
+
+    def _grant(self, waiter: _Waiter) -> None:
+        if waiter.granted.done():  # the waiter gave up (timed out, or its client went away)
+            self.release(waiter.amount)
+        else:
+            waiter.granted.set_result(None)
+
+
+@dataclass(eq=False)
+class _Waiter:
+    amount: int
+    loop: asyncio.AbstractEventLoop
+    granted: asyncio.Future[None]
 
 
 class ImagePreparer:
@@ -85,7 +145,7 @@ class ImagePreparer:
             reduce_on_decode(image, spec)  # first: the decode is counted at the size it will have
             opened.append((image, time.perf_counter() - started))
         costs = [decode_cost(image, spec.mode) for image, _ in opened]
-        self._reserve(sum(costs))
+        await self._reserve(sum(costs))
         loop = asyncio.get_running_loop()
         pending: list[asyncio.Future[_Prepared]] = []
         handed = 0  # bytes whose release is now up to a finished (or cancelled) decode
@@ -117,18 +177,19 @@ class ImagePreparer:
             preprocess_seconds=sum(r.preprocess_seconds for r in results),
         )
 
-    def _reserve(self, total: int) -> None:
+    async def _reserve(self, total: int) -> None:
         if total > self.max_request_bytes:
             raise PayloadTooLarge(
                 f"decoding this request's images takes about {total} bytes of memory; the limit is "
                 f"{self.max_request_bytes} (CONVSCOPE_MAX_REQUEST_DECODE_BYTES): send fewer or smaller "
                 "images, or 8-bit ones (a 16-bit image takes 13 bytes a pixel, an 8-bit RGB one 8)"
             )
-        if not self.budget.reserve(total):
+        if not await self.budget.acquire(total):
             raise Overloaded(
                 f"decoding this request's images takes about {total} bytes of memory and "
                 f"{self.budget.in_flight} of the {self.budget.capacity} bytes the server decodes at once "
-                "(CONVSCOPE_DECODE_BUDGET_BYTES) are taken: retry shortly"
+                f"(CONVSCOPE_DECODE_BUDGET_BYTES) stayed taken for {self.budget.wait_s:g} s "
+                "(CONVSCOPE_DECODE_BUDGET_WAIT_S): retry shortly"
             )
 
 

@@ -124,8 +124,13 @@ class Settings(BaseSettings):
     decode_budget_bytes: Bytes = ByteSize(512 * 1024 * 1024)
     """Memory that decoding images may take at once, over every request of a worker process:
     each request reserves what its images need decoded and converted (counted from their
-    headers, before any pixel is decoded) and gets 503 with Retry-After when the rest of the
-    budget is too small. Bytes, or with a unit: ``512MiB``."""
+    headers, before any pixel is decoded), waits for it up to decode_budget_wait_s when the
+    rest of the budget is too small, then gets 503 with Retry-After. Bytes, or with a unit:
+    ``512MiB``."""
+
+    decode_budget_wait_s: float = Field(5.0, ge=0.0, le=600.0)
+    """Longest a request waits for its share of the decode budget before its 503 (0: none).
+    Waiters are served first come first served; a request that fits goes at once."""
 
     max_request_decode_bytes: Bytes = ByteSize(256 * 1024 * 1024)
     """Memory the images of one request may need decoded and converted (a 16-bit PNG needs

@@ -328,7 +328,7 @@ def test_the_decode_budget_answers_503_while_a_small_predict_succeeds(
     finish = Gate(image_preparation._finish, lambda image, *_: image.width > 64)
     monkeypatch.setattr(image_preparation, "_finish", finish)
     settings = Settings(model_repository=tmp_path, decode_budget_bytes=2 * 1024 * 1024,
-                        max_request_decode_bytes=1536 * 1024)
+                        max_request_decode_bytes=1536 * 1024, decode_budget_wait_s=0.5)
     first: dict[str, int] = {}
     with in_process(settings) as (url, _):
         worker = threading.Thread(target=lambda: first.update(
@@ -341,7 +341,8 @@ def test_the_decode_budget_answers_503_while_a_small_predict_succeeds(
         finish.release.set()
         worker.join(30)
     assert second.status_code == 503 and second.headers["retry-after"] == "1"
-    assert "CONVSCOPE_DECODE_BUDGET_BYTES" in second.json()["error"]
+    assert "CONVSCOPE_DECODE_BUDGET_BYTES" in second.json()["error"]  # after its 0.5 s wait
+    assert "CONVSCOPE_DECODE_BUDGET_WAIT_S" in second.json()["error"]
     assert small.status_code == 200
     assert two.status_code == 413 and "CONVSCOPE_MAX_REQUEST_DECODE_BYTES" in two.json()["error"]
     assert first == {"status": 200}

@@ -3,6 +3,7 @@ every request in flight (the decode budget)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -77,3 +78,78 @@ async def test_a_corrupt_image_gives_the_whole_reservation_back(pool: ThreadPool
         await images.prepare(GREY, [BIG16, truncated])
     pool.shutdown(wait=True)  # the other image's decode has ended too
     assert images.budget.in_flight == 0
+
+
+def waiting(pool: ThreadPoolExecutor, budget: int, wait_s: float) -> ImagePreparer:
+    return ImagePreparer(pool, max_pixels=10**8, budget=DecodeBudget(budget, wait_s), max_request_bytes=budget)
+
+
+@pytest.mark.anyio
+async def test_a_request_waits_for_its_share_and_is_decoded_when_it_comes_back(pool: ThreadPoolExecutor) -> None:
+    images = waiting(pool, budget=200_000, wait_s=30)
+    assert images.budget.reserve(150_000)  # another request's decodes in flight
+    pending = asyncio.ensure_future(images.prepare(GREY, [BIG16]))  # 130 000 bytes: does not fit
+    await asyncio.sleep(0.05)
+    assert not pending.done()
+    small = await images.prepare(GREY, [encoded(np.zeros((8, 8), np.uint8))])  # fits: goes past the waiter
+    assert small.tensor.shape == (1, 1, 8, 8)
+    images.budget.release(150_000)  # on the loop here; decode threads release the same way
+    prepared = await asyncio.wait_for(pending, 10)
+    assert prepared.tensor.shape == (1, 1, 8, 8)
+    assert images.budget.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_waiters_are_served_in_arrival_order() -> None:
+    budget = DecodeBudget(100, wait_s=30)
+    assert budget.reserve(100)
+    order: list[str] = []
+
+    async def want(name: str, amount: int) -> None:
+        assert await budget.acquire(amount)
+        order.append(name)
+
+    first = asyncio.ensure_future(want("first", 80))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(want("second", 20))
+    await asyncio.sleep(0.01)
+    budget.release(100)
+    await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert order == ["first", "second"] and budget.in_flight == 100
+
+
+@pytest.mark.anyio
+async def test_a_wait_that_runs_out_is_a_503_naming_both_settings(pool: ThreadPoolExecutor) -> None:
+    images = waiting(pool, budget=200_000, wait_s=0.1)
+    assert images.budget.reserve(150_000)
+    with pytest.raises(Overloaded, match="CONVSCOPE_DECODE_BUDGET_BYTES.*stayed taken for 0.1 s.*WAIT_S"):
+        await images.prepare(GREY, [BIG16])
+    images.budget.release(150_000)
+    assert images.budget.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_a_waiter_whose_client_goes_away_leaves_nothing_reserved() -> None:
+    budget = DecodeBudget(100, wait_s=30)
+    assert budget.reserve(100)
+    waiter = asyncio.ensure_future(budget.acquire(60))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    budget.release(100)
+    assert budget.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_a_grant_that_arrives_as_the_waiter_leaves_is_given_back() -> None:
+    budget = DecodeBudget(100, wait_s=30)
+    assert budget.reserve(100)
+    waiter = asyncio.ensure_future(budget.acquire(60))
+    await asyncio.sleep(0.01)
+    waiter.cancel()  # its client went away ...
+    budget.release(100)  # ... and a decode thread grants it the 60 bytes before the loop has seen that
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.sleep(0.01)  # the grant reaches the loop and finds no one
+    assert budget.in_flight == 0

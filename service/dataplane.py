@@ -268,15 +268,8 @@ class DataPlane:
     def filters_png(model: ServedModel, layer: str, state: str = "trained") -> tuple[bytes, dict[str, Any]]:
         """A conv layer's kernels as a picture: as trained, or as initialised before training."""
         runtime = model.runtime
-        if layer not in runtime.layer_names:
-            raise UnknownLayer(runtime.name, layer, runtime.layer_names)
-        if layer not in runtime.filters:
-            with_filters = [n for n in runtime.layer_names if n in runtime.filters]
-            raise NotFound(
-                f"layer {layer!r} of model {runtime.name} has no filters of its own (it is not a conv "
-                f"layer); layers with filters: {', '.join(with_filters) or '(none)'}"
-            )
-        weights = runtime.filters[layer] if state == "trained" else runtime.initial_filters.get(layer)
+        trained = runtime.trained_filters(layer)
+        weights = trained if state == "trained" else runtime.initial_filters.get(layer)
         if weights is None:
             raise NotFound(
                 f"model {runtime.name} version {runtime.version} has no record of its filters before "

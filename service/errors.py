@@ -72,6 +72,18 @@ class UnknownLayer(NotFound):
         super().__init__(one_of("layer", layer, valid) + f" (model {model})")
 
 
+class NoFilters(NotFound):
+    """A layer with no kernels of its own (a ReLU, a pool): its channels come from the layer
+    before it."""
+
+    def __init__(self, model: str, layer: str, with_filters: Iterable[str]) -> None:
+        super().__init__(
+            f"layer {layer!r} of model {model} has no filters of its own (it is not a conv layer: each of "
+            f"its channels comes from the layer before it); layers with filters: "
+            f"{', '.join(with_filters) or '(none)'}"
+        )
+
+
 class ModelFailed(ServiceError):
     """The served model (or the server's replay of part of it) misbehaved: a server-side
     fault, said plainly, never blamed on the request."""

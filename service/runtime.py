@@ -47,6 +47,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from service.errors import NoFilters, UnknownLayer
 from service.explain import ExplainableModel, describe
 from service.preprocessing import REDUCING_GAP, InputSpec
 from service.repository import Artifact
@@ -178,6 +179,14 @@ class ModelRuntime:
     @property
     def metadata(self) -> dict[str, Any]:
         return self.artifact.metadata
+
+    def trained_filters(self, layer: str) -> np.ndarray:
+        """The kernels of ``layer`` as trained; 404s name the valid layers, or those with filters."""
+        if layer not in self.layer_names:
+            raise UnknownLayer(self.name, layer, self.layer_names)
+        if layer not in self.filters:
+            raise NoFilters(self.name, layer, [n for n in self.layer_names if n in self.filters])
+        return self.filters[layer]
 
     def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
         """Run one batch; ``outputs`` names what to return, in that order.

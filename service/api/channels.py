@@ -34,7 +34,7 @@ from service.api.responses import FastJSONResponse as JSONResponse
 from service.api.v1 import LayerName, ModelName, Version
 from service.channel_view import MEDIA_TYPE, ChannelView
 from service.dataplane import DataPlane
-from service.errors import NotFound, UnknownLayer
+from service.errors import NotFound
 from service.registry import ServedModel
 
 router = APIRouter(tags=["channels"], dependencies=[auth.INFER])
@@ -274,16 +274,7 @@ def channel_filter(model: ServedModel, layer: str, channel: int) -> dict[str, An
     """The kernel that made one channel, as trained and (where recorded) before training:
     a person can read one filter of a deep layer, never all of them at once."""
     runtime = model.runtime
-    if layer not in runtime.layer_names:
-        raise UnknownLayer(runtime.name, layer, runtime.layer_names)
-    if layer not in runtime.filters:
-        with_filters = [n for n in runtime.layer_names if n in runtime.filters]
-        raise NotFound(
-            f"layer {layer!r} of model {runtime.name} has no filters of its own (it is not a conv layer: "
-            f"each of its channels comes from the layer before it); layers with filters: "
-            f"{', '.join(with_filters) or '(none)'}"
-        )
-    trained = runtime.filters[layer]
+    trained = runtime.trained_filters(layer)
     if not 0 <= channel < trained.shape[0]:
         raise NotFound(f"layer {layer!r} of model {runtime.name} has {trained.shape[0]} channels; "
                        f"valid: 0..{trained.shape[0] - 1}, not {channel}")

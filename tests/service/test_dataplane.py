@@ -19,7 +19,7 @@ from service.errors import BadRequest, ModelOutputNotFinite, NotFound, PayloadTo
 from service.metrics import Metrics
 from service.preprocessing import InputSpec
 from service.registry import ModelRegistry, ServedModel
-from service.runtime import CPU, RuntimeOptions
+from service.runtime import CPU, ModelRuntime, RuntimeOptions
 from service.settings import Settings
 from service.signature import LayerSignature, ModelSignature
 from tests.service.conftest import png_bytes
@@ -43,6 +43,7 @@ class FakeRuntime:
     poison: bool = False
     arriving_seen: list[int] = field(default_factory=list)
     batcher: DynamicBatcher | None = None
+    trained_filters = ModelRuntime.trained_filters  # the real lookup, on these fields
 
     def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
         total = batch.reshape(batch.shape[0], -1).sum(axis=1)

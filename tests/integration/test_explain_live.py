@@ -21,11 +21,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
-from service.app import create_app
 from service.registry import ModelRegistry
 from service.settings import Settings
+from tests.integration.conftest import in_process
 from tests.service.conftest import png_bytes
 from tests.service.synthetic import write_artifact
 
@@ -54,19 +53,8 @@ class HeldModel:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, ModelRegistry]]:
     write_artifact(tmp_path, "synthetic", 1)
-    app = create_app(Settings(model_repository=tmp_path, max_batch_size=4))
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not (server.started and app.state.registry.load_finished):
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"127.0.0.1:{port}", app.state.registry
-    server.should_exit = True
-    thread.join(10)
+    with in_process(Settings(model_repository=tmp_path, max_batch_size=4)) as (url, app):
+        yield url.removeprefix("http://"), app.state.registry
 
 
 def wait_until(condition: object, what: str) -> None:

@@ -67,8 +67,12 @@ def uniform_map_note(saliency: np.ndarray, method: str) -> str | None:
     if not is_uniform(saliency):
         return None
     if not saliency.any():
+        # Classic Grad-CAM's usual way to an empty map is averaging away the gradients a
+        # dense head gives each position (TinyVGG on digits: 30 of 30): HiResCAM keeps them.
+        instead = ("try hires-cam, which keeps each position's gradient where grad-cam averages them, "
+                   "or occlusion") if method == "grad-cam" else "try another method"
         return (f"the map is empty: {method} found no evidence for the target in this image "
-                "(no positive importance anywhere); try another method")
+                f"(no positive importance anywhere); {instead}")
     return f"the map is uniform: {method} ranks no part of the image above another"
 
 

@@ -227,3 +227,4 @@ def test_classic_grad_cam_finds_no_evidence_on_tinyvggs_dense_head(server: LiveS
     assert len(empty) == DIGITS and wins == 0
     for answer in empty:
         assert answer["faithfulness"]["beats_random"] is False and "chance" in answer["faithfulness"]["note"]
+        assert "try hires-cam" in answer["note"]  # the method that does meet the bar here

@@ -78,6 +78,7 @@ async def test_a_target_with_no_evidence_in_the_image_gets_an_empty_map_said_so(
     result = await explainer.run(plan, km.image(), km.OrtForward(proto))
     assert not result.map.any()  # class 2's logit is a constant: nothing in the image matters
     assert result.note is not None and result.note.startswith("the map is empty")
+    assert ("try hires-cam" in result.note) == (method == "grad-cam")
     measured = await explainer.run(explainer.plan(ExplainRequest(method=method, target="none")), km.image(),
                                    km.OrtForward(proto))
     scores = measured.faithfulness

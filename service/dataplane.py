@@ -35,8 +35,8 @@ from service.errors import (
     UnknownLayer,
 )
 from service.explain import METHODS, ExplainRequest, Explanation, default_method
-from service.image_preparation import DecodeBudget, ImagePreparer
-from service.metrics import ExplainOutcome
+from service.image_preparation import BudgetObserver, DecodeBudget, ImagePreparer, WaitOutcome
+from service.metrics import ExplainOutcome, Metrics
 from service.registry import ModelRegistry, ServedModel
 from service.settings import Settings
 from service.signature import ModelSignature
@@ -115,6 +115,19 @@ class ExplainResult:
     engine_seconds: float
 
 
+class BudgetMetrics(BudgetObserver):
+    """The decode budget's reports, as metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def in_flight(self, amount: int) -> None:
+        self.metrics.decode_in_flight.set(amount)
+
+    def waited(self, outcome: WaitOutcome) -> None:
+        self.metrics.decode_waits.labels(outcome.value).inc()
+
+
 class DataPlane:
     def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
         self.settings = settings
@@ -126,7 +139,8 @@ class DataPlane:
         self.parser = ThreadPoolExecutor(1, thread_name_prefix="parse")
         self.images = ImagePreparer(
             self.pool, max_pixels=settings.max_image_pixels,
-            budget=DecodeBudget(int(settings.decode_budget_bytes), settings.decode_budget_wait_s),
+            budget=DecodeBudget(int(settings.decode_budget_bytes), settings.decode_budget_wait_s,
+                                BudgetMetrics(registry.metrics)),
             max_request_bytes=int(settings.max_request_decode_bytes),
         )
 

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,10 +57,11 @@ class DecodeBudget:
     goes at once, even past waiters: a small image is never held behind large ones; a large
     one that cannot get its bytes within ``wait_s`` is answered 503."""
 
-    def __init__(self, capacity: int, wait_s: float = 0.0) -> None:
+    def __init__(self, capacity: int, wait_s: float = 0.0, observer: BudgetObserver | None = None) -> None:
         self.capacity = capacity
         self.wait_s = wait_s
         self.in_flight = 0
+        self.observer = observer or BudgetObserver()
         self._lock = threading.Lock()
         self._waiters: deque[_Waiter] = deque()
 
@@ -67,7 +69,7 @@ class DecodeBudget:
         with self._lock:
             if self.in_flight + amount > self.capacity:
                 return False
-            self.in_flight += amount
+            self._add(amount)
             return True
 
     async def acquire(self, amount: int) -> bool:
@@ -75,6 +77,7 @@ class DecodeBudget:
         if self.reserve(amount):
             return True
         if self.wait_s <= 0 or amount > self.capacity:
+            self.observer.waited(WaitOutcome.REFUSED)
             return False
         loop = asyncio.get_running_loop()
         waiter = _Waiter(amount, loop, loop.create_future())
@@ -84,11 +87,19 @@ class DecodeBudget:
             await asyncio.wait_for(waiter.granted, self.wait_s)
         except TimeoutError:
             self._forget(waiter)
+            self.observer.waited(WaitOutcome.REFUSED)
             return False
         except asyncio.CancelledError:  # the client went away while it waited
             self._forget(waiter)
+            self.observer.waited(WaitOutcome.GONE)
             raise
+        self.observer.waited(WaitOutcome.GRANTED)
         return True
+
+    def _add(self, amount: int) -> None:
+        """Under the lock."""
+        self.in_flight += amount
+        self.observer.in_flight(self.in_flight)
 
     def _forget(self, waiter: _Waiter) -> None:
         with self._lock:
@@ -102,11 +113,11 @@ class DecodeBudget:
 
     def release(self, amount: int) -> None:
         with self._lock:
-            self.in_flight -= amount
+            self._add(-amount)
             granted = []
             while self._waiters and self.in_flight + self._waiters[0].amount <= self.capacity:
                 waiter = self._waiters.popleft()
-                self.in_flight += waiter.amount
+                self._add(waiter.amount)
                 granted.append(waiter)
         for waiter in granted:  # release runs on decode threads too: futures are the loop's
             waiter.loop.call_soon_threadsafe(self._grant, waiter)
@@ -116,6 +127,25 @@ class DecodeBudget:
             self.release(waiter.amount)
         else:
             waiter.granted.set_result(None)
+
+
+class WaitOutcome(Enum):
+    """How a request that did not fit the budget at once fared."""
+
+    GRANTED = "granted"  # its share came back within the wait
+    REFUSED = "refused"  # it did not (or there was no wait): 503
+    GONE = "gone"  # its client went away while it waited
+
+
+class BudgetObserver:
+    """What the budget reports, for the metrics; this one reports nowhere. Called under the
+    budget's lock and from decode threads: implementations must be quick and thread-safe."""
+
+    def in_flight(self, amount: int) -> None:
+        pass
+
+    def waited(self, outcome: WaitOutcome) -> None:
+        pass
 
 
 @dataclass(eq=False)

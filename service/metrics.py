@@ -92,6 +92,16 @@ class Metrics:
             "convscope_http_connections", "Open client connections (CONVSCOPE_MAX_CONNECTIONS is per worker).",
             registry=r, multiprocess_mode="livesum",
         )
+        # The decode budget (CONVSCOPE_DECODE_BUDGET_BYTES is per worker, as these are).
+        self.decode_in_flight = Gauge(
+            "convscope_decode_bytes_in_flight", "Bytes of decoding memory reserved by requests being decoded "
+            "(CONVSCOPE_DECODE_BUDGET_BYTES bounds it per worker).", registry=r, multiprocess_mode="livesum",
+        )
+        self.decode_waits = Counter(
+            "convscope_decode_budget_waits", "Requests that did not fit the decode budget at once, by outcome: "
+            "granted (within CONVSCOPE_DECODE_BUDGET_WAIT_S), refused (503), gone (the client left while it "
+            "waited).", ["outcome"], registry=r,
+        )
         self.models_failed = Gauge(
             "convscope_models_failed", "Model versions that failed to load.", registry=r,
             multiprocess_mode="max",

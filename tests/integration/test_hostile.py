@@ -340,7 +340,10 @@ def test_the_decode_budget_answers_503_while_a_small_predict_succeeds(
         two = httpx.post(url + "/predict", files=[("image", big), ("image", big)], timeout=10)
         finish.release.set()
         worker.join(30)
+        metrics = httpx.get(url + "/metrics", timeout=10).text
     assert second.status_code == 503 and second.headers["retry-after"] == "1"
+    assert 'convscope_decode_budget_waits_total{outcome="refused"} 1.0' in metrics
+    assert "convscope_decode_bytes_in_flight 0.0" in metrics  # every reservation given back
     assert "CONVSCOPE_DECODE_BUDGET_BYTES" in second.json()["error"]  # after its 0.5 s wait
     assert "CONVSCOPE_DECODE_BUDGET_WAIT_S" in second.json()["error"]
     assert small.status_code == 200

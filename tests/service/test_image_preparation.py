@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from service.errors import BadRequest, Overloaded, PayloadTooLarge
-from service.image_preparation import DecodeBudget, ImagePreparer
+from service.image_preparation import BudgetObserver, DecodeBudget, ImagePreparer, WaitOutcome
 from service.preprocessing import InputSpec, decode_cost, open_checked
 
 GREY = InputSpec.from_metadata({"channels": 1, "size": [8, 8], "resize": "bilinear", "scale": 1 / 255,
@@ -153,3 +153,35 @@ async def test_a_grant_that_arrives_as_the_waiter_leaves_is_given_back() -> None
         await waiter
     await asyncio.sleep(0.01)  # the grant reaches the loop and finds no one
     assert budget.in_flight == 0
+
+
+class Recorder(BudgetObserver):
+    def __init__(self) -> None:
+        self.levels: list[int] = []
+        self.outcomes: list[WaitOutcome] = []
+
+    def in_flight(self, amount: int) -> None:
+        self.levels.append(amount)
+
+    def waited(self, outcome: WaitOutcome) -> None:
+        self.outcomes.append(outcome)
+
+
+@pytest.mark.anyio
+async def test_the_budget_reports_what_it_holds_and_how_each_wait_ended() -> None:
+    seen = Recorder()
+    budget = DecodeBudget(100, wait_s=0.05, observer=seen)
+    assert budget.reserve(70)
+    assert not await budget.acquire(40)  # the wait runs out
+    gone = asyncio.ensure_future(budget.acquire(40))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    granted = asyncio.ensure_future(budget.acquire(40))
+    await asyncio.sleep(0.01)
+    budget.release(70)
+    assert await asyncio.wait_for(granted, 10)
+    budget.release(40)
+    assert seen.outcomes == [WaitOutcome.REFUSED, WaitOutcome.GONE, WaitOutcome.GRANTED]
+    assert seen.levels == [70, 0, 40, 0]

@@ -202,8 +202,11 @@ class DataPlane:
         self.check_count(inputs.count)
         timings = Timings()
         if isinstance(inputs, ImageInputs):
-            with model.batcher.arriving(inputs.count):
-                prepared = await self.images.prepare(model.runtime.spec, inputs.images)
+            # Waiting for the decode budget is not arriving: a batch would wait for images
+            # that nobody is decoding yet.
+            admission = await self.images.admit(model.runtime.spec, inputs.images)
+            with admission, model.batcher.arriving(inputs.count):
+                prepared = await admission.decode()
             tensor = prepared.tensor
             timings.decode, timings.preprocess = prepared.decode_seconds, prepared.preprocess_seconds
         else:

@@ -5,7 +5,9 @@ a decompression bomb). An image of more than INLINE_PIXELS is decoded and prepro
 worker thread; a smaller one (a 28 px digit) right on the loop, where it costs less than
 the hand-off would. The memory decoding takes is known from the headers too
 (preprocessing.decode_cost) and bounded before any pixel is decoded: per request (413) and
-over every request in flight (the decode budget: 503 with Retry-After when it is spent).
+over every request in flight (the decode budget: a request waits for its share, then
+503 with Retry-After). ``admit`` does the headers and the budget, ``Admission.decode`` the
+pixels, so the data plane can count an image as arriving only once it is being decoded.
 """
 
 from __future__ import annotations
@@ -168,6 +170,14 @@ class ImagePreparer:
         self.max_request_bytes = max_request_bytes
 
     async def prepare(self, spec: InputSpec, images: list[bytes]) -> PreparedImages:
+        admission = await self.admit(spec, images)
+        with admission:
+            return await admission.decode()
+
+    async def admit(self, spec: InputSpec, images: list[bytes]) -> Admission:
+        """Read the images' headers and reserve the memory their decoding takes (waiting
+        for it if need be). Use the answer as a context manager: what it did not hand to a
+        decode is given back on leaving it, however it is left."""
         opened: list[tuple[Image.Image, float]] = []
         for data in images:
             started = time.perf_counter()
@@ -176,36 +186,7 @@ class ImagePreparer:
             opened.append((image, time.perf_counter() - started))
         costs = [decode_cost(image, spec.mode) for image, _ in opened]
         await self._reserve(sum(costs))
-        loop = asyncio.get_running_loop()
-        pending: list[asyncio.Future[_Prepared]] = []
-        handed = 0  # bytes whose release is now up to a finished (or cancelled) decode
-        try:
-            for (image, header_seconds), cost in zip(opened, costs):
-                if image.width * image.height <= INLINE_PIXELS:
-                    done: asyncio.Future[_Prepared] = loop.create_future()
-                    handed += cost
-                    try:
-                        done.set_result(_finish(image, spec, header_seconds))
-                    finally:
-                        self.budget.release(cost)
-                    pending.append(done)
-                else:
-                    job = self.pool.submit(_finish, image, spec, header_seconds)
-                    handed += cost
-                    job.add_done_callback(functools.partial(_give_back, self.budget, cost))
-                    pending.append(asyncio.wrap_future(job))
-        except BaseException:
-            self.budget.release(sum(costs) - handed)
-            for future in pending:
-                future.cancel()  # a queued decode is dropped, and gives its bytes back
-            raise
-        results = await asyncio.gather(*pending)
-        tensor = results[0].tensor[None] if len(results) == 1 else np.stack([r.tensor for r in results])
-        return PreparedImages(
-            tensor=tensor,
-            decode_seconds=sum(r.decode_seconds for r in results),
-            preprocess_seconds=sum(r.preprocess_seconds for r in results),
-        )
+        return Admission(self.pool, self.budget, spec, opened, costs)
 
     async def _reserve(self, total: int) -> None:
         if total > self.max_request_bytes:
@@ -221,6 +202,58 @@ class ImagePreparer:
                 f"(CONVSCOPE_DECODE_BUDGET_BYTES) stayed taken for {self.budget.wait_s:g} s "
                 "(CONVSCOPE_DECODE_BUDGET_WAIT_S): retry shortly"
             )
+
+
+class Admission:
+    """A request's images, their headers read and their decoding memory reserved: waiting
+    for the budget is over, decoding has not begun. The data plane decodes them inside the
+    batcher's ``arriving()``, which should count only images being decoded."""
+
+    def __init__(self, pool: ThreadPoolExecutor, budget: DecodeBudget, spec: InputSpec,
+                 opened: list[tuple[Image.Image, float]], costs: list[int]) -> None:
+        self.pool = pool
+        self.budget = budget
+        self.spec = spec
+        self.opened = opened
+        self.costs = costs
+        self.handed = 0  # bytes whose release is now up to a finished (or cancelled) decode
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.budget.release(sum(self.costs) - self.handed)
+        self.handed = sum(self.costs)
+
+    async def decode(self) -> PreparedImages:
+        loop = asyncio.get_running_loop()
+        pending: list[asyncio.Future[_Prepared]] = []
+        try:
+            for (image, header_seconds), cost in zip(self.opened, self.costs):
+                if image.width * image.height <= INLINE_PIXELS:
+                    done: asyncio.Future[_Prepared] = loop.create_future()
+                    self.handed += cost
+                    try:
+                        done.set_result(_finish(image, self.spec, header_seconds))
+                    finally:
+                        self.budget.release(cost)
+                    pending.append(done)
+                else:
+                    job = self.pool.submit(_finish, image, self.spec, header_seconds)
+                    self.handed += cost
+                    job.add_done_callback(functools.partial(_give_back, self.budget, cost))
+                    pending.append(asyncio.wrap_future(job))
+        except BaseException:
+            for future in pending:
+                future.cancel()  # a queued decode is dropped, and gives its bytes back
+            raise
+        results = await asyncio.gather(*pending)
+        tensor = results[0].tensor[None] if len(results) == 1 else np.stack([r.tensor for r in results])
+        return PreparedImages(
+            tensor=tensor,
+            decode_seconds=sum(r.decode_seconds for r in results),
+            preprocess_seconds=sum(r.preprocess_seconds for r in results),
+        )
 
 
 def _give_back(budget: DecodeBudget, cost: int, _: Future[_Prepared]) -> None:

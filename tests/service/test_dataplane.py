@@ -3,6 +3,7 @@ the limits, the layer rule, the model-fault check. No onnxruntime, no HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,6 @@ class FakeRuntime:
     filters: dict[str, np.ndarray] = field(default_factory=lambda: {"conv": np.ones((2, 1, 3, 3), np.float32)})
     initial_filters: dict[str, np.ndarray] = field(default_factory=dict)
     poison: bool = False
-    arriving_seen: list[int] = field(default_factory=list)
     batcher: DynamicBatcher | None = None
     trained_filters = ModelRuntime.trained_filters  # the real lookup, on these fields
 
@@ -79,6 +79,20 @@ async def test_images_run_with_their_outputs_and_timings(plane: Any) -> None:
     assert result.outputs["logits"][:, 0].tolist() == pytest.approx([16.0, 0.0])
     assert result.outputs["pool"].shape == (2, 2, 2, 2)
     assert result.timings.decode > 0 and result.timings.inference > 0
+
+
+@pytest.mark.anyio
+async def test_a_request_waiting_for_the_decode_budget_is_not_yet_arriving(plane: Any) -> None:
+    data_plane, model, _ = plane
+    budget = data_plane.images.budget
+    assert budget.reserve(budget.capacity)  # every byte held by other requests' decodes
+    pending = asyncio.ensure_future(data_plane.run(model, ImageInputs([image(3)]), ("logits",)))
+    await asyncio.sleep(0.05)
+    # A batch may wait for images being decoded; none is, this one only waits for memory.
+    assert not pending.done() and model.batcher._arriving == 0
+    budget.release(budget.capacity)
+    result = await asyncio.wait_for(pending, 10)
+    assert result.outputs["logits"].shape == (1, 2) and budget.in_flight == 0
 
 
 @pytest.mark.anyio

@@ -12,7 +12,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -75,3 +77,23 @@ def in_process(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+class HeldModel:
+    """Wraps a runtime so a test can hold the model still: every run waits (up to
+    ``wait_s``) until ``release`` is set, and ``runs`` records ``label(batch)`` of each."""
+
+    def __init__(self, inner: object, label: Callable[[np.ndarray], Any] = lambda batch: batch.shape[0],
+                 wait_s: float = 20.0) -> None:
+        self.inner = inner
+        self.label = label
+        self.wait_s = wait_s
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.runs: list[Any] = []
+
+    def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
+        self.entered.set()
+        self.release.wait(self.wait_s)
+        self.runs.append(self.label(batch))
+        return self.inner.run(batch, outputs)  # type: ignore[attr-defined,no-any-return]

@@ -17,25 +17,9 @@ import pytest
 
 from service.registry import ModelRegistry
 from service.settings import Settings
-from tests.integration.conftest import in_process
+from tests.integration.conftest import HeldModel, in_process
 from tests.service.conftest import png_bytes
 from tests.service.synthetic import write_artifact
-
-
-class HeldModel:
-    """Wraps a runtime; the first run waits until the test releases it."""
-
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.runs: list[int] = []
-
-    def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
-        self.entered.set()
-        self.release.wait(10)
-        self.runs.append(batch.shape[0])
-        return self.inner.run(batch, outputs)  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -59,7 +43,7 @@ def test_a_request_whose_client_left_never_reaches_the_model(
 ) -> None:
     address, registry = server
     batcher = registry.resolve("synthetic", 1).batcher
-    held = HeldModel(batcher.model)
+    held = HeldModel(batcher.model, wait_s=10)  # runs recorded as batch sizes
     batcher.model = held
     headers = {"content-type": content_type}
 

@@ -24,7 +24,7 @@ import pytest
 
 from service.registry import ModelRegistry
 from service.settings import Settings
-from tests.integration.conftest import in_process
+from tests.integration.conftest import HeldModel, in_process
 from tests.service.conftest import png_bytes
 from tests.service.synthetic import write_artifact
 
@@ -33,21 +33,10 @@ WHITE = png_bytes(np.full((8, 8), 255, dtype=np.uint8))
 WAIT = 20.0  # seconds: a bound on polling for a state that comes in milliseconds
 
 
-class HeldModel:
-    """Wraps a runtime; runs wait while ``release`` is clear. Records each run: "P" for a
-    prediction (a white image), "E" for an explanation pass."""
-
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.runs: list[tuple[str, int]] = []
-
-    def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
-        self.entered.set()
-        self.release.wait(WAIT)
-        self.runs.append(("P" if float(batch.max()) > 1.0 else "E", int(batch.shape[0])))
-        return self.inner.run(batch, outputs)  # type: ignore[attr-defined]
+def kind(batch: np.ndarray) -> tuple[str, int]:
+    """A run as ("P", size) for a prediction (a white image) or ("E", size) for an
+    explanation pass."""
+    return ("P" if float(batch.max()) > 1.0 else "E", int(batch.shape[0]))
 
 
 @pytest.fixture
@@ -81,7 +70,7 @@ def post_raw(address: str, path: str, body: bytes) -> socket.socket:
 def test_a_client_that_hangs_up_stops_its_explanations_passes(server: tuple[str, ModelRegistry]) -> None:
     address, registry = server
     batcher = registry.resolve("synthetic", 1).batcher
-    held = HeldModel(batcher.model)
+    held = HeldModel(batcher.model, kind, WAIT)
     batcher.model = held
     # Occlusion with its default grid and faithfulness: 1 + 36 + 58 passes, in batches of 4.
     raw = post_raw(address, "/explain?method=occlusion", BLACK)
@@ -100,7 +89,7 @@ def test_a_client_that_hangs_up_stops_its_explanations_passes(server: tuple[str,
 def test_predictions_queued_behind_explanation_batches_are_taken_first(server: tuple[str, ModelRegistry]) -> None:
     address, registry = server
     batcher = registry.resolve("synthetic", 1).batcher
-    held = HeldModel(batcher.model)
+    held = HeldModel(batcher.model, kind, WAIT)
     batcher.model = held
     results: dict[str, int] = {}
 

@@ -118,14 +118,20 @@ def reload_under_load(work: Path, clients: int, seconds: float) -> dict[str, Any
     }
 
 
-def memory_over_cycles(work: Path, cycles: int) -> dict[str, Any]:
-    repository = work / "memory"
+def alexnet_repository(work: Path, name: str) -> tuple[Path, bytes, str]:
+    """A fresh repository ``work/name`` holding AlexNet at 224 as version 1 (exported once),
+    and a 224 px body for it with its content type."""
+    repository = work / name
     shutil.rmtree(repository, ignore_errors=True)
     exported = export(work / "export", "alexnet", "alexnet224", "--epochs", "0")
     (repository / "alexnet224").mkdir(parents=True)
     shutil.copytree(exported, repository / "alexnet224" / "1")
     body_path, content_type = write_body(work / "bodies", "alexnet", 3, (224, 224))
-    body = body_path.read_bytes()
+    return repository, body_path.read_bytes(), content_type
+
+
+def memory_over_cycles(work: Path, cycles: int) -> dict[str, Any]:
+    repository, body, content_type = alexnet_repository(work, "memory")
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     with serve(repository, work / "logs" / "memory.log", api_keys=f"{ADMIN_KEY}:admin") as server:
         with httpx.Client(base_url=server.url, timeout=120, headers=admin) as client:
@@ -150,13 +156,7 @@ def memory_over_cycles(work: Path, cycles: int) -> dict[str, Any]:
 
 
 def drain(work: Path, clients: int) -> dict[str, Any]:
-    repository = work / "drain"
-    shutil.rmtree(repository, ignore_errors=True)
-    exported = export(work / "export", "alexnet", "alexnet224", "--epochs", "0")
-    (repository / "alexnet224").mkdir(parents=True)
-    shutil.copytree(exported, repository / "alexnet224" / "1")
-    body_path, content_type = write_body(work / "bodies", "alexnet", 3, (224, 224))
-    body = body_path.read_bytes()
+    repository, body, content_type = alexnet_repository(work, "drain")
     answers: list[tuple[float, int]] = []
     lost: list[str] = []
     log = work / "logs" / "drain.log"

@@ -63,7 +63,7 @@ def measure(bench_key: str, repository: Path, methods: Sequence[str], count: int
                                                   intra_op_threads=settings.intra_op_threads,
                                                   inter_op_threads=settings.inter_op_threads))
     started = time.perf_counter()
-    described = describe(artifact.metadata, artifact.model_path)
+    described = describe(artifact.name, artifact.metadata, artifact.model_path)
     describe_seconds = time.perf_counter() - started
     explainer = Explainer(described, max_passes=settings.max_explain_passes, batch_size=batch_size,
                           batch_seconds=batch_seconds)

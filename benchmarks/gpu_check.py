@@ -78,7 +78,7 @@ def load_reference(model_dir: Path) -> tuple[Any, Any]:
 
     ref = max((r for r in scan(model_dir.parent) if r.name == model_dir.name), key=lambda r: r.version)
     artifact = load_artifact(ref)
-    return artifact, InputSpec.from_metadata(artifact.metadata["input"])
+    return artifact, InputSpec.from_recipe(artifact.metadata.input)
 
 
 def sample_input(spec: Any) -> tuple[bytes, str, np.ndarray]:
@@ -121,9 +121,9 @@ def compare_outputs(url: str, artifact: Any, tensor: np.ndarray, tolerance: floa
     import onnxruntime as ort
 
     metadata = artifact.metadata
-    names = [metadata["output"]["name"], metadata["layers"][0]["name"]]
+    names = [metadata.output.name, metadata.layers[0].name]
     batch = tensor[None].astype(np.float32)
-    body = {"inputs": [{"name": metadata["input"]["name"], "datatype": "FP32", "shape": list(batch.shape),
+    body = {"inputs": [{"name": metadata.input.name, "datatype": "FP32", "shape": list(batch.shape),
                         "data": batch.ravel().tolist()}],
             "outputs": [{"name": n} for n in names]}
     response = httpx.post(f"{url}/v2/models/{artifact.name}/infer", json=body, timeout=120)
@@ -132,7 +132,7 @@ def compare_outputs(url: str, artifact: Any, tensor: np.ndarray, tolerance: floa
     served = {o["name"]: np.asarray(o["data"], dtype=np.float32).reshape(o["shape"])
               for o in response.json()["outputs"]}
     cpu = ort.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
-    reference = dict(zip(names, cpu.run(names, {metadata["input"]["name"]: batch})))
+    reference = dict(zip(names, cpu.run(names, {metadata.input.name: batch})))
     rows = []
     for name in names:
         ref, got = reference[name], served[name]

@@ -78,6 +78,7 @@ RUN pip install -r /tmp/requirements.txt
 
 # The code last: editing it rebuilds from here on only.
 COPY pyproject.toml /src/
+COPY artifact/ /src/artifact/
 COPY model_export/ /src/model_export/
 COPY service/ /src/service/
 RUN pip install --no-deps /src \

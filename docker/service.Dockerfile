@@ -52,6 +52,7 @@ RUN set -eu; \
 # ---- The project as a wheel: rebuilt on every code edit, small ---------------------------
 FROM deps AS wheel
 COPY pyproject.toml /src/
+COPY artifact/ /src/artifact/
 COPY service/ /src/service/
 COPY model_export/ /src/model_export/
 RUN pip wheel --no-deps --wheel-dir /wheels /src

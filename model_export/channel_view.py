@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from artifact import CHANNEL_VIEW_FILE, SAMPLES_FILE, ChannelViewRecord, Layer, SamplesRecord
+
 from .datasets import Split, subset_indices
 from .errors import ExportError
 from .geometry import Geometry, box
 from .preprocessing import InputSpec, preprocess, to_pixels
 
-CHANNEL_VIEW_FILE = "channel_view.npz"
-SAMPLES_FILE = "samples.npz"
 DEFAULT_TOP_K = 9
 # Held-out images ranked when --channel-images is not given. Small inputs: 1000 images
 # take seconds (tinyvgg, alexnet-small on Fashion-MNIST); at 224 px each image costs a
@@ -73,12 +73,12 @@ class _LayerTop:
     flat_position: np.ndarray  # (C, k) int64 index into the flattened map
 
     @classmethod
-    def empty(cls, layer: dict[str, Any], channels: int, k: int) -> _LayerTop:
-        geometry = Geometry(layer.get("receptive_field"), layer.get("stride"), layer.get("receptive_field_offset"))
+    def empty(cls, layer: Layer, channels: int, k: int) -> _LayerTop:
+        geometry = Geometry(layer.receptive_field, layer.stride, layer.receptive_field_offset)
         return cls(
-            layer["name"],
+            layer.name,
             geometry,
-            len(layer["output_shape"]) == 4,
+            len(layer.output_shape) == 4,
             np.full((channels, k), -np.inf, dtype=np.float32),
             np.full((channels, k), -1, dtype=np.int64),
             np.zeros((channels, k), dtype=np.int64),
@@ -158,7 +158,7 @@ def _session(model_path: Path, size: tuple[int, int]) -> Any:
 
 def _rank(
     model_path: Path,
-    layers: list[dict[str, Any]],
+    layers: list[Layer],
     pixels: list[np.ndarray],
     spec: InputSpec,
     top_k: int,
@@ -169,8 +169,8 @@ def _rank(
 
     session = _session(model_path, spec.size)
     input_name = session.get_inputs()[0].name
-    names = [layer["name"] for layer in layers]
-    tops = [_LayerTop.empty(layer, int(layer["output_shape"][1]), top_k) for layer in layers]
+    names = [layer.name for layer in layers]
+    tops = [_LayerTop.empty(layer, layer.output_shape[1], top_k) for layer in layers]
     image_bytes = spec.channels * spec.size[0] * spec.size[1] * 4
     batch = max(1, min(256, BATCH_BYTES // image_bytes))
     with tqdm(
@@ -232,14 +232,14 @@ class ViewOptions:
 class Stored:
     """What was written: metadata `channel_view` and `samples` (None: not stored)."""
 
-    channel_view: dict[str, Any] | None = None
-    samples: dict[str, Any] | None = None
+    channel_view: ChannelViewRecord | None = None
+    samples: SamplesRecord | None = None
 
 
 def write_views(
     directory: Path,
     model_path: Path,
-    layers: list[dict[str, Any]],
+    layers: list[Layer],
     spec: InputSpec,
     held_out: Split,
     classes: list[str],
@@ -266,7 +266,7 @@ def check_options(images: int | None, top_k: int) -> None:
 class _Table:
     """What is ranked: the tapped layers, over which held-out images."""
 
-    layers: list[dict[str, Any]]
+    layers: list[Layer]
     classes: list[str]
     indices: np.ndarray  # held-out indices of the ranked images
     ranked: Split
@@ -274,7 +274,7 @@ class _Table:
 
 def _write_channel_view(
     path: Path, model_path: Path, spec: InputSpec, table: _Table, options: ViewOptions
-) -> dict[str, Any]:
+) -> ChannelViewRecord:
     """Rank, store the tables and pictures at `path`; returns metadata `channel_view`."""
     started = time.perf_counter()
     layers, ranked = table.layers, table.ranked
@@ -283,14 +283,14 @@ def _write_channel_view(
     tops = _rank(model_path, layers, pixels, spec, top_k, options.progress)
     pictures = _Pictures(spec.size, pixels)
     arrays: dict[str, np.ndarray] = {
-        "layers": np.array([layer["name"] for layer in layers]),
+        "layers": np.array([layer.name for layer in layers]),
         "classes": np.array(table.classes),
         "image_index": table.indices.astype(np.int64),
         "image_label": ranked.labels.astype(np.int64),
         "size": np.array(spec.size, dtype=np.int32),
     }
     for j, (top, layer) in enumerate(zip(tops, layers, strict=True)):
-        for key, value in _layer_arrays(top, layer["output_shape"], pictures).items():
+        for key, value in _layer_arrays(top, layer.output_shape, pictures).items():
             arrays[f"{j}.{key}"] = value
     arrays["picture_data"] = np.frombuffer(b"".join(pictures.blobs), dtype=np.uint8)
     arrays["picture_offsets"] = np.cumsum([0, *[len(b) for b in pictures.blobs]], dtype=np.int64)
@@ -298,17 +298,17 @@ def _write_channel_view(
     arrays["picture_crop"] = np.array([kind == "crop" for kind in pictures.kinds], dtype=bool)
     # PNG data does not deflate again; the tables are small: no compression.
     np.savez(path, allow_pickle=False, **arrays)
-    return {
-        "file": path.name,
-        "images": len(ranked),
-        "top_k": top_k,
-        "layers": [layer["name"] for layer in layers],
-        "pictures": {kind: pictures.kinds.count(kind) for kind in ("whole", "crop")},
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    return ChannelViewRecord(
+        file=path.name,
+        images=len(ranked),
+        top_k=top_k,
+        layers=[layer.name for layer in layers],
+        pictures={kind: pictures.kinds.count(kind) for kind in ("whole", "crop")},
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
-def write_samples(directory: Path, spec: InputSpec, held_out: Split, classes: list[str]) -> dict[str, Any] | None:
+def write_samples(directory: Path, spec: InputSpec, held_out: Split, classes: list[str]) -> SamplesRecord | None:
     """samples.npz: the first few held-out images of each class, as the model sees them."""
     per_class = max(1, min(SAMPLES_PER_CLASS, MAX_SAMPLES // max(len(classes), 1)))
     chosen: list[int] = []
@@ -327,4 +327,4 @@ def write_samples(directory: Path, spec: InputSpec, held_out: Split, classes: li
         data=np.frombuffer(b"".join(blobs), dtype=np.uint8),
         offsets=np.cumsum([0, *[len(b) for b in blobs]], dtype=np.int64),
     )
-    return {"file": SAMPLES_FILE, "count": len(chosen), "per_class": per_class}
+    return SamplesRecord(file=SAMPLES_FILE, count=len(chosen), per_class=per_class)

@@ -202,7 +202,7 @@ def import_parser() -> argparse.ArgumentParser:
 
 
 def _already_there(out: str, name: str) -> bool:
-    from .artifact import check_name, complete_versions
+    from .staging import check_name, complete_versions
 
     versions = complete_versions(Path(out) / check_name(name))
     if versions:

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from artifact import Layer, Params
+
 from . import metadata
 from .errors import ExportError
 from .geometry import INPUT, UNKNOWN, Geometry
@@ -142,7 +144,7 @@ def count_params(module: nn.Module, recurse: bool = True) -> int:
     return sum(p.numel() for p in module.parameters(recurse=recurse))
 
 
-def param_summary(model: nn.Module) -> dict[str, Any]:
+def param_summary(model: nn.Module) -> Params:
     """metadata `params` of a PyTorch net: every module that owns parameters."""
     counts = []
     for path, module in model.named_modules():
@@ -155,7 +157,7 @@ def param_summary(model: nn.Module) -> dict[str, Any]:
         )
         counts.append(ParamCount(path, type(module).__name__, count_params(module, recurse=False), group))
     summary = metadata.param_summary(counts)
-    if summary["total"] != count_params(model):  # shared parameters would be counted twice
+    if summary.total != count_params(model):  # shared parameters would be counted twice
         raise ExportError("parameter split does not add up (shared parameters?)")
     return summary
 
@@ -233,7 +235,7 @@ def _conv_behind(calls: list[Call], index: int) -> Call | None:
 
 def describe_taps(
     model: nn.Module, calls: list[Call], taps: list[str], input_hw: tuple[int, int]
-) -> list[dict[str, Any]]:
+) -> list[Layer]:
     """Metadata `layers` entries (without `weight`, filled in after export)."""
     order = last_calls(calls)
     rfs = receptive_fields(calls, input_hw)
@@ -265,27 +267,26 @@ def describe_taps(
         if kind != "conv":
             conv = None
         geometry = rfs.get(leaf_index, UNKNOWN)
-        entry: dict[str, Any] = {
-            "name": path,
-            "op": type(module).__name__,
-            "kind": kind,
-            "conv": conv.path if conv else None,
-            "weight": None,
-        }
-        if conv is not None:
-            cm = conv.module
-            assert isinstance(cm, nn.Conv2d)
-            entry["kernel_size"] = list(cm.kernel_size)
-            entry["out_channels"] = cm.out_channels
-            entry["in_channels"] = cm.in_channels
+        cm = conv.module if conv is not None else None
+        assert cm is None or isinstance(cm, nn.Conv2d)
         assert call.out_shape is not None
-        entry["output_shape"] = [-1, *call.out_shape[1:]]
         # "Params of the module that made it": for an activation/BN behind a conv the
         # conv made the map; containers count everything inside them.
-        producer = conv.module if conv is not None and call.leaf and module is not conv.module else module
-        entry["params"] = count_params(producer)
-        entry["receptive_field"] = geometry.receptive_field
-        entry["stride"] = geometry.stride
-        entry["receptive_field_offset"] = geometry.offset
+        producer = cm if cm is not None and call.leaf and module is not cm else module
+        entry = Layer(
+            name=path,
+            op=type(module).__name__,
+            kind=kind,
+            conv=conv.path if conv else None,
+            weight=None,  # the initializer's name is known after export (pipeline._write_model)
+            kernel_size=list(cm.kernel_size) if cm is not None else None,
+            out_channels=cm.out_channels if cm is not None else None,
+            in_channels=cm.in_channels if cm is not None else None,
+            output_shape=[-1, *call.out_shape[1:]],
+            params=count_params(producer),
+            receptive_field=geometry.receptive_field,
+            stride=geometry.stride,
+            receptive_field_offset=geometry.offset,
+        )
         layers.append(entry)
     return layers

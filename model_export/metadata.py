@@ -1,9 +1,10 @@
 """metadata.json (docs/artifact.md), built in one place for both ways into an artifact.
 
 Training export (pipeline.py) and ONNX import (onnx_import.py) know different things
-about a model, but the document they write is one contract: each gathers its facts and
-hands them to `build`, so a field is named, ordered and typed the same whichever way
-the model came in. Torch-free on purpose: the import path must not need torch.
+about a model, but the document they write is one contract, ``artifact.Metadata``: each
+gathers its facts and hands them to `build`, so a field is named, ordered and typed the
+same whichever way the model came in. Torch-free on purpose: the import path must not
+need torch.
 """
 
 from __future__ import annotations
@@ -13,9 +14,24 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any, Literal
 
-from . import artifact
+from artifact import (
+    MODEL_FILE,
+    SCHEMA_VERSION,
+    ClassOutput,
+    FileRecord,
+    Layer,
+    Metadata,
+    ModuleParams,
+    OutputKind,
+    Params,
+    Parity,
+    Training,
+    Versions,
+)
+
 from .channel_view import Stored
 from .preprocessing import InputSpec
+from .staging import utc_now
 
 ParamGroup = Literal["conv", "dense", "other"]
 GROUPS: tuple[ParamGroup, ...] = ("conv", "dense", "other")
@@ -32,17 +48,19 @@ class ParamCount:
     group: ParamGroup
 
 
-def param_summary(counts: Iterable[ParamCount]) -> dict[str, Any]:
+def param_summary(counts: Iterable[ParamCount]) -> Params:
     """metadata `params`: total, the conv/dense/other split and the per-module list."""
     owners = [c for c in counts if c.params > 0]
     split: dict[str, int] = {group: sum(c.params for c in owners if c.group == group) for group in GROUPS}
     total = sum(split.values())
-    return {
-        "total": total,
-        **split,
-        "dense_fraction": split["dense"] / total if total else 0.0,
-        "per_module": [{"name": c.name, "type": c.type, "params": c.params} for c in owners],
-    }
+    return Params(
+        total=total,
+        conv=split["conv"],
+        dense=split["dense"],
+        other=split["other"],
+        dense_fraction=split["dense"] / total if total else 0.0,
+        per_module=[ModuleParams(name=c.name, type=c.type, params=c.params) for c in owners],
+    )
 
 
 def _version(dist: str) -> str | None:
@@ -52,16 +70,16 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def package_versions(opset: int | None, with_torch: bool = True) -> dict[str, Any]:
+def package_versions(opset: int | None, with_torch: bool = True) -> Versions:
     """metadata `versions`: what wrote the artifact (torch null for an import)."""
-    return {
-        "torch": _version("torch") if with_torch else None,
-        "torchvision": _version("torchvision") if with_torch else None,
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
-        "opset": opset,
-        "convscope": _version("convscope"),
-    }
+    return Versions(
+        torch=_version("torch") if with_torch else None,
+        torchvision=_version("torchvision") if with_torch else None,
+        onnx=_version("onnx"),
+        onnxruntime=_version("onnxruntime") or _version("onnxruntime-gpu"),
+        opset=opset,
+        convscope=_version("convscope"),
+    )
 
 
 def opset_of(model: Any) -> int | None:
@@ -83,34 +101,36 @@ class ModelFacts:
     input: InputSpec
     input_name: str
     output_name: str
-    layers: list[dict[str, Any]]
-    params: dict[str, Any]
-    parity: dict[str, Any]
+    layers: list[Layer]
+    params: Params
+    parity: Parity
     opset: int | None
-    training: dict[str, Any] | None = None  # None for an import
+    training: Training | None = None  # None for an import
     with_torch: bool = True
     views: Stored = field(default_factory=Stored)  # channel view and samples, where stored
+    output_kind: OutputKind = OutputKind.LOGITS
 
 
-def build(facts: ModelFacts) -> dict[str, Any]:
-    """The metadata document; `version` and `files` are filled in by Staging.commit."""
-    return {
-        "schema_version": artifact.SCHEMA_VERSION,
-        "name": facts.name,
-        "version": None,
-        "created": artifact.utc_now(),
-        "arch": facts.arch,
-        "description": facts.description,
-        "model_file": artifact.MODEL_FILE,
-        "labels": list(facts.labels),
-        "input": facts.input.to_metadata(facts.input_name),
-        "output": {"name": facts.output_name, "shape": [-1, len(facts.labels)], "kind": "logits"},
-        "layers": facts.layers,
-        "params": facts.params,
-        "training": facts.training,
-        "parity": facts.parity,
-        "versions": package_versions(facts.opset, with_torch=facts.with_torch),
-        "channel_view": facts.views.channel_view,
-        "samples": facts.views.samples,
-        "files": {},
-    }
+def build(facts: ModelFacts, version: int, files: dict[str, FileRecord]) -> Metadata:
+    """The metadata document of version ``version`` holding ``files`` (known only when the
+    version is committed: staging.Staging.commit), validated against the contract."""
+    return Metadata(
+        schema_version=SCHEMA_VERSION,
+        name=facts.name,
+        version=version,
+        created=utc_now(),
+        arch=facts.arch,
+        description=facts.description,
+        model_file=MODEL_FILE,
+        labels=list(facts.labels),
+        input=facts.input.to_recipe(facts.input_name),
+        output=ClassOutput(name=facts.output_name, shape=[-1, len(facts.labels)], kind=facts.output_kind),
+        layers=facts.layers,
+        params=facts.params,
+        training=facts.training,
+        parity=facts.parity,
+        versions=package_versions(facts.opset, with_torch=facts.with_torch),
+        channel_view=facts.views.channel_view,
+        samples=facts.views.samples,
+        files=files,
+    )

@@ -20,13 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from . import artifact, channel_view, metadata
+from artifact import MODEL_FILE, Layer, Params, Parity
+
+from . import channel_view, metadata
 from .datasets import load_images
 from .errors import ExportError
 from .geometry import INPUT, UNKNOWN, Geometry
 from .metadata import ParamCount, ParamGroup
 from .parity import check_dynamic_batch, compare, run_onnx
 from .preprocessing import SCALE, InputSpec, check_channels, normalisation
+from .staging import Staging, check_name, choose_version
 
 TAP_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool")
 # Ops that keep the spatial grid: the receptive field passes through (max over inputs).
@@ -316,7 +319,7 @@ def _pad_op_before(node: Any, consts: dict[str, np.ndarray]) -> int | None:
     return _same(pads[2:4])
 
 
-def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: set[str]) -> dict[str, Any]:
+def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: set[str]) -> Params:
     """metadata `params` from the float initializers, each counted at its first user."""
     counted: set[str] = set()
     counts = []
@@ -377,43 +380,41 @@ def import_onnx(opts: ImportOptions) -> Path:
     labels = _labels(opts, reference)
     input_spec = _input_spec(opts, signature)
     rewritten = _rewrite(original, signature)
-    layers = _describe_layers(rewritten)
-    with artifact.Staging(Path(opts.out), name, opts.version) as staging:
+    entries = _describe_layers(rewritten)
+    with Staging(Path(opts.out), name, opts.version) as staging:
         assert staging.path is not None
-        model_path = staging.path / artifact.MODEL_FILE
+        model_path = staging.path / MODEL_FILE
         onnx.save(rewritten.model, str(model_path))
-        parity = _check_parity(model_path, sample, reference, rewritten, layers, opts.tolerance)
+        layers, parity = _check_parity(model_path, sample, reference, rewritten, entries, opts.tolerance)
         views = channel_view.Stored()
         if images is not None:  # --data-dir: images to rank and to sample
             options = channel_view.ViewOptions(opts.channel_images, opts.channel_top_k, opts.progress)
             views = channel_view.write_views(
                 staging.path, model_path, layers, input_spec, images.val, images.classes, options
             )
-        meta = metadata.build(
-            metadata.ModelFacts(
-                name=name,
-                arch="imported",
-                description=f"Imported from {os.path.basename(opts.file)}",
-                labels=labels,
-                input=input_spec,
-                input_name=rewritten.input_name,
-                output_name=rewritten.output_name,
-                layers=layers,
-                params=_param_summary(rewritten.model.graph, rewritten.consts, {e["name"] for e in layers}),
-                parity=parity,
-                opset=metadata.opset_of(rewritten.model),
-                training=None,
-                with_torch=False,
-                views=views,
-            )
+        facts = metadata.ModelFacts(
+            name=name,
+            arch="imported",
+            description=f"Imported from {os.path.basename(opts.file)}",
+            labels=labels,
+            input=input_spec,
+            input_name=rewritten.input_name,
+            output_name=rewritten.output_name,
+            layers=layers,
+            params=_param_summary(rewritten.model.graph, rewritten.consts, {e.name for e in layers}),
+            parity=parity,
+            opset=metadata.opset_of(rewritten.model),
+            training=None,
+            with_torch=False,
+            views=views,
         )
-        return staging.commit(meta)
+        return staging.commit(lambda version, files: metadata.build(facts, version, files))
 
 
 def _check_options(opts: ImportOptions) -> str:
-    name = artifact.check_name(opts.name)
+    name = check_name(opts.name)
     if opts.version is not None:
-        artifact.choose_version(Path(opts.out) / name, opts.version)
+        choose_version(Path(opts.out) / name, opts.version)
     if not opts.tolerance > 0:
         raise ExportError("--tolerance must be positive")
     if not opts.scale > 0:
@@ -624,19 +625,20 @@ def _check_parity(
     sample: np.ndarray,
     reference: np.ndarray,
     rewritten: _Rewritten,
-    layers: list[dict[str, Any]],
+    entries: list[dict[str, Any]],
     tolerance: float,
-) -> dict[str, Any]:
+) -> tuple[list[Layer], Parity]:
     """The rewritten graph runs at any batch size and gives the original's scores;
-    the run also gives each tapped layer's output shape."""
+    the run also gives each tapped layer's output shape, which completes its entry."""
     check_dynamic_batch(model_path, sample)
     outputs = run_onnx(model_path, sample)
-    for entry in layers:
-        entry["output_shape"] = [-1, *[int(x) for x in outputs[entry["name"]].shape[1:]]]
+    layers = [
+        Layer(**{**entry, "output_shape": [-1, *[int(x) for x in outputs[entry["name"]].shape[1:]]]})
+        for entry in entries
+    ]
     name = rewritten.output_name
-    parity = compare({"logits": reference}, {"logits": outputs[name]}, tolerance, len(sample))
-    parity["max_abs_diff"] = {name: parity["max_abs_diff"]["logits"]}
-    return parity
+    parity = compare({name: reference}, {name: outputs[name]}, tolerance, len(sample))
+    return layers, parity
 
 
 def parse_size(values: Sequence[int] | None) -> tuple[int, int] | None:

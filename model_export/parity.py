@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from artifact import Parity
+
 from .errors import ExportError
 
 DEFAULT_TOLERANCE = 1e-3
@@ -58,7 +60,7 @@ def compare(
     candidate: dict[str, np.ndarray],
     tolerance: float,
     images: int,
-) -> dict[str, Any]:
+) -> Parity:
     """Parity record for metadata; raises ExportError when any output is off."""
     diffs: dict[str, float] = {}
     failed: list[str] = []
@@ -73,13 +75,7 @@ def compare(
             failed.append(f"{name} (max abs diff {diff:.3g} > {tolerance * scale:.3g})")
     if failed:
         raise ExportError(f"parity check failed against PyTorch: {', '.join(failed)}")
-    return {
-        "images": images,
-        "tolerance": tolerance,
-        "criterion": CRITERION,
-        "passed": True,
-        "max_abs_diff": diffs,
-    }
+    return Parity(images=images, tolerance=tolerance, criterion=CRITERION, passed=True, max_abs_diff=diffs)
 
 
 def check_dynamic_batch(

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import artifact, channel_view, metadata
+from artifact import INITIAL_WEIGHTS_FILE, MODEL_FILE, EpochRecord, Layer, Params, Parity, Training
+
+from . import channel_view, metadata
 from .architectures import ArchSpec, get_arch, imagenet_labels
 from .datasets import Dataset, limit, load_dataset
 from .errors import ExportError
@@ -22,6 +24,7 @@ from .preprocessing import (
     normalisation,
     preprocess,
 )
+from .staging import Staging, check_name, choose_version
 
 DEFAULT_EPOCHS = 10  # tinyvgg on digits: ~97% held-out in ~3 s on 2 cores
 IMAGENET_CLASSES = 1000
@@ -148,10 +151,10 @@ class _Net:
 
     module: nn.Module
     taps: list[str]
-    layers: list[dict[str, Any]]
+    layers: list[Layer]
     convs: dict[str, nn.Conv2d]  # conv module path -> the conv behind a tapped layer
     initial: dict[str, np.ndarray]  # conv module path -> kernel before training/--weights
-    params: dict[str, Any]  # metadata `params`
+    params: Params  # metadata `params`
 
 
 def export_trained(opts: TrainOptions) -> Path:
@@ -163,9 +166,9 @@ def export_trained(opts: TrainOptions) -> Path:
     input_spec = _input_spec(opts, spec, data, plan.channels, plan.size, plan.imagenet)
     net = _build_net(opts, spec, plan)
     training = _train(opts, net, data, input_spec, plan)
-    with artifact.Staging(Path(opts.out), name, opts.version) as staging:
+    with Staging(Path(opts.out), name, opts.version) as staging:
         assert staging.path is not None
-        model_path = staging.path / artifact.MODEL_FILE
+        model_path = staging.path / MODEL_FILE
         opset = _write_model(net, plan, model_path)
         _write_initial_weights(net, staging.path)
         parity_images = preprocess(data.val.images[: opts.parity_images], input_spec)
@@ -174,31 +177,29 @@ def export_trained(opts: TrainOptions) -> Path:
         views = channel_view.write_views(
             staging.path, model_path, net.layers, input_spec, data.val, data.classes, options
         )
-        meta = metadata.build(
-            metadata.ModelFacts(
-                name=name,
-                arch=spec.name,
-                description=_describe(spec, opts, plan.epochs, plan.imagenet),
-                labels=plan.labels,
-                input=input_spec,
-                input_name="input",
-                output_name="logits",
-                layers=net.layers,
-                params=net.params,
-                parity=parity,
-                opset=opset,
-                training=training,
-                views=views,
-            )
+        facts = metadata.ModelFacts(
+            name=name,
+            arch=spec.name,
+            description=_describe(spec, opts, plan.epochs, plan.imagenet),
+            labels=plan.labels,
+            input=input_spec,
+            input_name="input",
+            output_name="logits",
+            layers=net.layers,
+            params=net.params,
+            parity=parity,
+            opset=opset,
+            training=training,
+            views=views,
         )
-        return staging.commit(meta)
+        return staging.commit(lambda version, files: metadata.build(facts, version, files))
 
 
 def _check_options(opts: TrainOptions) -> str:
     """Every option that can be wrong, checked before minutes of training; the name."""
-    name = artifact.check_name(opts.name or f"{opts.dataset}-{opts.arch}")
+    name = check_name(opts.name or f"{opts.dataset}-{opts.arch}")
     if opts.version is not None:
-        artifact.choose_version(Path(opts.out) / name, opts.version)  # fail before training, not after
+        choose_version(Path(opts.out) / name, opts.version)  # fail before training, not after
     if opts.weights is not None and not os.path.isfile(opts.weights):
         raise ExportError(f"weights file {opts.weights} does not exist")
     for value, flag in ((opts.batch_size, "--batch-size"), (opts.parity_images, "--parity-images")):
@@ -264,7 +265,7 @@ def _build_net(opts: TrainOptions, spec: ArchSpec, plan: _Plan) -> _Net:
     taps = L.resolve_taps(calls, opts.layers or list(spec.default_layers or L.default_taps(calls)))
     layer_meta = L.describe_taps(module, calls, taps, plan.size)
     modules = dict(module.named_modules())
-    convs = {entry["conv"]: modules[entry["conv"]] for entry in layer_meta if entry["conv"]}
+    convs = {entry.conv: modules[entry.conv] for entry in layer_meta if entry.conv}
     # Kernels at initialisation, before training or --weights: "filters before/after".
     initial = {path: m.weight.detach().numpy().copy() for path, m in convs.items()}
     if plan.state is not None:
@@ -274,7 +275,7 @@ def _build_net(opts: TrainOptions, spec: ArchSpec, plan: _Plan) -> _Net:
 
 def _train(
     opts: TrainOptions, net: _Net, data: Dataset, input_spec: InputSpec, plan: _Plan
-) -> dict[str, Any]:
+) -> Training:
     """Train (or only evaluate a loaded checkpoint); returns metadata `training`."""
     from .training import as_torch_dataset, default_threads, deterministic, evaluate, train
 
@@ -296,21 +297,21 @@ def _train(
     if plan.epochs == 0 and plan.state is not None and not plan.imagenet:
         # A loaded checkpoint for these labels is a trained net: report how it does.
         result.loss, result.accuracy = evaluate(net.module, val_set)
-    return {
-        "dataset": data.name,
-        "train_size": len(data.train),
-        "val_size": len(data.val),
-        "epochs": plan.epochs,
-        "batch_size": opts.batch_size,
-        "lr": opts.lr,
-        "seed": opts.seed,
-        "threads": threads,
-        "seconds": result.seconds,
-        "accuracy": result.accuracy,
-        "loss": result.loss,
-        "history": result.history,
-        "weights": str(opts.weights) if opts.weights else None,
-    }
+    return Training(
+        dataset=data.name,
+        train_size=len(data.train),
+        val_size=len(data.val),
+        epochs=plan.epochs,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        seed=opts.seed,
+        threads=threads,
+        seconds=result.seconds,
+        accuracy=result.accuracy,
+        loss=result.loss,
+        history=[EpochRecord.model_validate(epoch) for epoch in result.history],
+        weights=str(opts.weights) if opts.weights else None,
+    )
 
 
 def _write_model(net: _Net, plan: _Plan, model_path: Path) -> int:
@@ -321,21 +322,21 @@ def _write_model(net: _Net, plan: _Plan, model_path: Path) -> int:
 
     opset = export_onnx(net.module, net.taps, (plan.channels, *plan.size), model_path)
     weight_names = conv_weight_names(model_path, net.convs)
-    for entry in net.layers:
-        entry["weight"] = weight_names.get(entry["conv"]) if entry["conv"] else None
+    net.layers = [entry.model_copy(update={"weight": weight_names.get(entry.conv) if entry.conv else None})
+                  for entry in net.layers]
     return metadata.opset_of(onnx.load(str(model_path), load_external_data=False)) or opset
 
 
 def _write_initial_weights(net: _Net, directory: Path) -> None:
     """initial_weights.npz: the kernels before training, keyed as in model.onnx."""
-    by_conv = {entry["conv"]: entry["weight"] for entry in net.layers if entry["conv"] and entry["weight"]}
+    by_conv = {entry.conv: entry.weight for entry in net.layers if entry.conv and entry.weight}
     arrays = {by_conv[path]: kernel for path, kernel in net.initial.items() if path in by_conv}
     if arrays:
         # numpy's stubs type **kwds as its allow_pickle flag; the keys are array names.
-        np.savez(directory / artifact.INITIAL_WEIGHTS_FILE, **arrays)  # type: ignore[arg-type]
+        np.savez(directory / INITIAL_WEIGHTS_FILE, **arrays)  # type: ignore[arg-type]
 
 
-def _check_parity(net: _Net, model_path: Path, images: np.ndarray, opts: TrainOptions) -> dict[str, Any]:
+def _check_parity(net: _Net, model_path: Path, images: np.ndarray, opts: TrainOptions) -> Parity:
     """PyTorch eager vs onnxruntime on held-out images, every output; raises if off."""
     import torch
 

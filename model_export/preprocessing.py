@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from artifact import InputRecipe
+
 from .errors import ExportError
 
 SCALE = 1.0 / 255.0
@@ -35,21 +37,20 @@ class InputSpec:
     def color_mode(self) -> str:
         return "L" if self.channels == 1 else "RGB"
 
-    def to_metadata(self, name: str = "input") -> dict[str, object]:
+    def to_recipe(self, name: str = "input") -> InputRecipe:
+        """metadata `input`: what the service does to an image before the model sees it."""
         h, w = self.size
-        return {
-            "name": name,
-            "shape": [-1, self.channels, h, w],
-            "layout": "NCHW",
-            "dtype": "float32",
-            "channels": self.channels,
-            "color_mode": self.color_mode,
-            "size": [h, w],
-            "resize": "bilinear",
-            "scale": self.scale,
-            "mean": [float(m) for m in self.mean],
-            "std": [float(s) for s in self.std],
-        }
+        return InputRecipe(
+            name=name,
+            shape=[-1, self.channels, h, w],
+            channels=self.channels,
+            color_mode=self.color_mode,
+            size=(h, w),
+            resize="bilinear",
+            scale=self.scale,
+            mean=[float(m) for m in self.mean],
+            std=[float(s) for s in self.std],
+        )
 
 
 def check_channels(channels: int) -> None:

@@ -30,8 +30,9 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from artifact import ArtifactError, Metadata
 from service.errors import NotFound, one_of
-from service.repository import Artifact, ArtifactError
+from service.repository import Artifact
 
 # Paths under a model's base URL; the routes register the same ones.
 CHANNEL_PATH = "/layers/{layer}/channels/{channel}"
@@ -194,17 +195,17 @@ class ChannelView:
         return cls.load(artifact.ref.path, artifact.metadata, model=artifact.name, version=artifact.version)
 
     @classmethod
-    def load(cls, directory: Path, metadata: dict[str, Any], *, model: str, version: int) -> ChannelView:
+    def load(cls, directory: Path, metadata: Metadata, *, model: str, version: int) -> ChannelView:
         """Read channel_view.npz and samples.npz where metadata lists them (metadata
         `channel_view` / `samples`; absent or null: not stored).
 
         Raises ArtifactError when a listed file is inconsistent (the checksums in
         metadata.json were verified already, so this is a writer bug, said at load).
         """
-        view_section, samples_section = metadata.get("channel_view"), metadata.get("samples")
-        known = {str(layer["name"]) for layer in metadata.get("layers", [])}
-        ranking = _Ranking.load(directory / str(view_section["file"]), known) if view_section else None
-        samples = _Samples.load(directory / str(samples_section["file"])) if samples_section else None
+        view_section, samples_section = metadata.channel_view, metadata.samples
+        known = set(metadata.layer_names)
+        ranking = _Ranking.load(directory / view_section.file, known) if view_section else None
+        samples = _Samples.load(directory / samples_section.file) if samples_section else None
         return cls(model, version, ranking, samples)
 
     # --- what it holds ---------------------------------------------------------------

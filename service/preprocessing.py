@@ -21,11 +21,11 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from artifact import InputRecipe
 from service.errors import BadRequest, PayloadTooLarge
 
 # Pillow's own bomb check warns (an error under strict warning filters) before raising;
@@ -66,19 +66,19 @@ class InputSpec:
     decode and one resample."""
 
     @classmethod
-    def from_metadata(cls, inp: dict[str, Any], *, reducing_gap: float | None = REDUCING_GAP) -> InputSpec:
-        resize = str(inp.get("resize", "bilinear")).lower()
+    def from_recipe(cls, recipe: InputRecipe, *, reducing_gap: float | None = REDUCING_GAP) -> InputSpec:
+        resize = recipe.resize.lower()
         if resize not in _RESAMPLE:
             raise ValueError(f"input.resize {resize!r} is not one of {sorted(_RESAMPLE)}")
-        channels = int(inp["channels"])
+        channels = recipe.channels
         return cls(
             channels=channels,
-            height=int(inp["size"][0]),
-            width=int(inp["size"][1]),
+            height=recipe.height,
+            width=recipe.width,
             resample=_RESAMPLE[resize],
-            scale=float(inp["scale"]),
-            mean=np.asarray(inp["mean"], dtype=np.float32).reshape(channels, 1, 1),
-            std=np.asarray(inp["std"], dtype=np.float32).reshape(channels, 1, 1),
+            scale=float(recipe.scale),
+            mean=np.asarray(recipe.mean, dtype=np.float32).reshape(channels, 1, 1),
+            std=np.asarray(recipe.std, dtype=np.float32).reshape(channels, 1, 1),
             reducing_gap=reducing_gap,
         )
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from artifact import ArtifactError
 from service.batching import DynamicBatcher
 from service.channel_view import ChannelView
 from service.errors import (
@@ -43,7 +44,7 @@ from service.errors import (
 )
 from service.explain import Explainer
 from service.metrics import Metrics
-from service.repository import ArtifactError, ArtifactRef, load_artifact, scan
+from service.repository import ArtifactRef, load_artifact, scan
 from service.runtime import ModelRuntime, RuntimeOptions, load_model
 from service.settings import Settings
 from service.signature import ModelSignature

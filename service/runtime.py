@@ -40,13 +40,14 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from artifact import Layer, Metadata
 from service.errors import NoFilters, UnknownLayer
 from service.explain import ExplainableModel, describe
 from service.preprocessing import REDUCING_GAP, InputSpec
@@ -177,7 +178,7 @@ class ModelRuntime:
         return self.artifact.version
 
     @property
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> Metadata:
         return self.artifact.metadata
 
     def trained_filters(self, layer: str) -> np.ndarray:
@@ -203,13 +204,13 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
     """Open both sessions for an artifact, check them against its metadata, warm them up."""
     started = time.perf_counter()
     metadata = artifact.metadata
-    InputSpec.from_metadata(metadata["input"])  # a bad recipe fails before the heavy work
+    InputSpec.from_recipe(metadata.input)  # a bad recipe fails before the heavy work
     proto = onnx.load(str(artifact.model_path))
-    output_name = metadata["output"]["name"]
-    input_name = metadata["input"]["name"]
+    output_name = metadata.output.name
+    input_name = metadata.input.name
 
     graph_outputs = [o.name for o in proto.graph.output]
-    layer_names = [layer["name"] for layer in metadata["layers"]]
+    layer_names = metadata.layer_names
     missing = [n for n in [output_name, *layer_names] if n not in graph_outputs]
     if missing:
         raise ValueError(f"the ONNX graph lacks output(s) named in metadata: {', '.join(missing)}")
@@ -220,9 +221,9 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
     sharing = options.share_weights and options.cpu_only
     dense = _detach_shared_weights(proto, DENSE_WEIGHTS) if sharing else {}
     convs = _detach_shared_weights(proto, CONV_WEIGHTS) if sharing else {}
-    filters = _conv_filters(proto, metadata["layers"], convs)
+    filters = _conv_filters(proto, metadata.layers, convs)
     # The explanation heads read the same arrays the sessions share: no second copy.
-    explainable, explain_unavailable = _describe({**metadata, "name": artifact.name}, proto, {**dense, **convs})
+    explainable, explain_unavailable = _describe(artifact.name, metadata, proto, {**dense, **convs})
     features_graph = proto.SerializeToString()
     _reattach(proto, convs)  # the logits session's layout optimizer reads them
     with_convs = proto.SerializeToString() if convs else features_graph
@@ -251,7 +252,7 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
             features_session = ort.InferenceSession(with_convs, sess_options=options.session_options(dense_values, folder),
                                                     providers=options.providers)
     del features_graph, with_convs, logits_graph
-    spec = InputSpec.from_metadata(metadata["input"], reducing_gap=options.reducing_gap)
+    spec = InputSpec.from_recipe(metadata.input, reducing_gap=options.reducing_gap)
 
     model = ModelRuntime(
         artifact=artifact,
@@ -275,14 +276,14 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
     return model
 
 
-def _describe(metadata: dict[str, Any], proto: onnx.ModelProto,
+def _describe(name: str, metadata: Metadata, proto: onnx.ModelProto,
               shared: dict[str, np.ndarray]) -> tuple[ExplainableModel | None, str | None]:
     """The explanation engine's view of the graph, its heads reading ``shared`` in place.
     A graph it cannot analyse costs the model its explanations, never its predictions."""
     try:
-        return describe(metadata, proto, shared=shared), None
+        return describe(name, metadata, proto, shared=shared), None
     except Exception as exc:  # an odd graph or metadata: predictions must still serve
-        log.warning("model %s: explanations unavailable: %s", metadata.get("name"), exc)
+        log.warning("model %s: explanations unavailable: %s", name, exc)
         return None, f"the model's graph could not be analysed for explanations ({type(exc).__name__}: {exc})"
 
 
@@ -319,17 +320,17 @@ def _warm_up(model: ModelRuntime) -> None:
                 )
 
 
-def _layers_by_weight(layers: list[dict[str, Any]]) -> dict[str, list[str]]:
+def _layers_by_weight(layers: list[Layer]) -> dict[str, list[str]]:
     """Each kernel initializer and every layer that shows it: a Conv and the ReLU after
     it are two layers over one set of kernels, and both must show them."""
     by_weight: dict[str, list[str]] = {}
     for layer in layers:
-        if layer.get("weight"):
-            by_weight.setdefault(layer["weight"], []).append(layer["name"])
+        if layer.weight:
+            by_weight.setdefault(layer.weight, []).append(layer.name)
     return by_weight
 
 
-def _conv_filters(proto: onnx.ModelProto, layers: list[dict[str, Any]],
+def _conv_filters(proto: onnx.ModelProto, layers: list[Layer],
                   shared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The learned kernels behind each conv layer, keyed by layer name: the shared arrays
     where the sessions share them (no second copy), else read from the graph."""
@@ -399,7 +400,7 @@ def load_initial_filters(artifact: Artifact) -> dict[str, np.ndarray]:
     """Kernels before training (initial_weights.npz), keyed by layer name."""
     if artifact.initial_weights_path is None:
         return {}
-    by_weight = _layers_by_weight(artifact.metadata["layers"])
+    by_weight = _layers_by_weight(artifact.metadata.layers)
     with np.load(artifact.initial_weights_path, allow_pickle=False) as data:
         return {
             name: np.asarray(data[key], dtype=np.float32)

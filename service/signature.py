@@ -3,9 +3,9 @@ protocol codecs need, with no session, batcher or registry behind it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from artifact import Metadata
 
 
 @dataclass(frozen=True)
@@ -25,20 +25,16 @@ class ModelSignature:
     layers: tuple[LayerSignature, ...]
 
     @classmethod
-    def from_metadata(cls, name: str, version: int, metadata: Mapping[str, Any]) -> ModelSignature:
-        inp = metadata["input"]
-        height, width = (int(s) for s in inp["size"])
+    def from_metadata(cls, name: str, version: int, metadata: Metadata) -> ModelSignature:
+        inp = metadata.input
         return cls(
             name=name,
             version=version,
-            input_name=str(inp["name"]),
-            input_shape=(int(inp["channels"]), height, width),
-            output_name=str(metadata["output"]["name"]),
-            labels=tuple(metadata["labels"]),
-            layers=tuple(
-                LayerSignature(str(layer["name"]), tuple(int(d) for d in layer["output_shape"][1:]))
-                for layer in metadata["layers"]
-            ),
+            input_name=inp.name,
+            input_shape=(inp.channels, inp.height, inp.width),
+            output_name=metadata.output.name,
+            labels=tuple(metadata.labels),
+            layers=tuple(LayerSignature(layer.name, layer.map_shape) for layer in metadata.layers),
         )
 
     @property

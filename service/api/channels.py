@@ -152,11 +152,10 @@ def versioned_base(model: ServedModel) -> str:
 def _etag(model: ServedModel, request: Request) -> str:
     """The answer's identity: the artifact's files (by their checksums), the version and
     what was asked. Another export under the same version number changes it too."""
-    files = model.runtime.metadata.get("files", {})
+    files = model.runtime.metadata.files
     digest = hashlib.sha256()
     for filename in sorted(files):
-        info = files[filename]
-        digest.update(f"{filename}:{info.get('sha256') if isinstance(info, dict) else info}\n".encode())
+        digest.update(f"{filename}:{files[filename].sha256}\n".encode())
     digest.update(f"{model.name}\n{model.version}\n{request.url.path}?{request.url.query}".encode())
     return f'"{digest.hexdigest()[:32]}"'
 
@@ -279,12 +278,12 @@ def channel_filter(model: ServedModel, layer: str, channel: int) -> dict[str, An
         raise NotFound(f"layer {layer!r} of model {runtime.name} has {trained.shape[0]} channels; "
                        f"valid: 0..{trained.shape[0] - 1}, not {channel}")
     initial = runtime.initial_filters.get(layer)
-    info = next(x for x in runtime.metadata["layers"] if x["name"] == layer)
+    info = runtime.metadata.layer(layer)
     first = next(n for n in runtime.layer_names if n in runtime.filters)
     return {
         "layer": layer,
         "channel": channel,
-        "conv": info.get("conv"),
+        "conv": info.conv,
         "shape": list(trained.shape[1:]),
         "reads_image": layer == first and trained.shape[1] == runtime.spec.channels,
         "trained": _rounded(trained[channel]),

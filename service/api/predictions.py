@@ -81,7 +81,7 @@ def _per_image(labels: Sequence[str], logits: NDArray[np.float32], layers: list[
 
 def model_metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
     runtime = model.runtime
-    out = dict(runtime.metadata)
+    out = runtime.metadata.to_json()
     out.update(name=runtime.name, version=runtime.version, provider=runtime.provider, available_versions=versions)
     return out
 
@@ -93,8 +93,8 @@ def layer_catalogue(model: ServedModel) -> dict[str, Any]:
     """The layer names valid for ``layers=``, shallow to deep, with what each shows and
     which explanation methods may use it (``layer=`` of /explain)."""
     runtime = model.runtime
-    layers = [{**{k: layer.get(k) for k in LAYER_KEYS}, "has_filters": layer["name"] in runtime.filters}
-              for layer in runtime.metadata["layers"]]
+    layers = [{**{k: getattr(layer, k) for k in LAYER_KEYS}, "has_filters": layer.name in runtime.filters}
+              for layer in runtime.metadata.layers]
     body: dict[str, Any] = {"model": runtime.name, "version": runtime.version, "layers": layers}
     if model.explainer is None:
         for layer in layers:

@@ -7,7 +7,7 @@ At load, once per model version (``proto``: the artifact's ONNX graph; ``shared`
 runtime's numpy weights, which the heads then use in place; the service does this in
 ``runtime.load_model`` and ``ModelRegistry._explainer``)::
 
-    explainer = Explainer(describe(artifact.metadata, proto, shared=runtime.shared_weights),
+    explainer = Explainer(describe(name, artifact.metadata, proto, shared=runtime.shared_weights),
                           max_passes=settings.max_explain_passes, batch_size=...)
 
 Per request, before decoding the image (errors are 4xx ServiceErrors naming valid values)::

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 
+from artifact import InputRecipe, Metadata
 from service.explain.head import GradHead, NotExact, analyse_head
 
 
@@ -153,7 +153,7 @@ def default_method(model: ExplainableModel) -> Method:
     return Method.OCCLUSION
 
 
-def describe(metadata: Mapping[str, Any], model: onnx.ModelProto | str | Path,
+def describe(name: str, metadata: Metadata, model: onnx.ModelProto | str | Path,
              shared: Mapping[str, np.ndarray] | None = None) -> ExplainableModel:
     """The engine's view of an artifact (docs/artifact.md): call once when a version loads.
 
@@ -165,18 +165,11 @@ def describe(metadata: Mapping[str, Any], model: onnx.ModelProto | str | Path,
     arrays, not a copy, and they may be missing from ``model`` (detached placeholders).
     """
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    inp = metadata["input"]
-    channels = int(inp["channels"])
-    height, width = (int(s) for s in inp["size"])
-    output = str(metadata["output"]["name"])
+    inp = metadata.input
+    output = metadata.output.name
     layers = tuple(
-        LayerInfo(
-            name=str(layer["name"]),
-            shape=tuple(int(d) for d in layer["output_shape"][1:]),
-            receptive_field=layer.get("receptive_field"),
-            stride=layer.get("stride"),
-        )
-        for layer in metadata["layers"]
+        LayerInfo(name=layer.name, shape=layer.map_shape, receptive_field=layer.receptive_field, stride=layer.stride)
+        for layer in metadata.layers
     )
     constants: dict[str, np.ndarray] = dict(shared or {})
     heads: dict[str, GradHead | NotExact] = {}
@@ -187,19 +180,18 @@ def describe(metadata: Mapping[str, Any], model: onnx.ModelProto | str | Path,
             except Exception as exc:  # an odd graph must never stop the model from loading
                 heads[layer.name] = NotExact(f"the graph after this layer could not be analysed ({exc})")
     return ExplainableModel(
-        name=str(metadata.get("name", "model")),
-        input_shape=(channels, height, width),
+        name=name,
+        input_shape=(inp.channels, inp.height, inp.width),
         output=output,
-        labels=tuple(str(label) for label in metadata["labels"]),
+        labels=tuple(metadata.labels),
         layers=layers,
         heads=heads,
         baseline=baseline_image(inp),
     )
 
 
-def baseline_image(inp: Mapping[str, Any]) -> np.ndarray:
+def baseline_image(inp: InputRecipe) -> np.ndarray:
     """The per-channel baseline [C, 1, 1] in normalised input space: the training set's
     mean colour, which normalisation maps to 0 (the value a zero-mean network reads as
     "no signal")."""
-    channels = int(inp["channels"])
-    return np.zeros((channels, 1, 1), dtype=np.float32)
+    return np.zeros((inp.channels, 1, 1), dtype=np.float32)

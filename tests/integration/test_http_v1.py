@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from artifact import InputRecipe
 from service.preprocessing import InputSpec, decode, preprocess
 from tests.conftest import ExportedModel
 from tests.integration.conftest import LiveServer
@@ -77,7 +78,7 @@ def test_every_layer_in_every_encoding(client: httpx.Client, digits_artifact: Ex
 def test_npy_equals_onnxruntime_run_directly(client: httpx.Client, digits_artifact: ExportedModel) -> None:
     data = digit_png(digits_artifact.images[2])
     body = client.post("/predict?layers=all&encoding=npy", content=data, headers=PNG).json()
-    spec = InputSpec.from_metadata(digits_artifact.metadata["input"])
+    spec = InputSpec.from_recipe(InputRecipe.model_validate(digits_artifact.metadata["input"]))
     tensor = preprocess(decode(data, max_pixels=10**6), spec)[None]
     session = ort.InferenceSession(str(digits_artifact.path / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [layer["name"] for layer in digits_artifact.metadata["layers"]]

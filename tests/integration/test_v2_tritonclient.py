@@ -15,6 +15,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from artifact import InputRecipe
 from service.preprocessing import InputSpec, decode, preprocess
 from tests.integration.conftest import LiveServer
 from tests.service.conftest import png_bytes
@@ -120,7 +121,7 @@ def test_encoded_image_bytes(client: httpclient.InferenceServerClient, repositor
     model_input.set_data_from_numpy(np.array([image], dtype=np.object_))
     result = client.infer(MODEL, [model_input], model_version="1")
     metadata = json.loads((repository / f"{MODEL}/1/metadata.json").read_text())
-    tensor = preprocess(decode(image, max_pixels=10**6), InputSpec.from_metadata(metadata["input"]))[None]
+    tensor = preprocess(decode(image, max_pixels=10**6), InputSpec.from_recipe(InputRecipe.model_validate(metadata["input"])))[None]
     (expected,) = ort_run(repository, 1, tensor, ["logits"])
     np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-5, atol=1e-6)
 

@@ -20,7 +20,7 @@ def _traced(name: str, channels: int | None = None, size: tuple[int, int] | None
     net = L.prepare(spec.builder(channels, size, 10)).eval()
     calls = L.trace(net, torch.zeros(1, channels, *size), spec.side_paths)
     taps = L.resolve_taps(calls, list(spec.default_layers or L.default_taps(calls)))
-    return spec, net, calls, L.describe_taps(net, calls, taps, size)
+    return spec, net, calls, [layer.to_json() for layer in L.describe_taps(net, calls, taps, size)]
 
 
 def test_registry_entries_are_complete() -> None:
@@ -83,7 +83,7 @@ def test_tinyvgg_is_cnn_explainers_net() -> None:
 def test_param_counts_equal_pytorchs(name: str) -> None:
     spec = REGISTRY[name]
     net = spec.builder(spec.channels, spec.size, 10)
-    params = L.param_summary(net)
+    params = L.param_summary(net).to_json()
     total = sum(p.numel() for p in net.parameters())
     assert params["total"] == total
     assert params["conv"] + params["dense"] + params["other"] == total
@@ -114,10 +114,10 @@ def test_alexnet_metadata_matches_the_known_numbers() -> None:
     ]
     assert by_name["features.1"]["kernel_size"] == [11, 11] and by_name["features.1"]["out_channels"] == 64
     assert by_name["features.12"]["output_shape"] == [-1, 256, 6, 6]
-    params = L.param_summary(net)
+    params = L.param_summary(net).to_json()
     assert 0.955 < params["dense_fraction"] < 0.97  # "about 96% of the weights are dense"
     with_imagenet_head = L.param_summary(REGISTRY["alexnet"].builder(3, (224, 224), 1000))
-    assert with_imagenet_head["total"] == 61_100_840  # torchvision's documented count
+    assert with_imagenet_head.total == 61_100_840  # torchvision's documented count
 
 
 def test_resnet18_follows_the_main_path() -> None:
@@ -143,7 +143,7 @@ def test_custom_taps_and_unknown_layers() -> None:
     assert L.resolve_taps(calls, ["classifier.1", "features.0"]) == ["features.0", "classifier.1"]
     with pytest.raises(ExportError, match="unknown layer.*nope.*valid layers: features.0, features.1"):
         L.resolve_taps(calls, ["nope"])
-    layers = L.describe_taps(net, calls, ["features.0", "classifier.0", "classifier.1"], (28, 28))
+    layers = [x.to_json() for x in L.describe_taps(net, calls, ["features.0", "classifier.0", "classifier.1"], (28, 28))]
     assert [(x["kind"], x["receptive_field"], x["stride"]) for x in layers] == [
         ("conv", 3, 1),
         ("other", 28, None),

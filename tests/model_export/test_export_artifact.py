@@ -1,4 +1,4 @@
-"""Versioning and atomic writes of the artifact directory."""
+"""Versioning and atomic writes of a new version (model_export.staging)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from export_helpers import run_cli, tree
 
-from model_export import artifact
+import artifact
+from model_export import staging as artifact_dir
 from model_export.errors import ExportError
 
 
@@ -20,34 +21,41 @@ def _version(model_dir: Path, v: int, complete: bool = True) -> None:
 
 def test_next_version_skips_every_integer_entry(tmp_path: Path) -> None:
     model_dir = tmp_path / "m"
-    assert artifact.choose_version(model_dir, None) == 1
+    assert artifact_dir.choose_version(model_dir, None) == 1
     _version(model_dir, 1)
     _version(model_dir, 3, complete=False)  # incomplete, but its number is taken
     (model_dir / "latest").mkdir()
     (model_dir / ".tmp-abc").mkdir()
-    assert artifact.versions(model_dir) == [1, 3]
-    assert artifact.complete_versions(model_dir) == [1]
-    assert artifact.choose_version(model_dir, None) == 4
-    assert artifact.choose_version(model_dir, 2) == 2
+    assert artifact_dir.versions(model_dir) == [1, 3]
+    assert artifact_dir.complete_versions(model_dir) == [1]
+    assert artifact_dir.choose_version(model_dir, None) == 4
+    assert artifact_dir.choose_version(model_dir, 2) == 2
     with pytest.raises(ExportError, match="refusing to overwrite"):
-        artifact.choose_version(model_dir, 1)
+        artifact_dir.choose_version(model_dir, 1)
     with pytest.raises(ExportError, match="positive"):
-        artifact.choose_version(model_dir, 0)
+        artifact_dir.choose_version(model_dir, 0)
 
 
 @pytest.mark.parametrize("name", ["Digits", "-x", "a/b", "", "a b"])
 def test_names_follow_the_contract(name: str) -> None:
     with pytest.raises(ExportError, match="invalid model name"):
-        artifact.check_name(name)
-    assert artifact.check_name("fashion-mnist-alexnet_2.0") == "fashion-mnist-alexnet_2.0"
+        artifact_dir.check_name(name)
+    assert artifact_dir.check_name("fashion-mnist-alexnet_2.0") == "fashion-mnist-alexnet_2.0"
+
+
+def _metadata(version: int, files: dict[str, artifact.FileRecord]) -> artifact.Metadata:
+    recipe = artifact.InputRecipe(name="input", shape=[-1, 1, 4, 4], channels=1, size=(4, 4), scale=1.0,
+                                  mean=[0.0], std=[1.0])
+    return artifact.Metadata(schema_version=1, version=version, labels=["a"], input=recipe,
+                             output=artifact.ClassOutput(name="logits"), layers=[], files=files)
 
 
 def test_commit_writes_metadata_last_and_renames(tmp_path: Path) -> None:
-    with artifact.Staging(tmp_path, "m", None) as staging:
+    with artifact_dir.Staging(tmp_path, "m", None) as staging:
         assert staging.path is not None and staging.path.name.startswith(".tmp-")
         assert staging.path.parent == tmp_path / "m"
         (staging.path / "model.onnx").write_bytes(b"onnx")
-        final = staging.commit({"schema_version": 1, "version": None, "files": {}})
+        final = staging.commit(_metadata)
     assert final == tmp_path / "m" / "1"
     assert tree(tmp_path / "m") == ["1", "1/metadata.json", "1/model.onnx"]
     meta = json.loads((final / "metadata.json").read_text())
@@ -58,14 +66,14 @@ def test_commit_writes_metadata_last_and_renames(tmp_path: Path) -> None:
 def test_a_failure_leaves_nothing_behind(tmp_path: Path) -> None:
     out = tmp_path / "models"
     with pytest.raises(RuntimeError):
-        with artifact.Staging(out, "m", None) as staging:
+        with artifact_dir.Staging(out, "m", None) as staging:
             assert staging.path is not None
             (staging.path / "model.onnx").write_bytes(b"half")
             raise RuntimeError("crash mid-export")
     assert not out.exists()  # created by this run, so removed again
     _version(out / "m", 1)
     with pytest.raises(RuntimeError):
-        with artifact.Staging(out, "m", None):
+        with artifact_dir.Staging(out, "m", None):
             raise RuntimeError("crash")
     assert tree(out) == ["m", "m/1", "m/1/metadata.json"]
 

@@ -18,6 +18,7 @@ from export_helpers import make_imagefolder, run_cli
 from PIL import Image
 from test_export_import import export_small
 
+from artifact import InputRecipe, parse_metadata
 from model_export.geometry import Geometry, box
 from service import preprocessing
 from service.channel_view import ChannelView, NotComputed
@@ -27,12 +28,12 @@ RELATIVE = 1e-4
 
 def _view(path: Path) -> ChannelView:
     meta = json.loads((path / "metadata.json").read_text())
-    return ChannelView.load(path, meta, model=meta["name"], version=meta["version"])
+    return ChannelView.load(path, parse_metadata(meta), model=meta["name"], version=meta["version"])
 
 
 def _service_input(png: bytes, meta: dict[str, Any]) -> np.ndarray:
     """What the service does to an uploaded image (service/preprocessing.py)."""
-    spec = preprocessing.InputSpec.from_metadata(meta["input"])
+    spec = preprocessing.InputSpec.from_recipe(InputRecipe.model_validate(meta["input"]))
     return preprocessing.preprocess(preprocessing.decode(png, max_pixels=1 << 24), spec)
 
 
@@ -75,7 +76,7 @@ def test_the_ranking_is_the_top_k_over_every_held_out_image(digits_artifact: Any
     """Recomputed from the held-out images themselves: same images, same order, same boxes."""
     meta = digits_artifact.metadata
     view = _view(digits_artifact.path)
-    spec = preprocessing.InputSpec.from_metadata(meta["input"])
+    spec = preprocessing.InputSpec.from_recipe(InputRecipe.model_validate(meta["input"]))
     batch = np.stack([preprocessing.preprocess(Image.fromarray(img), spec) for img in digits_artifact.images])
     layers = {layer["name"]: layer for layer in meta["layers"]}
     outputs = _run(digits_artifact.path, batch, list(layers))

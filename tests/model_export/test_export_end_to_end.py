@@ -14,7 +14,7 @@ import torch
 from export_helpers import make_imagefolder, run_cli
 from PIL import Image
 
-from model_export import artifact
+import artifact
 from model_export.architectures import REGISTRY
 
 REQUIRED_INPUT_KEYS = {

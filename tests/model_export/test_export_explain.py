@@ -24,6 +24,7 @@ from export_helpers import run_cli
 from onnx import numpy_helper
 from PIL import Image
 
+from artifact import InputRecipe, parse_metadata
 from model_export.architectures import get_arch
 from model_export.layers import prepare
 from service.explain import Explainer, ExplainRequest, Method, describe
@@ -70,10 +71,10 @@ def torch_map(acts: torch.Tensor, grad: torch.Tensor, size: Sequence[int], per_p
 
 def check_parity(path: Path, metadata: dict, images: np.ndarray) -> list[str]:
     model = onnx.load(str(path / "model.onnx"))
-    described = describe(metadata, model)
+    described = describe("model", parse_metadata(metadata), model)
     net = torch_net(metadata, model)
     session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
-    spec = InputSpec.from_metadata(metadata["input"])
+    spec = InputSpec.from_recipe(InputRecipe.model_validate(metadata["input"]))
     explainer = Explainer(described, max_passes=100)
     exact = list(described.layers_for(Method.GRAD_CAM))
     assert exact == list(described.layers_for(Method.HIRES_CAM))

@@ -88,7 +88,7 @@ def _check_units(maps: np.ndarray, layer: dict, size: tuple[int, int]) -> int:
 
 def _traced_layers(net: nn.Module, channels: int, size: tuple[int, int]) -> list[dict]:
     calls = L.trace(net, torch.zeros(1, channels, *size))
-    return L.describe_taps(net, calls, L.default_taps(calls), size)
+    return [layer.to_json() for layer in L.describe_taps(net, calls, L.default_taps(calls), size)]
 
 
 @pytest.mark.parametrize(

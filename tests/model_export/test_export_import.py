@@ -84,7 +84,7 @@ def test_import_rewrites_a_fixed_batch_model(tmp_path: Path) -> None:
     assert meta["arch"] == "imported" and meta["training"] is None
     assert meta["labels"] == ["cat", "dog", "bird", "fish", "frog"]
     assert meta["input"]["shape"] == [-1, 3, 20, 20] and meta["input"]["mean"] == [0.5, 0.5, 0.5]
-    assert meta["output"] == {"name": "logits", "shape": [-1, 5], "kind": "logits"}
+    assert meta["output"] == {"name": "logits", "shape": [-1, 5], "kind": "logits", "logits": None}
     layers = {layer["name"]: layer for layer in meta["layers"]}
     assert [layer["op"] for layer in meta["layers"]] == ["Conv", "Relu", "MaxPool", "Conv", "Relu"]
     first_conv, first_relu, pool, _, last_relu = meta["layers"]

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from artifact import Metadata
 
 SIZE = 16
 REGION = (slice(2, 10), slice(2, 10))
@@ -78,10 +79,11 @@ def build(head: str = "flatten") -> onnx.ModelProto:
     return model
 
 
-def metadata(model: onnx.ModelProto, name: str = "known") -> dict[str, Any]:
+def metadata(model: onnx.ModelProto, name: str = "known") -> Metadata:
     """The artifact metadata the engine reads (docs/artifact.md), for ``build``'s graph."""
     shapes = {o.name: [d.dim_value or -1 for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
-    return {
+    return Metadata.model_validate({
+        "schema_version": 1,
         "name": name,
         "labels": list(LABELS),
         "input": {"name": "input", "shape": [-1, 1, SIZE, SIZE], "channels": 1, "size": [SIZE, SIZE],
@@ -89,7 +91,8 @@ def metadata(model: onnx.ModelProto, name: str = "known") -> dict[str, Any]:
         "output": {"name": "logits", "shape": [-1, 3], "kind": "logits"},
         "layers": [{"name": n, "output_shape": shapes[n], "receptive_field": None, "stride": None}
                    for n in ("features.1", "features.3", "features.4", "flat") if n in shapes],
-    }
+        "files": {"model.onnx": {"sha256": "0" * 64}},
+    })
 
 
 def image() -> np.ndarray:

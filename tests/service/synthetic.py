@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from artifact import Layer
+
 
 def build_model(channels: int, size: int, classes: int, filters: int = 4, seed: int = 0,
                 faulty: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -117,8 +119,8 @@ def write_artifact(
     }
     if views:
         stored = _write_views(directory, metadata, seed)
-        metadata.update(channel_view=stored.channel_view, samples=stored.samples)
-        files += [stored.channel_view["file"], stored.samples["file"]]
+        metadata.update(channel_view=stored.channel_view.to_json(), samples=stored.samples.to_json())
+        files += [stored.channel_view.file, stored.samples.file]
     metadata["files"] = {f: {"sha256": sha256(directory / f), "bytes": (directory / f).stat().st_size} for f in files}
     (directory / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return directory
@@ -135,7 +137,8 @@ def _write_views(directory: Path, metadata: dict[str, Any], seed: int) -> Any:
     classes = metadata["labels"]
     shape = (40, *meta["size"]) if meta["channels"] == 1 else (40, *meta["size"], 3)
     held_out = Split(rng.integers(0, 256, shape, dtype=np.uint8), np.arange(40, dtype=np.int64) % len(classes))
-    return write_views(directory, directory / "model.onnx", metadata["layers"], spec, held_out, classes,
+    layers = [Layer.model_validate(layer) for layer in metadata["layers"]]
+    return write_views(directory, directory / "model.onnx", layers, spec, held_out, classes,
                        ViewOptions(images=40, top_k=4, progress=False))
 
 

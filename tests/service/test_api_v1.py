@@ -15,6 +15,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from artifact import InputRecipe
 from service.preprocessing import InputSpec, decode, preprocess
 from tests.service.conftest import png_bytes, serving
 from tests.service.synthetic import write_artifact
@@ -41,7 +42,7 @@ def test_predictions_equal_onnxruntime_run_directly(client: TestClient, reposito
     data = random_png(13)
     body = client.post("/v1/models/synthetic/versions/1/predict?top_k=3", content=data, headers=PNG).json()
     metadata = json.loads((repository / "synthetic/1/metadata.json").read_text())
-    tensor = preprocess(decode(data, max_pixels=10**6), InputSpec.from_metadata(metadata["input"]))[None]
+    tensor = preprocess(decode(data, max_pixels=10**6), InputSpec.from_recipe(InputRecipe.model_validate(metadata["input"])))[None]
     session = ort.InferenceSession(str(repository / "synthetic/1/model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"input": tensor})[0][0]
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from artifact import ArtifactError, parse_metadata
 from service.channel_view import TILE, ChannelView, NotComputed
 from service.errors import NotFound
-from service.repository import ArtifactError, load_artifact, scan
+from service.repository import load_artifact, scan
 
 BASE = "/v1/models/digits-tinyvgg"
 
@@ -96,7 +97,8 @@ def test_unknown_names_are_404_naming_the_valid_range(view: ChannelView, call: A
 
 def test_an_artifact_without_them_answers_not_computed(digits_artifact: Any) -> None:
     """An artifact written before the channel view existed: no keys, no files."""
-    metadata = {k: v for k, v in digits_artifact.metadata.items() if k not in ("channel_view", "samples")}
+    metadata = parse_metadata({k: v for k, v in digits_artifact.metadata.items()
+                               if k not in ("channel_view", "samples")})
     view = ChannelView.load(digits_artifact.path, metadata, model="old", version=3)
     assert not view.computed and not view.has_samples and view.layers == [] and view.images == 0
     with pytest.raises(NotComputed) as caught:
@@ -114,7 +116,8 @@ def test_an_inconsistent_file_fails_at_load(digits_artifact: Any, tmp_path: Path
         arrays = {k: data[k] for k in data.files}
     arrays["0.picture"] = arrays["0.picture"] + 10_000
     np.savez(tmp_path / "broken.npz", **arrays)
-    metadata = dict(digits_artifact.metadata, channel_view={"file": "broken.npz"}, samples=None)
+    metadata = parse_metadata(dict(digits_artifact.metadata, samples=None,
+                                   channel_view=dict(digits_artifact.metadata["channel_view"], file="broken.npz")))
     with pytest.raises(ArtifactError, match="layer 'features.1' names pictures outside"):
         ChannelView.load(tmp_path, metadata, model="m", version=1)
     del arrays["picture_crop"]

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from artifact import InputRecipe
 from service.batching import DynamicBatcher
 from service.channel_view import ChannelView
 from service.dataplane import DataPlane, ImageInputs, TensorInputs
@@ -25,7 +26,7 @@ from service.settings import Settings
 from service.signature import LayerSignature, ModelSignature
 from tests.service.conftest import png_bytes
 
-SPEC = InputSpec.from_metadata({"channels": 1, "size": [4, 4], "scale": 1 / 255, "mean": [0.0], "std": [1.0]})
+SPEC = InputSpec.from_recipe(InputRecipe.model_validate({"channels": 1, "size": [4, 4], "scale": 1 / 255, "mean": [0.0], "std": [1.0]}))
 SIGNATURE = ModelSignature("fake", 1, "input", (1, 4, 4), "logits", ("a", "b"),
                            (LayerSignature("conv", (2, 4, 4)), LayerSignature("pool", (2, 2, 2))))
 

@@ -25,7 +25,7 @@ def proto() -> object:
 
 @pytest.fixture(scope="module")
 def explainer(proto: object) -> Explainer:
-    return Explainer(describe(km.metadata(proto), proto), max_passes=1000, batch_size=8)
+    return Explainer(describe("known", km.metadata(proto), proto), max_passes=1000, batch_size=8)
 
 
 # ---- pass accounting -------------------------------------------------------------------
@@ -52,7 +52,7 @@ async def test_every_pass_is_counted_and_the_budget_holds(explainer: Explainer, 
     ("eigen-cam", 1),
 ])
 async def test_without_faithfulness_only_the_method_runs(proto: object, method: str, passes: int) -> None:
-    explainer = Explainer(describe(km.metadata(proto), proto), max_passes=2000)
+    explainer = Explainer(describe("known", km.metadata(proto), proto), max_passes=2000)
     plan = explainer.plan(ExplainRequest(method=method, faithfulness=False))
     forward = km.OrtForward(proto)
     result = await explainer.run(plan, km.image(), forward)
@@ -74,7 +74,7 @@ async def test_occlusion_uses_a_coarser_grid_under_a_small_budget(explainer: Exp
 
 
 def test_a_server_limit_below_the_default_cost_shrinks_the_default(proto: object) -> None:
-    small = Explainer(describe(km.metadata(proto), proto), max_passes=200)
+    small = Explainer(describe("known", km.metadata(proto), proto), max_passes=200)
     plan = small.plan(ExplainRequest(method="rise"))
     assert plan.budget == 200 and plan.method_passes == 200 - 1 - faith.PASSES
 
@@ -124,7 +124,7 @@ def test_bad_requests_are_refused_naming_the_valid_values(explainer: Explainer, 
 
 
 def test_a_server_limit_below_a_methods_least_cost_is_refused_naming_it(proto: object) -> None:
-    tiny = Explainer(describe(km.metadata(proto), proto), max_passes=30)
+    tiny = Explainer(describe("known", km.metadata(proto), proto), max_passes=30)
     with pytest.raises(Unprocessable, match=r"needs at least 59 .* limit of 30 \(CONVSCOPE_MAX_EXPLAIN_PASSES\)"):
         tiny.plan(ExplainRequest(method="grad-cam"))
     with pytest.raises(Unprocessable, match=r"limit of 30 \(CONVSCOPE_MAX_EXPLAIN_PASSES\)"):
@@ -273,7 +273,7 @@ async def test_the_batcher_can_size_each_batch(proto: object) -> None:
         asked.append(most)
         return 3
 
-    explainer = Explainer(describe(km.metadata(proto), proto), max_passes=1000, batch_size=8,
+    explainer = Explainer(describe("known", km.metadata(proto), proto), max_passes=1000, batch_size=8,
                           batch_images=batch_images)
     forward = km.OrtForward(proto)
     result = await explainer.run(explainer.plan(ExplainRequest(method="occlusion", faithfulness=False)), km.image(),
@@ -292,7 +292,7 @@ async def test_a_slow_forward_gets_small_batches(proto: object) -> None:
         await asyncio.sleep(0.02 * batch.shape[0])  # 20 ms an image, or more on a busy machine
         return await real(batch, outputs)
 
-    explainer = Explainer(describe(km.metadata(proto), proto), max_passes=100, batch_size=16, batch_seconds=0.05)
+    explainer = Explainer(describe("known", km.metadata(proto), proto), max_passes=100, batch_size=16, batch_seconds=0.05)
     plan = explainer.plan(ExplainRequest(method="occlusion", passes=1 + 16, faithfulness=False))
     result = await explainer.run(plan, km.image(), slow)
     assert result.forward_passes == sum(sizes) == 17

@@ -39,7 +39,7 @@ def mass_inside(saliency: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def model() -> object:
     proto = km.build()
-    return proto, describe(km.metadata(proto), proto)
+    return proto, describe("known", km.metadata(proto), proto)
 
 
 @pytest.mark.parametrize("method, layer", CASES)
@@ -159,7 +159,7 @@ def test_grad_cam_weighs_channels_by_the_mean_gradient_and_hires_cam_each_positi
 
 async def test_on_a_pooling_head_grad_cam_and_hires_cam_draw_the_same_map() -> None:
     proto = km.build(head="gap")
-    explainer = Explainer(describe(km.metadata(proto), proto), max_passes=100)
+    explainer = Explainer(describe("known", km.metadata(proto), proto), max_passes=100)
     maps = {}
     for method in ("grad-cam", "hires-cam"):
         plan = explainer.plan(ExplainRequest(method=method, target=0, faithfulness=False))

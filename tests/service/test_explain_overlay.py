@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from artifact import InputRecipe
 from service import encoding as enc
 from service.preprocessing import InputSpec, preprocess
 
@@ -19,7 +20,7 @@ RGB = {"channels": 3, "size": [32, 32], "scale": 1 / 255, "mean": [0.485, 0.456,
 
 @pytest.mark.parametrize("meta", [GREY, RGB])
 def test_the_input_image_is_what_the_model_saw(meta: dict) -> None:
-    spec = InputSpec.from_metadata(meta)
+    spec = InputSpec.from_recipe(InputRecipe.model_validate(meta))
     pixels = np.random.default_rng(0).integers(0, 256, (spec.height, spec.width, spec.channels), dtype=np.uint8)
     picture = Image.fromarray(pixels[..., 0] if spec.channels == 1 else pixels)
     tensor = preprocess(picture, spec)

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from artifact import InputRecipe
 from service.errors import BadRequest, PayloadTooLarge
 from service.preprocessing import InputSpec, decode, preprocess, to_mode
 
-GREY = InputSpec.from_metadata({"channels": 1, "size": [8, 8], "resize": "bilinear", "scale": 1 / 255,
-                                "mean": [0.5], "std": [0.25]})
-RGB = InputSpec.from_metadata({"channels": 3, "size": [6, 4], "resize": "bilinear", "scale": 1 / 255,
-                               "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5]})
+GREY = InputSpec.from_recipe(InputRecipe.model_validate({"channels": 1, "size": [8, 8], "resize": "bilinear", "scale": 1 / 255,
+                                "mean": [0.5], "std": [0.25]}))
+RGB = InputSpec.from_recipe(InputRecipe.model_validate({"channels": 3, "size": [6, 4], "resize": "bilinear", "scale": 1 / 255,
+                               "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5]}))
 
 
 def encode(image: Image.Image, format: str, **params: object) -> bytes:
@@ -104,14 +105,14 @@ def test_colour_image_to_a_grey_model() -> None:
 
 def test_unknown_resize_filter_is_rejected() -> None:
     with pytest.raises(ValueError, match="resize"):
-        InputSpec.from_metadata({"channels": 1, "size": [8, 8], "resize": "magic", "scale": 1,
-                                 "mean": [0], "std": [1]})
+        InputSpec.from_recipe(InputRecipe.model_validate({"channels": 1, "size": [8, 8], "resize": "magic", "scale": 1,
+                                 "mean": [0], "std": [1]}))
 
 
 # -- decoding only what the model sees (issue 14) -------------------------------------------
 
-PHOTO_SPEC = InputSpec.from_metadata({"channels": 3, "size": [32, 32], "resize": "bilinear", "scale": 1 / 255,
-                                      "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]})
+PHOTO_SPEC = InputSpec.from_recipe(InputRecipe.model_validate({"channels": 3, "size": [32, 32], "resize": "bilinear", "scale": 1 / 255,
+                                      "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}))
 EXACT = replace(PHOTO_SPEC, reducing_gap=None)
 
 

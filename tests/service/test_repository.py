@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.repository import ArtifactError, Layout, detect_layout, load_artifact, scan
+from artifact import ArtifactError
+from service.repository import Layout, detect_layout, load_artifact, scan
 from tests.service.synthetic import write_artifact
 
 
@@ -55,7 +56,7 @@ def break_metadata(directory: Path, **changes: object) -> None:
     ({"input__mean": [0.1, 0.2]}, "mean"),
     ({"input__std": [0.0]}, "std"),
     ({"input__size": [8]}, "size"),
-    ({"input__scale": None}, "input lacks scale"),
+    ({"input__scale": None}, "input.scale is missing"),
     ({"output": {}}, "output.name"),
     ({"layers": [{"name": "x"}]}, "output_shape"),
     ({"files": {}}, "files"),

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 from starlette.testclient import TestClient
 
+from artifact import InputRecipe
 from service.preprocessing import InputSpec, decode, preprocess
 from tests.service.conftest import serving
 from tests.service.synthetic import write_artifact
@@ -252,7 +253,7 @@ def test_classification_binary_and_a_count_over_the_classes(client: TestClient) 
 
 def expected_from_image(repository: Path, version: int, data: bytes) -> np.ndarray:
     metadata = json.loads((repository / f"synthetic/{version}/metadata.json").read_text())
-    tensor = preprocess(decode(data, max_pixels=10**6), InputSpec.from_metadata(metadata["input"]))[None]
+    tensor = preprocess(decode(data, max_pixels=10**6), InputSpec.from_recipe(InputRecipe.model_validate(metadata["input"])))[None]
     return ort_run(repository, version, tensor, ["logits"])[0][0]
 
 

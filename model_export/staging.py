@@ -1,23 +1,20 @@
-"""The artifact directory (docs/artifact.md): versions, atomic writes, file records."""
+"""Writing a new version into the model repository (docs/artifact.md): its name, its
+number, and an atomic commit (a hidden directory renamed into place as a whole)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+from artifact import METADATA_FILE, FileRecord, Metadata, file_records, write_metadata
 
 from .errors import ExportError
 
-SCHEMA_VERSION = 1
-MODEL_FILE = "model.onnx"
-INITIAL_WEIGHTS_FILE = "initial_weights.npz"
-METADATA_FILE = "metadata.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -50,22 +47,6 @@ def choose_version(model_dir: Path, requested: int | None) -> int:
     if (model_dir / str(requested)).exists():
         raise ExportError(f"{model_dir / str(requested)} already exists; refusing to overwrite it")
     return requested
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_records(directory: Path) -> dict[str, dict[str, Any]]:
-    return {
-        p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-        for p in sorted(directory.iterdir())
-        if p.is_file() and p.name != METADATA_FILE
-    }
 
 
 def utc_now() -> str:
@@ -106,19 +87,12 @@ class Staging:
             raise ExportError(f"cannot write to {self.model_dir}: {exc.strerror or exc}") from None
         return self
 
-    def commit(self, metadata: dict[str, Any]) -> Path:
-        """Record files, write metadata.json last, then rename into place."""
+    def commit(self, make: Callable[[int, dict[str, FileRecord]], Metadata]) -> Path:
+        """Choose the version number, record the files, write metadata.json last (``make``
+        builds it from the number and the file records), then rename into place."""
         assert self.path is not None
         version = choose_version(self.model_dir, self.requested)
-        metadata["version"] = version
-        metadata["files"] = file_records(self.path)
-        tmp_meta = self.path / (METADATA_FILE + ".part")
-        with open(tmp_meta, "w", encoding="utf-8") as fh:
-            json.dump(metadata, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_meta, self.path / METADATA_FILE)
+        write_metadata(self.path, make(version, file_records(self.path)))
         final = self.model_dir / str(version)
         try:
             # rename() of a directory fails if the target is a non-empty directory but

@@ -1,0 +1,245 @@
+"""metadata.json as types: the one description of a model version that the export stage
+writes and the service reads (docs/artifact.md is this module in prose, and a test holds
+the two together).
+
+Every field an older artifact may lack has a default, so versions written before a field
+existed keep loading. Fields this module does not know are kept as they are (a newer
+writer's additions survive a read and show in the model's metadata), but never used.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    """Base of every part of metadata.json: unknown keys kept, values validated on read."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """As written in metadata.json: every field, in declaration order, nulls included."""
+        return self.model_dump(mode="json")
+
+
+class Layout(StrEnum):
+    NCHW = "NCHW"
+
+
+class InputRecipe(Record):
+    """How an encoded image becomes the model's input tensor: decode, convert to
+    ``color_mode``, resize to ``size`` with ``resize``, multiply by ``scale``, then
+    ``(x - mean) / std`` per channel, laid out as ``layout``."""
+
+    name: str = "input"
+    shape: list[int] = Field(description="[-1, C, H, W]; -1 is the dynamic batch (fixed_batch: a number)")
+    layout: Layout = Layout.NCHW
+    dtype: Literal["float32"] = "float32"
+    channels: Literal[1, 3]
+    color_mode: Literal["L", "RGB"] | None = None
+    size: tuple[PositiveInt, PositiveInt] = Field(description="[height, width] in pixels")
+    resize: str = "bilinear"
+    scale: PositiveFloat
+    mean: list[float]
+    std: list[PositiveFloat]
+    fixed_batch: PositiveInt | None = Field(
+        None, description="The graph runs only batches of exactly this many images (null: any batch)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape_from_size(cls, data: Any) -> Any:
+        """``shape`` says again what ``channels`` and ``size`` say: derived when left out."""
+        if isinstance(data, dict) and "shape" not in data and "size" in data and "channels" in data:
+            size = data["size"]
+            if isinstance(size, (list, tuple)) and len(size) == 2:
+                data = {**data, "shape": [data.get("fixed_batch") or -1, data["channels"], *size]}
+        return data
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> InputRecipe:
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != self.channels:
+                raise ValueError(f"input.{key} must list one number per channel ({self.channels})")
+        return self
+
+    @property
+    def height(self) -> int:
+        return self.size[0]
+
+    @property
+    def width(self) -> int:
+        return self.size[1]
+
+
+class OutputKind(StrEnum):
+    """What the class output holds, decided from the graph at export (or by the user)."""
+
+    LOGITS = "logits"  # scores before a softmax: probabilities are softmax(scores)
+    PROBABILITIES = "probabilities"  # the graph ends in Softmax: served as they are
+    LOG_PROBABILITIES = "log_probabilities"  # the graph ends in LogSoftmax: exp() of them
+    MULTILABEL = "multilabel"  # the graph ends in Sigmoid: one independent score per class
+
+
+class ClassOutput(Record):
+    name: str
+    shape: list[int] | None = None
+    kind: OutputKind = OutputKind.LOGITS
+    logits: str | None = Field(
+        None, description="A graph output holding the scores before the final Softmax, LogSoftmax or "
+                          "Sigmoid, where the graph has one (explanations target it); null otherwise")
+
+
+class Layer(Record):
+    """A tapped layer: a graph output of that name, one image's map ``output_shape[1:]``."""
+
+    name: str
+    op: str | None = None
+    kind: str = "other"  # conv | pool | activation | linear | merge | other: what the map shows
+    conv: str | None = None  # the conv whose filters made this map
+    weight: str | None = None  # the ONNX initializer of those filters
+    kernel_size: list[int] | None = None
+    out_channels: int | None = None
+    in_channels: int | None = None
+    output_shape: Annotated[list[int], Field(min_length=2)]
+    params: int | None = None
+    receptive_field: int | None = None
+    stride: int | None = None
+    receptive_field_offset: int | None = None
+    geometry_note: str | None = Field(
+        None, description="Why receptive_field is null where it is (a layer that mixes every position)")
+    group: str | None = Field(None, description="The block this layer belongs to, for one row per block")
+
+    @property
+    def map_shape(self) -> tuple[int, ...]:
+        """One image's output, without the batch dimension."""
+        return tuple(self.output_shape[1:])
+
+
+class ModuleParams(Record):
+    name: str
+    type: str
+    params: int
+
+
+class Params(Record):
+    total: int
+    conv: int
+    dense: int
+    other: int
+    dense_fraction: float | None = None
+    per_module: list[ModuleParams] = Field(default_factory=list)
+
+
+class Parity(Record):
+    images: int | None = None
+    tolerance: float | None = None
+    passed: bool | None = None
+    criterion: str | None = None
+    max_abs_diff: dict[str, float] = Field(default_factory=dict)
+
+
+class EpochRecord(Record):
+    epoch: int
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    seconds: float | None = None
+
+
+class Training(Record):
+    """How a training export made the weights (null for an import)."""
+
+    dataset: str | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    threads: int | None = None  # torch intra-op threads: runs repeat exactly per count
+    seconds: float | None = None
+    accuracy: float | None = None  # final held-out figures; null when untrained
+    loss: float | None = None
+    history: list[EpochRecord] = Field(default_factory=list)
+    weights: str | None = None  # the path given to --weights
+
+
+class Versions(Record):
+    torch: str | None = None
+    torchvision: str | None = None
+    onnx: str | None = None
+    onnxruntime: str | None = None
+    opset: int | None = None
+    convscope: str | None = None
+
+
+class ChannelViewRecord(Record):
+    file: str
+    images: int
+    top_k: int
+    layers: list[str] = Field(default_factory=list)
+    pictures: dict[str, int] = Field(default_factory=dict)
+    seconds: float | None = None
+
+
+class SamplesRecord(Record):
+    file: str
+    count: int
+    per_class: int
+
+
+class FileRecord(Record):
+    sha256: str
+    bytes: int | None = None
+
+
+class Metadata(Record):
+    """metadata.json of one version."""
+
+    schema_version: Literal[1]
+    name: str | None = None
+    version: int | None = None
+    created: str | None = None
+    arch: str | None = None
+    description: str | None = None
+    model_file: str = "model.onnx"
+    labels: Annotated[list[str], Field(min_length=1)]
+    input: InputRecipe
+    output: ClassOutput
+    layers: list[Layer]
+    params: Params | None = None
+    training: Training | None = None
+    parity: Parity | None = None
+    versions: Versions | None = None
+    channel_view: ChannelViewRecord | None = None
+    samples: SamplesRecord | None = None
+    files: Annotated[dict[str, FileRecord], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> Metadata:
+        seen = {self.output.name}
+        if self.output.logits is not None:
+            seen.add(self.output.logits)
+        for layer in self.layers:
+            if layer.name in seen:
+                raise ValueError(f"layer name {layer.name!r} is used twice")
+            seen.add(layer.name)
+        if self.model_file not in self.files:
+            raise ValueError(f"model_file {self.model_file!r} is not listed under files")
+        return self
+
+    def layer(self, name: str) -> Layer:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]

@@ -9,7 +9,12 @@ MODELS ?= models
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run export lint test test-fast test-containers bench clean
+NODE ?= node
+# The explorer's module tests (node's built-in runner), one *.test.mjs per module of
+# service/static/, in the mirrored tree tests/service/static/.
+JS_TESTS := tests/service/static
+
+.PHONY: setup run export lint test test-fast test-js test-containers bench clean
 
 setup: $(STAMP)
 
@@ -38,15 +43,24 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Lint, then every test. The slow tier (Fashion-MNIST, AlexNet at 224) runs inside the
-# same pytest call and skips itself, saying why, when its data is absent.
-# pytest's exit 5 (no test collected) is a failure, never a pass.
-test: lint
+# Lint, the explorer's module tests, then every Python test. The slow tier (Fashion-MNIST,
+# AlexNet at 224) runs inside the same pytest call and skips itself, saying why, when its data
+# is absent. pytest's exit 5 (no test collected) is a failure, never a pass.
+test: lint test-js
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) test-js
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# No node is a failure, not a skip: .ci/run installs Debian's nodejs where it is missing.
+# The files are named one by one: how node finds test files in a folder changed across versions.
+test-js:
+	@command -v $(NODE) >/dev/null 2>&1 || { echo "make test: no '$(NODE)' on PATH: the explorer's module tests" \
+		"($(JS_TESTS)) need Node.js 18 or later (apt-get install nodejs)" >&2; exit 1; }
+	@files=$$(find $(JS_TESTS) -name '*.test.mjs' | sort); \
+	if [ -z "$$files" ]; then echo "make test: no *.test.mjs under $(JS_TESTS)" >&2; exit 1; fi; \
+	$(NODE) --test $$files
 
 # Builds the images and runs the compose stack (podman here, Docker where an engine
 # exists); needs only the host's python3, not the venv.

@@ -68,11 +68,22 @@ def _lut(stops: Sequence[tuple[int, int, int]]) -> np.ndarray:
     ).round().astype(np.uint8)
 
 
-COLORMAPS: dict[str, np.ndarray] = {
-    "viridis": _lut(_VIRIDIS_STOPS),
-    "coolwarm": _lut(_COOLWARM_STOPS),
-    "inferno": _lut(_INFERNO_STOPS),
+COLORMAP_STOPS: dict[str, Sequence[tuple[int, int, int]]] = {
+    "viridis": _VIRIDIS_STOPS,
+    "coolwarm": _COOLWARM_STOPS,
+    "inferno": _INFERNO_STOPS,
 }
+COLORMAPS: dict[str, np.ndarray] = {name: _lut(stops) for name, stops in COLORMAP_STOPS.items()}
+
+
+def colormap_catalogue() -> dict[str, Any]:
+    """The colour maps as stops, and which one each picture uses: the explorer paints feature
+    maps and filters with these (its lib/colormap.mjs interpolates them as ``_lut`` does)."""
+    return {
+        "feature_maps": FEATURE_COLORMAP, "filters": FILTER_COLORMAP, "saliency": SALIENCY_COLORMAP,
+        "saliency_choices": list(SALIENCY_COLORMAPS),
+        "stops": {name: [list(stop) for stop in stops] for name, stops in COLORMAP_STOPS.items()},
+    }
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

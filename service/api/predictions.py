@@ -91,11 +91,13 @@ LAYER_KEYS = ("name", "op", "kind", "output_shape", "params", "receptive_field",
 
 def layer_catalogue(model: ServedModel) -> dict[str, Any]:
     """The layer names valid for ``layers=``, shallow to deep, with what each shows and
-    which explanation methods may use it (``layer=`` of /explain)."""
+    which explanation methods may use it (``layer=`` of /explain), and the colour maps the
+    server paints with (the explorer reads them here)."""
     runtime = model.runtime
     layers = [{**{k: getattr(layer, k) for k in LAYER_KEYS}, "has_filters": layer.name in runtime.filters}
               for layer in runtime.metadata.layers]
-    body: dict[str, Any] = {"model": runtime.name, "version": runtime.version, "layers": layers}
+    body: dict[str, Any] = {"model": runtime.name, "version": runtime.version, "layers": layers,
+                            "colormaps": enc.colormap_catalogue()}
     if model.explainer is None:
         for layer in layers:
             layer["explain_methods"] = []

@@ -85,10 +85,21 @@ class ExplainCatalogue(BaseModel):
     unavailable: str | None = Field(None, description="Why this model cannot be explained at all, if so.")
 
 
+class ColormapCatalogue(BaseModel):
+    feature_maps: str = Field(description="The colour map of feature maps (PNG grids; the explorer's tiles).")
+    filters: str = Field(description="The diverging colour map of filter weights (grey at zero).")
+    saliency: str = Field(description="The explanation overlay's default colour map.")
+    saliency_choices: list[str] = Field(description="The colour maps `colormap=` of /explain takes.")
+    stops: dict[str, list[list[int]]] = Field(
+        description="Each colour map by name: its [r, g, b] stops (0-255), evenly spaced over 0..1 and "
+                    "interpolated linearly to the 256 entries the server paints with.")
+
+
 class LayerList(BaseModel):
     model: str
     version: int
     layers: list[LayerInfo]
+    colormaps: ColormapCatalogue
     explanations: ExplainCatalogue
 
 

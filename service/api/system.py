@@ -33,12 +33,16 @@ async def explorer() -> HTMLResponse:
 
 
 class _Static(StaticFiles):
-    """The explorer's script and styles: revalidated on every load (an ETag makes that a
-    304), so a page never runs an older script than the server it talks to."""
+    """The explorer's modules and styles: revalidated on every load (an ETag makes that a
+    304), so a page never runs an older script than the server it talks to. Modules go out as
+    text/javascript whatever the host's MIME table says: a browser runs
+    ``<script type="module">`` only with a JavaScript type."""
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers.setdefault("Cache-Control", "no-cache")
+        if path.endswith(".mjs") and response.status_code == 200:
+            response.headers["Content-Type"] = "text/javascript; charset=utf-8"
         return response
 
 

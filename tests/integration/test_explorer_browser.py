@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service import encoding
 from tests.conftest import ExportedModel
 from tests.integration.conftest import LiveServer
 from tests.service.conftest import png_bytes
@@ -86,6 +87,10 @@ def test_a_sample_its_prediction_explanation_and_a_channel(page: Page, server: L
     layers = [layer["name"] for layer in digits_artifact.metadata["layers"]]
     p.wait_for_selector(f'.layer[data-layer="{layers[-1]}"] .tile')
     assert p.locator(".layer").count() == len(layers)
+    # The legend in the server's feature map colours, read from the layer catalogue.
+    stops = encoding.COLORMAP_STOPS[encoding.FEATURE_COLORMAP]
+    ramp = p.evaluate("getComputedStyle(document.querySelector('#feature-ramp')).backgroundImage")
+    assert ramp == f"linear-gradient(90deg, {', '.join(f'rgb({r}, {g}, {b})' for r, g, b in stops)})"
     p.click('.layer[data-layer="features.8"] .tile >> nth=0')
     top_k = digits_artifact.metadata["channel_view"]["top_k"]
     page.images_decoded(".detail .patch img", top_k)

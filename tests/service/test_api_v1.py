@@ -300,12 +300,13 @@ def test_explorer_page_is_served(client: TestClient) -> None:
     response = client.get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     page = response.text
-    assert '<script src="/explorer/explorer.js"' in page and 'href="/explorer/explorer.css"' in page
-    script = client.get("/explorer/explorer.js")
-    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert '<script type="module" src="/explorer/explorer.mjs"' in page and 'href="/explorer/explorer.css"' in page
+    script = client.get("/explorer/explorer.mjs")
+    assert script.status_code == 200 and script.headers["content-type"] == "text/javascript; charset=utf-8"
     assert script.headers["cache-control"] == "no-cache" and "etag" in script.headers
     assert client.get("/explorer/explorer.css").headers["content-type"].startswith("text/css")
-    # the page drives the same public API a program would use
+    # the page drives the same public API a program would use: every path it asks for is in lib/api.mjs
+    api = client.get("/explorer/lib/api.mjs").text
     for path in ("/v1/models", "/predict?top_k=", "&layers=all&encoding=npy&dtype=float16", "/samples",
-                 "/channels/", "/filter`", "/explain?", "filters.png?version="):
-        assert path in script.text, path
+                 "/channels/", "/filter`", "/explain?", "/layers?version=", "filters.png?version="):
+        assert path in api, path

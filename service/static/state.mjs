@@ -1,0 +1,60 @@
+// What the page knows, defined and documented here only. The controller (explorer.mjs) sets
+// the model and the image; the views read it, and write the fields marked (view).
+// The form controls' own values (#shared, #order, #method, #target) stay in the controls,
+// which the browser may restore on a reload; the views read them there.
+
+import { colormapsFrom } from "./lib/colormap.mjs";
+
+export const state = {
+  // ---- the model version on show (selectModel; all reset when it changes) ----
+  /** Its metadata, GET /v1/models/{name}/versions/{v}; null when no model serves. */
+  meta: null,
+  /** /v1/models/{name}/versions/{v}: every URL below it is immutable, so pictures are cached. */
+  base: "",
+  /** Its layer catalogue, GET /v1/models/{name}/layers?version={v}: `layers`, `explanations`
+   * ({methods, default_method, default_layer, unavailable}) and `colormaps`. */
+  catalogue: null,
+  /** The server's colour maps by role, from the catalogue: {feature_maps, filters, saliency},
+   * each {name, stops, table} (lib/colormap.mjs colormapsFrom). */
+  colormaps: null,
+
+  // ---- the image being looked at (look) ----
+  /** The Blob sent to the server, and what to call it. */
+  image: null,
+  imageName: "",
+  /** The image as the model sees it: a canvas at the input size (grey for grey models). */
+  input: null,
+  /** [{label, index, probability}], best first, every class. */
+  probabilities: [],
+  /** layer -> its feature maps on this image (lib/maps.mjs featureMap: {c, h, w, data, min, max}). */
+  maps: {},
+
+  // ---- how the overview shows them (view: layers, channel) ----
+  /** layer -> the page of channels shown. */
+  pages: {},
+  /** layer -> true: its silent channels are shown too. */
+  silent: {},
+  /** The channel opened in the detail view: {layer, channel}, or null. */
+  selected: null,
+
+  // ---- explanations (view: explanation) ----
+  /** The AbortController of the explanation in flight: a newer one aborts it. */
+  explainRun: null,
+};
+
+/** A new model version: its metadata, and nothing left of the one before. */
+export function showModel(meta, base) {
+  Object.assign(state, { meta, base, catalogue: null, colormaps: null, maps: {}, pages: {}, silent: {}, selected: null });
+}
+
+/** Its layer catalogue, and the colour maps the server paints with. */
+export function setCatalogue(catalogue) {
+  state.catalogue = catalogue;
+  state.colormaps = colormapsFrom(catalogue.colormaps);
+}
+
+/** A layer of the model on show, by name (its metadata entry). */
+export const layerInfo = (name) => state.meta.layers.find((l) => l.name === name);
+
+/** The explanation methods on offer, from the catalogue: {methods, default_method, unavailable}. */
+export const explanations = () => state.catalogue?.explanations ?? { methods: [], default_method: null, unavailable: null };

@@ -34,7 +34,7 @@ from benchmarks.run import BENCHES, ROOT, export_if_missing, machine_info
 def images_for(bench_key: str, count: int, spec: Any) -> list[np.ndarray]:
     from PIL import Image
 
-    from service.preprocessing import preprocess
+    from service.inference.preprocessing import preprocess
 
     if bench_key == "tinyvgg":
         from model_export.datasets import load_digits
@@ -51,8 +51,8 @@ def images_for(bench_key: str, count: int, spec: Any) -> list[np.ndarray]:
 def measure(bench_key: str, repository: Path, methods: Sequence[str], count: int, batch_size: int,
             batch_seconds: float | None) -> list[dict[str, Any]]:
     from service.explain import Explainer, ExplainRequest, describe
-    from service.repository import load_artifact, scan
-    from service.runtime import RuntimeOptions, choose_providers, load_model
+    from service.models.repository import load_artifact, scan
+    from service.models.runtime import RuntimeOptions, choose_providers, load_model
     from service.settings import Settings
 
     bench = BENCHES[bench_key]

@@ -73,8 +73,8 @@ def export_artifact(arch: str, repository: Path, env: dict[str, str]) -> Path:
 
 def load_reference(model_dir: Path) -> tuple[Any, Any]:
     """(artifact, InputSpec) of the newest version in a model folder."""
-    from service.preprocessing import InputSpec
-    from service.repository import load_artifact, scan
+    from service.inference.preprocessing import InputSpec
+    from service.models.repository import load_artifact, scan
 
     ref = max((r for r in scan(model_dir.parent) if r.name == model_dir.name), key=lambda r: r.version)
     artifact = load_artifact(ref)
@@ -85,7 +85,7 @@ def sample_input(spec: Any) -> tuple[bytes, str, np.ndarray]:
     """A real photo at the model's size: (JPEG bytes, content type, preprocessed CHW)."""
     from PIL import Image
 
-    from service.preprocessing import decode, preprocess
+    from service.inference.preprocessing import decode, preprocess
 
     data = photo_jpeg(spec.width)
     if spec.height != spec.width or spec.channels != 3:  # not an RGB square: a PNG of the right shape
@@ -153,7 +153,7 @@ def measure_raw(artifact: Any, provider: str, tensor: np.ndarray, batches: list[
                 seconds: float) -> list[dict[str, Any]]:
     """onnxruntime alone on ``provider``, the service's logits-only session, I/O binding:
     the input is copied to the device once, the output stays there."""
-    from service.runtime import CPU, RuntimeOptions, load_model
+    from service.models.runtime import CPU, RuntimeOptions, load_model
 
     options = RuntimeOptions(providers=[provider] if provider == CPU else [provider, CPU])
     model = load_model(artifact, options)

@@ -125,8 +125,8 @@ class PathResult:
 
 
 def run_path(model: object, items: list[tuple[str, bytes]], gap: float | None) -> PathResult:
-    from service.dataplane import softmax
-    from service.preprocessing import decode, preprocess
+    from service.inference.dataplane import softmax
+    from service.inference.preprocessing import decode, preprocess
 
     spec = replace(model.spec, reducing_gap=gap)  # type: ignore[attr-defined]
     tensors, times = [], []
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args(argv)
 
-    from service.repository import load_artifact, scan
-    from service.runtime import RuntimeOptions, load_model
+    from service.models.repository import load_artifact, scan
+    from service.models.runtime import RuntimeOptions, load_model
 
     model_dir = args.model_dir or train(args)
     ref = max((r for r in scan(model_dir.parent) if r.name == model_dir.name), key=lambda r: r.version)

@@ -1,6 +1,6 @@
 """The limit: onnxruntime in-process, exactly as the service runs predictions.
 
-The model is opened with ``service.runtime.load_model`` and the service's own settings
+The model is opened with ``service.models.runtime.load_model`` and the service's own settings
 (``CONVSCOPE_INTRA_OP_THREADS``, ``CONVSCOPE_INTER_OP_THREADS``, ``CONVSCOPE_PROVIDERS``
 from the environment), and timed through ``ModelRuntime.run`` asking for the class output
 alone, i.e. the pruned, logits-only session the service's prediction path uses. The input
@@ -23,9 +23,9 @@ import numpy as np
 
 
 def measure(model_dir: Path, body: Path, batches: list[int], seconds: float, warmup: float) -> dict[str, object]:
-    from service.preprocessing import decode, preprocess
-    from service.repository import load_artifact, scan
-    from service.runtime import RuntimeOptions, load_model
+    from service.inference.preprocessing import decode, preprocess
+    from service.models.repository import load_artifact, scan
+    from service.models.runtime import RuntimeOptions, load_model
     from service.settings import Settings
 
     settings = Settings()

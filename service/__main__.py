@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from service.app import check_startup
-    from service.server import serve
+    from service.http.server import serve
 
     try:
         check_startup(settings)

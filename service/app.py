@@ -20,19 +20,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import __version__, auth
-from service.api import channels, docs, explanations, repository, system, v1, v2
-from service.api.requests import ClientGone
-from service.api.responses import FastJSONResponse as JSONResponse
-from service.dataplane import DataPlane
-from service.drain import Drain, InFlight, refuse_while_draining
+from service import __version__
 from service.errors import ServiceError
-from service.http_limits import CONNECTIONS, PROTOCOL_STATUS, REFUSALS
+from service.http import auth
+from service.http.drain import Drain, InFlight, refuse_while_draining
+from service.http.limits import CONNECTIONS, PROTOCOL_STATUS, REFUSALS
+from service.http.requests import ClientGone
+from service.http.responses import FastJSONResponse as JSONResponse
+from service.inference.dataplane import DataPlane
 from service.metrics import Metrics, model_labels
-from service.registry import ModelRegistry
-from service.repository import scan
-from service.repository_watch import watch
-from service.runtime import RuntimeOptions, choose_providers
+from service.models.registry import ModelRegistry
+from service.models.repository import scan
+from service.models.runtime import RuntimeOptions, choose_providers
+from service.models.watch import watch
+from service.routes import channels, docs, explanations, repository, system, v1, v2
 from service.settings import Settings
 
 log = logging.getLogger("convscope")
@@ -97,7 +98,7 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
             await registry.close()
             dataplane.close()
 
-    # FastAPI's own docs pages load their assets from a CDN: service.api.docs serves them.
+    # FastAPI's own docs pages load their assets from a CDN: service.routes.docs serves them.
     app = FastAPI(title="convscope", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None, dependencies=[Depends(refuse_while_draining)])
     app.state.settings = settings
@@ -123,7 +124,7 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
 
 
 def _document(app: FastAPI, policy: auth.AccessPolicy, settings: Settings) -> None:
-    """The OpenAPI document also says which calls need a key (service.auth.document), holds
+    """The OpenAPI document also says which calls need a key (service.http.auth.document), holds
     the v2 request schema the infer routes refer to, and this server's explanation pass limit."""
     plain = app.openapi
 

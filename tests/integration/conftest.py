@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
-from service.server import uvicorn_options
+from service.http.server import uvicorn_options
 from service.settings import Settings
 from service.testing import ServerProcess, free_port
 

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.registry import ModelRegistry
+from service.models.registry import ModelRegistry
 from service.settings import Settings
 from tests.integration.conftest import HeldModel, in_process
 from tests.service.conftest import png_bytes

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import encoding
+from service.codecs import encoding
 from tests.conftest import ExportedModel
 from tests.integration.conftest import LiveServer
 from tests.service.conftest import png_bytes

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import image_preparation, json_bounds
-from service.http_limits import SLOW_HEAD_S
+from service.http import json_bounds
+from service.http.limits import SLOW_HEAD_S
+from service.inference import image_preparation
 from service.settings import Settings
 from tests.integration.conftest import LiveServer, in_process
 from tests.service.conftest import png_bytes

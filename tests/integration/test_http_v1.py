@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from artifact import InputRecipe
-from service.preprocessing import InputSpec, decode, preprocess
+from service.inference.preprocessing import InputSpec, decode, preprocess
 from tests.conftest import ExportedModel
 from tests.integration.conftest import LiveServer
 from tests.service.conftest import png_bytes

@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from artifact import InputRecipe
-from service.preprocessing import InputSpec, decode, preprocess
+from service.inference.preprocessing import InputSpec, decode, preprocess
 from tests.integration.conftest import LiveServer
 from tests.service.conftest import png_bytes
 from tests.service.synthetic import write_artifact

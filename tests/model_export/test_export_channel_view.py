@@ -20,8 +20,8 @@ from test_export_import import export_small
 
 from artifact import InputRecipe, parse_metadata
 from model_export.geometry import Geometry, box
-from service import preprocessing
-from service.channel_view import ChannelView, NotComputed
+from service.inference import preprocessing
+from service.models.channel_view import ChannelView, NotComputed
 
 RELATIVE = 1e-4
 

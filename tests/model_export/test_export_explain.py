@@ -28,7 +28,7 @@ from artifact import InputRecipe, parse_metadata
 from model_export.architectures import get_arch
 from model_export.layers import prepare
 from service.explain import Explainer, ExplainRequest, Method, describe
-from service.preprocessing import InputSpec, preprocess
+from service.inference.preprocessing import InputSpec, preprocess
 from tests.conftest import ExportedModel
 
 TOLERANCE = 1e-4

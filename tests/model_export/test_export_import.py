@@ -201,8 +201,8 @@ def test_an_imported_conv_and_its_relu_both_show_the_kernels(tmp_path: Path) -> 
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from service.repository import load_artifact, scan
-    from service.runtime import RuntimeOptions, load_model
+    from service.models.repository import load_artifact, scan
+    from service.models.runtime import RuntimeOptions, load_model
     from service.settings import Settings
 
     source = tmp_path / "small.onnx"

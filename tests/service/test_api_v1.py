@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from artifact import InputRecipe
-from service.preprocessing import InputSpec, decode, preprocess
+from service.inference.preprocessing import InputSpec, decode, preprocess
 from tests.service.conftest import png_bytes, serving
 from tests.service.synthetic import write_artifact
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.app import create_app
-from service.registry import ModelRegistry
+from service.models.registry import ModelRegistry
 from service.settings import Settings
 from tests.service.synthetic import write_artifact
 

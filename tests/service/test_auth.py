@@ -15,9 +15,9 @@ import pytest
 from fastapi import APIRouter
 from starlette.testclient import TestClient
 
-from service import auth
 from service.app import create_app
-from service.auth import Access, KeyRing, Scope, parse_keys
+from service.http import auth
+from service.http.auth import Access, KeyRing, Scope, parse_keys
 from service.settings import Settings
 from tests.service.conftest import serving
 from tests.service.synthetic import write_artifact

@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher, Priority
 from service.errors import Overloaded
+from service.inference.batching import DynamicBatcher, Priority
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,4 @@
-"""service.channel_view on its own, over a real exported digits artifact."""
+"""service.models.channel_view on its own, over a real exported digits artifact."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from artifact import ArtifactError, parse_metadata
-from service.channel_view import TILE, ChannelView, NotComputed
 from service.errors import NotFound
-from service.repository import load_artifact, scan
+from service.models.channel_view import TILE, ChannelView, NotComputed
+from service.models.repository import load_artifact, scan
 
 BASE = "/v1/models/digits-tinyvgg"
 

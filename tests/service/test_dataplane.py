@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 from artifact import InputRecipe
-from service.batching import DynamicBatcher
-from service.channel_view import ChannelView
-from service.dataplane import DataPlane, ImageInputs, TensorInputs
-from service.encoding import Encoding, NpyDtype
+from service.codecs.encoding import Encoding, NpyDtype
 from service.errors import BadRequest, ModelOutputNotFinite, NotFound, PayloadTooLarge, UnknownLayer
+from service.inference.batching import DynamicBatcher
+from service.inference.dataplane import DataPlane, ImageInputs, TensorInputs
+from service.inference.preprocessing import InputSpec
 from service.metrics import Metrics
-from service.preprocessing import InputSpec
-from service.registry import ModelRegistry, ServedModel
-from service.runtime import CPU, ModelRuntime, RuntimeOptions
+from service.models.channel_view import ChannelView
+from service.models.registry import ModelRegistry, ServedModel
+from service.models.runtime import CPU, ModelRuntime, RuntimeOptions
+from service.models.signature import LayerSignature, ModelSignature
 from service.settings import Settings
-from service.signature import LayerSignature, ModelSignature
 from tests.service.conftest import png_bytes
 
 SPEC = InputSpec.from_recipe(InputRecipe.model_validate({"channels": 1, "size": [4, 4], "scale": 1 / 255, "mean": [0.0], "std": [1.0]}))

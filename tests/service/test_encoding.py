@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import encoding as enc
+from service.codecs import encoding as enc
 
 
 def feature_map(c: int = 6, h: int = 5, w: int = 7) -> np.ndarray:

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from artifact import InputRecipe
-from service import encoding as enc
-from service.preprocessing import InputSpec, preprocess
+from service.codecs import encoding as enc
+from service.inference.preprocessing import InputSpec, preprocess
 
 GREY = {"channels": 1, "size": [28, 28], "scale": 1 / 255, "mean": [0.13], "std": [0.31], "resize": "bilinear"}
 RGB = {"channels": 3, "size": [32, 32], "scale": 1 / 255, "mean": [0.485, 0.456, 0.406],

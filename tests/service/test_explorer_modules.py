@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from service import encoding
+import service
+from service.codecs import encoding
 
-STATIC = Path(encoding.__file__).parent / "static"
+STATIC = Path(service.__file__).parent / "static"
 ENTRY = re.compile(r'<script type="module" src="(/explorer/[^"]+)"></script>')
 IMPORT = re.compile(r'^import\s[^;]*?\bfrom\s+"(\.{1,2}/[^"]+)";', re.M)  # every module imports statically, by relative path
 NODE = shutil.which("node")

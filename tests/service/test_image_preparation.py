@@ -14,8 +14,8 @@ from PIL import Image
 
 from artifact import InputRecipe
 from service.errors import BadRequest, Overloaded, PayloadTooLarge
-from service.image_preparation import BudgetObserver, DecodeBudget, ImagePreparer, WaitOutcome
-from service.preprocessing import InputSpec, decode_cost, open_checked
+from service.inference.image_preparation import BudgetObserver, DecodeBudget, ImagePreparer, WaitOutcome
+from service.inference.preprocessing import InputSpec, decode_cost, open_checked
 
 GREY = InputSpec.from_recipe(InputRecipe.model_validate({"channels": 1, "size": [8, 8], "resize": "bilinear", "scale": 1 / 255,
                                 "mean": [0.5], "std": [0.25]}))

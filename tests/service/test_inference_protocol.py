@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
-from service import inference_protocol as oip
+from service.codecs import oip as oip
 from service.errors import BadRequest, PayloadTooLarge
-from service.signature import LayerSignature, ModelSignature
+from service.models.signature import LayerSignature, ModelSignature
 
 SIGNATURE = ModelSignature(
     name="m", version=3, input_name="input", input_shape=(1, 2, 2), output_name="logits",

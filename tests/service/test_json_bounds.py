@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.errors import BadRequest
-from service.json_bounds import JsonBounds, JsonShape, loads, scan
+from service.http.json_bounds import JsonBounds, JsonShape, loads, scan
 
 ROOMY = JsonBounds(strings=100, items=100, containers=100, depth=10)
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.batching import DynamicBatcher
 from service.errors import LoadFailed, ModelNotReady, UnknownModel, UnknownVersion
+from service.inference.batching import DynamicBatcher
 from service.metrics import Metrics
-from service.registry import ModelRegistry, ModelState, ServedModel
-from service.runtime import CPU, RuntimeOptions
+from service.models.registry import ModelRegistry, ModelState, ServedModel
+from service.models.runtime import CPU, RuntimeOptions
 from service.settings import Settings
 from tests.service.synthetic import publish, write_artifact
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from artifact import InputRecipe
 from service.errors import BadRequest, PayloadTooLarge
-from service.preprocessing import InputSpec, decode, preprocess, to_mode
+from service.inference.preprocessing import InputSpec, decode, preprocess, to_mode
 
 GREY = InputSpec.from_recipe(InputRecipe.model_validate({"channels": 1, "size": [8, 8], "resize": "bilinear", "scale": 1 / 255,
                                 "mean": [0.5], "std": [0.25]}))

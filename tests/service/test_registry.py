@@ -10,8 +10,8 @@ import pytest
 
 from service.errors import BadRequest, ModelNotReady, UnknownModel, UnknownVersion
 from service.metrics import Metrics
-from service.registry import ModelRegistry, ModelState
-from service.runtime import CPU, RuntimeOptions
+from service.models.registry import ModelRegistry, ModelState
+from service.models.runtime import CPU, RuntimeOptions
 from service.settings import Settings
 from tests.service.synthetic import sha256, write_artifact
 

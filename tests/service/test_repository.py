@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from artifact import ArtifactError
-from service.repository import Layout, detect_layout, load_artifact, scan
+from service.models.repository import Layout, detect_layout, load_artifact, scan
 from tests.service.synthetic import write_artifact
 
 

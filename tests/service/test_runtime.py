@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service import runtime
-from service.repository import load_artifact, scan
-from service.runtime import CPU, RuntimeOptions, load_model
+from service.models import runtime
+from service.models.repository import load_artifact, scan
+from service.models.runtime import CPU, RuntimeOptions, load_model
 from tests.service.synthetic import write_artifact
 
 

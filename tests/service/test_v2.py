@@ -20,7 +20,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from artifact import InputRecipe
-from service.preprocessing import InputSpec, decode, preprocess
+from service.inference.preprocessing import InputSpec, decode, preprocess
 from tests.service.conftest import serving
 from tests.service.synthetic import write_artifact
 

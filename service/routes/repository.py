@@ -19,14 +19,14 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from service import auth
-from service.api import schemas
-from service.api.common import Plane, note_model
-from service.api.requests import read_body
-from service.api.responses import FastJSONResponse as JSONResponse
 from service.errors import BadRequest
-from service.registry import IndexEntry, ModelState
-from service.repository import NAME_PATTERN
+from service.http import auth
+from service.http.requests import read_body
+from service.http.responses import FastJSONResponse as JSONResponse
+from service.models.registry import IndexEntry, ModelState
+from service.models.repository import NAME_PATTERN
+from service.routes import schemas
+from service.routes.common import Plane, note_model
 
 router = APIRouter(tags=["repository"], dependencies=[auth.ADMIN])
 

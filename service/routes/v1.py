@@ -13,15 +13,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BeforeValidator
 
-from service import auth
-from service.api import schemas
-from service.api.common import MAX_VERSION, Plane, ascii_version, note_model, server_timing
-from service.api.predictions import PredictQuery, layer_catalogue, model_metadata, predict
-from service.api.requests import images_from_request, unless_client_gone
-from service.api.responses import FastJSONResponse as JSONResponse
-from service.dataplane import DataPlane
-from service.encoding import Encoding, FilterState, NpyDtype
+from service.codecs.encoding import Encoding, FilterState, NpyDtype
 from service.errors import BadRequest
+from service.http import auth
+from service.http.requests import images_from_request, unless_client_gone
+from service.http.responses import FastJSONResponse as JSONResponse
+from service.inference.dataplane import DataPlane
+from service.routes import schemas
+from service.routes.common import MAX_VERSION, Plane, ascii_version, note_model, server_timing
+from service.routes.predictions import PredictQuery, layer_catalogue, model_metadata, predict
 
 router = APIRouter(tags=["v1"], dependencies=[auth.INFER])
 

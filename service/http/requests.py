@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
-from service.dataplane import DataPlane
+from service.codecs.wire import decode_base64
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from service.json_bounds import JsonBounds, loads
-from service.wire import decode_base64
+from service.http.json_bounds import JsonBounds, loads
+from service.inference.dataplane import DataPlane
 
 T = TypeVar("T")
 

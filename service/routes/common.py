@@ -8,9 +8,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.dataplane import DataPlane, Timings
-from service.drain import readiness_detail
-from service.inference_protocol import VERSION_PATTERN
+from service.codecs.oip import VERSION_PATTERN
+from service.http.drain import readiness_detail
+from service.inference.dataplane import DataPlane, Timings
 
 # Versions are positive integers with at most 9 digits, on both APIs (v2 carries them as strings).
 MAX_VERSION = 999_999_999

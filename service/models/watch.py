@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from service.registry import ModelRegistry
-from service.repository import ArtifactRef
+from service.models.registry import ModelRegistry
+from service.models.repository import ArtifactRef
 
 log = logging.getLogger("convscope.repository")
 

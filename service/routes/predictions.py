@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from service import encoding as enc
-from service.dataplane import DataPlane, ImageInputs, Timings
-from service.encoding import Encoding, NpyDtype
-from service.registry import ServedModel
+from service.codecs import encoding as enc
+from service.codecs.encoding import Encoding, NpyDtype
+from service.inference.dataplane import DataPlane, ImageInputs, Timings
+from service.models.registry import ServedModel
 
 
 @dataclass(frozen=True)

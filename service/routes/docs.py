@@ -16,7 +16,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagge
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from service import auth
+from service.http import auth
 
 ASSETS = "/docs/assets"
 router = APIRouter(include_in_schema=False, dependencies=[auth.PUBLIC])

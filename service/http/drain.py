@@ -32,8 +32,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import Access, access_of
 from service.errors import ShuttingDown
+from service.http.auth import Access, access_of
 
 log = logging.getLogger("convscope.drain")
 

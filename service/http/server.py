@@ -32,7 +32,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from service import drain, http_limits
+from service.http import drain
+from service.http import limits as http_limits
 from service.settings import Settings
 
 if TYPE_CHECKING:

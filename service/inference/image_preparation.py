@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from service.errors import Overloaded, PayloadTooLarge
-from service.preprocessing import InputSpec, decode_cost, load, open_checked, preprocess, reduce_on_decode
+from service.inference.preprocessing import InputSpec, decode_cost, load, open_checked, preprocess, reduce_on_decode
 
 # Decoding and resizing an image this small takes tens of microseconds: less than handing
 # it to a worker thread and back (the benchmark's 28 px digits gained ~15% images/s).

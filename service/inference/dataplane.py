@@ -23,9 +23,8 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from service import encoding as enc
-from service.batching import Priority
-from service.encoding import Encoding, NpyDtype
+from service.codecs import encoding as enc
+from service.codecs.encoding import Encoding, NpyDtype
 from service.errors import (
     BadRequest,
     ModelOutputNotFinite,
@@ -35,11 +34,12 @@ from service.errors import (
     UnknownLayer,
 )
 from service.explain import METHODS, ExplainRequest, Explanation, default_method
-from service.image_preparation import BudgetObserver, DecodeBudget, ImagePreparer, WaitOutcome
+from service.inference.batching import Priority
+from service.inference.image_preparation import BudgetObserver, DecodeBudget, ImagePreparer, WaitOutcome
 from service.metrics import ExplainOutcome, Metrics
-from service.registry import ModelRegistry, ServedModel
+from service.models.registry import ModelRegistry, ServedModel
+from service.models.signature import ModelSignature
 from service.settings import Settings
-from service.signature import ModelSignature
 
 T = TypeVar("T")
 

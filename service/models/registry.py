@@ -31,8 +31,6 @@ from enum import StrEnum
 from pathlib import Path
 
 from artifact import ArtifactError
-from service.batching import DynamicBatcher
-from service.channel_view import ChannelView
 from service.errors import (
     BadRequest,
     LoadFailed,
@@ -43,11 +41,13 @@ from service.errors import (
     Unprocessable,
 )
 from service.explain import Explainer
+from service.inference.batching import DynamicBatcher
 from service.metrics import Metrics
-from service.repository import ArtifactRef, load_artifact, scan
-from service.runtime import ModelRuntime, RuntimeOptions, load_model
+from service.models.channel_view import ChannelView
+from service.models.repository import ArtifactRef, load_artifact, scan
+from service.models.runtime import ModelRuntime, RuntimeOptions, load_model
+from service.models.signature import ModelSignature
 from service.settings import Settings
-from service.signature import ModelSignature
 
 log = logging.getLogger("convscope.registry")
 

@@ -27,15 +27,15 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, Field
 
-from service import auth
-from service.api import schemas
-from service.api.common import Plane, note_model
-from service.api.responses import FastJSONResponse as JSONResponse
-from service.api.v1 import LayerName, ModelName, Version
-from service.channel_view import MEDIA_TYPE, ChannelView
-from service.dataplane import DataPlane
 from service.errors import NotFound
-from service.registry import ServedModel
+from service.http import auth
+from service.http.responses import FastJSONResponse as JSONResponse
+from service.inference.dataplane import DataPlane
+from service.models.channel_view import MEDIA_TYPE, ChannelView
+from service.models.registry import ServedModel
+from service.routes import schemas
+from service.routes.common import Plane, note_model
+from service.routes.v1 import LayerName, ModelName, Version
 
 router = APIRouter(tags=["channels"], dependencies=[auth.INFER])
 

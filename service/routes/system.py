@@ -10,10 +10,10 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from service import auth
-from service.api.common import Plane, readiness
-from service.api.responses import FastJSONResponse as JSONResponse
+from service.http import auth
+from service.http.responses import FastJSONResponse as JSONResponse
 from service.metrics import CONTENT_TYPE, Metrics
+from service.routes.common import Plane, readiness
 
 router = APIRouter(tags=["system"])
 

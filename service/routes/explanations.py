@@ -19,17 +19,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from service import auth
-from service import encoding as enc
-from service.api import schemas
-from service.api.common import Plane, note_model, server_timing
-from service.api.requests import images_from_request, unless_client_gone
-from service.api.responses import FastJSONResponse as JSONResponse
-from service.api.v1 import ONE_IMAGE_BODY, ModelName, Version
-from service.dataplane import DataPlane, ExplainResult
+from service.codecs import encoding as enc
 from service.errors import BadRequest
 from service.explain import ExplainRequest, Faithfulness, Method
-from service.preprocessing import InputSpec
+from service.http import auth
+from service.http.requests import images_from_request, unless_client_gone
+from service.http.responses import FastJSONResponse as JSONResponse
+from service.inference.dataplane import DataPlane, ExplainResult
+from service.inference.preprocessing import InputSpec
+from service.routes import schemas
+from service.routes.common import Plane, note_model, server_timing
+from service.routes.v1 import ONE_IMAGE_BODY, ModelName, Version
 
 router = APIRouter(tags=["explanations"], dependencies=[auth.INFER])
 

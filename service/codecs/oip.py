@@ -34,10 +34,10 @@ import orjson
 from numpy.typing import NDArray
 
 from service import __version__
+from service.codecs.wire import decode_base64
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, one_of
-from service.json_bounds import JsonBounds, loads
-from service.signature import ModelSignature
-from service.wire import decode_base64
+from service.http.json_bounds import JsonBounds, loads
+from service.models.signature import ModelSignature
 
 SERVER_NAME = "convscope"
 PLATFORM = "onnx_onnxv1"

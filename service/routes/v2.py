@@ -1,6 +1,6 @@
 """The Open Inference Protocol (KServe v2 / Triton) REST API.
 
-An infer route is codec -> data plane -> codec: the codec (service.inference_protocol)
+An infer route is codec -> data plane -> codec: the codec (service.codecs.oip)
 parses the request against the model's signature, the data plane runs it exactly as it
 runs v1 requests (same batcher, limits and checks), the codec builds the answer. Stock
 clients (``tritonclient.http``) work unchanged.
@@ -15,17 +15,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from service import auth
-from service import inference_protocol as oip
-from service.api import schemas
-from service.api.common import Plane, note_model, readiness, server_timing
-from service.api.requests import read_body, unless_client_gone
-from service.api.responses import FastJSONResponse as JSONResponse
-from service.dataplane import DataPlane, ImageInputs, Inputs, TensorInputs, Timings
-from service.encoding import Encoding, NpyDtype
+from service.codecs import oip as oip
+from service.codecs.encoding import Encoding, NpyDtype
 from service.errors import ModelNotReady
-from service.registry import ServedModel
-from service.signature import ModelSignature
+from service.http import auth
+from service.http.requests import read_body, unless_client_gone
+from service.http.responses import FastJSONResponse as JSONResponse
+from service.inference.dataplane import DataPlane, ImageInputs, Inputs, TensorInputs, Timings
+from service.models.registry import ServedModel
+from service.models.signature import ModelSignature
+from service.routes import schemas
+from service.routes.common import Plane, note_model, readiness, server_timing
 
 router = APIRouter(tags=["v2"], dependencies=[auth.INFER])
 health = APIRouter(tags=["v2"], dependencies=[auth.PROBE])  # probes: no key, answered while draining

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from artifact import ArtifactError, Metadata
 from service.errors import NotFound, one_of
-from service.repository import Artifact
+from service.models.repository import Artifact
 
 # Paths under a model's base URL; the routes register the same ones.
 CHANNEL_PATH = "/layers/{layer}/channels/{channel}"

@@ -50,9 +50,9 @@ from onnx import numpy_helper
 from artifact import Layer, Metadata
 from service.errors import NoFilters, UnknownLayer
 from service.explain import ExplainableModel, describe
-from service.preprocessing import REDUCING_GAP, InputSpec
-from service.repository import Artifact
-from service.signature import ModelSignature
+from service.inference.preprocessing import REDUCING_GAP, InputSpec
+from service.models.repository import Artifact
+from service.models.signature import ModelSignature
 
 if TYPE_CHECKING:
     from service.settings import Settings

@@ -1,1 +1,0 @@
-"""HTTP routes: thin layers over the data plane."""

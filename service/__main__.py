@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     from service.http.server import serve
 
     try:
-        check_startup(settings)
+        options = check_startup(settings)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return serve(settings)
+    return serve(options)
 
 
 if __name__ == "__main__":

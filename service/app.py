@@ -22,17 +22,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.errors import ServiceError
+from service.handlers import Handlers
+from service.handlers.explanation import ExplanationHandler
+from service.handlers.inference import InferenceHandler
+from service.handlers.introspection import IntrospectionHandler
+from service.handlers.repository import RepositoryHandler
 from service.http import auth
 from service.http.drain import Drain, InFlight, refuse_while_draining
 from service.http.limits import CONNECTIONS, PROTOCOL_STATUS, REFUSALS
-from service.http.requests import ClientGone
+from service.http.requests import ClientGone, RequestReader
 from service.http.responses import FastJSONResponse as JSONResponse
 from service.inference.dataplane import DataPlane
-from service.metrics import Metrics, model_labels
+from service.inference.workers import Workers
+from service.metrics import Metrics
+from service.models.loader import Loader
 from service.models.registry import ModelRegistry
-from service.models.repository import scan
-from service.models.runtime import RuntimeOptions, choose_providers
 from service.models.watch import watch
+from service.options import ServiceOptions
 from service.routes import channels, docs, explanations, repository, system, v1, v2
 from service.settings import Settings
 
@@ -65,28 +71,40 @@ Every error answers `{"error": "..."}`.
 
 
 def create_app(settings: Settings | None = None, *, load_before_serving: bool = False) -> FastAPI:
+    """The app, from the settings (read here, once, into ServiceOptions)."""
+    return build_app(ServiceOptions.from_settings(settings or Settings()), load_before_serving=load_before_serving)
+
+
+def build_app(options: ServiceOptions, *, load_before_serving: bool = False) -> FastAPI:
     """The app. Models load in the background while /healthz answers and /readyz says 503;
     with ``load_before_serving`` (each of several workers sharing a port) the startup waits
     for them instead, so uvicorn listens, and the kernel hands this worker connections, only
     once it can answer them."""
-    settings = settings or Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=options.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics()
-    policy = auth.AccessPolicy.from_settings(settings)
-    registry = ModelRegistry(settings, metrics, runtime_options(settings))
-    dataplane = DataPlane(settings, registry)
+    workers = Workers(options.preparation.threads)
+    loader = Loader(options.runtime, options.batching, options.explanations, metrics,
+                    reducing_gap=options.preparation.reducing_gap)
+    registry = ModelRegistry(options.repository, loader, metrics)
+    plane = DataPlane(options.preparation, workers, metrics)
+    handlers = Handlers(
+        inference=InferenceHandler(registry, plane, workers, options.limits),
+        explanation=ExplanationHandler(registry, plane),
+        introspection=IntrospectionHandler(registry),
+        repository=RepositoryHandler(registry),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         log.info("onnxruntime %s, providers available: %s; using %s", ort.__version__,
-                 ", ".join(ort.get_available_providers()), ", ".join(registry.runtime_options.providers))
-        log.info("%s", _access_summary(policy))
+                 ", ".join(ort.get_available_providers()), ", ".join(options.runtime.providers))
+        log.info("%s", _access_summary(options.access))
         if load_before_serving:
             await _load(registry)
-        loading = asyncio.create_task(_load_and_watch(registry, settings.repository_poll_seconds,
+        loading = asyncio.create_task(_load_and_watch(registry, options.repository.poll_seconds,
                                                       loaded=load_before_serving), name="load-models")
         try:
-            # The lifespan state reaches the HTTP protocol (service/http_limits.py): it counts
+            # The lifespan state reaches the HTTP protocol (service/http/limits.py): it counts
             # its open connections and those it refuses before any request gets here.
             yield {REFUSALS: metrics.count_refusal, CONNECTIONS: metrics.open_connections}
         finally:
@@ -96,16 +114,17 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
             except asyncio.CancelledError:
                 pass
             await registry.close()
-            dataplane.close()
+            workers.close()
 
     # FastAPI's own docs pages load their assets from a CDN: service.routes.docs serves them.
     app = FastAPI(title="convscope", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None, dependencies=[Depends(refuse_while_draining)])
-    app.state.settings = settings
     app.state.metrics = metrics
-    app.state.registry = registry
-    app.state.dataplane = dataplane
-    app.state.drain = Drain(settings.drain_seconds)
+    app.state.registry = registry  # for tests and embedders; the routes go through the handlers
+    app.state.handlers = handlers
+    app.state.workers = workers
+    app.state.reader = RequestReader(options.limits, workers)
+    app.state.drain = Drain(options.server.drain_seconds)
     _install_error_handlers(app)
     app.include_router(v1.router)
     app.include_router(channels.router)
@@ -116,16 +135,17 @@ def create_app(settings: Settings | None = None, *, load_before_serving: bool = 
     app.include_router(system.router)
     system.mount_explorer(app)
     docs.install(app)
-    auth.install(app, policy)
-    _document(app, policy, settings)
-    app.add_middleware(RequestMetrics, metrics=metrics, registry=registry)
+    auth.install(app, options.access)
+    _document(app, options.access, options.explanations.max_passes)
+    app.add_middleware(RequestMetrics, metrics=metrics, models=handlers.repository)
     app.add_middleware(InFlight, drain=app.state.drain)  # outermost: counts every request
     return app
 
 
-def _document(app: FastAPI, policy: auth.AccessPolicy, settings: Settings) -> None:
-    """The OpenAPI document also says which calls need a key (service.http.auth.document), holds
-    the v2 request schema the infer routes refer to, and this server's explanation pass limit."""
+def _document(app: FastAPI, policy: auth.AccessPolicy, max_passes: int) -> None:
+    """The OpenAPI document also says which calls need a key (service.http.auth.document),
+    holds the v2 request schema the infer routes refer to, and this server's explanation
+    pass limit."""
     plain = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -133,7 +153,7 @@ def _document(app: FastAPI, policy: auth.AccessPolicy, settings: Settings) -> No
             schema = plain()
             schema.setdefault("components", {}).setdefault("schemas", {})["InferenceRequest"] = v2.INFERENCE_REQUEST
             auth.document(schema, app, policy)
-            explanations.document(schema, settings.max_explain_passes)
+            explanations.document(schema, max_passes)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -148,29 +168,20 @@ def _access_summary(policy: auth.AccessPolicy) -> str:
             f"/metrics {'needs one' if policy.metrics_require_key else 'is open'}")
 
 
-def runtime_options(settings: Settings) -> RuntimeOptions:
-    """onnxruntime's options from the settings; an unknown provider fails here, at start."""
-    return RuntimeOptions(
-        providers=choose_providers(settings.providers),
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-        allow_spinning=settings.ort_allow_spinning,
-    )
-
-
-def check_startup(settings: Settings) -> None:
+def check_startup(settings: Settings) -> ServiceOptions:
     """What can be known wrong before serving, as a ValueError that says so: an execution
     provider this onnxruntime lacks, API keys that cannot be used, a default model the
-    repository does not hold."""
-    runtime_options(settings)
-    auth.KeyRing.from_settings(settings)
-    if settings.default_model is not None:
-        names = sorted({ref.name for ref in scan(settings.model_repository, settings.model_name)})
-        if settings.default_model not in names:
+    repository does not hold. The options, when all is well."""
+    options = ServiceOptions.from_settings(settings)
+    repository = options.repository
+    if repository.default_model is not None:
+        names = sorted({ref.name for ref in repository.scan()})
+        if repository.default_model not in names:
             raise ValueError(
-                f"CONVSCOPE_DEFAULT_MODEL={settings.default_model!r} is not in the model repository "
-                f"{settings.model_repository}; models there: {', '.join(names) or '(none)'}"
+                f"CONVSCOPE_DEFAULT_MODEL={repository.default_model!r} is not in the model repository "
+                f"{repository.root}; models there: {', '.join(names) or '(none)'}"
             )
+    return options
 
 
 def create_app_from_env() -> FastAPI:
@@ -241,10 +252,10 @@ class RequestMetrics:
     routes read to notice a client that has gone away.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, registry: ModelRegistry) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, models: RepositoryHandler) -> None:
         self.app = app
         self.metrics = metrics
-        self.registry = registry
+        self.models = models
         self.replica = socket.gethostname().encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -272,6 +283,6 @@ class RequestMetrics:
             if endpoint not in ("/metrics", "/healthz", "/readyz"):
                 status = scope.get(PROTOCOL_STATUS, status)  # the server cut the request short
                 state = scope.get("state", {})
-                model, version = model_labels(self.registry.entries, state.get("model"), state.get("version"))
+                model, version = self.models.labels(state.get("model"), state.get("version"))
                 self.metrics.requests.labels(model, version, endpoint, str(status)).inc()
                 self.metrics.request_latency.labels(model, endpoint).observe(time.perf_counter() - started)

@@ -8,7 +8,6 @@ field's docstring is its documentation: ``python -m service --help`` prints it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -18,16 +17,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 # A number of bytes: a plain integer, or with a unit ("8 MiB", "512KiB", "1GB").
 Bytes = Annotated[ByteSize, Field(ge=1024)]
-
-
-@dataclass(frozen=True)
-class BatchingSettings:
-    """The dynamic batcher's settings for one model, after per-model overrides."""
-
-    max_batch_size: int
-    max_queue_delay_ms: float
-    max_queue_size: int
-    batch_arrival_wait_ms: float
 
 
 class BatchingOverride(BaseModel):
@@ -221,21 +210,6 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_log_level(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
-
-    def batching_for(self, model: str) -> BatchingSettings:
-        """The batcher's settings for one model: its override, else the server-wide values."""
-        override = self.model_overrides.get(model) or BatchingOverride()
-        return BatchingSettings(
-            max_batch_size=override.max_batch_size or self.max_batch_size,
-            max_queue_delay_ms=(
-                self.max_queue_delay_ms if override.max_queue_delay_ms is None else override.max_queue_delay_ms
-            ),
-            max_queue_size=override.max_queue_size or self.max_queue_size,
-            batch_arrival_wait_ms=(
-                self.batch_arrival_wait_ms if override.batch_arrival_wait_ms is None
-                else override.batch_arrival_wait_ms
-            ),
-        )
 
     model_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     """Name to serve the model under when ``model_repository`` is a single model rather than

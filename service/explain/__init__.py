@@ -24,7 +24,7 @@ then, with the preprocessed image ``tensor`` [1, C, H, W] float32::
     explanation = await explainer.run(plan, tensor, forward)   # cancel it when the client goes
 
 ``explainer.model.catalogue()`` lists the methods valid at each layer (for the layer list),
-and ``service.codecs.encoding.encode_saliency`` renders ``explanation.map`` (json, npy, or a png
+and ``service.codecs.arrays.encode_saliency`` renders ``explanation.map`` (json, npy, or a png
 overlay on ``encoding.input_image(tensor[0], mean, std, scale)``).
 
 Methods and their costs (forward passes, besides the one on the image):
@@ -47,6 +47,7 @@ empty map: no evidence found) never "beats random", and ``Explanation.note`` say
 from service.explain.engine import (
     Cost,
     Explainer,
+    ExplainOptions,
     ExplainPlan,
     ExplainRequest,
     Explanation,
@@ -73,6 +74,7 @@ __all__ = [
     "ExplainPlan",
     "ExplainRequest",
     "ExplainableModel",
+    "ExplainOptions",
     "Explainer",
     "Explanation",
     "Faithfulness",

@@ -37,6 +37,13 @@ DEFAULT_BATCH_SIZE = 16
 MAX_LISTED_LABELS = 20
 
 
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """How much one explanation may cost on this server."""
+
+    max_passes: int = 2000  # forward passes, faithfulness included (CONVSCOPE_MAX_EXPLAIN_PASSES)
+
 @dataclass(frozen=True)
 class ExplainRequest:
     """What a client asks for; ``None`` means the default."""

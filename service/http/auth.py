@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import fastapi.routing
@@ -31,7 +32,6 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from service.errors import Forbidden, Unauthorized
-from service.settings import Settings
 
 # Short keys are guessable; 16 characters is what `openssl rand -hex 8` gives.
 MIN_KEY_LENGTH = 16
@@ -90,49 +90,48 @@ def parse_keys(entries: Iterable[str], source: str, unit: str = "line") -> list[
     return keys
 
 
+@dataclass(frozen=True)
 class KeyRing:
     """The configured keys, as digests."""
 
-    def __init__(self, keys: Sequence[ApiKey] = ()) -> None:
-        self._keys = tuple(keys)
+    keys: tuple[ApiKey, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self._keys)
+        return bool(self.keys)
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self.keys)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KeyRing:
+    def load(cls, keys_file: Path | None, inline: str | None) -> KeyRing:
         """The keys of CONVSCOPE_API_KEYS_FILE and CONVSCOPE_API_KEYS; a ValueError that says
         what is wrong (never with a key in it) when either cannot be used."""
         keys: list[ApiKey] = []
-        if settings.api_keys_file is not None:
-            path = settings.api_keys_file
+        if keys_file is not None:
             try:
-                text = path.read_text(encoding="utf-8")
+                text = keys_file.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
-                raise ValueError(f"CONVSCOPE_API_KEYS_FILE {path} cannot be read: "
+                raise ValueError(f"CONVSCOPE_API_KEYS_FILE {keys_file} cannot be read: "
                                  f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
-            keys += parse_keys(text.splitlines(), f"CONVSCOPE_API_KEYS_FILE {path}")
+            keys += parse_keys(text.splitlines(), f"CONVSCOPE_API_KEYS_FILE {keys_file}")
             if not keys:
-                raise ValueError(f"CONVSCOPE_API_KEYS_FILE {path} holds no key: add lines of <key>:<scope>")
-        if settings.api_keys is not None:
-            listed = parse_keys(settings.api_keys.get_secret_value().split(","), "CONVSCOPE_API_KEYS", "entry")
+                raise ValueError(f"CONVSCOPE_API_KEYS_FILE {keys_file} holds no key: add lines of <key>:<scope>")
+        if inline is not None:
+            listed = parse_keys(inline.split(","), "CONVSCOPE_API_KEYS", "entry")
             if not listed:
                 raise ValueError("CONVSCOPE_API_KEYS holds no key: give <key>:<scope>, comma separated")
             known = {k.digest for k in keys}
             if any(k.digest in known for k in listed):
                 raise ValueError("a key of CONVSCOPE_API_KEYS is also in CONVSCOPE_API_KEYS_FILE: keep it in one place")
             keys += listed
-        return cls(keys)
+        return cls(tuple(keys))
 
     def scope_of(self, presented: str) -> Scope | None:
         """The scope of a presented key, or None. Every configured digest is compared, with
         ``hmac.compare_digest``, whether or not an earlier one matched."""
         digest = _digest(presented)
         found: Scope | None = None
-        for key in self._keys:
+        for key in self.keys:
             if hmac.compare_digest(digest, key.digest):
                 found = key.scope
         return found
@@ -152,16 +151,12 @@ def bearer_token(authorization: str | None) -> str | None:
 ENABLE_HINT = "set CONVSCOPE_API_KEYS_FILE (or CONVSCOPE_API_KEYS) to lines of <key>:<scope>"
 
 
+@dataclass(frozen=True)
 class AccessPolicy:
     """Decides, from the keys and the settings, whether a caller may use a route."""
 
-    def __init__(self, keys: KeyRing, metrics_require_key: bool = False) -> None:
-        self.keys = keys
-        self.metrics_require_key = metrics_require_key
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AccessPolicy:
-        return cls(KeyRing.from_settings(settings), settings.metrics_require_key)
+    keys: KeyRing = KeyRing()
+    metrics_require_key: bool = False
 
     def needs_key(self, access: Access) -> bool:
         if access is Access.METRICS:

@@ -27,6 +27,7 @@ import logging
 import socket
 import time
 from types import FrameType
+from typing import Protocol
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -109,6 +110,19 @@ def readiness_detail(drain: Drain) -> str | None:
     if drain.draining:
         return f"draining: shutting down, {drain.in_flight} request(s) in flight"
     return None
+
+
+class Readiness(Protocol):
+    def readiness(self) -> tuple[bool, str]: ...
+
+
+def readiness(request: Request, models: Readiness) -> tuple[bool, str]:
+    """Ready to take traffic: not draining, and a model ready (``models``: the repository
+    handler)."""
+    draining = readiness_detail(request.app.state.drain)
+    if draining is not None:
+        return False, draining
+    return models.readiness()
 
 
 class DrainingServer(uvicorn.Server):

@@ -48,8 +48,6 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service.settings import Settings
-
 log = logging.getLogger("convscope.http")
 
 # Lifespan-state keys under which the app offers a ``count(reason)`` for refusals and a
@@ -95,19 +93,11 @@ _ANSWERS = {
 
 @dataclass(frozen=True)
 class HttpLimits:
-    max_connections: int
-    max_header_bytes: int
-    header_timeout_s: float
-    body_timeout_s: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> HttpLimits:
-        return cls(
-            max_connections=settings.max_connections,
-            max_header_bytes=int(settings.max_header_bytes),
-            header_timeout_s=settings.header_timeout_s,
-            body_timeout_s=settings.body_timeout_s,
-        )
+    max_connections: int = 1000
+    max_header_bytes: int = 32 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_timeout_s: int = 5
 
     def for_this_process(self) -> HttpLimits:
         """These limits with ``max_connections`` under the open-file limit, after raising
@@ -138,11 +128,10 @@ def raise_open_files_limit(wanted: int) -> int:
     return target
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
+def uvicorn_options(limits: HttpLimits) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` in this process: the
     protocol class bound to these limits, and the keep-alive timeout."""
-    limits = HttpLimits.from_settings(settings).for_this_process()
-    return {"http": bound_protocol(limits), "timeout_keep_alive": settings.keep_alive_timeout_s}
+    return {"http": bound_protocol(limits.for_this_process()), "timeout_keep_alive": limits.keep_alive_timeout_s}
 
 
 def bound_protocol(limits: HttpLimits) -> type[LimitedHttpToolsProtocol]:

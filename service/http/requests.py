@@ -13,7 +13,8 @@ from starlette.requests import ClientDisconnect, Request
 from service.codecs.wire import decode_base64
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.http.json_bounds import JsonBounds, loads
-from service.inference.dataplane import DataPlane
+from service.inference.limits import RequestLimits
+from service.inference.workers import Workers
 
 T = TypeVar("T")
 
@@ -57,26 +58,44 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def images_from_request(request: Request, plane: DataPlane) -> list[bytes]:
-    """The encoded images a predict request carries, in order.
+class RequestReader:
+    """Reads what clients send, within the request limits: bodies, and the images in them."""
 
-    Raw body (image/* or application/octet-stream): one image. multipart/form-data: every
-    part named ``image``. JSON: ``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}``.
-    """
-    limit = plane.settings.max_body_bytes
-    kind = media_type(request)
-    if not kind:
-        raise UnsupportedMediaType(f"no Content-Type; send one of: {IMAGE_CONTENT_TYPES}")
-    if not (kind.startswith("image/") or kind in ("application/octet-stream", "multipart/form-data", "application/json")):
-        raise UnsupportedMediaType(f"Content-Type {kind} is not accepted; send one of: {IMAGE_CONTENT_TYPES}")
-    body = await read_body(request, limit)
-    if kind.startswith("image/") or kind == "application/octet-stream":
-        if not body:
-            raise BadRequest("the body is empty: send the image's bytes")
-        return [body]
-    if kind == "application/json":
-        return await plane.parse(_images_from_json, body, plane.settings.max_images_per_request, size=len(body))
-    return await _images_from_multipart(request, limit)
+    def __init__(self, limits: RequestLimits, workers: Workers) -> None:
+        self.limits = limits
+        self.workers = workers
+
+    async def body(self, request: Request, limit: int | None = None) -> bytes:
+        return await read_body(request, self.limits.max_body_bytes if limit is None else limit)
+
+    async def images(self, request: Request) -> list[bytes]:
+        """The encoded images a request carries, in order.
+
+        Raw body (image/* or application/octet-stream): one image. multipart/form-data: every
+        part named ``image``. JSON: ``{"image": "<base64>"}`` or ``{"images": ["<base64>", ...]}``.
+        """
+        limit = self.limits.max_body_bytes
+        kind = media_type(request)
+        if not kind:
+            raise UnsupportedMediaType(f"no Content-Type; send one of: {IMAGE_CONTENT_TYPES}")
+        if not (kind.startswith("image/") or kind in ("application/octet-stream", "multipart/form-data",
+                                                       "application/json")):
+            raise UnsupportedMediaType(f"Content-Type {kind} is not accepted; send one of: {IMAGE_CONTENT_TYPES}")
+        body = await read_body(request, limit)
+        if kind.startswith("image/") or kind == "application/octet-stream":
+            if not body:
+                raise BadRequest("the body is empty: send the image's bytes")
+            return [body]
+        if kind == "application/json":
+            return await self.workers.parse(_images_from_json, body, self.limits.max_images, size=len(body))
+        return await _images_from_multipart(request, limit)
+
+    async def one_image(self, request: Request, purpose: str) -> bytes:
+        """The single image of a request that takes one (``purpose``: "to explain", ...)."""
+        images = await self.images(request)
+        if len(images) != 1:
+            raise BadRequest(f"send exactly one image {purpose}, not {len(images)}")
+        return images[0]
 
 
 def json_bounds(max_images: int) -> JsonBounds:

@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 
 from service.http import drain
 from service.http import limits as http_limits
-from service.settings import Settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from service.options import ServiceOptions
 
 log = logging.getLogger("convscope.server")
 
@@ -51,35 +52,30 @@ MAX_QUICK_CRASHES = 3
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def serve(settings: Settings) -> int:
+def serve(options: ServiceOptions) -> int:
     """Serve until SIGTERM/SIGINT; the exit status for ``python -m service``."""
-    from service.app import create_app
+    from service.app import build_app
 
-    try:
-        app = create_app(settings)  # a bad provider or setting fails here, before any fork
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if settings.workers == 1:
-        _serve_app(app, settings)
+    if options.server.workers == 1:
+        _serve_app(build_app(options), options)
         return 0
-    del app  # built only to check the settings; every worker builds its own
-    return Supervisor(settings).run()
+    return Supervisor(options).run()
 
 
-def uvicorn_options(settings: Settings, port: int | None = None) -> dict[str, Any]:
+def uvicorn_options(options: ServiceOptions, port: int | None = None) -> dict[str, Any]:
     """uvicorn.Config's keyword arguments for one serving process (call it in that process:
     it raises the process's open-file limit for the connection cap)."""
-    return dict(host=settings.host, port=settings.port if port is None else port, log_level=settings.log_level,
+    server = options.server
+    return dict(host=server.host, port=server.port if port is None else port, log_level=server.log_level,
                 access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, backlog=BACKLOG,
-                **http_limits.uvicorn_options(settings))
+                **http_limits.uvicorn_options(options.http))
 
 
-def _serve_app(app: FastAPI, settings: Settings, port: int | None = None,
+def _serve_app(app: FastAPI, options: ServiceOptions, port: int | None = None,
                sockets: list[socket.socket] | None = None) -> None:
     import uvicorn
 
-    drain.serve(app, uvicorn.Config(app, **uvicorn_options(settings, port)), sockets=sockets)
+    drain.serve(app, uvicorn.Config(app, **uvicorn_options(options, port)), sockets=sockets)
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -95,14 +91,14 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker_main(settings: Settings, port: int) -> None:
+def _worker_main(options: ServiceOptions, port: int) -> None:
     """One worker process: its own SO_REUSEPORT listening socket, its own app and models."""
-    from service.app import create_app
+    from service.app import build_app
 
     # Not listening yet: uvicorn listens once the app's startup has loaded the models, so the
     # kernel never hands this worker a connection it would answer with 503.
-    sock = reuseport_socket(settings.host, port)
-    _serve_app(create_app(settings, load_before_serving=True), settings, port, sockets=[sock])
+    sock = reuseport_socket(options.server.host, port)
+    _serve_app(build_app(options, load_before_serving=True), options, port, sockets=[sock])
 
 
 @dataclass
@@ -117,12 +113,13 @@ class _Slot:
 
 
 class Supervisor:
-    """Starts ``settings.workers`` worker processes on one port and looks after them."""
+    """Starts ``options.server.workers`` worker processes on one port and looks after them."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, options: ServiceOptions) -> None:
+        self.options = options
+        self.server = options.server
         self.context = multiprocessing.get_context("spawn")  # no inherited threads or sessions
-        self.slots = [_Slot(i) for i in range(settings.workers)]
+        self.slots = [_Slot(i) for i in range(options.server.workers)]
         self.stopping = False
         self.status = 0
         self._created_dir: Path | None = None
@@ -131,15 +128,15 @@ class Supervisor:
         # Bound but never listening: it holds the port (and picks one for port 0) without
         # taking connections, which the kernel gives only to listening sockets.
         try:
-            reserved = reuseport_socket(self.settings.host, self.settings.port)
+            reserved = reuseport_socket(self.server.host, self.server.port)
         except OSError as exc:
-            print(f"error: cannot listen on {self.settings.host}:{self.settings.port}: {exc}", file=sys.stderr)
+            print(f"error: cannot listen on {self.server.host}:{self.server.port}: {exc}", file=sys.stderr)
             return 2
         port = reserved.getsockname()[1]
         self._prepare_metrics_dir()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        log.info("convscope: %d workers on %s:%d (SO_REUSEPORT)", len(self.slots), self.settings.host, port)
-        print(f"convscope: {len(self.slots)} workers on http://{self.settings.host}:{port}", flush=True)
+        log.info("convscope: %d workers on %s:%d (SO_REUSEPORT)", len(self.slots), self.server.host, port)
+        print(f"convscope: {len(self.slots)} workers on http://{self.server.host}:{port}", flush=True)
         try:
             for slot in self.slots:
                 self._start(slot, port)
@@ -155,7 +152,7 @@ class Supervisor:
     # -- workers -----------------------------------------------------------------------------
 
     def _start(self, slot: _Slot, port: int) -> None:
-        process = self.context.Process(target=_worker_main, args=(self.settings, port),
+        process = self.context.Process(target=_worker_main, args=(self.options, port),
                                        name=f"convscope-worker-{slot.index}", daemon=False)
         process.start()
         slot.process, slot.started = process, time.monotonic()
@@ -196,7 +193,7 @@ class Supervisor:
                 except ProcessLookupError:
                     pass
         # Each worker drains (up to drain_seconds), then closes its connections.
-        deadline = time.monotonic() + self.settings.drain_seconds + GRACEFUL_SHUTDOWN_S + 5
+        deadline = time.monotonic() + self.server.drain_seconds + GRACEFUL_SHUTDOWN_S + 5
         for process in running:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():

@@ -49,7 +49,7 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,6 +71,27 @@ PREDICTIONS_QUIET_SECONDS = 1.0
 # the predictions' latency (measured: a batch as long as a run made AlexNet's predict p99 at
 # concurrency 8 2.5x; benchmarks/RESULTS-explain.md).
 EXPLAIN_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """One model's batcher: how many images a run takes, how long it waits to fill."""
+
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 0.0
+    max_queue_size: int = 256
+    arrival_wait_ms: float = 15.0
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    """The batcher options of every model: the server's, and any model's own."""
+
+    default: BatchingOptions = BatchingOptions()
+    per_model: Mapping[str, BatchingOptions] = field(default_factory=dict)
+
+    def for_model(self, name: str) -> BatchingOptions:
+        return self.per_model.get(name, self.default)
 
 
 class Runnable(Protocol):

@@ -1,9 +1,9 @@
-"""The data plane: runs requests against served models.
+"""The data plane: runs requests against a loaded version.
 
-Every route that runs a model (v1 predict, v2 infer, feature-map pictures) goes through
+Every handler that runs a model (v1 predict, v2 infer, feature-map pictures) goes through
 ``DataPlane.run``: decode and preprocess the images while the model's batcher knows they
-are on their way, queue them, check what came back. The registry says which model serves;
-the codecs and the API shape what goes back to the client.
+are on their way, queue them, check what came back. The handlers say which version serves
+(they hold it) and give the results to the codecs.
 
 Explanations go through ``DataPlane.explain``: the same decoding (and decode budget),
 then the model's explainer (built at load) runs its forward passes through the same
@@ -14,40 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.codecs import encoding as enc
-from service.codecs.encoding import Encoding, NpyDtype
-from service.errors import (
-    BadRequest,
-    ModelOutputNotFinite,
-    NotFound,
-    PayloadTooLarge,
-    ServiceError,
-    UnknownLayer,
-)
+from service.errors import ModelOutputNotFinite, ServiceError
 from service.explain import METHODS, ExplainRequest, Explanation, default_method
 from service.inference.batching import Priority
-from service.inference.image_preparation import BudgetObserver, DecodeBudget, ImagePreparer, WaitOutcome
+from service.inference.image_preparation import (
+    BudgetObserver,
+    DecodeBudget,
+    ImagePreparer,
+    PreparationOptions,
+    WaitOutcome,
+)
+from service.inference.workers import Workers
 from service.metrics import ExplainOutcome, Metrics
-from service.models.registry import ModelRegistry, ServedModel
+from service.models.loader import LoadedVersion
 from service.models.signature import ModelSignature
-from service.settings import Settings
-
-T = TypeVar("T")
-
-# Encoding or checking maps this small (all of TinyVGG's for one digit are ~22k values,
-# ~0.1 ms) costs less on the event loop than a hand-off to a worker thread and back.
-INLINE_MAP_VALUES = 64 * 1024
-# A JSON body this small parses in well under a millisecond: on the loop, no hand-off.
-INLINE_PARSE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -129,82 +114,29 @@ class BudgetMetrics(BudgetObserver):
 
 
 class DataPlane:
-    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="preprocess")
-        # Parsing holds the GIL (C code building objects): more threads would parse no faster,
-        # only take turns at the GIL with the event loop. On one thread the loop waits for
-        # one C call at most between its own turns, however many bodies queue up.
-        self.parser = ThreadPoolExecutor(1, thread_name_prefix="parse")
+    """The one way into a model: images decoded while the batcher knows they are coming,
+    runs through the version's batcher, every output checked before it goes back."""
+
+    def __init__(self, preparation: PreparationOptions, workers: Workers, metrics: Metrics) -> None:
+        self.workers = workers
+        self.metrics = metrics
         self.images = ImagePreparer(
-            self.pool, max_pixels=settings.max_image_pixels,
-            budget=DecodeBudget(int(settings.decode_budget_bytes), settings.decode_budget_wait_s,
-                                BudgetMetrics(registry.metrics)),
-            max_request_bytes=int(settings.max_request_decode_bytes),
+            workers.pool, max_pixels=preparation.max_pixels,
+            budget=DecodeBudget(preparation.budget_bytes, preparation.budget_wait_s, BudgetMetrics(metrics)),
+            max_request_bytes=preparation.max_request_bytes,
         )
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.parser.shutdown(wait=True, cancel_futures=True)
-
-    @contextmanager
-    def serving(self, name: str | None, version: int | None = None) -> Iterator[ServedModel]:
-        """The model a request is for (its newest ready version unless one is named), held
-        until the request is answered."""
-        with self.registry.lease(name, version) as model:
-            yield model
-
-    # -- limits --------------------------------------------------------------------------
-
-    def check_count(self, images: int) -> None:
-        """The per-request image limit, also for requests that bring tensors, not images."""
-        if not images:
-            raise BadRequest("the request holds no image")
-        if images > self.settings.max_images_per_request:
-            raise PayloadTooLarge(
-                f"{images} images in one request; the limit is "
-                f"{self.settings.max_images_per_request} (CONVSCOPE_MAX_IMAGES_PER_REQUEST)"
-            )
-
-    def check_budget(self, signature: ModelSignature, layers: Sequence[str], images: int,
-                     encoding: Encoding, dtype: NpyDtype) -> None:
-        """Refuse, before any work, a response whose feature maps would pass the budget."""
-        budget = self.settings.max_feature_map_bytes
-        estimate = images * sum(enc.estimate_bytes(signature.layer_shape(n), encoding, dtype) for n in layers)
-        if estimate > budget:
-            raise PayloadTooLarge(
-                f"the requested feature maps would take about {estimate} bytes encoded as "
-                f"{encoding}, over the budget of {budget} bytes (CONVSCOPE_MAX_FEATURE_MAP_BYTES); "
-                "ask for fewer layers or images, encoding=stats or png, or dtype=float16"
-            )
-
-    @staticmethod
-    def select_layers(signature: ModelSignature, names: Sequence[str]) -> list[str]:
-        """Layer names from a query (each may be comma separated, or ``all``), in order and
-        without repeats; an unknown one is a 404 that lists the valid ones."""
-        wanted = [part.strip() for name in names for part in name.split(",") if part.strip()]
-        if "all" in wanted:
-            return signature.layer_names
-        for layer in wanted:
-            if layer not in signature.layer_names:
-                raise UnknownLayer(signature.name, layer, signature.layer_names)
-        return list(dict.fromkeys(wanted))
-
-    # -- the work ------------------------------------------------------------------------
-
-    async def run(self, model: ServedModel, inputs: Inputs, outputs: tuple[str, ...]) -> RunResult:
+    async def run(self, model: LoadedVersion, inputs: Inputs, outputs: tuple[str, ...]) -> RunResult:
         """Run ``inputs`` through the model's batcher; ``outputs`` are graph output names.
 
         Images are decoded inside ``arriving()`` so a batch about to run may wait for them,
         and ``infer`` follows with no ``await`` in between, so the batcher never sees the gap.
         """
-        self.check_count(inputs.count)
         timings = Timings()
         if isinstance(inputs, ImageInputs):
             # Waiting for the decode budget is not arriving: a batch would wait for images
             # that nobody is decoding yet.
-            admission = await self.images.admit(model.runtime.spec, inputs.images)
+            admission = await self.images.admit(model.spec, inputs.images)
             with admission, model.batcher.arriving(inputs.count):
                 prepared = await admission.decode()
             tensor = prepared.tensor
@@ -214,10 +146,10 @@ class DataPlane:
         result = await model.batcher.infer(tensor, outputs)
         timings.queue, timings.inference = result.queue_seconds, result.compute_seconds
         values = dict(zip(outputs, result.outputs))
-        await self.offload(_check_finite, model.signature, values, size=sum(v.size for v in values.values()))
+        await self.workers.offload(_check_finite, model.signature, values, size=sum(v.size for v in values.values()))
         return RunResult(values, timings)
 
-    async def explain(self, model: ServedModel, image: bytes, request: ExplainRequest) -> ExplainResult:
+    async def explain(self, model: LoadedVersion, image: bytes, request: ExplainRequest) -> ExplainResult:
         """Explain one encoded image. The request is checked against the model before the
         image is decoded; every forward pass goes through the model's batcher at explanation
         priority. Cancelling the task (the client went away) stops it before its next pass.
@@ -233,7 +165,7 @@ class DataPlane:
             plan = explainer.plan(request)
             method = plan.method.value
             timings = Timings()
-            prepared = await self.images.prepare(model.runtime.spec, [image])
+            prepared = await self.images.prepare(model.spec, [image])
             timings.decode, timings.preprocess = prepared.decode_seconds, prepared.preprocess_seconds
             batcher, signature = model.batcher, model.signature
 
@@ -242,7 +174,8 @@ class DataPlane:
                 timings.queue += result.queue_seconds
                 timings.inference += result.compute_seconds
                 values = dict(zip(outputs, result.outputs))
-                await self.offload(_check_finite, signature, values, size=sum(v.size for v in values.values()))
+                await self.workers.offload(_check_finite, signature, values,
+                                           size=sum(v.size for v in values.values()))
                 return result.outputs
 
             explanation = await explainer.run(plan, prepared.tensor, forward)
@@ -255,53 +188,14 @@ class DataPlane:
             outcome = ExplainOutcome.REJECTED if exc.status_code < 500 else ExplainOutcome.FAILED
             raise
         finally:
-            self.registry.metrics.explained(
+            self.metrics.explained(
                 model.name, model.version, method, outcome,
                 passes=explanation.forward_passes if explanation is not None else None,
                 seconds=time.perf_counter() - started if explanation is not None else None,
             )
-
-    async def offload(self, work: Callable[..., T], *args: Any, size: int) -> T:
-        """Run CPU work over ``size`` values on the pool, or right here when it is small."""
-        if size > INLINE_MAP_VALUES:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
-        return work(*args)
-
-    async def parse(self, work: Callable[..., T], *args: Any, size: int) -> T:
-        """Parse a request body of ``size`` bytes: right here when small, else on the one
-        parsing thread, in turn, so that no body holds up the event loop."""
-        if size <= INLINE_PARSE_BYTES:
-            return work(*args)
-        return await asyncio.get_running_loop().run_in_executor(self.parser, work, *args)
-
-    async def feature_map_png(self, model: ServedModel, layer: str, image: bytes) -> tuple[bytes, dict[str, Any]]:
-        """One layer's feature-map grid for one image, as PNG bytes."""
-        self.select_layers(model.signature, [layer])
-        result = await self.run(model, ImageInputs([image]), (layer,))
-        values = result.outputs[layer][0]
-        return await self.offload(_grid_png, values, size=values.size)
-
-    @staticmethod
-    def filters_png(model: ServedModel, layer: str, state: str = "trained") -> tuple[bytes, dict[str, Any]]:
-        """A conv layer's kernels as a picture: as trained, or as initialised before training."""
-        runtime = model.runtime
-        trained = runtime.trained_filters(layer)
-        weights = trained if state == "trained" else runtime.initial_filters.get(layer)
-        if weights is None:
-            raise NotFound(
-                f"model {runtime.name} version {runtime.version} has no record of its filters before "
-                "training (exported without initial_weights.npz); use state=trained"
-            )
-        grid, info = enc.filters_grid(weights)
-        return enc.png_bytes(grid), info
 
 
 def _check_finite(signature: ModelSignature, values: dict[str, NDArray[np.float32]]) -> None:
     bad = [name for name, array in values.items() if not np.isfinite(array).all()]
     if bad:
         raise ModelOutputNotFinite(signature.name, signature.version, bad)
-
-
-def _grid_png(values: NDArray[np.float32]) -> tuple[bytes, dict[str, Any]]:
-    grid, info = enc.feature_map_grid(values)
-    return enc.png_bytes(grid), info

@@ -26,11 +26,37 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from service.errors import Overloaded, PayloadTooLarge
-from service.inference.preprocessing import InputSpec, decode_cost, load, open_checked, preprocess, reduce_on_decode
+from service.inference.preprocessing import (
+    REDUCING_GAP,
+    InputSpec,
+    decode_cost,
+    load,
+    open_checked,
+    preprocess,
+    reduce_on_decode,
+)
 
 # Decoding and resizing an image this small takes tens of microseconds: less than handing
 # it to a worker thread and back (the benchmark's 28 px digits gained ~15% images/s).
 INLINE_PIXELS = 64 * 64
+
+
+@dataclass(frozen=True)
+class PreparationOptions:
+    """How encoded images become tensors in this process, and how much of it at once."""
+
+    threads: int = 4  # decode and preprocess threads, off the event loop
+    max_pixels: int = 40_000_000  # a decoded image's largest width x height
+    budget_bytes: int = 512 * 1024 * 1024  # decoding memory over every request in flight
+    budget_wait_s: float = 5.0  # a request's longest wait for its share of the budget
+    max_request_bytes: int = 256 * 1024 * 1024  # decoding memory of one request's images
+    full_resolution: bool = False  # decode every image whole, as the export stage did
+
+    @property
+    def reducing_gap(self) -> float | None:
+        """preprocessing's integer shrink of large images before the resample (None: the
+        exact full-resolution path)."""
+        return None if self.full_resolution else REDUCING_GAP
 
 
 @dataclass(frozen=True)

@@ -5,49 +5,29 @@ and channel, the top-k images by the channel's maximum activation with the posit
 that maximum, the box of input pixels it sees and the pixels to show it
 (channel_view.npz), plus a few held-out images per class (samples.npz); docs/artifact.md
 has the format. This module reads both once, when a model version loads, and answers
-from memory: the JSON of one channel, each top image or crop as stored, the k patches
-as one picture, the samples. numpy + Pillow only.
+from memory: one channel's top images, each picture as stored, the samples; the codecs
+make JSON and the sheet of top images from these (codecs/v1.py, codecs/pictures.py).
+numpy only.
 
 Artifacts written before the channel view existed (or exported with
 --channel-images 0, or imported without --data-dir) have neither file: they serve as
 before, and asking for a channel view says it was not computed and how to compute it.
-
-The routes decide the URL prefix: every URL here is built from a `base` they pass
-("/v1/models/digits-tinyvgg"), followed by the paths below, which the routes should
-register under the same prefix so the URLs resolve.
 """
 
 from __future__ import annotations
 
-import functools
-import io
-import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from artifact import ArtifactError, Metadata
 from service.errors import NotFound, one_of
 from service.models.repository import Artifact
 
-# Paths under a model's base URL; the routes register the same ones.
-CHANNEL_PATH = "/layers/{layer}/channels/{channel}"
-TOP_PNG_PATH = "/layers/{layer}/channels/{channel}/top.png"
-TOP_IMAGE_PATH = "/layers/{layer}/channels/{channel}/top/{rank}"
-SAMPLES_PATH = "/samples"
-SAMPLE_PATH = "/samples/{sample_id}"
 MEDIA_TYPE = "image/png"  # every stored picture and sample is a PNG
-
-TILE = 112  # px: the longer side of each patch in top.png
-GAP = 6
-CAPTION = 16  # px of label text under each patch
-BACKGROUND = (32, 32, 32)
-BOX_COLOUR = (255, 64, 64)
-TEXT_COLOUR = (235, 235, 235)
 RENDER_CACHE = 256  # top.png pictures kept per model version
 _TOP_LEVEL_KEYS = (
     "layers", "classes", "image_index", "image_label",
@@ -86,6 +66,16 @@ class TopImage:
     box: tuple[int, int, int, int] | None  # (left, top, right, bottom) input pixels it sees
     crop: bool  # the stored picture is the box's pixels only (else the whole input)
     picture: int  # which stored picture shows it
+
+
+@dataclass(frozen=True)
+class StoredPicture:
+    """A top image and the picture that shows it: its PNG bytes and where the picture's
+    top-left corner lies in input pixels (a crop starts inside the image)."""
+
+    entry: TopImage
+    png: bytes
+    origin: tuple[int, ...]  # (left, top)
 
 
 class _Pictures:
@@ -188,7 +178,8 @@ class ChannelView:
         self.version = version
         self._ranking = ranking
         self._samples = samples
-        self._render = functools.lru_cache(maxsize=RENDER_CACHE)(self._render_top)
+        self._renders: dict[tuple[object, ...], bytes] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def from_artifact(cls, artifact: Artifact) -> ChannelView:
@@ -233,32 +224,10 @@ class ChannelView:
         self._check_channel(layer, table, channel)
         return [self._entry(table, channel, rank) for rank in range(table.top_k)]
 
-    # --- answers for the routes ------------------------------------------------------
-
-    def channel_json(self, layer: str, channel: int, base: str) -> dict[str, Any]:
-        """`GET {base}/layers/{layer}/channels/{c}`."""
-        return {
-            "layer": layer,
-            "channel": channel,
-            "images": self.images,
-            "top": [
-                {
-                    "rank": entry.rank,
-                    "activation": entry.activation,
-                    "label": entry.label,
-                    "image": entry.image,
-                    "position": _named(("y", "x"), entry.position),
-                    "box": _named(("left", "top", "right", "bottom"), entry.box),
-                    "crop": entry.crop,
-                    "image_url": base + top_image_path(layer, channel, entry.rank),
-                }
-                for entry in self.top(layer, channel)
-            ],
-            "top_png_url": base + top_png_path(layer, channel),
-        }
+    # --- what the handlers ask for ---------------------------------------------------
 
     def top_image(self, layer: str, channel: int, rank: int) -> bytes:
-        """`GET {base}/layers/{layer}/channels/{c}/top/{rank}`: the stored PNG (image or crop)."""
+        """One of the channel's top images as stored (PNG: the whole input or the crop)."""
         table = self._table(layer)
         self._check_channel(layer, table, channel)
         if not 0 <= rank < table.top_k:
@@ -268,25 +237,31 @@ class ChannelView:
             )
         return self._pictures()[int(table.picture[channel, rank])]
 
-    def top_png(self, layer: str, channel: int) -> bytes:
-        """`GET {base}/layers/{layer}/channels/{c}/top.png`: the k patches in one picture,
-        each with its receptive-field box and label. Rendered once, then cached."""
-        table = self._table(layer)
-        self._check_channel(layer, table, channel)
-        return self._render(layer, channel)
+    def top_pictures(self, layer: str, channel: int) -> list[StoredPicture]:
+        """The channel's top images with the stored picture of each, for a sheet of them."""
+        pictures = self._pictures()
+        return [StoredPicture(entry, pictures[entry.picture], tuple(int(v) for v in pictures.origin[entry.picture]))
+                for entry in self.top(layer, channel)]
 
-    def samples_json(self, base: str) -> dict[str, Any]:
-        """`GET {base}/samples`."""
-        samples = self._sample_set()
-        return {
-            "samples": [
-                {"id": i, "label": label, "image_url": base + sample_path(i)}
-                for i, label in enumerate(samples.labels)
-            ]
-        }
+    def rendered(self, key: tuple[object, ...], render: Callable[[], bytes]) -> bytes:
+        """A picture made from this view (a sheet of top images), made once per key: the
+        view never changes while the version is loaded."""
+        with self._lock:
+            made = self._renders.get(key)
+        if made is None:
+            made = render()
+            with self._lock:
+                self._renders[key] = made
+                while len(self._renders) > RENDER_CACHE:
+                    self._renders.pop(next(iter(self._renders)))
+        return made
+
+    def samples(self) -> list[str]:
+        """The sample images' labels, by id."""
+        return list(self._sample_set().labels)
 
     def sample_image(self, sample_id: int) -> bytes:
-        """`GET {base}/samples/{id}`: the image as stored (PNG, the model's size and mode)."""
+        """One sample as stored (PNG, the model's size and mode)."""
         samples = self._sample_set()
         if not 0 <= sample_id < len(samples.labels):
             raise NotFound(
@@ -334,27 +309,6 @@ class ChannelView:
             picture=picture,
         )
 
-    def _render_top(self, layer: str, channel: int) -> bytes:
-        pictures = self._pictures()
-        entries = self.top(layer, channel)
-        tiles = [_tile(pictures, entry) for entry in entries]
-        columns = max(1, math.ceil(math.sqrt(len(tiles))))
-        rows = max(1, math.ceil(len(tiles) / columns))
-        cell_w, cell_h = TILE + GAP, TILE + CAPTION + GAP
-        sheet = Image.new("RGB", (columns * cell_w + GAP, rows * cell_h + GAP), BACKGROUND)
-        draw = ImageDraw.Draw(sheet)
-        font = _font()
-        for i, (tile, entry) in enumerate(zip(tiles, entries, strict=True)):
-            x = GAP + (i % columns) * cell_w + (TILE - tile.width) // 2
-            y = GAP + (i // columns) * cell_h + (TILE - tile.height) // 2
-            sheet.paste(tile, (x, y))
-            caption = _fit(draw, f"{entry.label}  {entry.activation:.3g}", font, TILE)
-            draw.text((GAP + (i % columns) * cell_w, GAP + (i // columns) * cell_h + TILE + 2), caption,
-                      fill=TEXT_COLOUR, font=font)
-        buffer = io.BytesIO()
-        sheet.save(buffer, format="PNG")
-        return buffer.getvalue()
-
     def _sample_set(self) -> _Samples:
         if self._samples is None:
             raise NotComputed(self.model, self.version, "sample images")
@@ -400,60 +354,3 @@ class _Samples:
         return cls(labels, pictures)
 
 
-def _named(keys: tuple[str, ...], values: tuple[int, ...] | None) -> dict[str, int] | None:
-    return None if values is None else dict(zip(keys, values, strict=True))
-
-
-def channel_path(layer: str, channel: int) -> str:
-    return CHANNEL_PATH.format(layer=quote(layer, safe=""), channel=channel)
-
-
-def top_png_path(layer: str, channel: int) -> str:
-    return TOP_PNG_PATH.format(layer=quote(layer, safe=""), channel=channel)
-
-
-def top_image_path(layer: str, channel: int, rank: int) -> str:
-    return TOP_IMAGE_PATH.format(layer=quote(layer, safe=""), channel=channel, rank=rank)
-
-
-def sample_path(sample_id: int) -> str:
-    return SAMPLE_PATH.format(sample_id=sample_id)
-
-
-@functools.cache
-def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    # Pillow's built-in font: nothing to install or download.
-    return ImageFont.load_default(size=11)
-
-
-def _fit(
-    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int
-) -> str:
-    """The text, shortened with an ellipsis until it fits `width` pixels."""
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
-def _tile(pictures: _Pictures, entry: TopImage) -> Image.Image:
-    """The entry's picture scaled to fit TILE px (pixels kept sharp when enlarged), in RGB,
-    with the receptive-field box drawn where it lies in the picture."""
-    with Image.open(io.BytesIO(pictures[entry.picture])) as stored:
-        picture = stored.convert("RGB")
-    scale = TILE / max(picture.size)
-    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX
-    tile = picture.resize(size, resample)
-    if entry.box is not None:
-        origin = pictures.origin[entry.picture]
-        left, top, right, bottom = entry.box
-        rect = (
-            (left - int(origin[0])) * scale,
-            (top - int(origin[1])) * scale,
-            (right - int(origin[0])) * scale - 1,
-            (bottom - int(origin[1])) * scale - 1,
-        )
-        ImageDraw.Draw(tile).rectangle(rect, outline=BOX_COLOUR, width=max(1, round(scale / 2)) if scale < 4 else 2)
-    return tile

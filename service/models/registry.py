@@ -26,11 +26,10 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from artifact import ArtifactError
 from service.errors import (
     BadRequest,
     LoadFailed,
@@ -38,24 +37,12 @@ from service.errors import (
     NotFound,
     UnknownModel,
     UnknownVersion,
-    Unprocessable,
 )
-from service.explain import Explainer
-from service.inference.batching import DynamicBatcher
 from service.metrics import Metrics
-from service.models.channel_view import ChannelView
-from service.models.repository import ArtifactRef, load_artifact, scan
-from service.models.runtime import ModelRuntime, RuntimeOptions, load_model
-from service.models.signature import ModelSignature
-from service.settings import Settings
+from service.models.loader import LoadedVersion, Loader, LoadError
+from service.models.repository import ArtifactRef, RepositoryOptions
 
 log = logging.getLogger("convscope.registry")
-
-# An explanation's forward passes go to the batcher in batches of at most this many images
-# (and of no more than the model's max_batch_size); while predictions flow, the batcher
-# holds them shorter (DynamicBatcher.explain_batch_images).
-EXPLAIN_BATCH_IMAGES = 16
-
 
 class ModelState(StrEnum):
     LOADING = "loading"
@@ -79,60 +66,13 @@ def fingerprint(path: Path) -> Fingerprint:
 
 
 @dataclass(eq=False)
-class ServedModel:
-    """A loaded version: its sessions, its batcher, its channel view and samples (read once
-    at load; empty when the artifact has none), its explainer, and how many requests hold it."""
-
-    runtime: ModelRuntime
-    batcher: DynamicBatcher
-    channel_view: ChannelView
-    explainer: Explainer | None = None  # None: the graph could not be analysed (runtime.explain_unavailable)
-    leases: int = 0
-    _released: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def require_explainer(self) -> Explainer:
-        """The explainer, or the 422 that says why this model has none."""
-        if self.explainer is None:
-            why = self.runtime.explain_unavailable or "its graph was not analysed"
-            raise Unprocessable(f"model {self.name} version {self.version} cannot be explained: {why}")
-        return self.explainer
-
-    @property
-    def name(self) -> str:
-        return self.runtime.name
-
-    @property
-    def version(self) -> int:
-        return self.runtime.version
-
-    @property
-    def signature(self) -> ModelSignature:
-        return self.runtime.signature
-
-    def acquire(self) -> None:
-        self.leases += 1
-        self._released.clear()
-
-    def release(self) -> None:
-        self.leases -= 1
-        if self.leases == 0:
-            self._released.set()
-
-    async def stop(self) -> None:
-        """Wait for every request holding this model, then stop its batcher."""
-        while self.leases:
-            await self._released.wait()
-        await self.batcher.stop()
-
-
-@dataclass(eq=False)
 class ModelEntry:
     """One version in the repository, whatever its state."""
 
     ref: ArtifactRef
     state: ModelState = ModelState.LOADING
     reason: str | None = None
-    served: ServedModel | None = None
+    served: LoadedVersion | None = None
     fingerprint: Fingerprint | None = None
 
     @property
@@ -178,10 +118,10 @@ class ModelStatus:
 class ModelRegistry:
     """Owns every model version: loads them, resolves requests to them, closes them."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, runtime_options: RuntimeOptions) -> None:
-        self.settings = settings
+    def __init__(self, options: RepositoryOptions, loader: Loader, metrics: Metrics) -> None:
+        self.options = options
+        self.loader = loader
         self.metrics = metrics
-        self.runtime_options = runtime_options
         self.entries: dict[str, dict[int, ModelEntry]] = {}
         self.load_finished = False
         self.held: set[str] = set()  # unloaded on request: sync leaves them alone
@@ -189,12 +129,12 @@ class ModelRegistry:
 
     @property
     def root(self) -> Path:
-        return self.settings.model_repository
+        return self.options.root
 
     def scan(self) -> list[ArtifactRef]:
-        """The versions on disk now, named as the settings say (CONVSCOPE_MODEL_NAME for a
+        """The versions on disk now, named as the options say (a single model's name for a
         single-model layout). Blocking: call it on a thread."""
-        return scan(self.root, self.settings.model_name)
+        return self.options.scan()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -314,50 +254,20 @@ class ModelRegistry:
         started = time.perf_counter()
         entry.fingerprint = await asyncio.to_thread(fingerprint, entry.ref.path)
         try:
-            artifact = await asyncio.to_thread(load_artifact, entry.ref)
-            # A listed channel_view.npz / samples.npz that cannot be read fails the version
-            # here, at load, with the reason (a writer's bug), rather than on a user's click.
-            channel_view = await asyncio.to_thread(ChannelView.from_artifact, artifact)
-            runtime = await asyncio.to_thread(load_model, artifact, self.runtime_options)
-        except (ArtifactError, ValueError, OSError) as exc:
+            entry.served = await self.loader.load(entry.ref)
+        except LoadError as exc:
             self._fail(entry, str(exc))
-        except Exception as exc:  # onnxruntime and onnx raise their own types on bad files
-            self._fail(entry, f"{type(exc).__name__}: {exc}")
         else:
-            batcher = self._batcher(runtime)
-            entry.served = ServedModel(runtime, batcher, channel_view, self._explainer(runtime, batcher))
-            entry.served.batcher.start()
             # From this assignment on, the newest ready version, which may be this one, is
             # its model's default: the switch is this one step, with no await around it.
             entry.state = ModelState.READY
+            runtime = entry.served.runtime
             log.info("model %s version %d ready on %s (%.2f s)", entry.name, entry.version,
                      runtime.provider, runtime.load_seconds)
         outcome = "success" if entry.state is ModelState.READY else "failure"
         self.metrics.model_loads.labels(entry.name, outcome).inc()
         self.metrics.model_load_seconds.labels(entry.name).observe(time.perf_counter() - started)
         self._update_gauges()
-
-    def _batcher(self, runtime: ModelRuntime) -> DynamicBatcher:
-        batching = self.settings.batching_for(runtime.name)
-        return DynamicBatcher(
-            runtime,
-            max_batch_size=batching.max_batch_size,
-            max_queue_delay_ms=batching.max_queue_delay_ms,
-            max_queue_size=batching.max_queue_size,
-            arrival_wait_ms=batching.batch_arrival_wait_ms,
-            observer=self.metrics.observer(runtime.name, runtime.version),
-            label=f"{runtime.name}-{runtime.version}",
-        )
-
-    def _explainer(self, runtime: ModelRuntime, batcher: DynamicBatcher) -> Explainer | None:
-        """Built once per version: the engine's view of the graph comes from the runtime's
-        load (its heads share the runtime's weights); the passes go through the batcher,
-        which sizes them."""
-        if runtime.explainable is None:
-            return None
-        return Explainer(runtime.explainable, max_passes=self.settings.max_explain_passes,
-                         batch_size=min(EXPLAIN_BATCH_IMAGES, batcher.max_batch_size),
-                         batch_images=batcher.explain_batch_images)
 
     def _fail(self, entry: ModelEntry, reason: str) -> None:
         entry.state, entry.reason = ModelState.FAILED, reason
@@ -425,8 +335,8 @@ class ModelRegistry:
         )
 
     def default_model_name(self) -> str:
-        if self.settings.default_model:
-            return self.settings.default_model
+        if self.options.default_model:
+            return self.options.default_model
         if len(self.entries) == 1:
             return next(iter(self.entries))
         if not self.entries:
@@ -466,7 +376,7 @@ class ModelRegistry:
             raise UnknownVersion(name, version, sorted(versions))
         return found
 
-    def resolve(self, name: str | None, version: int | None = None) -> ServedModel:
+    def resolve(self, name: str | None, version: int | None = None) -> LoadedVersion:
         """The served model for a request, or the 404/503 that says why there is none."""
         entry = self.entry(name, version)
         if entry.state is not ModelState.READY or entry.served is None:
@@ -474,7 +384,7 @@ class ModelRegistry:
         return entry.served
 
     @contextmanager
-    def lease(self, name: str | None, version: int | None = None) -> Iterator[ServedModel]:
+    def lease(self, name: str | None, version: int | None = None) -> Iterator[LoadedVersion]:
         """Resolve and hold a model for one request: it is not unloaded while held."""
         model = self.resolve(name, version)
         model.acquire()

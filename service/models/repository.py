@@ -28,6 +28,20 @@ log = logging.getLogger("convscope.repository")
 
 
 @dataclass(frozen=True)
+class RepositoryOptions:
+    """Where the models are and how they are named and watched."""
+
+    root: Path
+    model_name: str | None = None  # a single model's name (KServe's /mnt/models layout)
+    poll_seconds: float = 0.0  # how often the registry is brought in step with the disk; 0: never
+    default_model: str | None = None  # the model of /predict and /explain
+
+    def scan(self) -> list[ArtifactRef]:
+        """The versions on disk now (blocking: call it on a thread)."""
+        return scan(self.root, self.model_name)
+
+
+@dataclass(frozen=True)
 class ArtifactRef:
     """One version found under the root: the name it is served under, its number, its directory."""
 

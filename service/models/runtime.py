@@ -40,7 +40,6 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -53,9 +52,6 @@ from service.explain import ExplainableModel, describe
 from service.inference.preprocessing import REDUCING_GAP, InputSpec
 from service.models.repository import Artifact
 from service.models.signature import ModelSignature
-
-if TYPE_CHECKING:
-    from service.settings import Settings
 
 log = logging.getLogger("convscope.runtime")
 
@@ -83,30 +79,19 @@ def choose_providers(requested: list[str] | None) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuntimeOptions:
+    """How onnxruntime runs every model of this process."""
+
     providers: list[str]
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     allow_spinning: bool = False
-    # Preprocessing's integer reduction of large images (None: exact full-resolution path).
-    reducing_gap: float | None = REDUCING_GAP
     # onnxruntime's CPU arena keeps the largest batch's buffers (rounded up to powers of
     # two) for the life of the session: every feature map of a batch of 32 AlexNet images
     # is ~110 MB. Without it, freed buffers go back to the system (benchmarks/README.md).
     cpu_mem_arena: bool = False
     share_weights: bool = True
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RuntimeOptions:
-        """Everything the runtime and preprocessing take from the settings."""
-        return cls(
-            providers=choose_providers(settings.providers),
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            allow_spinning=settings.ort_allow_spinning,
-            reducing_gap=None if settings.full_resolution_decode else REDUCING_GAP,
-        )
 
     @property
     def cpu_only(self) -> bool:
@@ -200,8 +185,10 @@ class ModelRuntime:
         return results
 
 
-def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
-    """Open both sessions for an artifact, check them against its metadata, warm them up."""
+def load_model(artifact: Artifact, options: RuntimeOptions, *,
+               reducing_gap: float | None = REDUCING_GAP) -> ModelRuntime:
+    """Open both sessions for an artifact, check them against its metadata, warm them up.
+    ``reducing_gap``: the image preparation's (PreparationOptions.reducing_gap)."""
     started = time.perf_counter()
     metadata = artifact.metadata
     InputSpec.from_recipe(metadata.input)  # a bad recipe fails before the heavy work
@@ -252,7 +239,7 @@ def load_model(artifact: Artifact, options: RuntimeOptions) -> ModelRuntime:
             features_session = ort.InferenceSession(with_convs, sess_options=options.session_options(dense_values, folder),
                                                     providers=options.providers)
     del features_graph, with_convs, logits_graph
-    spec = InputSpec.from_recipe(metadata.input, reducing_gap=options.reducing_gap)
+    spec = InputSpec.from_recipe(metadata.input, reducing_gap=reducing_gap)
 
     model = ModelRuntime(
         artifact=artifact,

@@ -1,11 +1,9 @@
-"""Explanations over HTTP (issue 12): which part of an image made the model decide, and how
-far to trust the map.
+"""Explanations over HTTP: which part of an image made the model decide, and how far to
+trust the map.
 
 ``POST /explain`` (default model), ``/v1/models/{name}/explain`` and
 ``/v1/models/{name}/versions/{version}/explain`` answer JSON; the ``.png`` variants answer
-the heat-map overlay itself. The body is one image in any form ``/predict`` accepts. Routes
-parse HTTP, hold the model for the length of the request, and call the data plane's
-``explain``; shaping the answer lives here, next to the API it serves.
+the heat-map overlay itself. The body is one image in any form ``/predict`` accepts.
 """
 
 from __future__ import annotations
@@ -13,48 +11,37 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from service.codecs import encoding as enc
-from service.errors import BadRequest
-from service.explain import ExplainRequest, Faithfulness, Method
+from service.codecs import v1
+from service.codecs.arrays import MapEncoding
+from service.codecs.colormaps import SaliencyColormap
+from service.explain import ExplainRequest, Method
+from service.handlers.results import Explained
 from service.http import auth
-from service.http.requests import images_from_request, unless_client_gone
+from service.http.requests import unless_client_gone
 from service.http.responses import FastJSONResponse as JSONResponse
-from service.inference.dataplane import DataPlane, ExplainResult
-from service.inference.preprocessing import InputSpec
 from service.routes import schemas
-from service.routes.common import Plane, note_model, server_timing
-from service.routes.v1 import ONE_IMAGE_BODY, ModelName, Version
+from service.routes.deps import HandlersDep, WorkersDep, answered_by, note_model, server_timing
+from service.routes.params import ModelName, Version
+from service.routes.table import ModelRoutes, VersionParameter
+from service.routes.v1 import ONE_IMAGE_BODY, Reader
 
 router = APIRouter(tags=["explanations"], dependencies=[auth.INFER])
+models = ModelRoutes(router, "/v1/models/{name}", VersionParameter(Version))
 
 MAX_SEED = 2**32 - 1
 MAX_TARGET_CHARS = 256
-
-
-class MapEncoding(StrEnum):
-    """How the map travels in a JSON answer (as a feature map does in predict's)."""
-
-    JSON = "json"  # nested lists, H x W
-    NPY = "npy"  # base64 .npy bytes, float32
-    PNG = "png"  # base64 PNG: the map as heat over the preprocessed input image
-
-
-class Colormap(StrEnum):
-    INFERNO = "inferno"
-    VIRIDIS = "viridis"
 
 
 @dataclass(frozen=True)
 class ExplainQuery:
     request: ExplainRequest
     encoding: MapEncoding
-    colormap: Colormap
+    colormap: SaliencyColormap
 
 
 PASSES_DESCRIPTION = (
@@ -91,7 +78,8 @@ def common_query(
     seed: Annotated[
         int, Query(ge=0, le=MAX_SEED, description="Seeds RISE's masks, the random map and the ranking's ties.")
     ] = 0,
-    colormap: Annotated[Colormap, Query(description="The overlay's colour map.")] = Colormap.INFERNO,
+    colormap: Annotated[SaliencyColormap, Query(description="The overlay's colour map.")] = (
+        SaliencyColormap.INFERNO),
 ) -> ExplainQuery:
     request = ExplainRequest(method=method.value if method is not None else None, target=target, layer=layer,
                              passes=passes, faithfulness=faithfulness, seed=seed)
@@ -112,116 +100,13 @@ Explain = Annotated[ExplainQuery, Depends(explain_query)]
 ExplainPng = Annotated[ExplainQuery, Depends(common_query)]
 
 
-@dataclass(frozen=True)
-class Explained:
-    """One image explained by one model version."""
-
-    result: ExplainResult
-    model: str
-    version: int
-    spec: InputSpec  # the model's input recipe: the overlay undoes its normalisation
-
-
-async def _explain(request: Request, plane: DataPlane, name: str | None, version: int | None,
-                   query: ExplainQuery) -> Explained:
+async def _explain(request: Request, handlers: HandlersDep, reader: Reader, name: str | None,
+                   version: int | None, query: ExplainQuery) -> Explained:
     note_model(request, name, version)
-    images = await images_from_request(request, plane)
-    if len(images) != 1:
-        raise BadRequest(f"send exactly one image to explain, not {len(images)}")
-    with plane.serving(name, version) as model:
-        note_model(request, model.name, model.version)
-        result = await unless_client_gone(request, plane.explain(model, images[0], query.request))
-        return Explained(result, model.name, model.version, model.runtime.spec)
-
-
-def _input_image(done: Explained) -> Any:
-    spec = done.spec
-    return enc.input_image(done.result.image, spec.mean, spec.std, spec.scale)
-
-
-def _overlay(done: Explained, colormap: str) -> tuple[bytes, dict[str, Any]]:
-    rgb, info = enc.saliency_overlay(_input_image(done), done.result.explanation.map, colormap)
-    return enc.png_bytes(rgb), info
-
-
-def _encode_map(done: Explained, query: ExplainQuery) -> dict[str, Any]:
-    saliency = done.result.explanation.map
-    if query.encoding is MapEncoding.PNG:
-        return enc.encode_saliency(saliency, "png", _input_image(done), query.colormap.value)
-    return enc.encode_saliency(saliency, query.encoding.value)
-
-
-def faithfulness_body(scores: Faithfulness | None) -> dict[str, Any] | None:
-    if scores is None:
-        return None
-    return {
-        "deletion": scores.deletion,
-        "insertion": scores.insertion,
-        "random_deletion": scores.random_deletion,
-        "beats_random": scores.beats_random,
-        "note": scores.note,
-        "steps": scores.steps,
-        "baseline": "the training set's mean colour (0 after normalisation)",
-        "deletion_curve": list(scores.deletion_curve),
-        "insertion_curve": list(scores.insertion_curve),
-        "random_deletion_curve": list(scores.random_deletion_curve),
-    }
-
-
-def explanation_body(done: Explained, encoded_map: dict[str, Any]) -> dict[str, Any]:
-    explanation = done.result.explanation
-    target = explanation.target
-    return {
-        "model": done.model,
-        "version": done.version,
-        "method": explanation.method.value,
-        "layer": explanation.layer,
-        "target": {"index": target.index, "label": target.label, "probability": target.probability},
-        "forward_passes": explanation.forward_passes,
-        "budget": explanation.budget,
-        "map": encoded_map,
-        "note": explanation.note,
-        "faithfulness": faithfulness_body(explanation.faithfulness),
-        "parameters": dict(explanation.parameters),
-    }
-
-
-def summary_header(done: Explained) -> str:
-    """The answer without the map or curves, for the PNG route's X-Convscope-Explanation header."""
-    body = explanation_body(done, {})
-    del body["map"]
-    scores = body["faithfulness"]
-    if scores is not None:
-        body["faithfulness"] = {k: v for k, v in scores.items() if not k.endswith("_curve")}
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=True)
-
-
-def _timings_ms(result: ExplainResult) -> dict[str, float]:
-    return {**result.timings.as_ms(), "engine": round(result.engine_seconds * 1000.0, 3)}
-
-
-async def _json(request: Request, plane: DataPlane, name: str | None, version: int | None,
-                query: ExplainQuery) -> Response:
-    done = await _explain(request, plane, name, version, query)
-    timings = done.result.timings
-    started = time.perf_counter()
-    encoded = await plane.offload(_encode_map, done, query, size=done.result.explanation.map.size)
-    timings.encode = time.perf_counter() - started
-    body = explanation_body(done, encoded)
-    body["timings_ms"] = _timings_ms(done.result)
-    return JSONResponse(body, headers={"Server-Timing": server_timing(timings)})
-
-
-async def _png(request: Request, plane: DataPlane, name: str | None, version: int | None,
-               query: ExplainQuery) -> Response:
-    done = await _explain(request, plane, name, version, query)
-    timings = done.result.timings
-    started = time.perf_counter()
-    png, info = await plane.offload(_overlay, done, query.colormap.value, size=done.result.explanation.map.size)
-    timings.encode = time.perf_counter() - started
-    headers = {"X-Convscope-Explanation": summary_header(done),
-               "X-Convscope-Overlay": json.dumps(info), "Server-Timing": server_timing(timings)}
-    return Response(png, media_type="image/png", headers=headers)
+    image = await reader.one_image(request, "to explain")
+    done = await unless_client_gone(request, handlers.explanation.explain(name, version, image, query.request))
+    answered_by(request, done.model)
+    return done
 
 
 EXPLAIN_DOC: dict[str, Any] = dict(response_model=schemas.ExplainResponse, responses=schemas.ERRORS,
@@ -237,39 +122,37 @@ PNG_DOC: dict[str, Any] = dict(
 )
 
 
-@router.post("/explain", summary="Explain a prediction of the default model", **EXPLAIN_DOC)
-async def explain_default(request: Request, plane: Plane, query: Explain) -> Response:
-    return await _json(request, plane, None, None, query)
+async def explain(request: Request, handlers: HandlersDep, workers: WorkersDep, reader: Reader,
+                  name: ModelName, version: int | None, query: Explain) -> Response:
+    done = await _explain(request, handlers, reader, name, version, query)
+    timings = done.result.timings
+    started = time.perf_counter()
+    encoded = await workers.offload(v1.explanation_map, done, query.encoding, query.colormap.value,
+                                    size=done.result.explanation.map.size)
+    timings.encode = time.perf_counter() - started
+    body = v1.explanation(done, encoded)
+    body["timings_ms"] = v1.explanation_timings(done)
+    return JSONResponse(body, headers={"Server-Timing": server_timing(timings)})
 
 
-@router.post("/explain.png", summary="Explain a prediction of the default model, as a PNG overlay", **PNG_DOC)
-async def explain_default_png(request: Request, plane: Plane, query: ExplainPng) -> Response:
-    return await _png(request, plane, None, None, query)
+async def explain_png(request: Request, handlers: HandlersDep, workers: WorkersDep, reader: Reader,
+                      name: ModelName, version: int | None, query: ExplainPng) -> Response:
+    done = await _explain(request, handlers, reader, name, version, query)
+    timings = done.result.timings
+    started = time.perf_counter()
+    png, info = await workers.offload(v1.overlay_png, done, query.colormap.value,
+                                      size=done.result.explanation.map.size)
+    timings.encode = time.perf_counter() - started
+    headers = {"X-Convscope-Explanation": v1.explanation_summary(done),
+               "X-Convscope-Overlay": json.dumps(info), "Server-Timing": server_timing(timings)}
+    return Response(png, media_type="image/png", headers=headers)
 
 
-@router.post("/v1/models/{name}/explain", summary="Explain a prediction (newest version)", **EXPLAIN_DOC)
-async def explain_newest(request: Request, plane: Plane, name: ModelName, query: Explain) -> Response:
-    return await _json(request, plane, name, None, query)
-
-
-@router.post("/v1/models/{name}/explain.png", summary="Explain a prediction as a PNG overlay (newest version)",
-             **PNG_DOC)
-async def explain_newest_png(request: Request, plane: Plane, name: ModelName, query: ExplainPng) -> Response:
-    return await _png(request, plane, name, None, query)
-
-
-@router.post("/v1/models/{name}/versions/{version}/explain", summary="Explain a prediction (one version)",
-             **EXPLAIN_DOC)
-async def explain_version(request: Request, plane: Plane, name: ModelName, version: Version,
-                          query: Explain) -> Response:
-    return await _json(request, plane, name, version, query)
-
-
-@router.post("/v1/models/{name}/versions/{version}/explain.png",
-             summary="Explain a prediction as a PNG overlay (one version)", **PNG_DOC)
-async def explain_version_png(request: Request, plane: Plane, name: ModelName, version: Version,
-                              query: ExplainPng) -> Response:
-    return await _png(request, plane, name, version, query)
+models.default("POST", "/explain", summary="Explain a prediction of the default model", **EXPLAIN_DOC)(explain)
+models.default("POST", "/explain.png", summary="Explain a prediction of the default model, as a PNG overlay",
+               **PNG_DOC)(explain_png)
+models.operation("POST", "/explain", summary="Explain a prediction", **EXPLAIN_DOC)(explain)
+models.operation("POST", "/explain.png", summary="Explain a prediction as a PNG overlay", **PNG_DOC)(explain_png)
 
 
 def document(schema: dict[str, Any], max_passes: int) -> None:

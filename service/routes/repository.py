@@ -7,15 +7,15 @@
 * ``POST /v2/repository/models/{name}/unload``: unload it until it is loaded again.
 
 Every one needs a key of scope ``admin``; with no key configured they are disabled.
-The registry does the work; this module only speaks the protocol.
+The repository handler does the work; this module only speaks the protocol.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
@@ -24,14 +24,11 @@ from service.http import auth
 from service.http.requests import read_body
 from service.http.responses import FastJSONResponse as JSONResponse
 from service.models.registry import IndexEntry, ModelState
-from service.models.repository import NAME_PATTERN
 from service.routes import schemas
-from service.routes.common import Plane, note_model
+from service.routes.deps import HandlersDep, note_model
+from service.routes.params import ModelName
 
 router = APIRouter(tags=["repository"], dependencies=[auth.ADMIN])
-
-ModelName = Annotated[str, Path(pattern=NAME_PATTERN.pattern, max_length=255,
-                                 description="Model name (a directory of the model repository).")]
 # A control request is a small JSON object; nothing larger is read.
 MAX_CONTROL_BODY = 64 * 1024
 
@@ -116,7 +113,7 @@ def _item(entry: IndexEntry) -> dict[str, str]:
 @router.post("/v2/repository/index", summary="Every model version on disk or loaded, with its state",
              response_model=list[IndexItem], responses=CONTROL_ERRORS,
              openapi_extra=INDEX_BODY)
-async def index(request: Request, plane: Plane) -> Response:
+async def index(request: Request, handlers: HandlersDep) -> Response:
     payload = await _json_object(request)
     unknown_keys = sorted(set(payload) - {"ready"})
     if unknown_keys:
@@ -124,19 +121,17 @@ async def index(request: Request, plane: Plane) -> Response:
     ready_only = payload.get("ready", False)
     if not isinstance(ready_only, bool):
         raise BadRequest('"ready" must be true or false')
-    entries = await plane.registry.index()
-    items = [_item(e) for e in entries if not ready_only or e.state is ModelState.READY]
-    return JSONResponse(items)
+    return JSONResponse([_item(e) for e in await handlers.repository.index(ready_only)])
 
 
 @router.post("/v2/repository/models/{name}/load", summary="Load a model's versions from disk (again)",
              response_class=Response, responses={200: {"description": "Loaded: every version on disk is ready."},
                                                  **CONTROL_ERRORS},
              openapi_extra=LOAD_BODY)
-async def load(request: Request, plane: Plane, name: ModelName) -> Response:
+async def load(request: Request, handlers: HandlersDep, name: ModelName) -> Response:
     note_model(request, name, None)
     _parameters(await _json_object(request), {})
-    await plane.registry.load_model(name)
+    await handlers.repository.load(name)
     return Response(status_code=200)
 
 
@@ -144,8 +139,8 @@ async def load(request: Request, plane: Plane, name: ModelName) -> Response:
              summary="Unload a model once its requests have ended; it answers 503 until loaded again",
              response_class=Response, responses={200: {"description": "Unloaded."}, **CONTROL_ERRORS},
              openapi_extra=UNLOAD_BODY)
-async def unload(request: Request, plane: Plane, name: ModelName) -> Response:
+async def unload(request: Request, handlers: HandlersDep, name: ModelName) -> Response:
     note_model(request, name, None)
     _parameters(await _json_object(request), {"unload_dependents": bool})
-    await plane.registry.unload_model(name)
+    await handlers.repository.unload(name)
     return Response(status_code=200)

@@ -154,6 +154,63 @@ class ExplainResponse(BaseModel):
                                                      "passes), engine (its numpy work), encode, total.")
 
 
+# -- what each channel detects ---------------------------------------------------------------
+
+class Position(BaseModel):
+    y: int
+    x: int
+
+
+class Box(BaseModel):
+    left: int
+    top: int
+    right: int = Field(description="Exclusive.")
+    bottom: int = Field(description="Exclusive.")
+
+
+class TopEntry(BaseModel):
+    rank: int = Field(description="0 = the strongest.")
+    activation: float = Field(description="The channel's maximum over this image.")
+    label: str = Field(description="The image's class in the held-out set.")
+    image: int = Field(description="The image's index in the held-out split the export ranked.")
+    position: Position | None = Field(description="Where the maximum is in the layer's map; null for a flat layer.")
+    box: Box | None = Field(description="The input pixels that unit sees (its receptive field, clipped to the "
+                                        "image); null where the geometry is unknown.")
+    crop: bool = Field(description="true: the picture is the box's pixels only; false: the whole input.")
+    image_url: str = Field(description="The stored picture (PNG, the model's input size and colour mode).")
+
+
+class ChannelAnswer(BaseModel):
+    layer: str
+    channel: int
+    images: int = Field(description="How many held-out images were ranked.")
+    top: list[TopEntry] = Field(description="Activation descending.")
+    top_png_url: str = Field(description="The top images as one picture, each with its box and label.")
+
+
+class Sample(BaseModel):
+    id: int
+    label: str
+    image_url: str
+
+
+class SampleList(BaseModel):
+    samples: list[Sample]
+
+
+class ChannelFilterAnswer(BaseModel):
+    layer: str
+    channel: int
+    conv: str | None = Field(description="The conv module whose filter made this channel.")
+    shape: list[int] = Field(description="[in_channels, kernel_height, kernel_width].")
+    reads_image: bool = Field(description="The conv reads the input image itself (the first layer): with 3 input "
+                                          "channels the filter is a colour picture.")
+    trained: list[list[list[float]]] = Field(description="The kernel as trained.")
+    initial: list[list[list[float]]] | None = Field(description="The kernel when training began (null: not "
+                                                                "recorded, no initial_weights.npz).")
+
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
 }

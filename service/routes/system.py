@@ -11,9 +11,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from service.http import auth
+from service.http.drain import readiness
 from service.http.responses import FastJSONResponse as JSONResponse
 from service.metrics import CONTENT_TYPE, Metrics
-from service.routes.common import Plane, readiness
+from service.routes.deps import HandlersDep
 
 router = APIRouter(tags=["system"])
 
@@ -59,10 +60,10 @@ async def healthz() -> Response:
 
 @router.get("/readyz", dependencies=[auth.PROBE], responses=READY_RESPONSES,
             summary="Ready: model loading has finished, at least one model serves, and no drain has begun")
-async def readyz(request: Request, plane: Plane) -> Response:
-    ready, detail = readiness(request)
+async def readyz(request: Request, handlers: HandlersDep) -> Response:
+    ready, detail = readiness(request, handlers.repository)
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "detail": detail, "models": plane.registry.status()},
+        {"status": "ready" if ready else "not ready", "detail": detail, "models": handlers.introspection.models()},
         status_code=200 if ready else 503,
     )
 

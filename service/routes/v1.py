@@ -1,36 +1,49 @@
 """The convscope REST API (v1): predictions, feature maps, filters, model discovery.
 
-Routes parse HTTP, hold the model they serve for the length of the request, and call the
-data plane (through ``predictions`` for the answers' shape); nothing else happens here.
+Each operation reads the request, calls its handler (which holds the version for the call)
+and renders the result with the v1 codec; nothing else happens here.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BeforeValidator
 
-from service.codecs.encoding import Encoding, FilterState, NpyDtype
-from service.errors import BadRequest
+from service.codecs import v1
+from service.codecs.arrays import Encoding, NpyDtype
+from service.codecs.pictures import feature_map_grid, filters_grid, png_bytes
+from service.handlers.introspection import FilterState
 from service.http import auth
-from service.http.requests import images_from_request, unless_client_gone
+from service.http.requests import RequestReader, unless_client_gone
 from service.http.responses import FastJSONResponse as JSONResponse
-from service.inference.dataplane import DataPlane
 from service.routes import schemas
-from service.routes.common import MAX_VERSION, Plane, ascii_version, note_model, server_timing
-from service.routes.predictions import PredictQuery, layer_catalogue, model_metadata, predict
+from service.routes.deps import HandlersDep, WorkersDep, answered_by, note_model, server_timing
+from service.routes.params import LayerName, ModelName, Version, VersionQuery
+from service.routes.table import ModelRoutes, VersionParameter
 
 router = APIRouter(tags=["v1"], dependencies=[auth.INFER])
+models = ModelRoutes(router, "/v1/models/{name}", VersionParameter(Version), alias=VersionQuery)
 
-ModelName = Annotated[str, Path(description="Model name (a directory of the model repository).")]
-Version = Annotated[int, Path(ge=1, le=MAX_VERSION, description="Model version (an integer directory)."),
-                    BeforeValidator(ascii_version)]
-VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_VERSION, description="Model version (default: newest ready)."),
-                         BeforeValidator(ascii_version)]
-LayerName = Annotated[str, Path(description="Layer name as listed by GET /v1/models/{name}/layers.")]
+
+def get_reader(request: Request) -> RequestReader:
+    reader: RequestReader = request.app.state.reader
+    return reader
+
+
+Reader = Annotated[RequestReader, Depends(get_reader)]
+
+
+@dataclass(frozen=True)
+class PredictQuery:
+    top_k: int = 5
+    layers: tuple[str, ...] = ()  # as given: names, comma-separated names, or "all"
+    encoding: Encoding = Encoding.STATS
+    dtype: NpyDtype = NpyDtype.FLOAT32
 
 
 def predict_query(
@@ -89,98 +102,69 @@ PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/png": {}}, "description": "A PNG image."},
     **schemas.ERRORS,
 }
-
-
-async def _predict(request: Request, plane: DataPlane, name: str | None, version: int | None,
-                   query: PredictQuery) -> Response:
-    note_model(request, name, version)
-    images = await images_from_request(request, plane)
-    with plane.serving(name, version) as model:
-        note_model(request, model.name, model.version)
-        body, timings = await unless_client_gone(request, predict(plane, model, images, query))
-    body["timings_ms"] = timings.as_ms()
-    return JSONResponse(body, headers={"Server-Timing": server_timing(timings)})
-
-
 PREDICT_DOC: dict[str, Any] = dict(response_model=schemas.PredictResponse, responses=schemas.ERRORS,
                                    openapi_extra=IMAGE_BODY)
 
 
-@router.post("/predict", summary="Classify with the default model", **PREDICT_DOC)
-async def predict_default(request: Request, plane: Plane, query: Predict) -> Response:
-    return await _predict(request, plane, None, None, query)
-
-
-@router.post("/v1/models/{name}/predict", summary="Classify (newest version)", **PREDICT_DOC)
-async def predict_newest(request: Request, plane: Plane, name: ModelName, query: Predict) -> Response:
-    return await _predict(request, plane, name, None, query)
-
-
-@router.post("/v1/models/{name}/versions/{version}/predict", summary="Classify (one version)", **PREDICT_DOC)
-async def predict_version(request: Request, plane: Plane, name: ModelName, version: Version,
-                          query: Predict) -> Response:
-    return await _predict(request, plane, name, version, query)
-
-
-async def _feature_map_png(request: Request, plane: DataPlane, name: str, version: int | None, layer: str) -> Response:
+async def predict(request: Request, handlers: HandlersDep, workers: WorkersDep, reader: Reader,
+                  name: ModelName, version: int | None, query: Predict) -> Response:
     note_model(request, name, version)
-    images = await images_from_request(request, plane)
-    if len(images) != 1:
-        raise BadRequest(f"send exactly one image for a feature-map picture, not {len(images)}")
-    with plane.serving(name, version) as model:
-        note_model(request, model.name, model.version)
-        png, info = await unless_client_gone(request, plane.feature_map_png(model, layer, images[0]))
-    return Response(png, media_type="image/png", headers={"X-Convscope-Grid": json.dumps(info)})
+    images = await reader.images(request)
+    result = await unless_client_gone(request, handlers.inference.predict(
+        name, version, images, query.layers, query.encoding, query.dtype))
+    answered_by(request, result.model)
+    started = time.perf_counter()
+    body = await workers.offload(v1.predictions, result, query.top_k, query.encoding, query.dtype,
+                                 size=sum(m.size for m in result.maps.values()))
+    result.timings.encode = time.perf_counter() - started
+    body["timings_ms"] = result.timings.as_ms()
+    return JSONResponse(body, headers={"Server-Timing": server_timing(result.timings)})
 
 
-@router.post("/v1/models/{name}/layers/{layer}/feature_maps.png", summary="One layer's feature maps as a PNG grid",
-             response_class=Response, responses=PNG_RESPONSE, openapi_extra=ONE_IMAGE_BODY)
-async def feature_maps_png(request: Request, plane: Plane, name: ModelName, layer: LayerName) -> Response:
-    return await _feature_map_png(request, plane, name, None, layer)
+models.default("POST", "/predict", summary="Classify with the default model", **PREDICT_DOC)(predict)
+models.operation("POST", "/predict", summary="Classify", **PREDICT_DOC)(predict)
 
 
-@router.post("/v1/models/{name}/versions/{version}/layers/{layer}/feature_maps.png",
-             summary="One layer's feature maps as a PNG grid (one version)",
-             response_class=Response, responses=PNG_RESPONSE, openapi_extra=ONE_IMAGE_BODY)
-async def feature_maps_png_version(request: Request, plane: Plane, name: ModelName, version: Version,
-                                   layer: LayerName) -> Response:
-    return await _feature_map_png(request, plane, name, version, layer)
-
-
-@router.get("/v1/models/{name}/layers/{layer}/filters.png", summary="A conv layer's filters as a PNG grid",
-            response_class=Response, responses=PNG_RESPONSE)
-async def filters_png(request: Request, plane: Plane, name: ModelName, layer: LayerName,
-                      state: FilterStateQuery = FilterState.TRAINED, version: VersionQuery = None) -> Response:
+@models.operation("POST", "/layers/{layer}/feature_maps.png", summary="One layer's feature maps as a PNG grid",
+                  response_class=Response, responses=PNG_RESPONSE, openapi_extra=ONE_IMAGE_BODY)
+async def feature_maps_png(request: Request, handlers: HandlersDep, workers: WorkersDep, reader: Reader,
+                           name: ModelName, version: int | None, layer: LayerName) -> Response:
     note_model(request, name, version)
-    with plane.serving(name, version) as model:
-        png, info = plane.filters_png(model, layer, state)
-    return Response(png, media_type="image/png", headers={"X-Convscope-Grid": json.dumps(info)})
+    image = await reader.one_image(request, "for a feature-map picture")
+    result = await unless_client_gone(request, handlers.inference.feature_map(name, version, layer, image))
+    answered_by(request, result.model)
+    grid, info = await workers.offload(feature_map_grid, result.values, size=result.values.size)
+    return Response(png_bytes(grid), media_type="image/png", headers={"X-Convscope-Grid": json.dumps(info)})
+
+
+@models.operation("GET", "/layers/{layer}/filters.png", summary="A conv layer's filters as a PNG grid",
+                  alias_query=True, response_class=Response, responses=PNG_RESPONSE)
+async def filters_png(request: Request, handlers: HandlersDep, name: ModelName, version: int | None,
+                      layer: LayerName, state: FilterStateQuery = FilterState.TRAINED) -> Response:
+    note_model(request, name, version)
+    result = handlers.introspection.filters(name, version, layer, state)
+    answered_by(request, result.model)
+    grid, info = filters_grid(result.weights)
+    return Response(png_bytes(grid), media_type="image/png", headers={"X-Convscope-Grid": json.dumps(info)})
 
 
 @router.get("/v1/models", response_model=schemas.ModelList, summary="Every model, its versions and their state")
-async def list_models(plane: Plane) -> Response:
-    return JSONResponse({"models": plane.registry.status()})
+async def list_models(handlers: HandlersDep) -> Response:
+    return JSONResponse(v1.models(handlers.introspection.models()))
 
 
-@router.get("/v1/models/{name}", summary="A model's metadata (newest version)", responses=schemas.ERRORS)
-async def model_metadata_newest(request: Request, plane: Plane, name: ModelName) -> Response:
-    return _metadata(request, plane, name, None)
-
-
-@router.get("/v1/models/{name}/versions/{version}", summary="A model version's metadata", responses=schemas.ERRORS)
-async def model_metadata_version(request: Request, plane: Plane, name: ModelName, version: Version) -> Response:
-    return _metadata(request, plane, name, version)
-
-
-def _metadata(request: Request, plane: DataPlane, name: str, version: int | None) -> Response:
+@models.operation("GET", "", summary="A model's metadata", responses=schemas.ERRORS)
+async def metadata(request: Request, handlers: HandlersDep, name: ModelName, version: int | None) -> Response:
     note_model(request, name, version)
-    with plane.serving(name, version) as model:
-        return JSONResponse(model_metadata(model, plane.registry.versions(name)))
+    result = handlers.introspection.describe(name, version)
+    answered_by(request, result.model)
+    return JSONResponse(v1.description(result))
 
 
-@router.get("/v1/models/{name}/layers", response_model=schemas.LayerList, responses=schemas.ERRORS,
-            summary="The layer names valid for `layers=`, shallow to deep, with shapes")
-async def list_layers(request: Request, plane: Plane, name: ModelName, version: VersionQuery = None) -> Response:
+@models.operation("GET", "/layers", summary="The layer names valid for `layers=`, shallow to deep, with shapes",
+                  alias_query=True, response_model=schemas.LayerList, responses=schemas.ERRORS)
+async def layers(request: Request, handlers: HandlersDep, name: ModelName, version: int | None) -> Response:
     note_model(request, name, version)
-    with plane.serving(name, version) as model:
-        return JSONResponse(layer_catalogue(model))
+    result = handlers.introspection.layers(name, version)
+    answered_by(request, result.model)
+    return JSONResponse(v1.layer_catalogue(result))

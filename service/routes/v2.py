@@ -1,40 +1,33 @@
 """The Open Inference Protocol (KServe v2 / Triton) REST API.
 
-An infer route is codec -> data plane -> codec: the codec (service.codecs.oip)
-parses the request against the model's signature, the data plane runs it exactly as it
-runs v1 requests (same batcher, limits and checks), the codec builds the answer. Stock
-clients (``tritonclient.http``) work unchanged.
+An infer route is codec -> handler -> codec: the handler parses the request against the
+version's signature (the protocol codec, service.codecs.oip), runs it through the data plane
+exactly as v1 requests run (same batcher, limits and checks), and the codec builds the
+answer. Stock clients (``tritonclient.http``) work unchanged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.codecs import oip as oip
-from service.codecs.encoding import Encoding, NpyDtype
-from service.errors import ModelNotReady
+from service.codecs import oip
 from service.http import auth
-from service.http.requests import read_body, unless_client_gone
+from service.http.drain import readiness
+from service.http.requests import unless_client_gone
 from service.http.responses import FastJSONResponse as JSONResponse
-from service.inference.dataplane import DataPlane, ImageInputs, Inputs, TensorInputs, Timings
-from service.models.registry import ServedModel
-from service.models.signature import ModelSignature
 from service.routes import schemas
-from service.routes.common import Plane, note_model, readiness, server_timing
+from service.routes.deps import HandlersDep, WorkersDep, answered_by, note_model, server_timing
+from service.routes.params import ModelName, ProtocolVersion
+from service.routes.table import ModelRoutes, VersionParameter
+from service.routes.v1 import Reader
 
 router = APIRouter(tags=["v2"], dependencies=[auth.INFER])
 health = APIRouter(tags=["v2"], dependencies=[auth.PROBE])  # probes: no key, answered while draining
-
-ModelName = Annotated[str, Path(description="Model name (a directory of the model repository).")]
-# What parse_version accepts (1 to 9 digits, not all zeros), declared for clients; it
-# enforces it with the protocol's 400.
-Version = Annotated[str, Path(json_schema_extra={"pattern": "^0*[1-9][0-9]*$", "maxLength": 9},
-                              description="Model version: a positive integer, as a string.")]
+models = ModelRoutes(router, "/v2/models/{name}", VersionParameter(ProtocolVersion, oip.parse_version))
 
 INFER_BODY: dict[str, Any] = {
     "requestBody": {
@@ -99,96 +92,43 @@ async def live() -> Response:
 
 @health.get("/v2/health/ready", responses={503: {"description": "Not ready, or draining before exit."}},
             summary="Server ready: loading has finished, a model serves, no drain has begun")
-async def ready(request: Request) -> Response:
-    is_ready, detail = readiness(request)
+async def ready(request: Request, handlers: HandlersDep) -> Response:
+    is_ready, detail = readiness(request, handlers.repository)
     if is_ready:
         return JSONResponse({"ready": True})
     return JSONResponse({"ready": False, "error": detail}, status_code=503)
 
 
-async def _metadata(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
-    number = oip.parse_version(version)
-    note_model(request, name, number)
-    with plane.serving(name, number) as model:
-        return JSONResponse(oip.model_metadata(model.signature, plane.registry.versions(name)))
+@models.operation("GET", "", summary="Model metadata", responses=schemas.ERRORS)
+async def model_metadata(request: Request, handlers: HandlersDep, name: ModelName, version: int | None) -> Response:
+    note_model(request, name, version)
+    result = handlers.introspection.describe(name, version)
+    answered_by(request, result.model)
+    return JSONResponse(oip.model_metadata(result.signature, result.available_versions))
 
 
-@router.get("/v2/models/{name}", summary="Model metadata (newest ready version)", responses=schemas.ERRORS)
-async def model_metadata(request: Request, plane: Plane, name: ModelName) -> Response:
-    return await _metadata(request, plane, name, None)
-
-
-@router.get("/v2/models/{name}/versions/{version}", summary="Model version metadata", responses=schemas.ERRORS)
-async def model_version_metadata(request: Request, plane: Plane, name: ModelName, version: Version) -> Response:
-    return await _metadata(request, plane, name, version)
-
-
-async def _ready(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
+@models.operation("GET", "/ready", summary="Model ready", responses=schemas.ERRORS)
+async def model_ready(request: Request, handlers: HandlersDep, name: ModelName, version: int | None) -> Response:
     """200 when ready, 503 while loading or failed; an unknown model or version is a 404."""
-    number = oip.parse_version(version)
-    note_model(request, name, number)
-    try:
-        plane.registry.resolve(name, number)
-    except ModelNotReady as exc:
-        return JSONResponse({"name": name, "ready": False, "error": exc.message}, status_code=503)
+    note_model(request, name, version)
+    not_ready = handlers.repository.ready(name, version)
+    if not_ready is not None:
+        return JSONResponse({"name": name, "ready": False, "error": not_ready.message}, status_code=503)
     return JSONResponse({"name": name, "ready": True})
 
 
-@router.get("/v2/models/{name}/ready", summary="Model ready", responses=schemas.ERRORS)
-async def model_ready(request: Request, plane: Plane, name: ModelName) -> Response:
-    return await _ready(request, plane, name, None)
-
-
-@router.get("/v2/models/{name}/versions/{version}/ready", summary="Model version ready", responses=schemas.ERRORS)
-async def model_version_ready(request: Request, plane: Plane, name: ModelName, version: Version) -> Response:
-    return await _ready(request, plane, name, version)
-
-
-async def _infer(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
-    number = oip.parse_version(version)
-    note_model(request, name, number)
-    body = await read_body(request, plane.settings.max_body_bytes)
-    with plane.serving(name, number) as model:
-        encoded, timings = await unless_client_gone(request, _infer_with(plane, model, body, request))
-    headers = {**encoded.headers, "Server-Timing": server_timing(timings)}
+@models.operation("POST", "/infer", summary="Inference", response_class=Response, responses=INFER_RESPONSES,
+                  openapi_extra=INFER_BODY)
+async def infer(request: Request, handlers: HandlersDep, workers: WorkersDep, reader: Reader, name: ModelName,
+                version: int | None) -> Response:
+    note_model(request, name, version)
+    body = await reader.body(request)
+    result = await unless_client_gone(request, handlers.inference.infer(
+        name, version, body, request.headers.get("content-encoding"), request.headers.get(oip.HEADER_LENGTH)))
+    answered_by(request, result.model)
+    started = time.perf_counter()
+    encoded = await workers.offload(oip.build_response, result.signature, result.request, result.outputs,
+                                    size=sum(v.size for v in result.outputs.values()))
+    result.timings.encode = time.perf_counter() - started
+    headers = {**encoded.headers, "Server-Timing": server_timing(result.timings)}
     return Response(encoded.body, media_type=encoded.media_type, headers=headers)
-
-
-async def _infer_with(plane: DataPlane, model: ServedModel, body: bytes,
-                      request: Request) -> tuple[oip.EncodedResponse, Timings]:
-    signature = model.signature
-    started = time.perf_counter()
-    parsed = await plane.parse(_parse, body, request.headers.get("content-encoding"),
-                               request.headers.get(oip.HEADER_LENGTH), signature, plane, size=len(body))
-    parse_seconds = time.perf_counter() - started
-    layers = parsed.layers(signature)
-    if layers:
-        encoding = Encoding.NPY if parsed.binary_layers(signature) else Encoding.JSON
-        plane.check_budget(signature, layers, parsed.batch_size, encoding, NpyDtype.FLOAT32)
-    inputs: Inputs = ImageInputs(parsed.data) if isinstance(parsed.data, list) else TensorInputs(parsed.data)
-    result = await plane.run(model, inputs, parsed.run_outputs(signature))
-    timings = result.timings
-    timings.decode += parse_seconds
-    started = time.perf_counter()
-    encoded = await asyncio.to_thread(oip.build_response, signature, parsed, result.outputs)
-    timings.encode = time.perf_counter() - started
-    return encoded, timings
-
-
-def _parse(body: bytes, content_encoding: str | None, header_length: str | None, signature: ModelSignature,
-           plane: DataPlane) -> oip.InferenceRequest:
-    settings = plane.settings
-    body = oip.decompress(body, content_encoding, settings.max_body_bytes)
-    return oip.parse_request(body, header_length, signature, plane.check_count, settings.max_images_per_request)
-
-
-@router.post("/v2/models/{name}/infer", summary="Inference (newest ready version)",
-             response_class=Response, responses=INFER_RESPONSES, openapi_extra=INFER_BODY)
-async def infer(request: Request, plane: Plane, name: ModelName) -> Response:
-    return await _infer(request, plane, name, None)
-
-
-@router.post("/v2/models/{name}/versions/{version}/infer", summary="Inference (one version)",
-             response_class=Response, responses=INFER_RESPONSES, openapi_extra=INFER_BODY)
-async def infer_version(request: Request, plane: Plane, name: ModelName, version: Version) -> Response:
-    return await _infer(request, plane, name, version)

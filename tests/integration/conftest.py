@@ -19,8 +19,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from service.app import create_app
+from service.app import build_app
 from service.http.server import uvicorn_options
+from service.options import ServiceOptions
 from service.settings import Settings
 from service.testing import ServerProcess, free_port
 
@@ -62,8 +63,9 @@ def in_process(settings: Settings) -> Iterator[tuple[str, FastAPI]]:
     """The app under uvicorn with the launcher's options (HTTP limits included), in this
     process, so a test can reach in and hold a piece of work still, on a real loopback
     socket: yields the base URL and the app."""
-    app = create_app(settings)
-    options = {**uvicorn_options(settings, port=0), "host": "127.0.0.1", "log_level": "warning"}
+    service_options = ServiceOptions.from_settings(settings)
+    app = build_app(service_options)
+    options = {**uvicorn_options(service_options, port=0), "host": "127.0.0.1", "log_level": "warning"}
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.codecs import encoding
+from service.codecs import colormaps
 from tests.conftest import ExportedModel
 from tests.integration.conftest import LiveServer
 from tests.service.conftest import png_bytes
@@ -88,7 +88,7 @@ def test_a_sample_its_prediction_explanation_and_a_channel(page: Page, server: L
     p.wait_for_selector(f'.layer[data-layer="{layers[-1]}"] .tile')
     assert p.locator(".layer").count() == len(layers)
     # The legend in the server's feature map colours, read from the layer catalogue.
-    stops = encoding.COLORMAP_STOPS[encoding.FEATURE_COLORMAP]
+    stops = colormaps.COLORMAP_STOPS[colormaps.FEATURE_COLORMAP]
     ramp = p.evaluate("getComputedStyle(document.querySelector('#feature-ramp')).backgroundImage")
     assert ramp == f"linear-gradient(90deg, {', '.join(f'rgb({r}, {g}, {b})' for r, g, b in stops)})"
     p.click('.layer[data-layer="features.8"] .tile >> nth=0')

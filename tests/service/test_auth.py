@@ -75,15 +75,15 @@ def test_keys_parse_with_their_scopes_and_bad_entries_say_where_not_what() -> No
 
 def test_key_settings_that_cannot_work_stop_the_start(tmp_path: Path, keys_file: Path) -> None:
     with pytest.raises(ValueError, match="cannot be read"):
-        KeyRing.from_settings(Settings(api_keys_file=tmp_path / "missing"))
+        KeyRing.load(tmp_path / "missing", None)
     (tmp_path / "empty").write_text("# nothing\n")
     with pytest.raises(ValueError, match="holds no key"):
-        KeyRing.from_settings(Settings(api_keys_file=tmp_path / "empty"))
+        KeyRing.load(tmp_path / "empty", None)
     with pytest.raises(ValueError, match="also in CONVSCOPE_API_KEYS_FILE"):
-        KeyRing.from_settings(Settings(api_keys_file=keys_file, api_keys=f"{INFER_KEY}:infer"))  # type: ignore[arg-type]
+        KeyRing.load(keys_file, f"{INFER_KEY}:infer")
     with pytest.raises(ValueError, match="CONVSCOPE_METRICS_REQUIRE_KEY needs API keys"):
         Settings(metrics_require_key=True)
-    both = KeyRing.from_settings(Settings(api_keys_file=keys_file, api_keys="other-key-0123456789ab:admin"))  # type: ignore[arg-type]
+    both = KeyRing.load(keys_file, "other-key-0123456789ab:admin")
     assert len(both) == 3
 
 

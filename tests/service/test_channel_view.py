@@ -13,11 +13,37 @@ import pytest
 from PIL import Image
 
 from artifact import ArtifactError, parse_metadata
+from service.codecs import v1
+from service.codecs.pictures import TILE, top_sheet
 from service.errors import NotFound
-from service.models.channel_view import TILE, ChannelView, NotComputed
+from service.handlers.results import ChannelTop, ModelRef, Samples
+from service.models.channel_view import ChannelView, NotComputed
 from service.models.repository import load_artifact, scan
 
 BASE = "/v1/models/digits-tinyvgg"
+MODEL = ModelRef("digits-tinyvgg", 1)
+
+
+class Links:
+    """v1.Links under BASE, as the routes make them under a versioned base."""
+
+    def top_image(self, layer: str, channel: int, rank: int) -> str:
+        return f"{BASE}/layers/{layer}/channels/{channel}/top/{rank}"
+
+    def top_sheet(self, layer: str, channel: int) -> str:
+        return f"{BASE}/layers/{layer}/channels/{channel}/top.png"
+
+    def sample(self, sample_id: int) -> str:
+        return f"{BASE}/samples/{sample_id}"
+
+
+def channel_json(view: ChannelView, layer: str, channel: int) -> dict[str, Any]:
+    return v1.channel(ChannelTop(MODEL, layer, channel, view.images, view.top(layer, channel)), Links())
+
+
+def top_png(view: ChannelView, layer: str, channel: int) -> bytes:
+    stored = view.top_pictures(layer, channel)
+    return view.rendered(("top", layer, channel), lambda: top_sheet(stored))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +53,7 @@ def view(digits_artifact: Any) -> ChannelView:
 
 
 def test_channel_json_is_the_top_k_activation_descending(view: ChannelView, digits_artifact: Any) -> None:
-    body = view.channel_json("features.4", 7, BASE)
+    body = channel_json(view, "features.4", 7)
     assert (body["layer"], body["channel"], body["images"]) == ("features.4", 7, len(digits_artifact.labels))
     top = body["top"]
     assert len(top) == 9 and [e["rank"] for e in top] == list(range(9))
@@ -64,8 +90,8 @@ def test_top_images_are_the_stored_pngs(view: ChannelView) -> None:
 
 
 def test_top_png_shows_k_patches_with_boxes(view: ChannelView) -> None:
-    data = view.top_png("features.8", 3)
-    assert data is view.top_png("features.8", 3)  # rendered once
+    data = top_png(view, "features.8", 3)
+    assert data is top_png(view, "features.8", 3)  # rendered once
     sheet = np.asarray(Image.open(io.BytesIO(data)))
     assert sheet.ndim == 3 and sheet.shape[2] == 3
     assert sheet.shape[0] > 3 * TILE and sheet.shape[1] > 3 * TILE  # a 3x3 grid of tiles
@@ -74,7 +100,7 @@ def test_top_png_shows_k_patches_with_boxes(view: ChannelView) -> None:
 
 
 def test_samples(view: ChannelView) -> None:
-    samples = view.samples_json(BASE)["samples"]
+    samples = v1.samples(Samples(MODEL, view.samples()), Links())["samples"]
     assert len(samples) == 30 and samples[0] == {"id": 0, "label": "0", "image_url": f"{BASE}/samples/0"}
     assert Image.open(io.BytesIO(view.sample_image(29))).size == (28, 28)
 
@@ -82,9 +108,9 @@ def test_samples(view: ChannelView) -> None:
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda v: v.channel_json("features.99", 0, BASE), "unknown layer 'features.99'; valid: features.1, features.3"),
+        (lambda v: channel_json(v, "features.99", 0), "unknown layer 'features.99'; valid: features.1, features.3"),
         (lambda v: v.top("features.1", 10), "has 10 channels; valid: 0..9, not 10"),
-        (lambda v: v.top_png("features.1", -1), "valid: 0..9, not -1"),
+        (lambda v: top_png(v, "features.1", -1), "valid: 0..9, not -1"),
         (lambda v: v.top_image("features.1", 0, 9), "keeps 9 top images; valid ranks: 0..8, not 9"),
         (lambda v: v.sample_image(30), "unknown sample 30 of model digits-tinyvgg; valid: 0..29"),
     ],
@@ -102,12 +128,12 @@ def test_an_artifact_without_them_answers_not_computed(digits_artifact: Any) -> 
     view = ChannelView.load(digits_artifact.path, metadata, model="old", version=3)
     assert not view.computed and not view.has_samples and view.layers == [] and view.images == 0
     with pytest.raises(NotComputed) as caught:
-        view.channel_json("features.1", 0, BASE)
+        view.top("features.1", 0)
     assert caught.value.status_code == 404
     assert "model old version 3 has no channel view: it was not computed" in caught.value.message
     assert "--channel-images" in caught.value.message and "--data-dir" in caught.value.message
     with pytest.raises(NotComputed, match="has no sample images"):
-        view.samples_json(BASE)
+        view.samples()
 
 
 def test_an_inconsistent_file_fails_at_load(digits_artifact: Any, tmp_path: Path) -> None:

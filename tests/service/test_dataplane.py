@@ -1,5 +1,5 @@
 """The data plane with a fake runtime: the one path through arriving() and the batcher,
-the limits, the layer rule, the model-fault check. No onnxruntime, no HTTP."""
+the model-fault check. No onnxruntime, no HTTP."""
 
 from __future__ import annotations
 
@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 
 from artifact import InputRecipe
-from service.codecs.encoding import Encoding, NpyDtype
-from service.errors import BadRequest, ModelOutputNotFinite, NotFound, PayloadTooLarge, UnknownLayer
+from service.errors import ModelOutputNotFinite
 from service.inference.batching import DynamicBatcher
 from service.inference.dataplane import DataPlane, ImageInputs, TensorInputs
+from service.inference.image_preparation import PreparationOptions
 from service.inference.preprocessing import InputSpec
+from service.inference.workers import Workers
 from service.metrics import Metrics
 from service.models.channel_view import ChannelView
-from service.models.registry import ModelRegistry, ServedModel
-from service.models.runtime import CPU, ModelRuntime, RuntimeOptions
+from service.models.loader import LoadedVersion
+from service.models.repository import ArtifactRef
+from service.models.runtime import ModelRuntime
 from service.models.signature import LayerSignature, ModelSignature
-from service.settings import Settings
 from tests.service.conftest import png_bytes
 
 SPEC = InputSpec.from_recipe(InputRecipe.model_validate({"channels": 1, "size": [4, 4], "scale": 1 / 255, "mean": [0.0], "std": [1.0]}))
@@ -56,16 +57,17 @@ class FakeRuntime:
 
 
 @pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[tuple[DataPlane, ServedModel, FakeRuntime]]:
-    settings = Settings(model_repository=tmp_path, max_images_per_request=4, max_feature_map_bytes=1024)
+async def plane(tmp_path: Path) -> AsyncIterator[tuple[DataPlane, LoadedVersion, FakeRuntime]]:
     runtime = FakeRuntime()
     batcher = DynamicBatcher(runtime, max_batch_size=8, max_queue_delay_ms=0, max_queue_size=16)
     batcher.start()
-    served = ServedModel(runtime, batcher, ChannelView("fake", 1, None, None))  # type: ignore[arg-type]
-    data_plane = DataPlane(settings, ModelRegistry(settings, Metrics(), RuntimeOptions([CPU])))
+    served = LoadedVersion(ArtifactRef("fake", 1, tmp_path), runtime, batcher,  # type: ignore[arg-type]
+                           ChannelView("fake", 1, None, None))
+    workers = Workers(4)
+    data_plane = DataPlane(PreparationOptions(), workers, Metrics())
     yield data_plane, served, runtime
     await batcher.stop()
-    data_plane.close()
+    workers.close()
 
 
 def image(value: int) -> bytes:
@@ -112,33 +114,3 @@ async def test_a_non_finite_output_is_the_models_fault(plane: Any) -> None:
     assert (await data_plane.run(model, ImageInputs([image(1)]), ("logits",))).outputs["logits"].shape == (1, 2)
 
 
-@pytest.mark.anyio
-async def test_image_count_limits(plane: Any) -> None:
-    data_plane, model, _ = plane
-    with pytest.raises(BadRequest, match="holds no image"):
-        await data_plane.run(model, ImageInputs([]), ("logits",))
-    with pytest.raises(PayloadTooLarge, match="5 images in one request; the limit is 4"):
-        await data_plane.run(model, TensorInputs(np.zeros((5, 1, 4, 4), np.float32)), ("logits",))
-
-
-@pytest.mark.anyio
-async def test_layer_selection_and_budget(plane: Any) -> None:
-    data_plane, _, _ = plane
-    assert data_plane.select_layers(SIGNATURE, ["pool,conv", "pool"]) == ["pool", "conv"]
-    assert data_plane.select_layers(SIGNATURE, ["all"]) == ["conv", "pool"]
-    with pytest.raises(UnknownLayer, match="unknown layer 'fc'; valid: conv, pool"):
-        data_plane.select_layers(SIGNATURE, ["fc"])
-    data_plane.check_budget(SIGNATURE, ["pool"], 1, Encoding.STATS, NpyDtype.FLOAT32)
-    with pytest.raises(PayloadTooLarge, match="over the budget of 1024 bytes"):
-        data_plane.check_budget(SIGNATURE, ["conv", "pool"], 4, Encoding.JSON, NpyDtype.FLOAT32)
-
-
-@pytest.mark.anyio
-async def test_filters_name_the_layers_that_have_them(plane: Any) -> None:
-    data_plane, model, _ = plane
-    png, info = data_plane.filters_png(model, "conv")
-    assert png.startswith(b"\x89PNG") and info["filters"] == 2
-    with pytest.raises(NotFound, match="layers with filters: conv"):
-        data_plane.filters_png(model, "pool")
-    with pytest.raises(NotFound, match="no record of its filters before training"):
-        data_plane.filters_png(model, "conv", "initial")

@@ -2,7 +2,7 @@
 by following its relative imports from the entry point under /explorer/, with a JavaScript
 type (a browser runs no module without one); and the colour maps it paints with, the layer
 catalogue's stops made into the same 256-entry tables by lib/colormap.mjs under node as by
-service/encoding.py. The modules' own unit tests run under node's test runner
+service/codecs/colormaps.py. The modules' own unit tests run under node's test runner
 (tests/service/static/, `make test`)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 
 import service
-from service.codecs import encoding
+from service.codecs import colormaps
 
 STATIC = Path(service.__file__).parent / "static"
 ENTRY = re.compile(r'<script type="module" src="(/explorer/[^"]+)"></script>')
@@ -53,9 +53,9 @@ def test_every_module_the_page_imports_is_served_as_javascript(client: TestClien
 def test_the_layer_catalogue_gives_the_colour_maps_the_server_paints_with(client: TestClient) -> None:
     block = client.get("/v1/models/synthetic/layers").json()["colormaps"]
     assert (block["feature_maps"], block["filters"], block["saliency"]) == (
-        encoding.FEATURE_COLORMAP, encoding.FILTER_COLORMAP, encoding.SALIENCY_COLORMAP)
-    assert block["saliency_choices"] == list(encoding.SALIENCY_COLORMAPS)
-    assert block["stops"] == {name: [list(stop) for stop in stops] for name, stops in encoding.COLORMAP_STOPS.items()}
+        colormaps.FEATURE_COLORMAP, colormaps.FILTER_COLORMAP, colormaps.SALIENCY_COLORMAP)
+    assert block["saliency_choices"] == list(colormaps.SALIENCY_COLORMAPS)
+    assert block["stops"] == {name: [list(stop) for stop in stops] for name, stops in colormaps.COLORMAP_STOPS.items()}
 
 
 @pytest.mark.skipif(NODE is None, reason="no node on PATH (apt-get install nodejs; .ci/run installs it)")
@@ -70,7 +70,7 @@ def test_the_page_makes_the_same_tables_from_those_stops(client: TestClient) -> 
     assert NODE is not None
     run = subprocess.run([NODE, "--input-type=module"], input=script, capture_output=True, text=True, timeout=30, check=True)
     made = json.loads(run.stdout)
-    assert set(made["tables"]) == set(encoding.COLORMAPS)
-    for name, table in encoding.COLORMAPS.items():
+    assert set(made["tables"]) == set(colormaps.COLORMAPS)
+    for name, table in colormaps.COLORMAPS.items():
         assert made["tables"][name] == table.ravel().tolist(), name
     assert made["roles"] == {"feature_maps": "viridis", "filters": "coolwarm", "saliency": "inferno"}

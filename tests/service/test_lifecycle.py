@@ -15,17 +15,16 @@ import pytest
 
 from service.errors import LoadFailed, ModelNotReady, UnknownModel, UnknownVersion
 from service.inference.batching import DynamicBatcher
-from service.metrics import Metrics
-from service.models.registry import ModelRegistry, ModelState, ServedModel
-from service.models.runtime import CPU, RuntimeOptions
-from service.settings import Settings
+from service.models.loader import LoadedVersion
+from service.models.registry import ModelRegistry, ModelState
 from tests.service.synthetic import publish, write_artifact
+from tests.support.services import registry_for
 
 
 @pytest.fixture
 async def registry(tmp_path: Path) -> ModelRegistry:
     write_artifact(tmp_path, "alpha", 1, seed=0)
-    registry = ModelRegistry(Settings(model_repository=tmp_path), Metrics(), RuntimeOptions([CPU]))
+    registry = registry_for(tmp_path)
     await registry.load_all()
     yield registry
     await registry.close()
@@ -152,7 +151,7 @@ def _ort_threads() -> int:
 
 @pytest.mark.anyio
 async def test_load_unload_cycles_leave_no_session_batcher_or_thread_behind(registry: ModelRegistry) -> None:
-    served: list[weakref.ref[ServedModel]] = []
+    served: list[weakref.ref[LoadedVersion]] = []
     batchers: list[weakref.ref[DynamicBatcher]] = []
     sessions: list[weakref.ref[object]] = []
     threads_before = _ort_threads()

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from service.errors import BadRequest, ModelNotReady, UnknownModel, UnknownVersion
-from service.metrics import Metrics
-from service.models.registry import ModelRegistry, ModelState
-from service.models.runtime import CPU, RuntimeOptions
-from service.settings import Settings
+from service.models.registry import ModelState
 from tests.service.synthetic import sha256, write_artifact
-
-
-def registry_for(root: Path, **settings: object) -> ModelRegistry:
-    return ModelRegistry(Settings(model_repository=root, **settings), Metrics(), RuntimeOptions([CPU]))
+from tests.support.services import registry_for
 
 
 @pytest.fixture

@@ -73,9 +73,3 @@ def test_without_initial_weights_there_are_no_initial_filters(tmp_path: Path) ->
     assert model.initial_filters == {} and "features.1" in model.filters
 
 
-def test_options_from_settings_carry_the_decoding_opt_out() -> None:
-    from service.settings import Settings
-
-    assert RuntimeOptions.from_settings(Settings()).reducing_gap is not None
-    exact = RuntimeOptions.from_settings(Settings(full_resolution_decode=True))
-    assert exact.reducing_gap is None and exact.providers

@@ -9,7 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from service.app import create_app
-from service.settings import BatchingSettings, Settings
+from service.inference.batching import BatchingOptions
+from service.options import ServiceOptions
+from service.settings import Settings
 from tests.service.synthetic import write_artifact
 
 
@@ -21,8 +23,9 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
     settings = Settings()
     assert settings.model_repository == Path("/srv/models")
     assert settings.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert settings.batching_for("big") == BatchingSettings(2, 0.0, 256, 15.0)
-    assert settings.batching_for("other") == BatchingSettings(8, 0.0, 256, 15.0)
+    batching = ServiceOptions.from_settings(settings.model_copy(update={"providers": None})).batching
+    assert batching.for_model("big") == BatchingOptions(2, 0.0, 256, 15.0)
+    assert batching.for_model("other") == BatchingOptions(8, 0.0, 256, 15.0)
 
 
 @pytest.mark.parametrize("field, value", [

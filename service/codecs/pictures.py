@@ -1,89 +1,27 @@
-"""Feature maps and filters in forms a person can look at (PNG grids) or a program can use
-(``.npy`` bytes, nested lists, per-channel statistics)."""
+"""Pictures of what the model holds and does: feature maps and filters as PNG grids, the
+input as the model saw it, an explanation's map as heat over it, and the sheet of the
+images a channel responds to most. numpy and Pillow only."""
 
 from __future__ import annotations
 
-import base64
+import functools
 import io
 import math
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
+from service.codecs.colormaps import COLORMAPS, FEATURE_COLORMAP, FILTER_COLORMAP, SALIENCY_COLORMAP, SALIENCY_COLORMAPS
+from service.models.channel_view import StoredPicture
 
-class Encoding(StrEnum):
-    """How feature maps travel in a JSON answer."""
-
-    STATS = "stats"  # per-channel min/max/mean
-    PNG = "png"  # one grid picture per layer, base64
-    NPY = "npy"  # .npy bytes, base64
-    JSON = "json"  # nested lists
-
-
-class NpyDtype(StrEnum):
-    FLOAT16 = "float16"
-    FLOAT32 = "float32"
-
-
-class FilterState(StrEnum):
-    TRAINED = "trained"  # the learned kernels
-    INITIAL = "initial"  # the random kernels before training (initial_weights.npz)
-
-# Colour maps as a few stops, interpolated to 256 entries: no plotting library needed.
-_VIRIDIS_STOPS = [
-    (68, 1, 84), (71, 44, 122), (59, 81, 139), (44, 113, 142), (33, 144, 141),
-    (39, 173, 129), (92, 200, 99), (170, 220, 50), (253, 231, 37),
-]
-# Diverging, grey at zero: for filter weights, whose sign matters.
-_COOLWARM_STOPS = [(59, 76, 192), (141, 176, 254), (221, 221, 221), (244, 154, 123), (180, 4, 38)]
-# Sequential, black -> purple -> orange -> pale yellow: heat that stands out on grey
-# and colour images alike (matplotlib's inferno, sampled).
-_INFERNO_STOPS = [
-    (0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66),
-    (245, 125, 21), (250, 193, 39), (252, 255, 164),
-]
-FEATURE_COLORMAP = "viridis"
-FILTER_COLORMAP = "coolwarm"
-SALIENCY_COLORMAP = "inferno"
-SALIENCY_COLORMAPS: tuple[str, ...] = ("inferno", "viridis")
-SALIENCY_ENCODINGS: tuple[str, ...] = ("json", "npy", "png")
 OVERLAY_ALPHA = 0.6  # heat opacity where the map is 1; it fades with the map, so no evidence = the image
 MIN_OVERLAY_PX = 224  # a 28 px digit's overlay is enlarged (nearest) to be seen
 
 _BACKGROUND = (32, 32, 32)
 MIN_TILE_PX = 24  # small maps (7x7) are enlarged (nearest) so a person can see them
 MAX_GRID_PX = 2048  # ... but a grid never grows past this on its long side by enlarging
-
-
-def _lut(stops: Sequence[tuple[int, int, int]]) -> np.ndarray:
-    stops_arr = np.asarray(stops, dtype=np.float64)
-    positions = np.linspace(0.0, 1.0, len(stops))
-    x = np.linspace(0.0, 1.0, 256)
-    return np.stack(
-        [np.interp(x, positions, stops_arr[:, c]) for c in range(3)], axis=1
-    ).round().astype(np.uint8)
-
-
-COLORMAP_STOPS: dict[str, Sequence[tuple[int, int, int]]] = {
-    "viridis": _VIRIDIS_STOPS,
-    "coolwarm": _COOLWARM_STOPS,
-    "inferno": _INFERNO_STOPS,
-}
-COLORMAPS: dict[str, np.ndarray] = {name: _lut(stops) for name, stops in COLORMAP_STOPS.items()}
-
-
-def colormap_catalogue() -> dict[str, Any]:
-    """The colour maps as stops, and which one each picture uses: the explorer paints feature
-    maps and filters with these (its lib/colormap.mjs interpolates them as ``_lut`` does)."""
-    return {
-        "feature_maps": FEATURE_COLORMAP, "filters": FILTER_COLORMAP, "saliency": SALIENCY_COLORMAP,
-        "saliency_choices": list(SALIENCY_COLORMAPS),
-        "stops": {name: [list(stop) for stop in stops] for name, stops in COLORMAP_STOPS.items()},
-    }
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -119,7 +57,7 @@ def _tile(tiles: np.ndarray, cols: int, scale: int) -> np.ndarray:
     return grid
 
 
-def _scale_for(rows: int, cols: int, h: int, w: int) -> int:
+def grid_scale(rows: int, cols: int, h: int, w: int) -> int:
     wanted = max(1, math.ceil(MIN_TILE_PX / max(1, min(h, w))))
     fits = max(1, (MAX_GRID_PX - 1) // max(rows * (h + 1), cols * (w + 1)))
     return max(1, min(wanted, fits))
@@ -140,7 +78,7 @@ def feature_map_grid(array: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     rgb[~np.isfinite(channels)] = _BACKGROUND
     cols = math.ceil(math.sqrt(c))
     rows = math.ceil(c / cols)
-    scale = _scale_for(rows, cols, h, w)
+    scale = grid_scale(rows, cols, h, w)
     info = {
         "colormap": FEATURE_COLORMAP,
         "range": [lo, hi],
@@ -179,7 +117,7 @@ def filters_grid(weights: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         tiles = COLORMAPS[FILTER_COLORMAP][index.reshape(out_c * in_c, kh, kw)]
         cols, rows = in_c, out_c
         layout, colormap = "filters x input channels", FILTER_COLORMAP
-    scale = _scale_for(rows, cols, kh, kw)
+    scale = grid_scale(rows, cols, kh, kw)
     info = {
         "layout": layout,
         "colormap": colormap,
@@ -189,51 +127,6 @@ def filters_grid(weights: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         "kernel": [kh, kw],
     }
     return _tile(tiles, cols, scale), info
-
-
-def estimate_bytes(shape: Sequence[int], encoding: str, dtype: str) -> int:
-    """Roughly how many response bytes one image's map of ``shape`` costs (no batch dim)."""
-    numel = math.prod(shape)
-    channels = shape[0] if len(shape) == 3 else 1
-    if encoding == "stats":
-        return 3 * 24 * (channels if len(shape) == 3 else numel) + 64
-    if encoding == "npy":
-        return (numel * (2 if dtype == "float16" else 4) + 128) * 4 // 3
-    if encoding == "json":
-        return numel * 12
-    # png: at most 3 bytes a grid pixel before compression, base64 on top.
-    h, w = (shape[1], shape[2]) if len(shape) == 3 else (math.isqrt(numel) + 1,) * 2
-    cols = math.ceil(math.sqrt(channels))
-    rows = math.ceil(channels / cols)
-    scale = _scale_for(rows, cols, h, w)
-    return (rows * (h * scale + 1) * cols * (w * scale + 1) * 3) * 4 // 3
-
-
-def encode_feature_map(array: NDArray[Any], encoding: Encoding, dtype: NpyDtype = NpyDtype.FLOAT32) -> dict[str, Any]:
-    """One image's layer output in the requested encoding, ready for JSON."""
-    array = np.asarray(array)
-    result: dict[str, Any] = {"shape": list(array.shape), "encoding": encoding}
-    if encoding == "stats":
-        per_channel = array.reshape(array.shape[0], -1) if array.ndim == 3 else array.reshape(-1, 1)
-        result["stats"] = {
-            "min": per_channel.min(axis=1).astype(float).tolist(),
-            "max": per_channel.max(axis=1).astype(float).tolist(),
-            "mean": per_channel.mean(axis=1, dtype=np.float64).tolist(),
-        }
-    elif encoding == "png":
-        grid, info = feature_map_grid(array)
-        result.update(info)
-        result["data"] = base64.b64encode(png_bytes(grid)).decode("ascii")
-    elif encoding == "npy":
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(array, dtype=np.dtype(dtype)), allow_pickle=False)
-        result["dtype"] = dtype
-        result["data"] = base64.b64encode(buffer.getvalue()).decode("ascii")
-    elif encoding == "json":
-        result["data"] = array.astype(np.float32).tolist()
-    else:  # guarded by the API's validation; a programming error if reached
-        raise ValueError(f"unknown encoding {encoding!r}")
-    return result
 
 
 def input_image(tensor: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: float) -> np.ndarray:
@@ -270,16 +163,73 @@ def saliency_overlay(image: np.ndarray, saliency: np.ndarray, colormap: str = SA
     return rgb, info
 
 
-def encode_saliency(saliency: np.ndarray, encoding: str, image: np.ndarray | None = None,
-                    colormap: str = SALIENCY_COLORMAP) -> dict[str, Any]:
-    """An explanation's map in the answer's form, like a feature map's: ``json`` nested
-    lists, ``npy`` base64 .npy bytes, ``png`` base64 overlay on ``image`` with its colormap."""
-    if encoding == "png":
-        if image is None:
-            raise ValueError("a png map needs the input image to overlay")
-        rgb, info = saliency_overlay(image, saliency, colormap)
-        return {"shape": list(saliency.shape), "encoding": "png", **info,
-                "data": base64.b64encode(png_bytes(rgb)).decode("ascii")}
-    if encoding not in SALIENCY_ENCODINGS:  # the API's validation keeps this unreachable
-        raise ValueError(f"unknown encoding {encoding!r} for a map; valid: {', '.join(SALIENCY_ENCODINGS)}")
-    return encode_feature_map(saliency, Encoding(encoding))
+
+
+# The sheet of a channel's top images (top.png).
+TILE = 112  # px: the longer side of each patch
+GAP = 6
+CAPTION = 16  # px of label text under each patch
+BOX_COLOUR = (255, 64, 64)
+TEXT_COLOUR = (235, 235, 235)
+
+
+def top_sheet(pictures: Sequence[StoredPicture]) -> bytes:
+    """A channel's top images in one PNG, each with its receptive-field box and its label
+    and activation under it."""
+    tiles = [_top_tile(picture) for picture in pictures]
+    columns = max(1, math.ceil(math.sqrt(len(tiles))))
+    rows = max(1, math.ceil(len(tiles) / columns))
+    cell_w, cell_h = TILE + GAP, TILE + CAPTION + GAP
+    sheet = Image.new("RGB", (columns * cell_w + GAP, rows * cell_h + GAP), _BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = _font()
+    for i, (tile, picture) in enumerate(zip(tiles, pictures, strict=True)):
+        x = GAP + (i % columns) * cell_w + (TILE - tile.width) // 2
+        y = GAP + (i // columns) * cell_h + (TILE - tile.height) // 2
+        sheet.paste(tile, (x, y))
+        entry = picture.entry
+        caption = _fit(draw, f"{entry.label}  {entry.activation:.3g}", font, TILE)
+        draw.text((GAP + (i % columns) * cell_w, GAP + (i // columns) * cell_h + TILE + 2), caption,
+                  fill=TEXT_COLOUR, font=font)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@functools.cache
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Pillow's built-in font: nothing to install or download.
+    return ImageFont.load_default(size=11)
+
+
+def _fit(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int
+) -> str:
+    """The text, shortened with an ellipsis until it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _top_tile(stored: StoredPicture) -> Image.Image:
+    """The picture scaled to fit TILE px (pixels kept sharp when enlarged), in RGB, with the
+    receptive-field box drawn where it lies in the picture."""
+    with Image.open(io.BytesIO(stored.png)) as opened:
+        picture = opened.convert("RGB")
+    scale = TILE / max(picture.size)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX
+    tile = picture.resize(size, resample)
+    if stored.entry.box is not None:
+        left, top, right, bottom = stored.entry.box
+        origin_x, origin_y = stored.origin[0], stored.origin[1]
+        rect = (
+            (left - origin_x) * scale,
+            (top - origin_y) * scale,
+            (right - origin_x) * scale - 1,
+            (bottom - origin_y) * scale - 1,
+        )
+        ImageDraw.Draw(tile).rectangle(rect, outline=BOX_COLOUR, width=max(1, round(scale / 2)) if scale < 4 else 2)
+    return tile

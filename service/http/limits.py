@@ -36,6 +36,7 @@ open connections are the gauge ``convscope_http_connections`` (``CONNECTIONS``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import resource
 import time
@@ -345,9 +346,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 timer.cancel()
         self.head_timer = self.body_timer = None
         if not (running and cycle.response_started):  # never an answer inside another one
-            body = text.encode()
+            # The same shape as every other refusal of the service: {"error": "..."}.
+            body = json.dumps({"error": text}).encode()
             extra = b"retry-after: 1\r\n" if status == 503 else b""
-            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                                  b"content-length: %d\r\nconnection: close\r\n%s\r\n%s"
                                  % (status, phrase.encode(), len(body), extra, body))
         if not linger or not self.transport.can_write_eof():

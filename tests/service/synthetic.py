@@ -75,10 +75,11 @@ def write_artifact(
     initial_weights: bool = True,
     faulty: bool = False,
     views: bool = False,
+    output_kind: str = "logits",
 ) -> Path:
     """Write ``root/name/version/`` per docs/artifact.md and return its directory
     (``views``: with a channel view and samples of random images, by the export stage's
-    own writer)."""
+    own writer; ``output_kind``: what metadata says the class output is, whatever it holds)."""
     model, weights = build_model(channels, size, classes, seed=seed, faulty=faulty)
     directory = root / name / str(version)
     directory.mkdir(parents=True)
@@ -103,7 +104,7 @@ def write_artifact(
             "channels": channels, "color_mode": "L" if channels == 1 else "RGB", "size": [size, size],
             "resize": "bilinear", "scale": 1 / 255, "mean": [0.5] * channels, "std": [0.25] * channels,
         },
-        "output": {"name": "logits", "shape": [-1, classes], "kind": "logits"},
+        "output": {"name": "logits", "shape": [-1, classes], "kind": output_kind},
         "layers": [
             {"name": "features.1", "op": "Relu", "kind": "conv", "conv": "conv", "weight": "conv.weight",
              "output_shape": [-1, filters, size, size], "params": filters * channels * 9 + filters,

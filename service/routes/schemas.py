@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.models.registry import ModelState
+
 
 class ErrorBody(BaseModel):
     error: str = Field(description="What went wrong, in words a person can act on.")
@@ -38,6 +40,10 @@ class ImageResult(BaseModel):
 class PredictResponse(BaseModel):
     model: str
     version: int
+    output_kind: str = Field(description="What the model's class output is (artifact metadata output.kind): "
+                                         "logits (probabilities = their softmax), probabilities, log_probabilities "
+                                         "(probabilities = exp), or multilabel (each class's own probability, "
+                                         "independent of the others: they need not sum to 1).")
     predictions: list[Prediction] | None = Field(None, description="One image: best first.")
     feature_maps: dict[str, FeatureMap] | None = Field(None, description="One image: per requested layer.")
     results: list[ImageResult] | None = Field(None, description="Several images: one result each, in order.")
@@ -46,7 +52,7 @@ class PredictResponse(BaseModel):
 
 class ModelVersionStatus(BaseModel):
     version: int
-    state: str = Field(description="loading | ready | failed")
+    state: ModelState = Field(description="loading | ready | failed | unloading | unloaded")
     reason: str | None = None
     provider: str | None = Field(None, description="onnxruntime execution provider in use.")
     load_seconds: float | None = None

@@ -20,6 +20,7 @@ from test_export_import import export_small
 
 from artifact import InputRecipe, parse_metadata
 from model_export.geometry import Geometry, box
+from service.codecs.pictures import top_sheet
 from service.inference import preprocessing
 from service.models.channel_view import ChannelView, NotComputed
 
@@ -109,10 +110,10 @@ def test_metadata_lists_the_new_files_and_their_size_is_bounded(digits_artifact:
     assert 0 < files["channel_view.npz"]["bytes"] < 256 * 1024
     assert 0 < files["samples.npz"]["bytes"] < 64 * 1024
     view = _view(digits_artifact.path)
-    samples = view.samples_json("")["samples"]
-    assert [s["label"] for s in samples] == [str(c) for c in range(10) for _ in range(3)]
-    for sample in samples[:5]:
-        image = Image.open(io.BytesIO(view.sample_image(sample["id"])))
+    labels = view.samples()
+    assert labels == [str(c) for c in range(10) for _ in range(3)]
+    for sample_id in range(5):
+        image = Image.open(io.BytesIO(view.sample_image(sample_id)))
         assert image.size == (28, 28) and image.mode == "L"
 
 
@@ -151,7 +152,7 @@ def test_large_inputs_store_receptive_field_crops(tmp_path: Path) -> None:
                 assert picture.size == ((right - left, bottom - top) if entry.crop else (80, 80))
                 crops += entry.crop
     assert crops and meta["channel_view"]["pictures"]["crop"] > 0
-    png = view.top_png("features.1", 0)
+    png = top_sheet(view.top_pictures("features.1", 0))
     assert Image.open(io.BytesIO(png)).mode == "RGB"
 
 

@@ -258,15 +258,15 @@ class Explainer:
                         batch_images=self.batch_images, kind=model.output_kind)
         outputs = (model.output,) if plan.layer is None else (model.output, plan.layer.name)
         first = await passes.run(image, outputs)
-        outputs = first[0][0]
-        read = probabilities(outputs[None], model.output_kind)[0]
-        index = int(np.argmax(outputs)) if plan.target is None else plan.target
+        values = first[0][0]  # the class output for the image, as the model answers it
+        read = probabilities(values[None], model.output_kind)[0]
+        index = int(np.argmax(values)) if plan.target is None else plan.target
         ctx = Context(
             model=model,
             image=image[0],
             target=index,
             probability=float(read[index]),
-            outputs=outputs,
+            outputs=values,
             passes=passes,
             method_passes=plan.method_passes,
             seed=plan.seed,

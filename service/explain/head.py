@@ -57,7 +57,7 @@ class NotExact:
 @dataclass(frozen=True)
 class _Node:
     op: str
-    name: str
+    name: str  # "Op (node name)", for messages
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     attrs: Mapping[str, Any]
@@ -216,12 +216,31 @@ class HeadAnalysis:
     # ---- classifying the needed nodes ---------------------------------------------------
 
     def _build(self, layer: str, output: str, score: str, walk: _Walk, to_score: set[int]) -> GradHead | NotExact:
-        dependent_values = {layer}
+        # Every op is checked before any weight is loaded: an early layer's walk spans most
+        # of the network, and a 3x3 conv near the end refuses it at once.
+        classified = self._classify(layer, walk, to_score)
+        if isinstance(classified, NotExact):
+            return classified
         computed = {layer} | {o for i in walk.nodes for o in self._graph.node[i].output if o}
         known: dict[str, Array] = {}  # values fixed at analysis: weights, stand-ins, folded shapes
         problem = self._known_inputs(walk, computed, known)
         if problem:
             return NotExact(problem)
+        nodes: list[_Node] = []
+        for node in classified:
+            if not any(node.dependent) and all(not name or name in known for name in node.inputs):
+                problem = self._fold(node, known)
+                if problem:
+                    return NotExact(problem)
+            else:
+                nodes.append(node)
+        used = {name for node in nodes for name in node.inputs} | {output, score}
+        return GradHead(layer, output, score, tuple(nodes), {k: v for k, v in known.items() if k in used})
+
+    def _classify(self, layer: str, walk: _Walk, to_score: set[int]) -> list[_Node] | NotExact:
+        """The head's nodes in graph order, each marked: which inputs hang on the layer, and
+        whether its gradient is taken; or the first one that makes the gradient inexact."""
+        dependent_values = {layer}
         nodes: list[_Node] = []
         for index in sorted(walk.nodes):  # ONNX stores nodes in topological order
             proto = self._graph.node[index]
@@ -239,24 +258,16 @@ class HeadAnalysis:
             view = NodeView(proto.op_type, where, attrs, dependent,
                             tuple(bool(o) and o in self._consumed for o in proto.output), self._opset)
             problem = spec.check(view) if spec.check else None
+            backward = any(dependent) and index in to_score
+            if not problem and backward:
+                problem = self._differentiable(proto.op_type, where, dependent)
             if problem:
                 return NotExact(problem)
-            backward = any(dependent) and index in to_score
-            if backward:
-                problem = self._differentiable(proto.op_type, where, dependent)
-                if problem:
-                    return NotExact(problem)
             if any(dependent):
                 dependent_values.update(o for o in proto.output if o)
-            elif all(not name or name in known for name in proto.input):
-                problem = self._fold(proto.op_type, where, proto, attrs, known)
-                if problem:
-                    return NotExact(problem)
-                continue
-            nodes.append(_Node(proto.op_type, proto.name, tuple(proto.input), tuple(proto.output), attrs,
+            nodes.append(_Node(proto.op_type, where, tuple(proto.input), tuple(proto.output), attrs,
                                dependent, backward))
-        used = {name for node in nodes for name in node.inputs} | {output, score}
-        return GradHead(layer, output, score, tuple(nodes), {k: v for k, v in known.items() if k in used})
+        return nodes
 
     def _differentiable(self, op: str, where: str, dependent: tuple[bool, ...]) -> str | None:
         spec = OPS[op]
@@ -290,21 +301,20 @@ class HeadAnalysis:
             self._cache[name] = numpy_helper.to_array(self._initializers[name])
         return self._cache[name]
 
-    def _fold(self, op: str, where: str, proto: onnx.NodeProto, attrs: Mapping[str, Any],
-              known: dict[str, Array]) -> str | None:
+    def _fold(self, node: _Node, known: dict[str, Array]) -> str | None:
         """Evaluate a node on constants only, once, at analysis; the result is shared with the
         other heads of the model (it depends on constants and static shapes alone)."""
-        if all(not name or name in self._cache for name in proto.output):
-            known.update({name: self._cache[name] for name in proto.output if name})
+        if all(not name or name in self._cache for name in node.outputs):
+            known.update({name: self._cache[name] for name in node.outputs if name})
             return None
         try:
-            if op == "Constant":
-                results = [constant_value(attrs)]
+            if node.op == "Constant":
+                results = [constant_value(node.attrs)]
             else:
-                results = OPS[op].forward([known[n] if n else None for n in proto.input], attrs)
+                results = OPS[node.op].forward([known[n] if n else None for n in node.inputs], node.attrs)
         except Exception as exc:  # a shape computation numpy cannot follow: say which
-            return f"{where} computes a constant the numpy replay cannot ({type(exc).__name__}: {exc})"
-        for name, value in zip(proto.output, results):
+            return f"{node.name} computes a constant the numpy replay cannot ({type(exc).__name__}: {exc})"
+        for name, value in zip(node.outputs, results):
             if name:
                 known[name] = value
                 self._cache.setdefault(name, value)

@@ -168,6 +168,11 @@ def describe(name: str, metadata: Metadata, model: onnx.ModelProto | str | Path,
     ``shared``: initializers already held as numpy arrays, by name (the runtime's
     ``shared_weights``, which both onnxruntime sessions read): the heads use these very
     arrays, not a copy, and they may be missing from ``model`` (detached placeholders).
+
+    ``metadata.output.kind`` says how to read the class output (P(target) for occlusion,
+    RISE, Score-CAM, faithfulness); gradient methods differentiate the scores before a final
+    Softmax / LogSoftmax / Sigmoid: ``metadata.output.logits`` where the importer tapped them,
+    else found in the graph.
     """
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     inp = metadata.input
@@ -175,9 +180,9 @@ def describe(name: str, metadata: Metadata, model: onnx.ModelProto | str | Path,
         LayerInfo(name=layer.name, shape=layer.map_shape, receptive_field=layer.receptive_field, stride=layer.stride)
         for layer in metadata.layers
     )
-    # Gradient methods differentiate the scores before a final Softmax (the artifact's
-    # ``output.logits`` where the importer tapped them; else the analysis finds them).
-    analysis = HeadAnalysis(proto, dict(shared or {}), {inp.name: (1, inp.channels, inp.height, inp.width)})
+    # One image's input shape, for the graph's dimensions left open (a head may read the
+    # batch size off the input: dynamo's x.view(x.size(0), -1)).
+    analysis = HeadAnalysis(proto, dict(shared or {}), {inp.name: (1, *inp.shape[1:])})
     heads: dict[str, GradHead | NotExact] = {}
     for layer in layers:
         if layer.spatial:

@@ -321,7 +321,7 @@ ZOO: dict[str, tuple[str, ...]] = {
     "shufflenet_v2_x0_5": ("conv5",),
     "regnet_x_400mf": ("trunk_output",),
 }
-FAST = {("resnet18", "torchscript"), ("mobilenet_v3_small", "dynamo"), ("squeezenet1_1", "torchscript")}
+FAST = {("resnet18", "torchscript"), ("mobilenet_v3_small", "torchscript"), ("squeezenet1_1", "dynamo")}
 SWEEP = [
     pytest.param(arch, exporter, id=f"{arch}-{exporter.kind}",
                  marks=() if (arch, exporter.kind) in FAST else (pytest.mark.slow,))

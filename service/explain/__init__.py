@@ -36,7 +36,7 @@ Methods and their costs (forward passes, besides the one on the image):
 - ``score-cam``: one pass per channel of the layer (capped by mean activation).
 - ``grad-cam``: classic Grad-CAM (channel weights = the gradient averaged over positions);
   no extra pass; exact gradients by replaying the head in numpy, where the layers after the
-  tapped one allow it (``head.analyse_head``).
+  tapped one allow it (``head.HeadAnalysis``; the ops and their gradients in ``ops.py``).
 - ``hires-cam``: the same exact gradient, weighing each position (gradient x activation).
 - ``eigen-cam``: no extra pass; not class-specific.
 

@@ -20,7 +20,7 @@ import numpy as np
 from service.errors import NotFound, Unprocessable, one_of
 from service.explain import faithfulness as faith
 from service.explain.head import NotExact
-from service.explain.maps import evidence, softmax
+from service.explain.maps import evidence
 from service.explain.methods import (
     METHOD_FNS,
     OCCLUSION_GRID,
@@ -32,6 +32,7 @@ from service.explain.methods import (
 )
 from service.explain.model import METHODS, ExplainableModel, LayerInfo, Method, default_method
 from service.explain.passes import BatchImages, Forward, Passes
+from service.scores import probabilities
 
 DEFAULT_BATCH_SIZE = 16
 MAX_LISTED_LABELS = 20
@@ -74,7 +75,7 @@ class ExplainPlan:
 class Target:
     index: int
     label: str
-    probability: float  # softmax of the class output for the image
+    probability: float  # P(target | image): the class output read by its kind (service/scores.py)
 
 
 @dataclass(frozen=True)
@@ -261,18 +262,18 @@ class Explainer:
         passes = Passes(forward, output=model.output, classes=len(model.labels),
                         image_values=int(np.prod(model.input_shape)), budget=plan.budget,
                         batch_size=self.batch_size, batch_seconds=self.batch_seconds,
-                        batch_images=self.batch_images)
+                        batch_images=self.batch_images, kind=model.output_kind)
         outputs = (model.output,) if plan.layer is None else (model.output, plan.layer.name)
         first = await passes.run(image, outputs)
-        logits = first[0][0]
-        probabilities = softmax(logits[None])[0]
-        index = int(np.argmax(logits)) if plan.target is None else plan.target
+        values = first[0][0]  # the class output for the image, as the model answers it
+        read = probabilities(values[None], model.output_kind)[0]
+        index = int(np.argmax(values)) if plan.target is None else plan.target
         ctx = Context(
             model=model,
             image=image[0],
             target=index,
-            probability=float(probabilities[index]),
-            logits=logits,
+            probability=float(read[index]),
+            outputs=values,
             passes=passes,
             method_passes=plan.method_passes,
             seed=plan.seed,
@@ -290,7 +291,7 @@ class Explainer:
         return Explanation(
             method=plan.method,
             layer=plan.layer.name if plan.layer is not None else None,
-            target=Target(index, model.labels[index], float(probabilities[index])),
+            target=Target(index, model.labels[index], ctx.probability),
             forward_passes=passes.used,
             budget=plan.budget,
             map=saliency,

@@ -54,9 +54,3 @@ def blend(image: np.ndarray, baseline: np.ndarray, keep: np.ndarray) -> np.ndarr
     out: np.ndarray = (baseline + keep * (image - baseline)[None]).astype(np.float32, copy=False)
     return out
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    out: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
-    return out

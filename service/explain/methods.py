@@ -3,8 +3,10 @@ at the model's input resolution (signed or not; the engine turns it into 0..1 ev
 and the parameters it used, so an answer says exactly what was computed.
 
 Perturbation methods (occlusion, RISE, Score-CAM) replace pixels with the model's baseline
-image and score each perturbed image by the target's softmax probability; every such
-image is one forward pass, taken from the context's ``Passes``.
+image and score each perturbed image by the target's probability, read from the class
+output by its kind (the softmax of logits; a Softmax graph's own output, never softmaxed
+twice; a multi-label model's own score for the class); every such image is one forward
+pass, taken from the context's ``Passes``.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class Context:
     model: ExplainableModel
     image: np.ndarray  # [C, H, W], the preprocessed input
     target: int
-    probability: float  # P(target | image)
-    logits: np.ndarray  # [classes]
+    probability: float  # P(target | image), as service.scores.probabilities reads the class output
+    outputs: np.ndarray  # [classes]: the class output's values for the image
     passes: Passes
     method_passes: int  # how many passes the method itself may make
     seed: int
@@ -195,7 +197,9 @@ def _activations(ctx: Context) -> np.ndarray:
 
 async def score_cam(ctx: Context) -> MethodResult:
     """Score-CAM (Wang et al. 2020): each channel, upsampled and scaled to 0..1, keeps the
-    input where it fires; the rise in P(target) over the baseline image weighs it."""
+    input where it fires; the rise in P(target) over the baseline image weighs it (their
+    channel-wise increase of confidence, f(X o H_k) - f(X_b), with f the target's softmax
+    probability; a multi-label model's sigmoid score for the target)."""
     acts = _activations(ctx)
     flat = acts.reshape(acts.shape[0], -1)
     informative = np.flatnonzero(flat.max(axis=1) > flat.min(axis=1))  # a flat channel masks nothing
@@ -244,26 +248,27 @@ def hires_cam_map(acts: np.ndarray, gradient: np.ndarray) -> np.ndarray:
 
 
 async def _layer_gradient(ctx: Context, method: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """d(target logit)/d(layer) for the image, [C, h, w], computed exactly by replaying the
-    layers after the tapped one in numpy (service/explain/head.py)."""
+    """d(target score)/d(layer) for the image, [C, h, w], computed exactly by replaying the
+    layers after the tapped one in numpy (service/explain/head.py). The score is the
+    target's logit: the value before a final Softmax / LogSoftmax / Sigmoid."""
     assert ctx.layer is not None and ctx.activations is not None
     head = ctx.model.grad_head(ctx.layer.name)
     assert head is not None, f"plan() only allows {method} where the head is exact"
     try:
-        logits, gradient = await asyncio.to_thread(head.gradient, ctx.activations, ctx.target)
+        outputs, gradient = await asyncio.to_thread(head.gradient, ctx.activations, ctx.target)
     except (ValueError, IndexError, KeyError) as exc:  # a graph the analysis let through but numpy cannot run
         raise ModelFailed(f"{method} could not replay the layers after {ctx.layer.name} ({exc}); "
                           "use another method") from exc
-    # The replayed head must give the logits the model gave for this very image; if not,
-    # the gradient would be of some other function.
-    scale = max(1.0, float(np.abs(ctx.logits).max()))
-    if float(np.abs(logits[0] - ctx.logits).max()) > 1e-3 * scale:
+    # The replayed head must give the class output the model gave for this very image; if
+    # not, the gradient would be of some other function.
+    scale = max(1.0, float(np.abs(ctx.outputs).max()))
+    if float(np.abs(outputs[0] - ctx.outputs).max()) > 1e-3 * scale:
         raise ModelFailed(
             f"{method}'s replay of the layers after {ctx.layer.name} disagrees with the model's output; "
             "use another method"
         )
     grad: np.ndarray = gradient[0]
-    return grad, {"head": list(head.ops)}
+    return grad, {"head": list(head.ops), "score": head.score}
 
 
 async def grad_cam(ctx: Context) -> MethodResult:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from artifact import InputRecipe, Metadata
-from service.explain.head import GradHead, NotExact, analyse_head
+from artifact import InputRecipe, Metadata, OutputKind
+from service.explain.head import GradHead, HeadAnalysis, NotExact
 
 
 class Method(str, Enum):
@@ -81,7 +81,7 @@ class ExplainableModel:
 
     name: str
     input_shape: tuple[int, int, int]  # C, H, W
-    output: str  # the class output (logits)
+    output: str  # the class output
     labels: tuple[str, ...]
     layers: tuple[LayerInfo, ...]  # shallow to deep
     heads: Mapping[str, GradHead | NotExact] = field(default_factory=dict)
@@ -89,6 +89,9 @@ class ExplainableModel:
     # per channel [C, 1, 1]: what occlusion, RISE and Score-CAM fill removed pixels with,
     # and what faithfulness deletes to / inserts from.
     baseline: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 1), dtype=np.float32))
+    # What the class output holds (service.scores.probabilities reads it accordingly):
+    # perturbation methods and faithfulness score P(target) from it, never a second softmax.
+    output_kind: OutputKind = OutputKind.LOGITS
 
     def layer(self, name: str) -> LayerInfo:
         for layer in self.layers:
@@ -123,12 +126,14 @@ class ExplainableModel:
 
     def catalogue(self) -> Catalogue:
         rows = []
+        exact = self.layers_for(Method.GRAD_CAM)
         for layer in self.layers:
             head = self.heads.get(layer.name)
             if not layer.spatial:
                 why: str | None = "not a spatial layer (no map of positions)"
             elif isinstance(head, NotExact):
-                why = head.reason
+                why = head.reason + (f" (offered at: {', '.join(exact)})" if exact else
+                                     " (no layer of this model offers it)")
             elif head is None:
                 why = "the model's graph was not analysed"
             else:
@@ -163,30 +168,37 @@ def describe(name: str, metadata: Metadata, model: onnx.ModelProto | str | Path,
     ``shared``: initializers already held as numpy arrays, by name (the runtime's
     ``shared_weights``, which both onnxruntime sessions read): the heads use these very
     arrays, not a copy, and they may be missing from ``model`` (detached placeholders).
+
+    ``metadata.output.kind`` says how to read the class output (P(target) for occlusion,
+    RISE, Score-CAM, faithfulness); gradient methods differentiate the scores before a final
+    Softmax / LogSoftmax / Sigmoid: ``metadata.output.logits`` where the importer tapped them,
+    else found in the graph.
     """
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     inp = metadata.input
-    output = metadata.output.name
     layers = tuple(
         LayerInfo(name=layer.name, shape=layer.map_shape, receptive_field=layer.receptive_field, stride=layer.stride)
         for layer in metadata.layers
     )
-    constants: dict[str, np.ndarray] = dict(shared or {})
+    # One image's input shape, for the graph's dimensions left open (a head may read the
+    # batch size off the input: dynamo's x.view(x.size(0), -1)).
+    analysis = HeadAnalysis(proto, dict(shared or {}), {inp.name: (1, *inp.shape[1:])})
     heads: dict[str, GradHead | NotExact] = {}
     for layer in layers:
         if layer.spatial:
             try:
-                heads[layer.name] = analyse_head(proto, layer.name, output, constants)
+                heads[layer.name] = analysis.head(layer.name, metadata.output.name, metadata.output.logits)
             except Exception as exc:  # an odd graph must never stop the model from loading
                 heads[layer.name] = NotExact(f"the graph after this layer could not be analysed ({exc})")
     return ExplainableModel(
         name=name,
         input_shape=(inp.channels, inp.height, inp.width),
-        output=output,
+        output=metadata.output.name,
         labels=tuple(metadata.labels),
         layers=layers,
         heads=heads,
         baseline=baseline_image(inp),
+        output_kind=metadata.output.kind,
     )
 
 

@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from artifact import OutputKind
 from service.errors import ModelFailed
-from service.explain.maps import softmax
+from service.scores import probabilities
 
 BatchImages = Callable[[int], int]
 """Given the most images a call may carry, how many the next one should: the data plane's
@@ -47,13 +48,15 @@ class Passes:
 
     def __init__(self, forward: Forward, *, output: str, classes: int, image_values: int, budget: int,
                  batch_size: int, batch_seconds: float | None = None,
-                 batch_images: BatchImages | None = None) -> None:
+                 batch_images: BatchImages | None = None, kind: OutputKind = OutputKind.LOGITS) -> None:
+        """``kind``: what the class output holds, so ``probabilities`` reads it right."""
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if batch_seconds is not None and batch_seconds <= 0:
             raise ValueError("batch_seconds must be positive")
         self._forward = forward
         self.output = output
+        self.kind = kind
         self.classes = classes
         self.image_values = image_values  # C * H * W of one input
         self.budget = budget
@@ -113,13 +116,15 @@ class Passes:
         return await asyncio.to_thread(fn)
 
     async def probabilities(self, count: int, make: Callable[[int, int], np.ndarray], target: int) -> np.ndarray:
-        """P(target) for ``count`` images that ``make(start, stop)`` builds a slice at a time."""
+        """P(target) for ``count`` images that ``make(start, stop)`` builds a slice at a time:
+        the class output read by its kind (service/scores.py), for a multi-label model the
+        target's own score."""
         scores = np.empty(count, dtype=np.float64)
         start = 0
         while start < count:
             stop = min(count, start + self.next_batch())
             images = await self.offload(functools.partial(make, start, stop), stop - start)
-            (logits,) = await self.run(images, (self.output,))
-            scores[start:stop] = softmax(logits)[:, target]
+            (values,) = await self.run(images, (self.output,))
+            scores[start:stop] = probabilities(values, self.kind)[:, target]
             start = stop
         return scores

@@ -1,8 +1,9 @@
 """A model with a known answer for the explanation tests, built with onnx.helper.
 
 16 x 16 grey input. conv 3x3 (pad 1) with two filters: channel 0 averages the intensity,
-channel 1 its negative -> relu ("features.1") -> conv 1x1 that keeps the two channels
--> relu ("features.3") -> max-pool 2 ("features.4", 8 x 8) -> flatten ("flat") -> dense.
+channel 1 its negative -> relu ("features.1") -> conv 3x3 (pad 1) whose only non-zero
+taps are the centre's, so it keeps the two channels (and, being a 3x3 conv, stops exact
+gradients at features.1) -> relu ("features.3") -> max-pool 2 ("features.4", 8 x 8) -> flatten ("flat") -> dense.
 
 Class 0's logit reads channel 0 of four pooled cells whose receptive field lies in input
 rows and columns 3..8, so it depends on the image only inside ``REGION`` (rows and
@@ -33,7 +34,8 @@ def _weights() -> dict[str, np.ndarray]:
     conv = np.zeros((2, 1, 3, 3), dtype=np.float32)
     conv[0] = 1 / 9
     conv[1] = -1 / 9
-    mix = np.eye(2, dtype=np.float32).reshape(2, 2, 1, 1)
+    mix = np.zeros((2, 2, 3, 3), dtype=np.float32)
+    mix[:, :, 1, 1] = np.eye(2, dtype=np.float32)
     dense = np.zeros((3, 2, 8, 8), dtype=np.float32)
     dense[0, 0, 2:4, 2:4] = 0.5  # pooled cells 2..3 see input rows/cols 3..8
     bias = np.array([-2.0, 0.0, 0.0], dtype=np.float32)
@@ -48,7 +50,8 @@ def build(head: str = "flatten") -> onnx.ModelProto:
     nodes = [
         helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["c1"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
         helper.make_node("Relu", ["c1"], ["features.1"]),
-        helper.make_node("Conv", ["features.1", "conv2.weight", "conv2.bias"], ["c2"], kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["features.1", "conv2.weight", "conv2.bias"], ["c2"], pads=[1, 1, 1, 1],
+                         kernel_shape=[3, 3]),
         helper.make_node("Relu", ["c2"], ["features.3"]),
         helper.make_node("MaxPool", ["features.3"], ["features.4"], kernel_shape=[2, 2], strides=[2, 2]),
     ]

@@ -237,7 +237,10 @@ def test_the_catalogue_lists_each_layers_methods(explainer: Explainer) -> None:
     assert catalogue.methods == tuple(Method)
     rows = {row.name: row for row in catalogue.layers}
     assert rows["features.1"].methods == (Method.SCORE_CAM, Method.EIGEN_CAM)
-    assert "Conv" in (rows["features.1"].grad_cam_unavailable or "")
+    # the reason names the op that stops grad-cam, what would make it work, and where it is offered
+    why = rows["features.1"].grad_cam_unavailable or ""
+    assert "Conv (" in why and "3x3 convolution" in why and "tap a layer after it" in why, why
+    assert why.endswith("(offered at: features.3, features.4)"), why
     assert rows["features.3"].methods == (Method.GRAD_CAM, Method.HIRES_CAM, Method.SCORE_CAM, Method.EIGEN_CAM)
     assert rows["features.4"].grad_cam_unavailable is None
     assert rows["flat"].methods == () and rows["flat"].shape == (128,)

@@ -32,7 +32,7 @@ from service.explain.methods import (
 )
 from service.explain.model import METHODS, ExplainableModel, LayerInfo, Method, default_method
 from service.explain.passes import BatchImages, Forward, Passes
-from service.scores import probabilities
+from service.models.scores import probabilities
 
 DEFAULT_BATCH_SIZE = 16
 MAX_LISTED_LABELS = 20
@@ -75,7 +75,7 @@ class ExplainPlan:
 class Target:
     index: int
     label: str
-    probability: float  # P(target | image): the class output read by its kind (service/scores.py)
+    probability: float  # P(target | image): the class output read by its kind (service/models/scores.py)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class Context:
     model: ExplainableModel
     image: np.ndarray  # [C, H, W], the preprocessed input
     target: int
-    probability: float  # P(target | image), as service.scores.probabilities reads the class output
+    probability: float  # P(target | image), as service.models.scores.probabilities reads the class output
     outputs: np.ndarray  # [classes]: the class output's values for the image
     passes: Passes
     method_passes: int  # how many passes the method itself may make

@@ -89,7 +89,7 @@ class ExplainableModel:
     # per channel [C, 1, 1]: what occlusion, RISE and Score-CAM fill removed pixels with,
     # and what faithfulness deletes to / inserts from.
     baseline: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 1), dtype=np.float32))
-    # What the class output holds (service.scores.probabilities reads it accordingly):
+    # What the class output holds (service.models.scores.probabilities reads it accordingly):
     # perturbation methods and faithfulness score P(target) from it, never a second softmax.
     output_kind: OutputKind = OutputKind.LOGITS
 

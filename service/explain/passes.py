@@ -21,7 +21,7 @@ import numpy as np
 
 from artifact import OutputKind
 from service.errors import ModelFailed
-from service.scores import probabilities
+from service.models.scores import probabilities
 
 BatchImages = Callable[[int], int]
 """Given the most images a call may carry, how many the next one should: the data plane's
@@ -117,7 +117,7 @@ class Passes:
 
     async def probabilities(self, count: int, make: Callable[[int, int], np.ndarray], target: int) -> np.ndarray:
         """P(target) for ``count`` images that ``make(start, stop)`` builds a slice at a time:
-        the class output read by its kind (service/scores.py), for a multi-label model the
+        the class output read by its kind (service/models/scores.py), for a multi-label model the
         target's own score."""
         scores = np.empty(count, dtype=np.float64)
         start = 0

@@ -1,28 +1,43 @@
-"""What a class output means to a person: turned into per-class scores once, here, for
-predictions, the Open Inference Protocol's classification extension and explanations alike.
-Never a second softmax: a graph that ends in Softmax already gives probabilities."""
+"""What a user reads from a model's class output: one probability per class, made from the
+values the graph answers according to what they are (``artifact.OutputKind``).
+
+The one place this is decided, so a graph that already ends in Softmax is never softmaxed a
+second time: predictions and every explanation score (occlusion, RISE, Score-CAM,
+faithfulness) read the class output through ``probabilities``. Only numpy and the
+artifact's enum: both stages may import it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from numpy.typing import NDArray
 
 from artifact import OutputKind
 
 
-def softmax(logits: NDArray[np.floating]) -> NDArray[np.float64]:
-    """Over the last axis, in float64 (stable for logits in the hundreds)."""
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    result: NDArray[np.float64] = exp / exp.sum(axis=-1, keepdims=True)
-    return result
+def probabilities(values: np.ndarray, kind: OutputKind) -> np.ndarray:
+    """The class output's ``values`` ([..., classes]) as probabilities, float64, same shape.
 
-
-def probabilities(values: NDArray[np.floating], kind: OutputKind) -> NDArray[np.float64]:
-    """The class output's values as scores in 0..1: a distribution over the classes, or for
-    a multi-label model each class's own probability."""
+    - ``logits``: softmax over the classes (the last axis);
+    - ``probabilities``: as they are (the graph ends in Softmax);
+    - ``log_probabilities``: ``exp`` of them (the graph ends in LogSoftmax);
+    - ``multilabel``: as they are, each class's own score (the graph ends in Sigmoid):
+      independent of the other classes, so they need not sum to 1.
+    """
+    scores = np.asarray(values, dtype=np.float64)
     if kind is OutputKind.LOGITS:
-        return softmax(values)
+        return softmax(scores)
     if kind is OutputKind.LOG_PROBABILITIES:
-        return np.exp(values.astype(np.float64))
-    return values.astype(np.float64)  # probabilities, or independent (sigmoid) scores
+        out: np.ndarray = np.exp(scores)
+        return out
+    if kind in (OutputKind.PROBABILITIES, OutputKind.MULTILABEL):
+        return scores
+    raise ValueError(f"unknown output kind {kind!r}; valid: {', '.join(k.value for k in OutputKind)}")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64, stable for any logit size."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    out: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return out

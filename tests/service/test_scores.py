@@ -1,4 +1,4 @@
-"""service/scores.py: the class output read by its kind, never softmaxed twice."""
+"""service/models/scores.py: the class output read by its kind, never softmaxed twice."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from artifact import OutputKind
-from service.scores import probabilities, softmax
+from service.models.scores import probabilities, softmax
 
 LOGITS = np.array([[2.0, 0.0, -1.0], [100.0, 100.0, -50.0]], dtype=np.float32)
 

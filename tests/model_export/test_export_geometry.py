@@ -23,9 +23,10 @@ import torch
 from export_helpers import run_cli
 from torch import nn
 
+from artifact import Layer
 from model_export import layers as L
 from model_export.architectures import REGISTRY
-from model_export.geometry import Geometry, box
+from model_export.geometry import Axis, Geometry, box
 
 
 class _Odd(nn.Module):
@@ -147,3 +148,35 @@ def test_box_edges() -> None:
     assert box(g, None, (10, 12)) == (0, 0, 12, 10)  # a non-spatial output sees everything
     assert box(Geometry(5, 2, None), (0, 0), (10, 12)) is None  # offset unknown: no box
     assert box(Geometry(1, 1, -3), (0, 0), (10, 12)) is None  # only padding in view
+
+
+def test_rows_and_columns_apart() -> None:
+    g = Geometry.of_axes(Axis(3, 1, -1), Axis(7, 2, -3))  # a 3x1 kernel, then a 1x5 one of stride 2
+    assert (g.receptive_field, g.stride, g.offset) == (7, None, None)  # no square window: strides differ
+    assert (g.receptive_field_hw, g.stride_hw, g.offset_hw) == ((3, 7), (1, 2), (-1, -3))
+    assert box(g, (2, 1), (8, 12)) == (0, 1, 6, 4)  # rows 1..3, columns -1..5
+    # Strides agree: the square fields hold the smallest square window around the field.
+    covering = Geometry.of_axes(Axis(3, 1, 0), Axis(3, 1, -2))
+    assert (covering.receptive_field, covering.stride, covering.offset) == (5, 1, -2)
+    assert Geometry.of_axes(Axis(5, 2, -2), Axis(5, 2, -2)) == Geometry(5, 2, -2)  # square: no _hw fields
+    assert Geometry.whole((12, 20)) == Geometry(20, None, None, (12, 20))
+    assert Geometry.whole((16, 16)) == Geometry(16, None, None) and Geometry.whole(None).receptive_field is None
+
+
+def test_boxes_stop_at_the_pixels_the_layer_sees() -> None:
+    g = Geometry(5, 2, -2, bounds=(0, 0, 11, 11))  # the layer never sees row or column 11
+    assert box(g, (5, 5), (12, 12)) == (8, 8, 11, 11)
+    assert box(g, (0, 0), (12, 12)) == (0, 0, 3, 3)
+
+
+def test_the_contract_carries_the_geometry_both_ways() -> None:
+    layer = Layer(
+        name="conv", output_shape=[-1, 2, 10, 5], receptive_field=7, stride=None, receptive_field_offset=None,
+        receptive_field_hw=(3, 7), stride_hw=(1, 2), receptive_field_offset_hw=(-1, -3),
+        receptive_field_bounds=(0, 0, 11, 8),
+    )  # fmt: skip
+    stored = Layer.model_validate(layer.to_json())
+    assert stored.to_json()["receptive_field_hw"] == [3, 7]
+    assert Geometry.of_layer(stored) == Geometry(7, None, None, (3, 7), (1, 2), (-1, -3), (0, 0, 11, 8))
+    assert Geometry.of_layer(Layer(name="old", output_shape=[-1, 2, 4, 4], receptive_field=3, stride=1,
+                                   receptive_field_offset=-1)) == Geometry(3, 1, -1)  # fmt: skip

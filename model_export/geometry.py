@@ -107,6 +107,11 @@ class Geometry:
         )
 
     @property
+    def whole_image(self) -> bool:
+        """A value that is not a map (a global pool, a Flatten): it sees the whole image."""
+        return self.receptive_field is not None and self.stride is None and self.stride_hw is None
+
+    @property
     def spatial(self) -> bool:
         return self.receptive_field is not None and (self.stride is not None or self.stride_hw is not None)
 
@@ -158,12 +163,12 @@ def box(
     """The input pixels unit `position` = (y, x) sees, as (left, top, right, bottom),
     right and bottom exclusive, clipped to the image of `size` = (H, W).
 
-    The whole image for a non-spatial output (position None); None where the geometry
-    is unknown. Rows and columns each follow their own axis where they differ; the
+    The whole image for a non-spatial output (position None, or a geometry that sees the
+    whole image, like a global pool's [C, 1, 1]); None where the geometry is unknown. Rows and columns each follow their own axis where they differ; the
     box is clipped to the geometry's bounds where it has them.
     """
     height, width = size
-    if position is None:
+    if position is None or geometry.whole_image:
         return (0, 0, width, height)
     axes = geometry.axes
     if axes is None:

@@ -77,7 +77,7 @@ def _true_box(lit: np.ndarray) -> tuple[int, int, int, int] | None:
 
 def _check_units(maps: np.ndarray, layer: dict, size: tuple[int, int]) -> int:
     """maps: (H*W impulses, C, h, w). Every unit of channel 0, against the metadata box."""
-    geometry = Geometry(layer["receptive_field"], layer["stride"], layer["receptive_field_offset"])
+    geometry = Geometry.of_layer(Layer.model_validate(layer))
     checked = 0
     for y in range(maps.shape[2]):
         for x in range(maps.shape[3]):
@@ -138,6 +138,51 @@ def test_boxes_from_an_imported_graph_are_the_pixels_a_unit_reads(tmp_path: Path
     outputs = dict(zip(names, session.run(names, {"input": _impulses(1, size).numpy()}), strict=True))
     for layer in meta["layers"]:
         _check_units(outputs[layer["name"]], layer, size)
+
+
+class _Gated(nn.Module):
+    """A residual block with a depthwise conv and a squeeze-excite gate: the graph walk
+    before graph_geometry gave every layer after the first Add or Mul a null field."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU())
+        self.depthwise = nn.Sequential(nn.Conv2d(4, 4, 3, padding=2, dilation=1, groups=4), nn.ReLU())
+        self.squeeze = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 2, 1), nn.ReLU(), nn.Conv2d(2, 4, 1))
+        self.project = nn.Conv2d(4, 4, 3, padding=0)
+        self.last = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.depthwise(x)
+        y = y * nn.functional.hardsigmoid(self.squeeze(y))
+        x = self.last(x + self.project(y))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_an_imported_residual_net_with_a_gate_has_every_box(tmp_path: Path) -> None:
+    size = (18, 18)
+    net = _ones(_Gated())
+    source = tmp_path / "gated.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(net, (torch.zeros(1, 1, *size),), str(source), dynamo=True, external_data=False)
+    result = run_cli(["import", source, "--name", "gated", "--out", tmp_path / "models", "--mean", "0", "--std", "1"])
+    assert result.rc == 0, result.stderr
+    meta = json.loads((result.written / "metadata.json").read_text())
+    maps = [layer for layer in meta["layers"] if len(layer["output_shape"]) == 4 and layer["output_shape"][2] > 1]
+    assert len(maps) == 7 and all(layer["receptive_field_offset"] is not None for layer in maps)
+    last = maps[-1]
+    assert (last["receptive_field"], last["stride"], last["receptive_field_offset"]) == (15, 2, -7)
+    assert "squeeze-excite" in last["geometry_note"]  # the gate sees the whole image, and says so
+    gate = [layer for layer in meta["layers"] if layer["output_shape"][2:] == [1, 1]]  # the squeeze branch
+    assert gate and {(g["receptive_field"], g["stride"], g["geometry_note"]) for g in gate} == {
+        (18, None, "ReduceMean over the image's rows and columns mixes every position: not a map")
+    }
+    session = ort.InferenceSession(str(result.written / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [layer["name"] for layer in meta["layers"]]
+    outputs = dict(zip(names, session.run(names, {"input": _impulses(1, size).numpy()}), strict=True))
+    assert sum(_check_units(outputs[layer["name"]], layer, size) for layer in meta["layers"]) > 300
 
 
 def test_box_edges() -> None:

@@ -44,7 +44,11 @@ export function geometryText(layer) {
  * layer's bounds: {left, top, right, bottom} (right and bottom exclusive), or null where the
  * metadata has no receptive field for the layer or the unit sees only padding. */
 export function receptiveBox(layer, y, x, [H, W]) {
-  const axes = spatial(layer) ? fieldAxes(layer) : null;
+  if (!spatial(layer)) return null;
+  if (layer.receptive_field != null && layer.stride == null && layer.stride_hw == null) {
+    return { left: 0, top: 0, right: W, bottom: H };  // not a map (a global pool's C x 1 x 1): the whole image
+  }
+  const axes = fieldAxes(layer);
   if (!axes) return null;
   const [rows, cols] = axes;
   const [boundLeft, boundTop, boundRight, boundBottom] = layer.receptive_field_bounds ?? [0, 0, W, H];

@@ -77,4 +77,6 @@ test("geometry: rows and columns apart where they differ, and boxes clipped to t
   const BOUNDED = { ...CONV, receptive_field_bounds: [0, 0, 6, 8] };
   assert.deepEqual(receptiveBox(BOUNDED, 1, 2, [8, 8]), { left: 2, top: 0, right: 6, bottom: 5 });
   assert.equal(receptiveBox({ ...CONV, receptive_field_offset: -9 }, 0, 0, [8, 8]), null);  // only padding
+  const POOLED = { ...CONV, output_shape: [1, 2, 1, 1], receptive_field: 8, stride: null, receptive_field_offset: null };
+  assert.deepEqual(receptiveBox(POOLED, 0, 0, [8, 6]), { left: 0, top: 0, right: 6, bottom: 8 });  // the whole image
 });

@@ -97,9 +97,14 @@ def receptive_fields(
         if node.op_type in SHAPE_ONLY:
             continue
         ins = [states.get(name) if name else None for name in node.input]
-        if all(state is None for state in ins):
+        captured = [name for name in _captured(node) if name in states]
+        if all(state is None for state in ins) and not captured:
             continue
-        for name, state in zip(node.output, _step(node, ins, graph), strict=True):
+        if _captured(node):
+            outs: list[_State] = [_Unknown(f"{node.op_type} with a subgraph is not modelled here")] * len(node.output)
+        else:
+            outs = _step(node, ins, graph)
+        for name, state in zip(node.output, outs, strict=True):
             if name:
                 states[name] = state
     return {name: graph.field(state) for name, state in states.items()}
@@ -253,6 +258,17 @@ class _Graph:
         return None if found is None else [int(v) for v in found]
 
 
+def _captured(node: onnx.NodeProto) -> list[str]:
+    """Values a node's subgraphs (If, Loop, Scan) read, its own inputs aside: a branch
+    may use the image without the node listing it."""
+    names = []
+    for a in node.attribute:
+        for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for inner in sub.node:
+                names += [*inner.input, *_captured(inner)]
+    return names
+
+
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
@@ -274,10 +290,11 @@ def _step(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list
         if mixed is None and node.op_type in MIXES_FEATURES:
             return [_Flat(f"{node.op_type} mixes every position: not a map", True)] * outputs
         return [mixed or flats[0]] * outputs
-    handler = HANDLERS.get(node.op_type)
+    handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if handler is None:
+        op = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
         name = f" {node.name!r}" if node.name else ""
-        return [_Unknown(f"{node.op_type}{name} is not modelled here: the field is unknown")] * outputs
+        return [_Unknown(f"{op}{name} is not modelled here: the field is unknown")] * outputs
     return handler(node, ins, graph)
 
 
@@ -597,8 +614,10 @@ def _depth_to_space(node: onnx.NodeProto, ins: list[_State | None], graph: _Grap
         return [state.regrid([span.through(0, block - 1, block) for span in state.spans], graph, node.input[0])]
     covered = []
     for axis, span in zip(state.axes, state.spans, strict=True):
-        n_out = graph.dim(node.output[0], axis) or block * (graph.dim(node.input[0], axis) or 0)
-        new = span.cover([(o // block, o // block) for o in range(n_out)], Fraction(1, block))
+        n_in = graph.dim(node.input[0], axis)
+        if n_in is None:
+            return [_Unknown("DepthToSpace of a map of unknown size is not modelled")]
+        new = span.cover([(o // block, o // block) for o in range(n_in * block)], Fraction(1, block))
         if new is None:
             return [_Unknown("DepthToSpace to a grid finer than one pixel is not modelled")]
         covered.append(new)
@@ -948,11 +967,16 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
+def _small_shape(shape: list[int] | None) -> bool:
+    """Whether a value may be folded: small, or of a size not known (then checked after)."""
+    return shape is None or -1 in shape or math.prod(shape) <= FOLD_LIMIT
+
+
 def _data_values(graph: onnx.GraphProto, input_name: str) -> set[str]:
     """The values computed from the image (not from its shape alone)."""
     data = {input_name}
     for node in graph.node:
-        if node.op_type not in SHAPE_ONLY and any(name in data for name in node.input):
+        if node.op_type not in SHAPE_ONLY and any(name in data for name in [*node.input, *_captured(node)]):
             data.update(node.output)
     return data
 
@@ -979,7 +1003,7 @@ def _fold(
             start, end = _attr(node, "start", 0), _attr(node, "end", None)
             dims = shape[start:end] if node.op_type == "Shape" else [math.prod(shape)]
             value = np.array(dims, dtype=np.int64) if node.op_type == "Shape" else np.array(dims[0], np.int64)
-        elif all(not name or name in consts for name in node.input):
+        elif all(not name or name in consts for name in node.input) and _small_shape(shapes.get(node.output[0])):
             feeds = {name: consts[name] for name in node.input if name}
             try:
                 outputs: Any = ReferenceEvaluator(node, opsets=opsets).run(None, feeds)

@@ -278,11 +278,20 @@ def test_what_the_walk_does_not_model_is_null_and_named() -> None:
     grid = net.const(np.zeros((1, 6, 6, 2)), np.float32)
     sampled = net.op("GridSample", strided, grid)
     after = net.op("Relu", sampled)
-    _, fields = net.fields(mixed, tall, after)
+    custom = net.op("Relu", net.op("Conv", strided, domain="com.example"))  # not ONNX's Conv
+    # A branch that reads the image without the If listing it as an input.
+    branch = helper.make_graph([helper.make_node("Relu", [strided], ["branch_out"])], "branch", [],
+                               [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, None)])  # fmt: skip
+    chosen = net.op("If", net.const(True, np.bool_), then_branch=branch, else_branch=branch)
+    model = net.model(mixed, tall, after, custom, chosen)
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    fields = receptive_fields(model, "input")
     assert fields[mixed] == Field(Geometry(None, None, None), "Add merges grids of 2 and 1 px between rows: no one stride")
     assert fields[tall].note == "Concat along the image's rows is not modelled"
     assert square(fields[sampled]) == square(fields[after]) == (None, None, None)
     assert fields[after].note == fields[sampled].note == "GridSample is not modelled here: the field is unknown"
+    assert fields[custom].note == "com.example.Conv is not modelled here: the field is unknown"
+    assert fields[chosen] == Field(Geometry(None, None, None), "If with a subgraph is not modelled here")
 
 
 def test_a_dynamic_input_size_is_given_by_the_caller() -> None:

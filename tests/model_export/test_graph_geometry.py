@@ -326,3 +326,28 @@ def test_the_brute_force_notices_a_box_one_pixel_off() -> None:
     shifted = {a: Field(Geometry(3, 1, 0), None, (2, 3))}
     with pytest.raises(AssertionError, match=r"unit \(0, 0\): geometry gives \(0, 0, 3, 3\), .* span \(0, 0, 2, 2\)"):
         assert_exact(observe(model, shifted, net.size, 2))
+
+
+def test_a_wide_image_through_an_nhwc_gate_as_tf2onnx_writes_one() -> None:
+    """The issue's second model in small: a 1:4 image, SAME padding, hard-swish spelled out,
+    a squeeze-excite gate computed and applied in NHWC, strides unlike across rows and columns."""
+    net = Net(channels=3, size=(12, 48))
+    x = net.conv("input", 4, auto_pad="SAME_UPPER", strides=[2, 2])
+    three, six = net.const(3.0, np.float32), net.const(6.0, np.float32)
+    relu6 = net.op("Clip", net.op("Add", x, three), net.const(0.0, np.float32), six)
+    swish = net.op("Div", net.op("Mul", x, relu6), six)
+    nhwc = net.op("Transpose", swish, perm=[0, 2, 3, 1])
+    pooled = net.op("ReduceMean", nhwc, net.const([1, 2]), keepdims=1)
+    squeezed = net.op("Reshape", pooled, net.const([-1, 4]))
+    hidden = net.op("Relu", net.op("MatMul", squeezed, net.const(0.5 + net.rng.random((4, 2)), np.float32)))
+    gate = net.op("HardSigmoid", net.op("MatMul", hidden, net.const(0.5 + net.rng.random((2, 4)), np.float32)))
+    gated = net.op("Mul", nhwc, net.op("Reshape", gate, net.const([-1, 1, 1, 4])))
+    back = net.op("Transpose", gated, perm=[0, 3, 1, 2], channels=4)
+    out = net.op("Relu", net.conv(back, 4, kernel=(1, 3), strides=[1, 2], pads=[0, 1, 0, 1]))
+    fields = net.exact(out)
+    assert square(fields[swish]) == (3, 2, 0)  # SAME_UPPER on 12 x 48, stride 2: the padded row goes after
+    assert fields[gated].axes == (1, 2) and fields[back].axes == (2, 3)
+    assert per_axis(fields[out]) == (Axis(3, 2, 0), Axis(7, 4, -2))
+    assert fields[out].geometry.receptive_field_hw == (3, 7) and fields[out].geometry.stride is None
+    assert fields[swish].note is None and fields[gated].note == fields[out].note == GATED
+    assert fields[squeezed].geometry == Geometry(48, None, None, (12, 48))

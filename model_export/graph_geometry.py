@@ -86,13 +86,19 @@ class Field:
 
 
 def receptive_fields(
-    model: onnx.ModelProto, input_name: str, *, size: tuple[int, int] | None = None
+    model: onnx.ModelProto,
+    input_name: str,
+    *,
+    size: tuple[int, int] | None = None,
+    axes: tuple[int, int] = (2, 3),
 ) -> dict[str, Field]:
-    """Every value of the graph computed from the image input `input_name` (NCHW) -> its
-    Field. `size` (H, W) is needed only where the graph's input size is dynamic."""
-    graph = _Graph(model, input_name, size)
+    """Every value of the graph computed from the image input `input_name` -> its Field.
+
+    `axes`: the input's tensor axes holding the image's rows and columns (NCHW: (2, 3),
+    NHWC: (1, 2)); `size` (H, W) is needed only where the graph's input size is dynamic."""
+    graph = _Graph(model, input_name, size, axes)
     image = _Span(0, 0, 1)
-    states: dict[str, _State] = {input_name: _Map((2, 3), (image, image), 4, bounds=graph.image_bounds)}
+    states: dict[str, _State] = {input_name: _Map(axes, (image, image), graph.input_rank, bounds=graph.image_bounds)}
     for node in model.graph.node:
         if node.op_type in SHAPE_ONLY:
             continue
@@ -206,12 +212,15 @@ class _Graph:
     copy whose input has a concrete size), small constants (folded where they are
     computed from shapes), attributes."""
 
-    def __init__(self, model: onnx.ModelProto, input_name: str, size: tuple[int, int] | None) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, input_name: str, size: tuple[int, int] | None, axes: tuple[int, int]
+    ) -> None:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-        self.shapes, self.consts = _shapes_and_constants(model, input_name, size)
-        shape = self.shapes.get(input_name)
-        known = shape is not None and len(shape) == 4 and min(shape[2:]) > 0
-        self.image = (shape[2], shape[3]) if known and shape is not None else size
+        self.shapes, self.consts = _shapes_and_constants(model, input_name, size, axes)
+        shape = self.shapes.get(input_name) or []
+        self.input_rank = len(shape) or 4
+        dims = [shape[a] if a < len(shape) else -1 for a in axes]
+        self.image = (dims[0], dims[1]) if min(dims) > 0 else size
         self.image_bounds: tuple[_Bound, _Bound] = (UNBOUNDED, UNBOUNDED)
         if self.image is not None:
             self.image_bounds = ((0, self.image[0] - 1), (0, self.image[1] - 1))
@@ -880,13 +889,13 @@ HANDLERS: dict[str, _Handler] = {
 
 
 def _shapes_and_constants(
-    model: onnx.ModelProto, input_name: str, size: tuple[int, int] | None
+    model: onnx.ModelProto, input_name: str, size: tuple[int, int] | None, axes: tuple[int, int]
 ) -> tuple[dict[str, list[int]], dict[str, np.ndarray]]:
     """Every value's shape (-1 for unknown dims) and the small constants, inferred on a
     copy whose input is one image of a concrete size. Shape arithmetic (Shape -> Gather
     -> Div -> Slice, as torch.onnx writes `chunk`) is folded into constants between
     rounds of inference, where onnx's own data propagation stops."""
-    skeleton = _skeleton(model, input_name, size)
+    skeleton = _skeleton(model, input_name, size, axes)
     consts = _constants(model.graph)
     data = _data_values(model.graph, input_name)
     opsets = {o.domain or "": o.version for o in model.opset_import}
@@ -908,7 +917,9 @@ def _shapes_and_constants(
     return shapes, consts
 
 
-def _skeleton(model: onnx.ModelProto, input_name: str, size: tuple[int, int] | None) -> onnx.ModelProto:
+def _skeleton(
+    model: onnx.ModelProto, input_name: str, size: tuple[int, int] | None, axes: tuple[int, int]
+) -> onnx.ModelProto:
     """The graph with its weights as typed inputs (no data to copy) and the image input
     one image of a concrete size."""
     graph = model.graph
@@ -929,11 +940,10 @@ def _skeleton(model: onnx.ModelProto, input_name: str, size: tuple[int, int] | N
     skeleton.functions.extend(model.functions)
     for vi in skeleton.graph.input:
         if vi.name == input_name:
-            dims = vi.type.tensor_type.shape.dim
-            concrete = [1, None, *(size or (None, None))]
-            for dim, value in zip(dims, concrete, strict=False):
-                if not dim.HasField("dim_value") and value is not None:
-                    dim.dim_value = value
+            concrete = {0: 1, **({axes[0]: size[0], axes[1]: size[1]} if size else {})}
+            for axis, dim in enumerate(vi.type.tensor_type.shape.dim):
+                if not dim.HasField("dim_value") and axis in concrete:
+                    dim.dim_value = concrete[axis]
     return skeleton
 
 

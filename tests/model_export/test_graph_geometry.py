@@ -351,3 +351,16 @@ def test_a_wide_image_through_an_nhwc_gate_as_tf2onnx_writes_one() -> None:
     assert fields[out].geometry.receptive_field_hw == (3, 7) and fields[out].geometry.stride is None
     assert fields[swish].note is None and fields[gated].note == fields[out].note == GATED
     assert fields[squeezed].geometry == Geometry(48, None, None, (12, 48))
+
+
+def test_an_nhwc_input_names_its_axes() -> None:
+    net = Net(channels=3, size=(10, 16))
+    nchw = net.op("Transpose", "input", perm=[0, 3, 1, 2])
+    a = net.op("Relu", net.conv(nchw, 2, kernel=(3, 5), strides=[1, 2]))
+    flat = net.op("Flatten", a)
+    model = net.model(flat)
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 10, 16, 3]))
+    fields = receptive_fields(model, "input", axes=(1, 2))
+    assert fields["input"].axes == (1, 2) and fields[nchw].axes == (2, 3)
+    assert per_axis(fields[a]) == (Axis(3, 1, 0), Axis(5, 2, 0))
+    assert fields[flat].geometry == Geometry(16, None, None, (10, 16))  # the whole 10 x 16 image

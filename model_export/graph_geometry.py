@@ -103,10 +103,10 @@ def receptive_fields(
         if node.op_type in SHAPE_ONLY:
             continue
         ins = [states.get(name) if name else None for name in node.input]
-        captured = [name for name in _captured(node) if name in states]
-        if all(state is None for state in ins) and not captured:
+        captured = _captured(node)
+        if all(state is None for state in ins) and not any(name in states for name in captured):
             continue
-        if _captured(node):
+        if captured:  # If, Loop, Scan
             outs: list[_State] = [_Unknown(f"{node.op_type} with a subgraph is not modelled here")] * len(node.output)
         else:
             outs = _step(node, ins, graph)
@@ -202,6 +202,7 @@ class _Unknown:
 
 _State = _Map | _Flat | _Unknown
 _Handler = Callable[[onnx.NodeProto, list["_State | None"], "_Graph"], list["_State"]]
+_MapHandler = Callable[[onnx.NodeProto, "_Map", "_Graph"], list["_State"]]
 
 # Ops whose outputs depend on their input's shape only, never on its values.
 SHAPE_ONLY = {"Shape", "Size", "RandomNormalLike", "RandomUniformLike", "EyeLike"}
@@ -278,6 +279,11 @@ def _captured(node: onnx.NodeProto) -> list[str]:
     return names
 
 
+def _pair(values: Any) -> tuple[int, int]:
+    first, second = values
+    return int(first), int(second)
+
+
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
         if a.name == name:
@@ -299,12 +305,18 @@ def _step(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list
         if mixed is None and node.op_type in MIXES_FEATURES:
             return [_Flat(f"{node.op_type} mixes every position: not a map", True)] * outputs
         return [mixed or flats[0]] * outputs
-    handler = HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-    if handler is None:
+    known = node.domain in ("", "ai.onnx") and (node.op_type in MERGES or node.op_type in ON_MAP)
+    if not known:
         op = f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
         name = f" {node.name!r}" if node.name else ""
         return [_Unknown(f"{op}{name} is not modelled here: the field is unknown")] * outputs
-    return handler(node, ins, graph)
+    if node.op_type in MERGES:
+        return MERGES[node.op_type](node, ins, graph)
+    state = ins[0]
+    if not isinstance(state, _Map) or any(other is not None for other in ins[1:]):
+        # e.g. a Conv whose weights, a Resize whose sizes, a Gather whose indices come from the image
+        return [_Unknown(f"{node.op_type} of a value computed from the image other than its input")] * outputs
+    return ON_MAP[node.op_type](node, state, graph)
 
 
 # --- merges and elementwise ops -------------------------------------------------------
@@ -357,8 +369,8 @@ def _merge(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph, concat
                 )
             spans[i] = spans[i].union(m.spans[i])
     notes = tuple(dict.fromkeys(n for m in maps for n in m.notes))
-    bounds = tuple((min(m.bounds[i][0] for m in maps), max(m.bounds[i][1] for m in maps)) for i in (ROWS, COLS))
-    merged = _Map(axes, (spans[ROWS], spans[COLS]), rank, notes, bounds)  # type: ignore[arg-type]
+    rows, cols = ((min(m.bounds[i][0] for m in maps), max(m.bounds[i][1] for m in maps)) for i in (ROWS, COLS))
+    merged = _Map(axes, (spans[ROWS], spans[COLS]), rank, notes, (rows, cols))
     return merged.noted(GATED) if gated else merged
 
 
@@ -375,11 +387,8 @@ def _broadcast(graph: _Graph, name: str, axes: tuple[int, int], out: str, out_ax
 # --- sliding windows -------------------------------------------------------------------
 
 
-def _window(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
+def _window(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     """Conv (any groups), MaxPool, AveragePool, LpPool."""
-    state = ins[0]
-    if not isinstance(state, _Map) or any(s is not None for s in ins[1:2]):
-        return [_Unknown(f"{node.op_type} with weights computed from the image is not modelled")] * len(node.output)
     kernel = _attr(node, "kernel_shape", None)
     if kernel is None and len(node.input) > 1:
         weight = graph.shape(node.input[1])
@@ -392,7 +401,7 @@ def _window(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> li
     for i, axis in enumerate(state.axes):
         j = axis - 2
         k, s, d = int(kernel[j]), _nth(node, "strides", j), _nth(node, "dilations", j)
-        before = _pad_before(node, graph, j, k, s, d, graph.dim(node.input[0], axis))
+        before = _pad_before(node, j, k, s, d, graph.dim(node.input[0], axis))
         if before is None:
             return [_Unknown(f"{node.op_type} pads an input of unknown size (auto_pad SAME)")] * len(node.output)
         spans[i] = spans[i].through(-before, -before + (k - 1) * d, s)
@@ -404,7 +413,7 @@ def _nth(node: onnx.NodeProto, attr: str, index: int, default: int = 1) -> int:
     return int(values[index]) if values is not None and len(values) > index else default
 
 
-def _pad_before(node: onnx.NodeProto, graph: _Graph, j: int, k: int, s: int, d: int, size: int | None) -> int | None:
+def _pad_before(node: onnx.NodeProto, j: int, k: int, s: int, d: int, size: int | None) -> int | None:
     """Units of padding before the first one along spatial axis j (None: not known)."""
     auto_pad = _attr(node, "auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -421,12 +430,11 @@ def _global(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> li
     return [_Flat(f"{node.op_type} mixes every position: not a map", True)] * len(node.output)
 
 
-def _conv_transpose(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
+def _conv_transpose(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     """Output unit o gathers input units j with o = j*s - p + t*d, t < k."""
-    state = ins[0]
     weight = graph.shape(node.input[1])
-    if not isinstance(state, _Map) or ins[1] is not None or weight is None or any(a < 2 for a in state.axes):
-        return [_Unknown("ConvTranspose over this layout or with weights from the image is not modelled")]
+    if weight is None or any(a < 2 for a in state.axes):
+        return [_Unknown("ConvTranspose over this layout or with weights of unknown shape is not modelled")]
     spans = list(state.spans)
     for i, axis in enumerate(state.axes):
         j = axis - 2
@@ -454,9 +462,7 @@ def _conv_transpose(node: onnx.NodeProto, ins: list[_State | None], graph: _Grap
 # --- grid shifts and resampling --------------------------------------------------------
 
 
-def _pad(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _pad(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     pads = graph.ints(node, "pads", 1)
     axes = graph.ints(node, "", 3) if len(node.input) > 3 and node.input[3] else list(range(state.rank))
     if pads is None or axes is None or len(pads) != 2 * len(axes):
@@ -473,9 +479,7 @@ def _pad(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[
     return [padded.noted(MIRRORED) if mirrored else padded]
 
 
-def _slice(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _slice(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     if graph.opset < 10:
         starts, axes, steps = _attr(node, "starts", None), _attr(node, "axes", None), None
     else:
@@ -504,9 +508,7 @@ def _slice(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> lis
     return [state.regrid(spans, graph, node.input[0])]
 
 
-def _split(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _split(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     axis = int(_attr(node, "axis", 0)) % state.rank
     if axis not in state.axes:
         return [state] * len(node.output)
@@ -529,11 +531,9 @@ def _split(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> lis
     return outs
 
 
-def _resize(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
+def _resize(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     """Resize and Upsample: output unit o reads the input units around its source
     coordinate (ONNX's coordinate_transformation_mode), clamped to the map."""
-    state = ins[0]
-    assert isinstance(state, _Map)
     if _attr(node, "coordinate_transformation_mode", "") == "tf_crop_and_resize":
         return [_Unknown("Resize with tf_crop_and_resize is not modelled")]
     scales = _resize_scales(node, graph, state.rank)
@@ -613,9 +613,7 @@ def _nearest(x: float, rounding: str) -> int:
     return math.floor(x + 0.5)
 
 
-def _depth_to_space(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _depth_to_space(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     block = int(_attr(node, "blocksize", 1))
     if state.rank != 4 or set(state.axes) != {2, 3}:
         return [_Unknown(f"{node.op_type} over this layout is not modelled")]
@@ -636,16 +634,12 @@ def _depth_to_space(node: onnx.NodeProto, ins: list[_State | None], graph: _Grap
 # --- layout ------------------------------------------------------------------------------
 
 
-def _transpose(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _transpose(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     perm = [int(p) for p in _attr(node, "perm", list(range(state.rank))[::-1])]
     return [state.moved((perm.index(state.axes[ROWS]), perm.index(state.axes[COLS])), state.rank)]
 
 
-def _unsqueeze(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _unsqueeze(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     axes = graph.ints(node, "axes", 1)
     if axes is None:
         return [_Unknown("Unsqueeze of axes computed at run time is not modelled")]
@@ -655,9 +649,7 @@ def _unsqueeze(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) ->
     return [state.moved((kept[state.axes[ROWS]], kept[state.axes[COLS]]), rank)]
 
 
-def _squeeze(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _squeeze(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     axes = graph.ints(node, "axes", 1)
     shape = graph.shape(node.input[0])
     if axes is None and shape is not None and -1 not in shape:
@@ -667,18 +659,16 @@ def _squeeze(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> l
     removed = {a % state.rank for a in axes}
     if removed & set(state.axes):
         return [_Flat("Squeeze drops the image's rows or columns (a map one unit wide): not a map", False)]
-    return [state.moved(tuple(a - sum(r < a for r in removed) for a in state.axes), state.rank - len(removed))]  # type: ignore[arg-type]
+    return [state.moved(_pair(a - sum(r < a for r in removed) for a in state.axes), state.rank - len(removed))]
 
 
-def _flatten(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
+def _flatten(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     return [_Flat("Flatten folds the image's rows and columns into one axis: not a map", False)]
 
 
-def _reshape(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
+def _reshape(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     """Row-major: input axis a survives as output axis b when the axes before each hold
     as many elements and the two are as long; else the map is folded away."""
-    state = ins[0]
-    assert isinstance(state, _Map)
     before, after = graph.shape(node.input[0]), graph.shape(node.output[0])
     if before is None or after is None or -1 in before or -1 in after:
         return [_Unknown("Reshape to a shape known only at run time is not modelled")]
@@ -694,10 +684,7 @@ def _reshape(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> l
     return [state.moved((moved[ROWS], moved[COLS]), len(after))]
 
 
-def _gather(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    if not isinstance(state, _Map) or ins[1] is not None:
-        return [_Unknown("Gather at positions computed from the image is not modelled")]
+def _gather(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     axis = int(_attr(node, "axis", 0)) % state.rank
     if axis in state.axes:
         return [_Unknown(f"Gather along the image's {AXIS_NAMES[state.axes.index(axis)]} is not modelled")]
@@ -705,13 +692,10 @@ def _gather(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> li
     if indices is None:
         return [_Unknown("Gather with indices of unknown rank is not modelled")]
     shift = indices - 1
-    moved = tuple(a + shift if a > axis else a for a in state.axes)
-    return [state.moved(moved, state.rank + shift)]  # type: ignore[arg-type]
+    return [state.moved(_pair(a + shift if a > axis else a for a in state.axes), state.rank + shift)]
 
 
-def _expand(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _expand(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     rank = graph.rank(node.output[0])
     if rank is None:
         return [_Unknown("Expand to a shape known only at run time is not modelled")]
@@ -722,9 +706,7 @@ def _expand(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> li
     return [state.moved(moved, rank)]
 
 
-def _tile(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _tile(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     repeats = graph.ints(node, "", 1)
     if repeats is None or any(repeats[a] != 1 for a in state.axes):
         return [_Unknown("Tile over the image's rows or columns is not modelled")]
@@ -749,8 +731,7 @@ def _matmul(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> li
         return [_Flat("MatMul over the image's rows or columns mixes every position: not a map", True)]
     if a is not None and other == 1:
         return [state.moved(state.axes, rank)]  # the last axis is gone, the others stay
-    moved = tuple(rank - 1 if x == state.rank - 1 else x + rank - state.rank for x in state.axes)
-    return [state.moved(moved, rank)]  # type: ignore[arg-type]
+    return [state.moved(_pair(rank - 1 if x == state.rank - 1 else x + rank - state.rank for x in state.axes), rank)]
 
 
 def _gemm(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
@@ -760,9 +741,7 @@ def _gemm(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list
 # --- reductions and normalisations --------------------------------------------------------
 
 
-def _reduce(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
-    state = ins[0]
-    assert isinstance(state, _Map)
+def _reduce(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     if node.op_type in ("ArgMax", "ArgMin"):
         axes: list[int] | None = [int(_attr(node, "axis", 0))]
     else:
@@ -778,14 +757,11 @@ def _reduce(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> li
         return [_Flat(f"{node.op_type} over the image's rows and columns mixes every position: not a map", True)]
     if int(_attr(node, "keepdims", 1)):
         return [state]
-    moved = tuple(a - sum(r < a for r in reduced) for a in state.axes)
-    return [state.moved(moved, state.rank - len(reduced))]  # type: ignore[arg-type]
+    return [state.moved(_pair(a - sum(r < a for r in reduced) for a in state.axes), state.rank - len(reduced))]
 
 
-def _along_axis(node: onnx.NodeProto, ins: list[_State | None], graph: _Graph) -> list[_State]:
+def _along_axis(node: onnx.NodeProto, state: _Map, graph: _Graph) -> list[_State]:
     """TopK, CumSum, Hardmax... along one axis: along the rows or columns, they mix them."""
-    state = ins[0]
-    assert isinstance(state, _Map)
     axis = graph.ints(node, "axis", 1) if node.op_type == "CumSum" else [int(_attr(node, "axis", -1))]
     if axis is None:
         return [_Unknown(f"{node.op_type} along an axis computed at run time is not modelled")] * len(node.output)
@@ -850,19 +826,25 @@ NORMALISATIONS = {
 # Ops that mix the features of a flattened map, i.e. its positions.
 MIXES_FEATURES = {"Gemm", "MatMul", "Conv", "ConvTranspose", "Einsum", *REDUCE, *NORMALISATIONS}
 
-HANDLERS: dict[str, _Handler] = {
+# Ops that combine several inputs computed from the image (or pass one through).
+MERGES: dict[str, _Handler] = {
     **{op: _elementwise for op in ELEMENTWISE},
-    **{op: _reduce for op in REDUCE},
     **{op: _normalise for op in NORMALISATIONS},
     "Concat": _concat,
+    "MatMul": _matmul,
+    "Gemm": _gemm,
+    "GlobalAveragePool": _global,
+    "GlobalMaxPool": _global,
+    "GlobalLpPool": _global,
+}
+# Ops that transform one map, their other inputs constants (weights, pads, axes, scales).
+ON_MAP: dict[str, _MapHandler] = {
+    **{op: _reduce for op in REDUCE},
     "Conv": _window,
     "MaxPool": _window,
     "AveragePool": _window,
     "LpPool": _window,
     "ConvTranspose": _conv_transpose,
-    "GlobalAveragePool": _global,
-    "GlobalMaxPool": _global,
-    "GlobalLpPool": _global,
     "Pad": _pad,
     "Slice": _slice,
     "Split": _split,
@@ -878,8 +860,6 @@ HANDLERS: dict[str, _Handler] = {
     "Gather": _gather,
     "Expand": _expand,
     "Tile": _tile,
-    "MatMul": _matmul,
-    "Gemm": _gemm,
     "TopK": _along_axis,
     "CumSum": _along_axis,
 }

@@ -86,7 +86,7 @@ def model_metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
     return out
 
 
-LAYER_KEYS = ("name", "op", "kind", "output_shape", "params", "receptive_field", "stride")
+LAYER_KEYS = ("name", "op", "kind", "output_shape", "params", "receptive_field", "stride", "geometry_note")
 
 
 def layer_catalogue(model: ServedModel) -> dict[str, Any]:

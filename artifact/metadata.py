@@ -110,8 +110,18 @@ class Layer(Record):
     receptive_field: int | None = None
     stride: int | None = None
     receptive_field_offset: int | None = None
+    receptive_field_hw: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="[rows, columns] where they differ from each other (null: the square fields say both)")
+    stride_hw: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="[rows, columns] where rows and columns differ")
+    receptive_field_offset_hw: tuple[int, int] | None = Field(
+        None, description="[rows, columns] where rows and columns differ")
+    receptive_field_bounds: tuple[int, int, int, int] | None = Field(
+        None, description="[left, top, right, bottom] (exclusive) input pixels the layer's units see at all, "
+                          "where that is less than the image: boxes are clipped to it")
     geometry_note: str | None = Field(
-        None, description="Why receptive_field is null where it is (a layer that mixes every position)")
+        None, description="Why receptive_field is null or the whole image where it is (a layer that mixes every "
+                          "position), or what the field leaves out (a channel gate that sees the whole image)")
     group: str | None = Field(None, description="The block this layer belongs to, for one row per block")
 
     @property

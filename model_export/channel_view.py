@@ -74,7 +74,7 @@ class _LayerTop:
 
     @classmethod
     def empty(cls, layer: Layer, channels: int, k: int) -> _LayerTop:
-        geometry = Geometry(layer.receptive_field, layer.stride, layer.receptive_field_offset)
+        geometry = Geometry.of_layer(layer)
         return cls(
             layer.name,
             geometry,
@@ -192,10 +192,9 @@ def _rank(
 
 def _crops(top: _LayerTop, size: tuple[int, int]) -> bool:
     """Whether this layer's pictures are receptive-field crops rather than whole images."""
-    rf = top.geometry.receptive_field
+    axes = top.geometry.axes if top.spatial else None
     large = size[0] * size[1] > SMALL_INPUT_PIXELS
-    known = top.spatial and top.geometry.offset is not None
-    return large and known and rf is not None and rf * CROP_RATIO <= min(size)
+    return large and axes is not None and max(a.receptive_field for a in axes) * CROP_RATIO <= min(size)
 
 
 def _layer_arrays(top: _LayerTop, map_shape: list[int], pictures: _Pictures) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ The rewrite makes the batch dimension dynamic, names the input `input` and the c
 output `logits`, and adds the outputs of Conv/Relu/MaxPool/AveragePool/
 GlobalAveragePool nodes as graph outputs with readable names. Shapes come from running
 the rewritten model once in onnxruntime; parameters from the initializers; receptive
-fields from walking the graph (null wherever the graph is not chain-like enough).
+fields from walking the graph (graph_geometry.py).
 """
 
 from __future__ import annotations
@@ -22,51 +22,15 @@ import numpy as np
 
 from artifact import MODEL_FILE, Layer, Params, Parity
 
-from . import channel_view, metadata
+from . import channel_view, graph_geometry, metadata
 from .datasets import load_images
 from .errors import ExportError
-from .geometry import INPUT, UNKNOWN, Geometry
 from .metadata import ParamCount, ParamGroup
 from .parity import check_dynamic_batch, compare, run_onnx
 from .preprocessing import SCALE, InputSpec, check_channels, normalisation
 from .staging import Staging, check_name, choose_version
 
 TAP_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool")
-# Ops that keep the spatial grid: the receptive field passes through (max over inputs).
-ELEMENTWISE = {
-    "Relu",
-    "LeakyRelu",
-    "PRelu",
-    "Elu",
-    "Selu",
-    "Sigmoid",
-    "Tanh",
-    "HardSigmoid",
-    "HardSwish",
-    "Gelu",
-    "Clip",
-    "BatchNormalization",
-    "InstanceNormalization",
-    "LRN",
-    "Dropout",
-    "Identity",
-    "Add",
-    "Sub",
-    "Mul",
-    "Div",
-    "Sum",
-    "Max",
-    "Min",
-    "Concat",
-    "Cast",
-    "Neg",
-    "Abs",
-    "Sqrt",
-    "Exp",
-    "Softplus",
-    "Mish",
-    "Pad",
-}
 BATCH_DIM = "batch"
 PARITY_IMAGES = 8  # random-normal inputs: parity compares graphs, not accuracy
 
@@ -231,94 +195,6 @@ def _attr(node: Any, name: str, default: Any) -> Any:
     return default
 
 
-def _receptive_fields(
-    graph: Any, input_name: str, consts: dict[str, np.ndarray], shapes: dict[str, list[int]]
-) -> dict[str, Geometry]:
-    """Receptive field, stride and offset per value on the spatial grid, for the
-    chain-like parts of the graph (geometry.py)."""
-    state: dict[str, Geometry] = {input_name: INPUT}
-    for node in graph.node:
-        # Every non-constant input must be on the grid already; else this value's
-        # receptive field is unknown (and so is everything computed from it).
-        spatial_inputs = [i for i in node.input if i and i not in consts]
-        if not spatial_inputs or any(i not in state for i in spatial_inputs):
-            continue
-        inputs = [state[i] for i in spatial_inputs]
-        geometry = _through(node, inputs, consts, shapes)
-        if geometry is not None:
-            state[node.output[0]] = geometry
-    return state
-
-
-def _through(
-    node: Any, inputs: list[Geometry], consts: dict[str, np.ndarray], shapes: dict[str, list[int]]
-) -> Geometry | None:
-    """The geometry of one node's output, or None where this walk does not model it."""
-    op = node.op_type
-    first = inputs[0]
-    if op in ("Conv", "MaxPool", "AveragePool"):
-        if op == "Conv" and node.input[1] in consts:
-            kernel = list(consts[node.input[1]].shape[2:])
-        else:
-            kernel = list(_attr(node, "kernel_shape", []))
-        if not kernel:
-            return None
-        dilation = max(_attr(node, "dilations", [1]))
-        stride = max(_attr(node, "strides", [1]))
-        padding = _pad_before(node, kernel, shapes.get(node.input[0], []))
-        return first.window(max(kernel), stride, dilation, padding)
-    if op in ("GlobalAveragePool", "GlobalMaxPool"):
-        shape = shapes.get(node.input[0], [])
-        if len(shape) == 4 and min(shape[2:]) > 0:
-            extent = max(shape[2:])
-            return first.window(extent, extent, 1, 0)
-        return None
-    if op == "Pad":
-        return first.padded(_pad_op_before(node, consts))
-    if op in ELEMENTWISE and len({g.stride for g in inputs}) == 1:
-        offsets = {g.offset for g in inputs}
-        rf = max(g.receptive_field or 0 for g in inputs)
-        return Geometry(rf, first.stride, first.offset if len(offsets) == 1 else None)
-    return None
-
-
-def _same(values: list[int]) -> int | None:
-    return values[0] if values and len(set(values)) == 1 else None
-
-
-def _pad_before(node: Any, kernel: list[int], in_shape: list[int]) -> int | None:
-    """Rows (= columns) of padding before the first one of a Conv/pool, or None."""
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
-    if auto_pad == "VALID":
-        return 0
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        if len(in_shape) != 4 or min(in_shape[2:]) <= 0:
-            return None
-        strides = list(_attr(node, "strides", [1, 1]))
-        dilations = list(_attr(node, "dilations", [1, 1]))
-        before = []
-        for size, k, s, d in zip(in_shape[2:], kernel, strides, dilations, strict=False):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-            before.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-        return _same(before)
-    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
-    return _same([int(p) for p in pads[: len(pads) // 2]])
-
-
-def _pad_op_before(node: Any, consts: dict[str, np.ndarray]) -> int | None:
-    """Rows (= columns) a Pad node adds before the first one, or None."""
-    if len(node.input) > 1 and node.input[1]:
-        if node.input[1] not in consts:
-            return None
-        pads = [int(p) for p in consts[node.input[1]].ravel()]
-    else:
-        pads = [int(p) for p in _attr(node, "pads", [])]  # before opset 11
-    if len(pads) != 8 or (len(node.input) > 3 and node.input[3]):  # NCHW only; no `axes`
-        return None
-    return _same(pads[2:4])
-
-
 def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: set[str]) -> Params:
     """metadata `params` from the float initializers, each counted at its first user."""
     counted: set[str] = set()
@@ -380,7 +256,7 @@ def import_onnx(opts: ImportOptions) -> Path:
     labels = _labels(opts, reference)
     input_spec = _input_spec(opts, signature)
     rewritten = _rewrite(original, signature)
-    entries = _describe_layers(rewritten)
+    entries = _describe_layers(rewritten, signature.size)
     with Staging(Path(opts.out), name, opts.version) as staging:
         assert staging.path is not None
         model_path = staging.path / MODEL_FILE
@@ -566,11 +442,11 @@ def _name_taps(graph: Any, taken: set[str], consts: dict[str, np.ndarray]) -> li
     return taps
 
 
-def _describe_layers(rewritten: _Rewritten) -> list[dict[str, Any]]:
+def _describe_layers(rewritten: _Rewritten, size: tuple[int, int]) -> list[dict[str, Any]]:
     """metadata `layers` for the taps (output_shape is filled in after a run)."""
     graph = rewritten.model.graph
     consts = rewritten.consts
-    rfs = _receptive_fields(graph, rewritten.input_name, consts, rewritten.shapes)
+    fields = graph_geometry.receptive_fields(rewritten.model, rewritten.input_name, size=size)
     producers = {n.output[0]: n for n in graph.node if n.output}
     tapped = {node.output[0] for node in rewritten.taps}
     layers = []
@@ -585,12 +461,26 @@ def _describe_layers(rewritten: _Rewritten) -> list[dict[str, Any]]:
             params = sum(int(consts[i].size) for i in conv_node.input[1:] if i in consts)
         entry["output_shape"] = None
         entry["params"] = params
-        geometry = rfs.get(node.output[0], UNKNOWN)
-        entry["receptive_field"] = geometry.receptive_field
-        entry["stride"] = geometry.stride
-        entry["receptive_field_offset"] = geometry.offset
+        entry.update(_geometry_facts(fields.get(node.output[0])))
         layers.append(entry)
     return layers
+
+
+def _geometry_facts(field: graph_geometry.Field | None) -> dict[str, Any]:
+    """The contract's geometry fields of one layer (docs/artifact.md, "Geometry")."""
+    if field is None:  # not computed from the image at all
+        return {"geometry_note": "not computed from the image"}
+    g = field.geometry
+    return {
+        "receptive_field": g.receptive_field,
+        "stride": g.stride,
+        "receptive_field_offset": g.offset,
+        "receptive_field_hw": g.receptive_field_hw,
+        "stride_hw": g.stride_hw,
+        "receptive_field_offset_hw": g.offset_hw,
+        "receptive_field_bounds": g.bounds,
+        "geometry_note": field.note,
+    }
 
 
 def _conv_behind(node: Any, producers: dict[str, Any]) -> Any | None:

@@ -25,7 +25,7 @@ from service.handlers.results import (
 )
 from service.models.registry import ModelStatus
 
-LAYER_KEYS = ("name", "op", "kind", "output_shape", "params", "receptive_field", "stride")
+LAYER_KEYS = ("name", "op", "kind", "output_shape", "params", "receptive_field", "stride", "geometry_note")
 
 
 class Links(Protocol):

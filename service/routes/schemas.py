@@ -76,6 +76,10 @@ class LayerInfo(BaseModel):
     params: int | None = None
     receptive_field: int | None = None
     stride: int | None = None
+    geometry_note: str | None = Field(
+        None, description="Why receptive_field is null, or the whole image with stride null (a layer that mixes every "
+                          "position), or what it leaves out (a channel gate that sees the whole image); the per-axis "
+                          "geometry is in the model's metadata")
     has_filters: bool
     explain_methods: list[str] = Field(description="The explanation methods that may use this layer (`layer=`): "
                                                    "the CAM family where it is a spatial map.")

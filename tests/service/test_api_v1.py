@@ -136,6 +136,10 @@ def test_models_list_and_metadata(client: TestClient) -> None:
     assert metadata["available_versions"] == [1, 2]
     layers = client.get("/v1/models/synthetic/layers").json()["layers"]
     assert [(layer["name"], layer["has_filters"]) for layer in layers] == [("features.1", True), ("features.2", False)]
+    geometry = ("receptive_field", "stride", "geometry_note")
+    assert [[layer[k] for k in geometry] for layer in layers] == [
+        [layer.get(k) for k in geometry] for layer in metadata["layers"]
+    ]
 
 
 def test_feature_map_png_endpoint(client: TestClient, random_png: Callable[..., bytes]) -> None:

@@ -5,7 +5,7 @@
 import { paths } from "../lib/api.mjs";
 import { divergingLevel, fraction, level, put } from "../lib/colormap.mjs";
 import { fmt } from "../lib/format.mjs";
-import { receptiveBox, spatial } from "../lib/geometry.mjs";
+import { fieldAxes, receptiveBox, spatial } from "../lib/geometry.mjs";
 import { channelRange, strongestUnit } from "../lib/maps.mjs";
 import { paint } from "../ui/canvas.mjs";
 import { $, el, guarded, layerCard } from "../ui/dom.mjs";
@@ -102,11 +102,15 @@ function drawOnImage(layer, map, channel) {
   let where = "";
   if (box) {
     const { left, top, right, bottom } = box;
+    const axes = fieldAxes(layer);  // null: not a map (a global pool's C x 1 x 1), its box the whole image
+    const field = axes
+      ? `a ${axes[0].rf}×${axes[1].rf} px receptive field, ${axes[0].stride === axes[1].stride ? axes[0].stride
+        : `${axes[0].stride} (rows) and ${axes[1].stride} (columns)`} px between neighbouring units.`
+      : "the whole image.";
     ctx.strokeStyle = "#ff4040"; ctx.lineWidth = 2;
     ctx.strokeRect(left * scale + 1, top * scale + 1, (right - left) * scale - 2, (bottom - top) * scale - 2);
     where = ` Its strongest unit, at row ${y}, column ${x} of the ${map.h}×${map.w} map, sees input rows ${top}–${bottom - 1}, `
-      + `columns ${left}–${right - 1} (red box): a ${layer.receptive_field}×${layer.receptive_field} px receptive field, `
-      + `${layer.stride} px between neighbouring units.`;
+      + `columns ${left}–${right - 1} (red box): ${field}`;
   }
   detail.querySelector(".map-note").textContent = map.max[channel] <= 0
     ? "This channel is silent on this image (nothing above zero)."

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { dims, geometryText, receptiveBox, spatial } from "../../../../service/static/lib/geometry.mjs";
+import { dims, fieldAxes, geometryText, receptiveBox, spatial } from "../../../../service/static/lib/geometry.mjs";
 import { channelOrder, channelRange, featureMap, featureMaps, firing, layerRange, pageOf, strongestUnit }
   from "../../../../service/static/lib/maps.mjs";
 
@@ -62,4 +62,21 @@ test("geometry: maps and vectors, the summary, and the receptive field clipped t
   assert.deepEqual(receptiveBox(CONV, 1, 2, [8, 6]), { left: 2, top: 0, right: 6, bottom: 5 });
   assert.equal(receptiveBox(DENSE, 0, 0, [8, 8]), null);
   assert.equal(receptiveBox({ ...CONV, receptive_field_offset: undefined }, 0, 0, [8, 8]), null);
+});
+
+test("geometry: rows and columns apart where they differ, and boxes clipped to the layer's bounds", () => {
+  // rows: rf 3, stride 1, offset -1; columns: rf 7, stride 2, offset -3 (a 3x1 then a 1x5/2 kernel, say)
+  const RECT = { ...CONV, receptive_field: 7, stride: null, receptive_field_offset: null,
+    receptive_field_hw: [3, 7], stride_hw: [1, 2], receptive_field_offset_hw: [-1, -3] };
+  assert.deepEqual(fieldAxes(RECT), [{ rf: 3, stride: 1, offset: -1 }, { rf: 7, stride: 2, offset: -3 }]);
+  assert.deepEqual(fieldAxes(CONV), [{ rf: 5, stride: 2, offset: -2 }, { rf: 5, stride: 2, offset: -2 }]);
+  assert.equal(geometryText(RECT), "2 × 2 × 3 · receptive field 3×7 px · stride 1×2");
+  // unit (2, 1): rows 1..3, columns -1..5 clipped to 0..5
+  assert.deepEqual(receptiveBox(RECT, 2, 1, [8, 12]), { left: 0, top: 1, right: 6, bottom: 4 });
+  // a layer that never sees the image's last two columns: its boxes stop before them
+  const BOUNDED = { ...CONV, receptive_field_bounds: [0, 0, 6, 8] };
+  assert.deepEqual(receptiveBox(BOUNDED, 1, 2, [8, 8]), { left: 2, top: 0, right: 6, bottom: 5 });
+  assert.equal(receptiveBox({ ...CONV, receptive_field_offset: -9 }, 0, 0, [8, 8]), null);  // only padding
+  const POOLED = { ...CONV, output_shape: [1, 2, 1, 1], receptive_field: 8, stride: null, receptive_field_offset: null };
+  assert.deepEqual(receptiveBox(POOLED, 0, 0, [8, 6]), { left: 0, top: 0, right: 6, bottom: 8 });  // the whole image
 });

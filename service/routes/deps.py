@@ -1,5 +1,9 @@
 """What the routes get from the app: the handlers and the worker threads that render
-answers, and the note to the request metrics of which model a request was for."""
+answers, and the note to the request metrics of which model a request was for.
+
+Dependencies are ``async def`` even when they only read an attribute: FastAPI runs a plain
+``def`` one on a worker thread, two thread hand-offs per request (~1 ms of CPU per image
+under load, benchmarks/profile_load.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +17,12 @@ from service.inference.dataplane import Timings
 from service.inference.workers import Workers
 
 
-def get_handlers(request: Request) -> Handlers:
+async def get_handlers(request: Request) -> Handlers:
     handlers: Handlers = request.app.state.handlers
     return handlers
 
 
-def get_workers(request: Request) -> Workers:
+async def get_workers(request: Request) -> Workers:
     workers: Workers = request.app.state.workers
     return workers
 

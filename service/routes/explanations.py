@@ -52,7 +52,7 @@ PASSES_DESCRIPTION = (
 )
 
 
-def common_query(
+async def common_query(
     method: Annotated[
         Method | None,
         Query(description="occlusion (default: the most faithful at a moderate cost, on every model), rise, "
@@ -86,7 +86,7 @@ def common_query(
     return ExplainQuery(request, MapEncoding.PNG, colormap)
 
 
-def explain_query(
+async def explain_query(
     common: Annotated[ExplainQuery, Depends(common_query)],
     encoding: Annotated[
         MapEncoding,

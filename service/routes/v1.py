@@ -30,7 +30,7 @@ router = APIRouter(tags=["v1"], dependencies=[auth.INFER])
 models = ModelRoutes(router, "/v1/models/{name}", VersionParameter(Version), alias=VersionQuery)
 
 
-def get_reader(request: Request) -> RequestReader:
+async def get_reader(request: Request) -> RequestReader:
     reader: RequestReader = request.app.state.reader
     return reader
 
@@ -46,7 +46,7 @@ class PredictQuery:
     dtype: NpyDtype = NpyDtype.FLOAT32
 
 
-def predict_query(
+async def predict_query(
     top_k: Annotated[int, Query(ge=1, le=1000, description="How many classes to return, best first.")] = 5,
     layers: Annotated[
         list[str] | None,

@@ -15,6 +15,24 @@ of running half a batch and leaving the other half to queue behind it (at 16 cli
 would otherwise settle into two alternating batches of 8). A lone client never waits:
 nothing else is on its way and the last run answered only it.
 
+How hard a batch waits for those returning clients is chosen per model from what its runs
+cost (``BatchCosts``, timed at load, issue 23): a run of b images takes about
+``fixed + b * per_image`` seconds, and every two runs merged into one save ``fixed``.
+
+- ``BatchPolicy.HOLD`` (the fixed cost is large: AlexNet's dense layers read ~200 MB of
+  weights per run, ~7 ms): full batches. When a run ends, the batcher expects back the
+  clients it answered plus the requests that queued during it, and holds the next batch
+  for them (up to ``max_batch_size``) as long as they keep coming: until no request has
+  arrived or started decoding for ``arrival_wait_ms``, and never longer than the last run
+  took. At 16 clients this turns two alternating half batches into one full batch: what
+  the hold costs is time in which the cores decode and answer those very requests, which
+  on a small box would otherwise run beside onnxruntime and slow it down.
+- ``BatchPolicy.OVERLAP`` (the fixed cost is less than one request's HTTP path, ~1 ms:
+  TinyVGG's is ~0.02 ms): a batch takes what is queued and waits only for requests
+  already being decoded; decoding and answering overlap the runs.
+- ``None`` (no costs measured, as in tests with fake models): the returning clients are
+  waited for up to half the last run.
+
 Two priorities share the one model (no second copy of it): predictions, and the forward
 passes of explanations (``Priority.EXPLAIN``). Whenever both wait, the prediction is
 taken: an explanation's batch runs when no prediction is queued or on its way
@@ -106,6 +124,54 @@ class BatchObserver(Protocol):
     def queue_depth(self, images: int) -> None: ...
 
 
+class BatchPolicy(enum.Enum):
+    """How a prediction batch waits for requests not yet queued (see the module's doc)."""
+
+    HOLD = "hold"
+    OVERLAP = "overlap"
+
+
+# A merge of two runs saves the model's fixed cost per run; bringing one more request in
+# costs its HTTP path on the event loop, ~0.6-1 ms of CPU on the 2-core benchmark machine
+# (benchmarks/peers/FINDINGS.md). Holding batches pays when the saving is at least that.
+HOLD_MIN_FIXED_SECONDS = 0.001
+
+
+@dataclass(frozen=True)
+class BatchCosts:
+    """Seconds of one run at two or more batch sizes, as timed at load; a run of b images
+    costs about ``fixed + b * per_image`` (the straight line through the smallest and
+    largest size timed)."""
+
+    seconds: dict[int, float]
+
+    def __post_init__(self) -> None:
+        if len(self.seconds) < 2 or min(self.seconds) < 1:
+            raise ValueError("batch costs need at least two batch sizes, each of at least one image")
+
+    @property
+    def per_image(self) -> float:
+        small, large = min(self.seconds), max(self.seconds)
+        return max(0.0, (self.seconds[large] - self.seconds[small]) / (large - small))
+
+    @property
+    def fixed(self) -> float:
+        small = min(self.seconds)
+        return max(0.0, self.seconds[small] - small * self.per_image)
+
+    def policy(self) -> BatchPolicy:
+        return BatchPolicy.HOLD if self.fixed >= HOLD_MIN_FIXED_SECONDS else BatchPolicy.OVERLAP
+
+    def describe(self) -> str:
+        """The choice and why, for the log."""
+        policy = self.policy()
+        why = ("full batches: merging two runs saves more than a request's HTTP path costs"
+               if policy is BatchPolicy.HOLD else "overlap: a merge saves less than a request's HTTP path costs")
+        sizes = ", ".join(f"batch {b}: {t * 1000:.2f} ms" for b, t in sorted(self.seconds.items()))
+        return (f"batch policy {policy.value} ({sizes}; a run costs {self.fixed * 1000:.2f} ms + "
+                f"{self.per_image * 1000:.3f} ms per image; {why}, {HOLD_MIN_FIXED_SECONDS * 1000:g} ms)")
+
+
 class Priority(enum.IntEnum):
     """Who a run is for; lower runs first."""
 
@@ -148,15 +214,19 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
         label: str = "model",
         explain_after: int = EXPLAIN_AFTER,
+        policy: BatchPolicy | None = None,
     ) -> None:
         self.model = model
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.arrival_wait = arrival_wait_ms / 1000.0
+        self.policy = policy
         self._arriving = 0
         self._last_run_images = 0
         self._last_run_seconds = 0.0
+        self._queued_at_run_end = 0  # predictions that queued while the last prediction run ran
+        self._last_arrival = -math.inf  # perf_counter() when a prediction last arrived or began decoding
         self._last_prediction_end = -math.inf  # perf_counter() when the last prediction run ended
         self._explain_image_seconds: float | None = None  # compute per image of explanation runs, smoothed
         self.observer = observer
@@ -228,6 +298,7 @@ class DynamicBatcher:
         lasts, a batch about to run may wait for it. Leave the block and call ``infer``
         without an ``await`` between them, so the batcher never sees the gap."""
         self._arriving += images
+        self._last_arrival = time.perf_counter()
         try:
             yield
         finally:
@@ -255,6 +326,8 @@ class DynamicBatcher:
                 f"{self.max_queue_size}); retry shortly"
             )
         request = _Request(inputs, outputs, asyncio.get_running_loop().create_future(), priority)
+        if priority is Priority.PREDICT:
+            self._last_arrival = request.enqueued
         self._queues[priority].append(request)
         self._queued_by_priority[priority] += size
         self._set_depth(self._queued_images + size)
@@ -345,14 +418,10 @@ class DynamicBatcher:
             self._recount()
             return group
         now = time.perf_counter()
-        delay_deadline = now + self.max_queue_delay
+        # HOLD: the clients the last run answered, and those that queued during it.
+        expected = min(self.max_batch_size, self._queued_at_run_end + self._last_run_images)
         while images < self.max_batch_size:
-            deadline = delay_deadline
-            if self._arriving:  # known to be on their way: worth the whole bound
-                deadline = max(deadline, now + self.arrival_wait)
-            if images < self._last_run_images:
-                # Only likely to come back: never idle the model longer than half a run.
-                deadline = max(deadline, now + min(self.arrival_wait, self._last_run_seconds / 2))
+            deadline = self._deadline(now, images, expected)
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -360,10 +429,24 @@ class DynamicBatcher:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
-                break
+                pass  # HOLD's deadline moves with each arrival: it is looked at again above
             images = self._take_matching(group, images)
         self._recount()
         return group
+
+    def _deadline(self, now: float, images: int, expected: int) -> float:
+        """Until when a prediction batch of ``images``, begun at ``now``, waits for more."""
+        deadline = now + self.max_queue_delay
+        if self._arriving:  # known to be on their way: worth the whole bound
+            deadline = max(deadline, now + self.arrival_wait)
+        if self.policy is BatchPolicy.HOLD:
+            if images < expected:
+                # As long as they keep coming, never idling the model longer than a run.
+                deadline = max(deadline, min(now + self._last_run_seconds, self._last_arrival + self.arrival_wait))
+        elif self.policy is None and images < self._last_run_images:
+            # Only likely to come back: never idle the model longer than half a run.
+            deadline = max(deadline, now + min(self.arrival_wait, self._last_run_seconds / 2))
+        return deadline
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -392,6 +475,8 @@ class DynamicBatcher:
                 self._last_run_images = int(batch.shape[0])
                 self._last_run_seconds = finished - started
                 self._last_prediction_end = finished
+                self._queued_at_run_end = self._queued_by_priority[Priority.PREDICT]
+                self._last_arrival = max(self._last_arrival, finished)  # the answered clients' wait starts now
             else:
                 per_image = (finished - started) / max(int(batch.shape[0]), 1)
                 old = self._explain_image_seconds

@@ -137,6 +137,8 @@ class Loader:
             arrival_wait_ms=options.arrival_wait_ms,
             observer=self.metrics.observer(ref.name, ref.version),
             label=f"{ref.name}-{ref.version}",
+            # Full batches or overlap, from what this model's runs cost (measured at load).
+            policy=runtime.batch_costs.policy() if runtime.batch_costs is not None else None,
         )
 
     def _explainer(self, runtime: ModelRuntime, batcher: DynamicBatcher) -> Explainer | None:

@@ -262,8 +262,9 @@ class ModelRegistry:
             # its model's default: the switch is this one step, with no await around it.
             entry.state = ModelState.READY
             runtime = entry.served.runtime
-            log.info("model %s version %d ready on %s (%.2f s)", entry.name, entry.version,
-                     runtime.provider, runtime.load_seconds)
+            log.info("model %s version %d ready on %s (%.2f s)%s", entry.name, entry.version,
+                     runtime.provider, runtime.load_seconds,
+                     f"; {runtime.batch_costs.describe()}" if runtime.batch_costs is not None else "")
         outcome = "success" if entry.state is ModelState.READY else "failure"
         self.metrics.model_loads.labels(entry.name, outcome).inc()
         self.metrics.model_load_seconds.labels(entry.name).observe(time.perf_counter() - started)

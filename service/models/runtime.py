@@ -49,6 +49,7 @@ from onnx import numpy_helper
 from artifact import Layer, Metadata
 from service.errors import NoFilters, UnknownLayer
 from service.explain import ExplainableModel, describe
+from service.inference.batching import BatchCosts
 from service.inference.preprocessing import REDUCING_GAP, InputSpec
 from service.models.repository import Artifact
 from service.models.signature import ModelSignature
@@ -60,6 +61,10 @@ CPU = "CPUExecutionProvider"
 # Initializers at least this large, read only as a Gemm/MatMul weight, are shared by the
 # two sessions; smaller ones are not worth a placeholder.
 SHARE_MIN_BYTES = 1 << 20
+# Batch sizes a predictions run is timed at, at load (BatchCosts: the batcher's policy), and
+# how many timed runs of each (after one untimed): ~0.5 s for AlexNet on 2 cores.
+COST_BATCHES = (1, 8)
+COST_RUNS = 3
 # Where the shared weights' placeholders point (a sparse file: the sessions check that it
 # exists, never read it, since add_initializer supplies the values).
 _PLACEHOLDER = "convscope-shared-weights.bin"
@@ -148,6 +153,8 @@ class ModelRuntime:
     """What the explanation engine knows of this graph; None when it could not be analysed."""
     explain_unavailable: str | None = None
     """Why ``explainable`` is None."""
+    batch_costs: BatchCosts | None = None
+    """Seconds of a predictions run at a few batch sizes, timed at load."""
     load_seconds: float = 0.0
 
     @cached_property
@@ -258,6 +265,7 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
         explain_unavailable=explain_unavailable,
     )
     _warm_up(model)
+    model.batch_costs = time_batches(model)
     _release_free_memory()
     model.load_seconds = time.perf_counter() - started
     return model
@@ -305,6 +313,23 @@ def _warm_up(model: ModelRuntime) -> None:
                     f"layer {name} yields shape {list(value.shape[1:])} per image; "
                     f"metadata says {list(expected)}"
                 )
+
+
+def time_batches(model: ModelRuntime, sizes: tuple[int, ...] = COST_BATCHES, runs: int = COST_RUNS) -> BatchCosts:
+    """What a predictions run costs at each of ``sizes``: the median of ``runs`` timed runs
+    after an untimed one (which also makes onnxruntime allocate for that size now, not in
+    a request). The batcher chooses how long its batches wait from these."""
+    seconds = {}
+    for size in sizes:
+        batch = np.zeros((size, *model.spec.shape), dtype=np.float32)
+        model.run(batch, (model.output_name,))
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            model.run(batch, (model.output_name,))
+            times.append(time.perf_counter() - started)
+        seconds[size] = float(np.median(times))
+    return BatchCosts(seconds)
 
 
 def _layers_by_weight(layers: list[Layer]) -> dict[str, list[str]]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from service.errors import Overloaded
-from service.inference.batching import DynamicBatcher, Priority
+from service.inference.batching import HOLD_MIN_FIXED_SECONDS, BatchCosts, BatchPolicy, DynamicBatcher, Priority
 
 pytestmark = pytest.mark.anyio
 
@@ -40,8 +40,8 @@ class CountingModel:
         return [batch * 2 if name == "double" else batch + 1 for name in outputs]
 
 
-def make(model: CountingModel, **kwargs: float) -> DynamicBatcher:
-    options = dict(max_batch_size=32, max_queue_delay_ms=0, max_queue_size=256)
+def make(model: CountingModel, **kwargs: object) -> DynamicBatcher:
+    options: dict[str, object] = dict(max_batch_size=32, max_queue_delay_ms=0, max_queue_size=256)
     options.update(kwargs)
     batcher = DynamicBatcher(model, **options)  # type: ignore[arg-type]
     batcher.start()
@@ -210,6 +210,58 @@ async def test_clients_that_come_straight_back_are_batched_together() -> None:
 async def test_without_the_wait_their_batches_split() -> None:
     # Returns spread over 30..240 ms: without the wait the first to return runs alone.
     assert len(await closed_loop_batches(arrival_wait_ms=0, run_seconds=0.01, gap_seconds=0.03)) > 4
+
+
+# ---- the policy, from what runs cost ------------------------------------------------------
+
+def test_costs_split_a_run_into_its_fixed_part_and_a_part_per_image() -> None:
+    costs = BatchCosts({1: 0.015, 8: 0.064})  # AlexNet-like: 8 ms a run + 7 ms an image
+    assert costs.per_image == pytest.approx(0.007)
+    assert costs.fixed == pytest.approx(0.008)
+    assert costs.policy() is BatchPolicy.HOLD
+    tiny = BatchCosts({1: 0.00009, 8: 0.00059})  # TinyVGG-like: the fixed part is ~0.02 ms
+    assert tiny.fixed < HOLD_MIN_FIXED_SECONDS and tiny.policy() is BatchPolicy.OVERLAP
+    assert BatchCosts({1: 0.005, 8: 0.004}).fixed == 0.005  # noise that makes a batch look free: all fixed
+    with pytest.raises(ValueError):
+        BatchCosts({8: 0.06})
+
+
+async def two_groups_closed_loop(policy: BatchPolicy | None) -> list[int]:
+    """16 clients, 4 requests each: 8 start at once, 8 more while the first run runs, each
+    coming back 1-8 ms after its answer (its next request's network and decoding)."""
+    model = CountingModel(delay=0.2)
+    batcher = make(model, max_batch_size=16, arrival_wait_ms=FOREVER_MS, policy=policy)
+
+    async def client(i: int) -> None:
+        if i >= 8:
+            await asyncio.sleep(0.05)  # the second group: arrives while the first run runs
+        for _ in range(4):
+            await batcher.infer(inputs(i), ("double",))
+            await asyncio.sleep(0.001 * (i % 8 + 1))
+
+    await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(16))), HANG_GUARD)
+    await batcher.stop()
+    return [n for n, _ in model.batches]
+
+
+async def test_holding_turns_two_alternating_half_batches_into_full_ones() -> None:
+    # After the first run the second group waits in the queue and the first comes back: one
+    # batch of both. (Without the hold the two groups alternate in batches of 8, below.)
+    assert await two_groups_closed_loop(BatchPolicy.HOLD) == [8, 16, 16, 16, 8]
+
+
+async def test_overlapping_never_waits_for_returning_clients() -> None:
+    batches = await two_groups_closed_loop(BatchPolicy.OVERLAP)
+    assert max(batches) <= 8 and sum(batches) == 64
+
+
+async def test_holding_never_makes_a_lone_client_wait() -> None:
+    model = CountingModel(delay=0)
+    batcher = make(model, arrival_wait_ms=FOREVER_MS, policy=BatchPolicy.HOLD)
+    for i in range(3):  # each answered alone: only it comes back, nothing else queued
+        await asyncio.wait_for(batcher.infer(inputs(i), ("double",)), HANG_GUARD)
+    await batcher.stop()
+    assert [n for n, _ in model.batches] == [1, 1, 1]
 
 
 # ---- priorities: explanation passes never delay predictions ------------------------------

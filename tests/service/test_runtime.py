@@ -73,3 +73,10 @@ def test_without_initial_weights_there_are_no_initial_filters(tmp_path: Path) ->
     assert model.initial_filters == {} and "features.1" in model.filters
 
 
+def test_a_predictions_run_is_timed_at_load_at_each_cost_batch(tmp_path: Path) -> None:
+    model = load_model(artifact(tmp_path), RuntimeOptions(providers=[CPU]))
+    assert model.batch_costs is not None
+    assert sorted(model.batch_costs.seconds) == sorted(runtime.COST_BATCHES)
+    assert all(seconds > 0 for seconds in model.batch_costs.seconds.values())
+    # What the batcher is told: a policy and the figures it came from.
+    assert model.batch_costs.describe().startswith(f"batch policy {model.batch_costs.policy().value} (")

@@ -16,6 +16,7 @@ Every worker writes its metrics there, so ``/metrics`` from any worker is the su
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -75,7 +76,19 @@ def _serve_app(app: FastAPI, options: ServiceOptions, port: int | None = None,
                sockets: list[socket.socket] | None = None) -> None:
     import uvicorn
 
+    _freeze_heap()
     drain.serve(app, uvicorn.Config(app, **uvicorn_options(options, port)), sockets=sockets)
+
+
+def _freeze_heap() -> None:
+    """Take what the process holds before serving (its modules, FastAPI's routes, schemas
+    and validators: hundreds of thousands of objects) out of the garbage collector's view.
+    Requests allocate enough to set off collections all the time, and each full one would
+    walk all of that again: 13% of TinyVGG's event-loop CPU per request in the profile was
+    the collector (benchmarks/peers/FINDINGS.md). Only in a serving process: tests build
+    and drop many apps, whose cycles a freeze would keep alive."""
+    gc.collect()
+    gc.freeze()
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:

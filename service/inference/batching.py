@@ -22,16 +22,17 @@ cost (``BatchCosts``, timed at load, issue 23): a run of b images takes about
 - ``BatchPolicy.HOLD`` (the fixed cost is large: AlexNet's dense layers read ~200 MB of
   weights per run, ~7 ms): full batches. When a run ends, the batcher expects back the
   clients it answered plus the requests that queued during it, and holds the next batch
-  for them (up to ``max_batch_size``) as long as they keep coming: until no request has
-  arrived or started decoding for ``arrival_wait_ms``, and never longer than the last run
-  took. At 16 clients this turns two alternating half batches into one full batch: what
-  the hold costs is time in which the cores decode and answer those very requests, which
-  on a small box would otherwise run beside onnxruntime and slow it down.
+  for them (up to ``max_batch_size``), up to ``arrival_wait_ms`` and never longer than half
+  the last run. At 16 clients this turns two alternating half batches (the other half is
+  queued when a run ends, so the old rule ran it at once) into one full batch: what the
+  hold costs is time in which the cores decode and answer those very requests, which on a
+  small box would otherwise run beside onnxruntime and slow it down. (Holding for as long
+  as requests kept coming, up to a whole run, idled the model behind stragglers: slower.)
 - ``BatchPolicy.OVERLAP`` (the fixed cost is less than one request's HTTP path, ~1 ms:
   TinyVGG's is ~0.02 ms): a batch takes what is queued and waits only for requests
   already being decoded; decoding and answering overlap the runs.
-- ``None`` (no costs measured, as in tests with fake models): the returning clients are
-  waited for up to half the last run.
+- ``None`` (no costs measured, as in tests with fake models): as HOLD, but expecting back
+  only as many requests as the last run answered.
 
 Two priorities share the one model (no second copy of it): predictions, and the forward
 passes of explanations (``Priority.EXPLAIN``). Whenever both wait, the prediction is
@@ -226,7 +227,6 @@ class DynamicBatcher:
         self._last_run_images = 0
         self._last_run_seconds = 0.0
         self._queued_at_run_end = 0  # predictions that queued while the last prediction run ran
-        self._last_arrival = -math.inf  # perf_counter() when a prediction last arrived or began decoding
         self._last_prediction_end = -math.inf  # perf_counter() when the last prediction run ended
         self._explain_image_seconds: float | None = None  # compute per image of explanation runs, smoothed
         self.observer = observer
@@ -298,7 +298,6 @@ class DynamicBatcher:
         lasts, a batch about to run may wait for it. Leave the block and call ``infer``
         without an ``await`` between them, so the batcher never sees the gap."""
         self._arriving += images
-        self._last_arrival = time.perf_counter()
         try:
             yield
         finally:
@@ -326,8 +325,6 @@ class DynamicBatcher:
                 f"{self.max_queue_size}); retry shortly"
             )
         request = _Request(inputs, outputs, asyncio.get_running_loop().create_future(), priority)
-        if priority is Priority.PREDICT:
-            self._last_arrival = request.enqueued
         self._queues[priority].append(request)
         self._queued_by_priority[priority] += size
         self._set_depth(self._queued_images + size)
@@ -418,8 +415,11 @@ class DynamicBatcher:
             self._recount()
             return group
         now = time.perf_counter()
-        # HOLD: the clients the last run answered, and those that queued during it.
-        expected = min(self.max_batch_size, self._queued_at_run_end + self._last_run_images)
+        # Likely to come back: the clients the last run answered and, when holding, those
+        # that queued during it.
+        expected = self._last_run_images
+        if self.policy is BatchPolicy.HOLD:
+            expected = min(self.max_batch_size, self._queued_at_run_end + self._last_run_images)
         while images < self.max_batch_size:
             deadline = self._deadline(now, images, expected)
             remaining = deadline - time.perf_counter()
@@ -429,7 +429,7 @@ class DynamicBatcher:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
-                pass  # HOLD's deadline moves with each arrival: it is looked at again above
+                break
             images = self._take_matching(group, images)
         self._recount()
         return group
@@ -439,11 +439,7 @@ class DynamicBatcher:
         deadline = now + self.max_queue_delay
         if self._arriving:  # known to be on their way: worth the whole bound
             deadline = max(deadline, now + self.arrival_wait)
-        if self.policy is BatchPolicy.HOLD:
-            if images < expected:
-                # As long as they keep coming, never idling the model longer than a run.
-                deadline = max(deadline, min(now + self._last_run_seconds, self._last_arrival + self.arrival_wait))
-        elif self.policy is None and images < self._last_run_images:
+        if self.policy is not BatchPolicy.OVERLAP and images < expected:
             # Only likely to come back: never idle the model longer than half a run.
             deadline = max(deadline, now + min(self.arrival_wait, self._last_run_seconds / 2))
         return deadline
@@ -476,7 +472,6 @@ class DynamicBatcher:
                 self._last_run_seconds = finished - started
                 self._last_prediction_end = finished
                 self._queued_at_run_end = self._queued_by_priority[Priority.PREDICT]
-                self._last_arrival = max(self._last_arrival, finished)  # the answered clients' wait starts now
             else:
                 per_image = (finished - started) / max(int(batch.shape[0]), 1)
                 old = self._explain_image_seconds

@@ -4,11 +4,13 @@ Starts ``python -m service`` on a model repository, drives it with wrk (closed l
 same body on every request, every answer checked for the expected substring), and while it
 runs:
 
-1. samples every Python thread with py-spy (``record --threads --format raw``) and reads
-   each thread's CPU time from /proc, so that each thread's CPU is split into stages by
-   what its stacks were doing (the event loop: HTTP, routing, auth, middleware, body,
-   batcher, encoding, ...; the decode pool: decode and preprocess; the model thread and
-   onnxruntime's own threads, which py-spy cannot see: onnxruntime);
+1. samples every Python thread with py-spy (``record --threads --native --format raw``)
+   and reads each thread's CPU time from /proc, so that each thread's CPU is split into
+   stages by what its busy stacks were doing (the event loop: HTTP, routing, auth,
+   middleware, body, batcher, encoding, garbage collection, ...; the decode pool: decode
+   and preprocess; the model thread: onnxruntime; onnxruntime's own threads, which py-spy
+   cannot see: onnxruntime). Samples waiting (epoll, a condition, a semaphore, the GIL)
+   are dropped: py-spy counts a thread blocked in a futex as active;
 2. records a second stretch as a flame graph (SVG, ``--threads``) to look at.
 
 Prints a table of CPU ms per image per stage and writes it, the raw stacks, the SVG and a
@@ -44,6 +46,9 @@ LUA = ROOT / "benchmarks" / "peers" / "post_png.lua"
 # patterns names (libraries such as PIL, numpy or orjson name none, so their time goes to the
 # project code that called them). Frames read "function (package/file.py:line)".
 STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("garbage collection", ("gc_collect", "(gcmodule.c")),
+    ("read/write syscalls (sockets, wake-up pipes)", ("write (libc", "read (libc", "writev (libc", "sendmsg (libc",
+                                                     "recv (libc", "send (libc")),
     ("onnxruntime run", ("(service/runtime.py", "onnxruntime/")),
     ("image headers + decode budget (admit)", ("open_checked (", "reduce_on_decode (", "decode_cost (", "admit (",
                                                "_reserve (", "(service/image_preparation.py:")),
@@ -61,9 +66,14 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("FastAPI/Starlette routing + response", ("fastapi/", "starlette/")),
     ("uvicorn HTTP protocol (httptools)", ("uvicorn/", "(service/http_limits.py", "httptools")),
     ("asyncio loop, sockets", ("asyncio/", "uvloop", "selectors.py", "socket.py")),
-    ("thread pool hand-off", ("concurrent/futures", "threading.py", "queue.py")),
+    ("thread pool hand-off (futures, anyio, wake-ups)", ("concurrent/futures", "threading.py", "queue.py", "anyio/",
+                                                        "call_soon_threadsafe", "run_in_executor")),
 ]
 OTHER = "other Python"
+# A sample whose last frames hold one of these is a thread waiting, not working.
+IDLE = ("epoll_wait", "epoll_pwait", "pthread_cond_wait", "pthread_cond_timedwait", "sem_wait", "sem_timedwait",
+        "sem_clockwait", "do_futex_wait", "futex_abstimed_wait", "take_gil", "PyThread_acquire_lock", "poll (libc",
+        "select (libc", "nanosleep")
 ORT_NATIVE = "onnxruntime (its own threads, invisible to py-spy)"
 
 
@@ -118,6 +128,9 @@ def parse_raw(path: Path) -> dict[int, collections.Counter[str]]:
         frames = stack.split(";")
         m = re.match(r"thread \((0x[0-9A-Fa-f]+|\d+)\)", frames[0])
         tid = int(m.group(1), 0) if m else -1
+        if any(idle in frame for frame in frames[-4:] for idle in IDLE):
+            by_thread[tid]["(idle)"] += int(count)
+            continue
         by_thread[tid][stage_of(frames[1:])] += int(count)
     return by_thread
 
@@ -176,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu0, wall0 = thread_cpu(server.pid), time.perf_counter()
         load = wrk(url, args.body, args.content_type, args.expect, args.concurrency, args.duration,
                    args.out / f"{args.label}.wrk.json")
-        spy = subprocess.run([py_spy, "record", "--pid", str(server.pid), "--threads", "--format", "raw",
+        spy = subprocess.run([py_spy, "record", "--pid", str(server.pid), "--threads", "--native", "--format", "raw",
                               "--rate", str(args.rate), "--duration", str(args.duration), "-o", str(raw)],
                              capture_output=True, text=True)
         load.wait()
@@ -224,8 +237,9 @@ def breakdown(stacks: dict[int, collections.Counter[str]], cpu0: dict[int, float
         if r == "onnxruntime threads" or not samples:
             stage_split = {ORT_NATIVE if r == "onnxruntime threads" else f"{r} (no samples)": 1.0}
         else:
-            total = sum(samples.values())
-            stage_split = {stage: n / total for stage, n in samples.items()}
+            busy = {stage: n for stage, n in samples.items() if stage != "(idle)"}
+            total = sum(busy.values())
+            stage_split = {stage: n / total for stage, n in busy.items()} if total else {f"{r} (only idle samples)": 1.0}
         for stage, share in stage_split.items():
             per_stage[stage] += spent * share
             role_stages[r][stage] += spent * share

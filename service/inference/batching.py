@@ -246,11 +246,19 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{label}")
         self._worker: asyncio.Task[None] | None = None
         self._running: list[_Request] = []
+        self._forming: list[_Request] = []  # a batch begun that waits for more (out of the queue)
         self._stopped = False
 
     @property
     def queued_images(self) -> int:
         return self._queued_images
+
+    @property
+    def alone(self) -> bool:
+        """A lone client: nothing queued, gathering, running or being decoded, and the last
+        prediction run answered one image (after a batch, more of its clients come back)."""
+        idle = not (self._queued_images or self._forming or self._running or self._arriving)
+        return idle and self._last_run_images <= 1
 
     def explain_batch_images(self, most: int) -> int:
         """How many images an explanation's next batch should carry, at most ``most``: all
@@ -283,7 +291,7 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        for request in [*self._queued(), *self._running]:
+        for request in [*self._queued(), *self._forming, *self._running]:
             if not request.future.done():
                 request.future.set_exception(self._gone())
         for queue in self._queues.values():
@@ -414,6 +422,14 @@ class DynamicBatcher:
         if first.priority is Priority.EXPLAIN:  # sent full by the engine: waiting only delays
             self._recount()
             return group
+        self._forming = group  # left set if cancelled: stop() fails these requests too
+        await self._gather(group, images)
+        self._forming = []
+        self._recount()
+        return group
+
+    async def _gather(self, group: list[_Request], images: int) -> None:
+        """Wait for more of the group's requests, within the batch's deadline."""
         now = time.perf_counter()
         # Likely to come back: the clients the last run answered and, when holding, those
         # that queued during it.
@@ -431,8 +447,6 @@ class DynamicBatcher:
             except TimeoutError:
                 break
             images = self._take_matching(group, images)
-        self._recount()
-        return group
 
     def _deadline(self, now: float, images: int, expected: int) -> float:
         """Until when a prediction batch of ``images``, begun at ``now``, waits for more."""
@@ -463,6 +477,7 @@ class DynamicBatcher:
                 for request in group:
                     if not request.future.done():
                         request.future.set_exception(exc)
+                self._running = []
                 continue
             finished = time.perf_counter()
             self.runs += 1

@@ -137,8 +137,9 @@ class DataPlane:
             # Waiting for the decode budget is not arriving: a batch would wait for images
             # that nobody is decoding yet.
             admission = await self.images.admit(model.spec, inputs.images)
+            alone = model.batcher.alone  # a lone client: no thread hop for its decode
             with admission, model.batcher.arriving(inputs.count):
-                prepared = await admission.decode()
+                prepared = await admission.decode(alone=alone)
             tensor = prepared.tensor
             timings.decode, timings.preprocess = prepared.decode_seconds, prepared.preprocess_seconds
         else:

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from service.errors import Overloaded
+from service.errors import ModelNotReady, Overloaded
 from service.inference.batching import HOLD_MIN_FIXED_SECONDS, BatchCosts, BatchPolicy, DynamicBatcher, Priority
 
 pytestmark = pytest.mark.anyio
@@ -262,6 +262,38 @@ async def test_holding_never_makes_a_lone_client_wait() -> None:
         await asyncio.wait_for(batcher.infer(inputs(i), ("double",)), HANG_GUARD)
     await batcher.stop()
     assert [n for n, _ in model.batches] == [1, 1, 1]
+
+
+async def test_a_lone_client_is_one_with_nothing_else_queued_running_or_decoding() -> None:
+    model = CountingModel(delay=0)
+    model.gate.clear()  # runs wait at the gate until the test opens it
+    batcher = make(model)
+    assert batcher.alone
+    with batcher.arriving(1):
+        assert not batcher.alone
+    pending = asyncio.ensure_future(batcher.infer(inputs(1), ("double",)))
+    await asyncio.sleep(0.05)  # taken into a run, which waits at the gate
+    assert not batcher.alone
+    model.gate.set()
+    await asyncio.wait_for(pending, HANG_GUARD)
+    assert batcher.alone
+    # After a batch of two, a second client is about to come back.
+    await asyncio.gather(batcher.infer(inputs(1), ("double",)), batcher.infer(inputs(2), ("double",)))
+    assert not batcher.alone
+    await batcher.stop()
+
+
+async def test_stopping_fails_a_batch_that_is_still_gathering() -> None:
+    model = CountingModel(delay=0.5)
+    batcher = make(model, arrival_wait_ms=FOREVER_MS)
+    await asyncio.gather(batcher.infer(inputs(1), ("double",)), batcher.infer(inputs(2), ("double",)))
+    # One request of the two the last run answered: its batch waits up to half a run for the other.
+    lone = asyncio.ensure_future(batcher.infer(inputs(3), ("double",)))
+    await asyncio.sleep(0.05)
+    assert not batcher.alone
+    await batcher.stop()
+    with pytest.raises(ModelNotReady):
+        await asyncio.wait_for(lone, HANG_GUARD)
 
 
 # ---- priorities: explanation passes never delay predictions ------------------------------

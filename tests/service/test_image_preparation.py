@@ -186,3 +186,19 @@ async def test_the_budget_reports_what_it_holds_and_how_each_wait_ended() -> Non
     budget.release(40)
     assert seen.outcomes == [WaitOutcome.REFUSED, WaitOutcome.GONE, WaitOutcome.GRANTED]
     assert seen.levels == [70, 0, 40, 0]
+
+
+@pytest.mark.anyio
+async def test_an_image_alone_is_decoded_on_the_loop_and_under_load_on_the_pool() -> None:
+    closed = ThreadPoolExecutor(1)
+    closed.shutdown()  # any hand-off to it fails: what decodes here never touched the pool
+    images = preparer(closed, budget=1_000_000, per_request=1_000_000)
+    mid = encoded(np.zeros((100, 100), np.uint8))  # over INLINE_PIXELS, within ALONE_INLINE_PIXELS
+    admission = await images.admit(GREY, [mid])
+    with admission:
+        prepared = await admission.decode(alone=True)
+    assert prepared.tensor.shape == (1, 1, 8, 8)
+    admission = await images.admit(GREY, [mid])
+    with admission, pytest.raises(RuntimeError, match="shutdown"):
+        await admission.decode()
+    assert images.budget.in_flight == 0

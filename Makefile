@@ -14,7 +14,7 @@ NODE ?= node
 # service/static/, in the mirrored tree tests/service/static/.
 JS_TESTS := tests/service/static
 
-.PHONY: setup run export lint test test-fast test-js test-containers bench clean
+.PHONY: setup run export lint test test-fast test-js test-containers bench bench-peers clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,11 @@ test-containers:
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+# Issue 23: convscope and the peers (TorchServe, LitServe, PyTriton, BentoML) on the same
+# ONNX models, one run (benchmarks/peers/README.md; their venvs: setup_venvs.sh, once).
+bench-peers: $(STAMP)
+	bash benchmarks/peers/same_run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -87,9 +87,11 @@ class Settings(BaseSettings):
 
     batch_arrival_wait_ms: float = Field(15.0, ge=0.0, le=1000.0)
     """How long a batch may wait for requests on their way: ones this model has accepted and
-    is still decoding, and, while fewer are queued than the last run answered, clients
-    coming straight back (never longer than half the last run). A lone client never waits;
-    under load batches fill (AlexNet at 16 clients: batches of 8 -> 16, benchmarks/)."""
+    is still decoding and, for a model whose runs have a large fixed cost (the batcher's
+    *hold* policy, chosen at load from timed runs: AlexNet, not TinyVGG), the clients the
+    last run answered and the requests that queued during it (never longer than half the
+    last run). A lone client never waits; under load batches fill (AlexNet at 16 clients:
+    batches of 8 -> 16, benchmarks/peers/FINDINGS.md)."""
 
     max_queue_size: int = Field(256, ge=1, le=100_000)
     """Most images waiting per model; past it requests get 503 with Retry-After at once."""

@@ -3,7 +3,8 @@
 Only the headers are read on the event loop (cheap whatever the image, and enough to refuse
 a decompression bomb). An image of more than INLINE_PIXELS is decoded and preprocessed on a
 worker thread; a smaller one (a 28 px digit) right on the loop, where it costs less than
-the hand-off would. The memory decoding takes is known from the headers too
+the hand-off would, and so is a lone client's one image of up to ALONE_INLINE_PIXELS (a
+224 px photo), since nothing else waits for the loop meanwhile. The memory decoding takes is known from the headers too
 (preprocessing.decode_cost) and bounded before any pixel is decoded: per request (413) and
 over every request in flight (the decode budget: a request waits for its share, then
 503 with Retry-After). ``admit`` does the headers and the budget, ``Admission.decode`` the
@@ -42,8 +43,9 @@ INLINE_PIXELS = 64 * 64
 # A request's one image is decoded on the loop up to this size too when nothing else is
 # being served by its model (``decode(alone=True)``): at one client the loop has nothing
 # else to do meanwhile, and the hand-off there and back only adds to the latency (a 224 px
-# PNG decodes in ~1.3 ms). Under load, images go to the pool and decode side by side.
-ALONE_INLINE_PIXELS = 512 * 512
+# PNG decodes in ~1.3 ms). Larger ones still go to the pool: a client arriving meanwhile
+# should not wait long for the loop. Under load, images go to the pool and decode side by side.
+ALONE_INLINE_PIXELS = 256 * 256
 
 
 @dataclass(frozen=True)

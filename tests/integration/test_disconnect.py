@@ -17,9 +17,9 @@ import pytest
 
 from service.models.registry import ModelRegistry
 from service.settings import Settings
-from tests.integration.conftest import HeldModel, in_process
-from tests.service.conftest import png_bytes
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.images import png_bytes
+from tests.support.live import HeldModel, in_process
 
 
 @pytest.fixture

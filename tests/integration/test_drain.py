@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import LiveServer
-from tests.service.conftest import png_bytes
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.images import png_bytes
+from tests.support.live import LiveServer
 
 IMAGE = png_bytes(np.full((8, 8), 100, dtype=np.uint8))
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from service.codecs import colormaps
-from tests.conftest import ExportedModel
-from tests.integration.conftest import LiveServer
-from tests.service.conftest import png_bytes
+from tests.support.exported import ExportedModel
+from tests.support.images import png_bytes
+from tests.support.live import LiveServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [

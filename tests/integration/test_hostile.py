@@ -26,9 +26,9 @@ from service.http import json_bounds
 from service.http.limits import SLOW_HEAD_S
 from service.inference import image_preparation
 from service.settings import Settings
-from tests.integration.conftest import LiveServer, in_process
-from tests.service.conftest import png_bytes
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.images import png_bytes
+from tests.support.live import LiveServer, in_process
 
 SMALL_PNG = png_bytes(np.full((8, 8), 100, dtype=np.uint8))
 PNG = {"content-type": "image/png"}

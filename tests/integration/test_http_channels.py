@@ -17,9 +17,9 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from tests.conftest import ExportedModel
-from tests.integration.conftest import LiveServer
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.exported import ExportedModel
+from tests.support.live import LiveServer
 
 PNG = {"content-type": "image/png"}
 

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from service.explain import METHODS
-from tests.conftest import ExportedModel
-from tests.integration.conftest import LiveServer
+from tests.support.exported import ExportedModel
+from tests.support.live import LiveServer
 
 DIGITS = 30
 BAR = 0.8  # the share of digits whose map must beat chance (issue 12)

@@ -15,9 +15,9 @@ from PIL import Image
 
 from artifact import InputRecipe
 from service.inference.preprocessing import InputSpec, decode, preprocess
-from tests.conftest import ExportedModel
-from tests.integration.conftest import LiveServer
-from tests.service.conftest import png_bytes
+from tests.support.exported import ExportedModel
+from tests.support.images import png_bytes
+from tests.support.live import LiveServer
 
 PNG = {"content-type": "image/png"}
 

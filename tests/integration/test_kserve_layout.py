@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import ExportedModel
-from tests.integration.conftest import LiveServer
-from tests.service.conftest import png_bytes
+from tests.support.exported import ExportedModel
+from tests.support.images import png_bytes
+from tests.support.live import LiveServer
 
 IMAGES = 40  # one v2 request; under the default CONVSCOPE_MAX_IMAGES_PER_REQUEST
 

@@ -16,9 +16,9 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import LiveServer
-from tests.service.conftest import png_bytes
-from tests.service.synthetic import publish, write_artifact
+from tests.support.artifacts import publish, write_artifact
+from tests.support.images import png_bytes
+from tests.support.live import LiveServer
 
 IMAGE = png_bytes(np.full((8, 8), 100, dtype=np.uint8))
 ADMIN_KEY = "admin-0123456789abcdef0123"

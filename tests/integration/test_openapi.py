@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import LiveServer
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.live import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 INFER_KEY = "infer-0123456789abcdef0123"

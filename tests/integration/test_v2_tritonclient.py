@@ -17,9 +17,9 @@ from tritonclient.utils import InferenceServerException
 
 from artifact import InputRecipe
 from service.inference.preprocessing import InputSpec, decode, preprocess
-from tests.integration.conftest import LiveServer
-from tests.service.conftest import png_bytes
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.images import png_bytes
+from tests.support.live import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "synthetic"

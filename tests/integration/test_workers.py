@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import LiveServer
-from tests.service.conftest import png_bytes
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.images import png_bytes
+from tests.support.live import LiveServer
 
 
 def test_two_workers_pool_their_metrics(tmp_path: Path, start_server: Callable[..., LiveServer]) -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from export_helpers import ALEXNET_RECEPTIVE_FIELDS
 from torch import nn
 
 from model_export import layers as L
 from model_export.architectures import REGISTRY, ArchSpec, get_arch, imagenet_labels
 from model_export.errors import ExportError
+from tests.support.export_cli import ALEXNET_RECEPTIVE_FIELDS
 
 
 def _traced(name: str, channels: int | None = None, size: tuple[int, int] | None = None):

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from export_helpers import run_cli, tree
 
 import artifact
 from model_export import staging as artifact_dir
 from model_export.errors import ExportError
+from tests.support.export_cli import run_cli, tree
 
 
 def _version(model_dir: Path, v: int, complete: bool = True) -> None:

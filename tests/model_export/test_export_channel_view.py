@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from export_helpers import make_imagefolder, run_cli
 from PIL import Image
-from test_export_import import export_small
 
 from artifact import InputRecipe, parse_metadata
 from model_export.geometry import Geometry, box
 from service.codecs.pictures import top_sheet
 from service.inference import preprocessing
 from service.models.channel_view import ChannelView, NotComputed
+from tests.support.export_cli import make_imagefolder, run_cli
+from tests.support.onnx_files import export_small
 
 RELATIVE = 1e-4
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from export_helpers import make_fashion_dir, make_imagefolder, write_idx
 from PIL import Image
 
 from model_export.datasets import (
@@ -18,6 +17,7 @@ from model_export.datasets import (
 )
 from model_export.errors import ExportError
 from model_export.preprocessing import InputSpec, measure_mean_std, preprocess
+from tests.support.export_cli import make_fashion_dir, make_imagefolder, write_idx
 
 
 def test_digits_is_uint8_split_and_seeded() -> None:

@@ -11,25 +11,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_helpers import make_imagefolder, run_cli
 from PIL import Image
 
-import artifact
 from model_export.architectures import REGISTRY
-
-REQUIRED_INPUT_KEYS = {
-    "name",
-    "shape",
-    "layout",
-    "dtype",
-    "channels",
-    "color_mode",
-    "size",
-    "resize",
-    "scale",
-    "mean",
-    "std",
-}
+from tests.support.export_cli import check_contract, make_imagefolder, run_cli
 
 
 def service_preprocess(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -51,43 +36,6 @@ def service_preprocess(images: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
 def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
-
-def check_contract(version_dir: Path) -> dict[str, Any]:
-    """The artifact layout and metadata fields of docs/artifact.md."""
-    meta = json.loads((version_dir / "metadata.json").read_text())
-    assert meta["schema_version"] == 1 and meta["version"] == int(version_dir.name)
-    assert meta["name"] == version_dir.parent.name
-    assert meta["created"].endswith("Z")
-    assert REQUIRED_INPUT_KEYS <= set(meta["input"])
-    assert meta["input"]["color_mode"] == {1: "L", 3: "RGB"}[meta["input"]["channels"]]
-    assert meta["output"]["name"] and meta["output"]["shape"] == [-1, len(meta["labels"])]
-    assert not [p for p in version_dir.parent.iterdir() if p.name.startswith(".tmp-")]
-    for name, record in meta["files"].items():
-        assert artifact.sha256(version_dir / name) == record["sha256"]
-        assert (version_dir / name).stat().st_size == record["bytes"]
-    assert "model.onnx" in meta["files"] and "metadata.json" not in meta["files"]
-    model = onnx.load(str(version_dir / "model.onnx"))
-    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
-    assert [i.name for i in model.graph.input] == [meta["input"]["name"]]
-    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
-    outputs = [o.name for o in model.graph.output]
-    assert outputs == [meta["output"]["name"], *[layer["name"] for layer in meta["layers"]]]
-    for layer in meta["layers"]:
-        assert {
-            "name",
-            "op",
-            "kind",
-            "conv",
-            "weight",
-            "output_shape",
-            "params",
-            "receptive_field",
-            "stride",
-        } <= set(layer)
-        assert layer["kind"] in {"conv", "pool", "activation", "linear", "other"}
-        assert layer["output_shape"][0] == -1
-    assert meta["parity"]["passed"] is True
-    return meta
 
 
 def run_all(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_helpers import make_imagefolder, run_cli, tree
 
 from model_export.architectures import REGISTRY
+from tests.support.export_cli import make_imagefolder, run_cli, tree
 
 
 def _one_folder(tmp: Path) -> list[str]:

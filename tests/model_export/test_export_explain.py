@@ -20,7 +20,6 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from export_helpers import run_cli
 from onnx import numpy_helper
 from PIL import Image
 
@@ -29,7 +28,8 @@ from model_export.architectures import get_arch
 from model_export.layers import prepare
 from service.explain import Explainer, ExplainRequest, Method, describe
 from service.inference.preprocessing import InputSpec, preprocess
-from tests.conftest import ExportedModel
+from tests.support.export_cli import run_cli
+from tests.support.exported import ExportedModel
 
 TOLERANCE = 1e-4
 

@@ -20,13 +20,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from export_helpers import run_cli
 from torch import nn
 
 from artifact import Layer
 from model_export import layers as L
 from model_export.architectures import REGISTRY
 from model_export.geometry import Axis, Geometry, box
+from tests.support.export_cli import run_cli
 
 
 class _Odd(nn.Module):

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from export_helpers import ALEXNET_RECEPTIVE_FIELDS, run_cli
-from test_export_end_to_end import check_contract
 
 from model_export.architectures import REGISTRY
 from model_export.datasets import FASHION_MNIST_DIR
+from tests.support.export_cli import ALEXNET_RECEPTIVE_FIELDS, check_contract, run_cli
 
 pytestmark = pytest.mark.slow
 needs_fashion = pytest.mark.skipif(

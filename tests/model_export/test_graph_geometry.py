@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from geometry_check import assert_covers, assert_exact, observe
 from onnx import TensorProto, helper, numpy_helper
 
 from model_export.geometry import Axis, Geometry, box
 from model_export.graph_geometry import GATED, MIRRORED, NORMALISED, RESAMPLED, Field, receptive_fields
+from tests.support.geometry_check import assert_covers, assert_exact, observe
 
 
 class Net:

@@ -28,10 +28,10 @@ import onnxruntime as ort
 import pytest
 import torch
 import torchvision
-from geometry_check import assert_exact, observe
 from torch import nn
 
 from model_export.graph_geometry import Field, receptive_fields
+from tests.support.geometry_check import assert_exact, observe
 
 # (r, S, P) per end-point at 224 px, from the sources above; the last of each net is the
 # Distill table's row (alexnet_v2 195/32/64, vgg_16 212/32/90, resnet_v1_50 483/32/239).

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import io
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from starlette.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from tests.service.synthetic import write_artifact
-
-
-def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = client.get("/readyz")
-        if response.status_code == 200 or response.json()["detail"] != "loading models":
-            return
-        time.sleep(0.02)
-    raise TimeoutError("the app did not finish loading its models")
-
-
-@contextmanager
-def serving(**overrides: object) -> Iterator[TestClient]:
-    """A TestClient over ``create_app(Settings(**overrides))`` whose models have loaded."""
-    app = create_app(Settings(**overrides))
-    with TestClient(app) as client:
-        wait_ready(client)
-        yield client
+from tests.support.artifacts import write_artifact
+from tests.support.images import png_bytes
+from tests.support.services import serving
 
 
 @pytest.fixture
@@ -50,12 +27,6 @@ def repository(tmp_path: Path) -> Path:
 def client(repository: Path) -> Iterator[TestClient]:
     with serving(model_repository=repository) as c:
         yield c
-
-
-def png_bytes(array: np.ndarray, format: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=format)
-    return buffer.getvalue()
 
 
 @pytest.fixture

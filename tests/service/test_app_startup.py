@@ -12,7 +12,7 @@ import pytest
 from service.app import create_app
 from service.models.registry import ModelRegistry
 from service.settings import Settings
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
 
 
 @pytest.mark.anyio

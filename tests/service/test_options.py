@@ -19,8 +19,8 @@ from service.models.repository import load_artifact, scan
 from service.models.scores import softmax
 from service.options import ServiceOptions
 from service.settings import Settings
-from tests.service.conftest import serving
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.services import serving
 
 KEY = "0123456789abcdef-key"
 # One value unlike the default for every setting (ValueError: the setting is judged, and

@@ -12,7 +12,7 @@ from service.app import create_app
 from service.inference.batching import BatchingOptions
 from service.options import ServiceOptions
 from service.settings import Settings
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
 
 
 def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

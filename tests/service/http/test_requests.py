@@ -7,7 +7,7 @@ import base64
 import numpy as np
 from starlette.testclient import TestClient
 
-from tests.service.conftest import png_bytes
+from tests.support.images import png_bytes
 
 IMAGE = base64.b64encode(png_bytes(np.full((8, 8), 9, dtype=np.uint8))).decode()
 

@@ -12,7 +12,7 @@ import pytest
 from service.models import runtime
 from service.models.repository import load_artifact, scan
 from service.models.runtime import CPU, RuntimeOptions, load_model
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
 
 
 def artifact(root: Path, **kwargs: object) -> object:

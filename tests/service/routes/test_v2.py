@@ -21,8 +21,8 @@ from starlette.testclient import TestClient
 
 from artifact import InputRecipe
 from service.inference.preprocessing import InputSpec, decode, preprocess
-from tests.service.conftest import serving
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.services import serving
 
 INFER = "/v2/models/synthetic/infer"
 INFER_V1 = "/v2/models/synthetic/versions/1/infer"

@@ -14,7 +14,7 @@ from service.explain.methods import (
     hires_cam_map,
     occlusion_geometry,
 )
-from tests.service import explain_models as km
+from tests.support import explain_models as km
 
 pytestmark = pytest.mark.anyio
 

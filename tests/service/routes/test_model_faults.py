@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from tests.service.conftest import png_bytes, serving
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.images import png_bytes
+from tests.support.services import serving
 
 EXPECTED = ("model faulty version 1 produced NaN or infinite values in {outputs}: the model is "
             "faulty (its weights or its graph), not the request")

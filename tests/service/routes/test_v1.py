@@ -17,8 +17,9 @@ from starlette.testclient import TestClient
 
 from artifact import InputRecipe
 from service.inference.preprocessing import InputSpec, decode, preprocess
-from tests.service.conftest import png_bytes, serving
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.images import png_bytes
+from tests.support.services import serving
 
 PNG = {"content-type": "image/png"}
 

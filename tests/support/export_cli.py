@@ -9,13 +9,18 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnx
 from PIL import Image
+
+import artifact
 
 
 @dataclass
@@ -117,3 +122,56 @@ def tree(path: Path) -> list[str]:
     if not path.exists():
         return []
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+REQUIRED_INPUT_KEYS = {
+    "name",
+    "shape",
+    "layout",
+    "dtype",
+    "channels",
+    "color_mode",
+    "size",
+    "resize",
+    "scale",
+    "mean",
+    "std",
+}
+
+
+def check_contract(version_dir: Path) -> dict[str, Any]:
+    """The artifact layout and metadata fields of docs/artifact.md."""
+    meta = json.loads((version_dir / "metadata.json").read_text())
+    assert meta["schema_version"] == 1 and meta["version"] == int(version_dir.name)
+    assert meta["name"] == version_dir.parent.name
+    assert meta["created"].endswith("Z")
+    assert REQUIRED_INPUT_KEYS <= set(meta["input"])
+    assert meta["input"]["color_mode"] == {1: "L", 3: "RGB"}[meta["input"]["channels"]]
+    assert meta["output"]["name"] and meta["output"]["shape"] == [-1, len(meta["labels"])]
+    assert not [p for p in version_dir.parent.iterdir() if p.name.startswith(".tmp-")]
+    for name, record in meta["files"].items():
+        assert artifact.sha256(version_dir / name) == record["sha256"]
+        assert (version_dir / name).stat().st_size == record["bytes"]
+    assert "model.onnx" in meta["files"] and "metadata.json" not in meta["files"]
+    model = onnx.load(str(version_dir / "model.onnx"))
+    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+    assert [i.name for i in model.graph.input] == [meta["input"]["name"]]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    outputs = [o.name for o in model.graph.output]
+    assert outputs == [meta["output"]["name"], *[layer["name"] for layer in meta["layers"]]]
+    for layer in meta["layers"]:
+        assert {
+            "name",
+            "op",
+            "kind",
+            "conv",
+            "weight",
+            "output_shape",
+            "params",
+            "receptive_field",
+            "stride",
+        } <= set(layer)
+        assert layer["kind"] in {"conv", "pool", "activation", "linear", "other"}
+        assert layer["output_shape"][0] == -1
+    assert meta["parity"]["passed"] is True
+    return meta

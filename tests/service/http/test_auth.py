@@ -19,8 +19,8 @@ from service.app import create_app
 from service.http import auth
 from service.http.auth import Access, KeyRing, Scope, parse_keys
 from service.settings import Settings
-from tests.service.conftest import serving
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
+from tests.support.services import serving
 
 INFER_KEY = "infer-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"

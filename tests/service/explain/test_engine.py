@@ -13,7 +13,7 @@ from service.errors import ModelFailed, NotFound, Unprocessable
 from service.explain import Explainer, ExplainRequest, Method, default_method, describe, method_cost
 from service.explain import faithfulness as faith
 from service.settings import Settings
-from tests.service import explain_models as km
+from tests.support import explain_models as km
 
 pytestmark = pytest.mark.anyio
 

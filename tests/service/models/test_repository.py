@@ -9,7 +9,7 @@ import pytest
 
 from artifact import ArtifactError
 from service.models.repository import Layout, detect_layout, load_artifact, scan
-from tests.service.synthetic import write_artifact
+from tests.support.artifacts import write_artifact
 
 
 def test_scan_finds_integer_versions_and_skips_the_rest(tmp_path: Path) -> None:

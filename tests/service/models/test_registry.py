@@ -10,7 +10,7 @@ import pytest
 
 from service.errors import BadRequest, ModelNotReady, UnknownModel, UnknownVersion
 from service.models.registry import ModelState
-from tests.service.synthetic import sha256, write_artifact
+from tests.support.artifacts import sha256, write_artifact
 from tests.support.services import registry_for
 
 

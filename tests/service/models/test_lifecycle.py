@@ -17,7 +17,7 @@ from service.errors import LoadFailed, ModelNotReady, UnknownModel, UnknownVersi
 from service.inference.batching import DynamicBatcher
 from service.models.loader import LoadedVersion
 from service.models.registry import ModelRegistry, ModelState
-from tests.service.synthetic import publish, write_artifact
+from tests.support.artifacts import publish, write_artifact
 from tests.support.services import registry_for
 
 

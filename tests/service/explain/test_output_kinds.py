@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from artifact import Metadata, OutputKind
 from service.explain import Explainer, ExplainRequest, Explanation, describe
-from tests.service import explain_models as km
+from tests.support import explain_models as km
 
 pytestmark = pytest.mark.anyio
 

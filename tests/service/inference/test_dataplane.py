@@ -25,7 +25,7 @@ from service.models.loader import LoadedVersion
 from service.models.repository import ArtifactRef
 from service.models.runtime import ModelRuntime
 from service.models.signature import LayerSignature, ModelSignature
-from tests.service.conftest import png_bytes
+from tests.support.images import png_bytes
 
 SPEC = InputSpec.from_recipe(InputRecipe.model_validate({"channels": 1, "size": [4, 4], "scale": 1 / 255, "mean": [0.0], "std": [1.0]}))
 SIGNATURE = ModelSignature("fake", 1, "input", (1, 4, 4), "logits", ("a", "b"),

@@ -188,8 +188,25 @@ class ModelRuntime:
         features session. Called from a worker thread, never the event loop.
         """
         session = self.logits_session if outputs == (self.output_name,) else self.features_session
-        results: list[np.ndarray] = session.run(list(outputs), {self.input_name: batch})
-        return results
+        fixed = self.metadata.input.fixed_batch
+        if fixed is None or batch.shape[0] == fixed:
+            results: list[np.ndarray] = session.run(list(outputs), {self.input_name: batch})
+            return results
+        return self._run_fixed(session, batch, outputs, fixed)
+
+    def _run_fixed(self, session: ort.InferenceSession, batch: np.ndarray, outputs: tuple[str, ...],
+                   fixed: int) -> list[np.ndarray]:
+        """A graph that takes exactly ``fixed`` images a run (its batch could not be made
+        dynamic at import): the batch in runs of that size, the last one padded with zeros,
+        the padding's rows dropped from what comes back."""
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, batch.shape[0], fixed):
+            chunk = batch[start:start + fixed]
+            rows = chunk.shape[0]
+            if rows < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - rows, *chunk.shape[1:]), chunk.dtype)])
+            parts.append([value[:rows] for value in session.run(list(outputs), {self.input_name: chunk})])
+        return [np.concatenate(values) for values in zip(*parts)]
 
 
 def load_model(artifact: Artifact, options: RuntimeOptions, *,

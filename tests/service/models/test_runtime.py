@@ -80,3 +80,15 @@ def test_a_predictions_run_is_timed_at_load_at_each_cost_batch(tmp_path: Path) -
     assert all(seconds > 0 for seconds in model.batch_costs.seconds.values())
     # What the batcher is told: a policy and the figures it came from.
     assert model.batch_costs.describe().startswith(f"batch policy {model.batch_costs.policy().value} (")
+
+
+def test_a_fixed_batch_graph_runs_any_batch_in_runs_of_its_size(tmp_path: Path) -> None:
+    """An imported graph whose batch could not be made dynamic: every batch is cut into runs
+    of its size, the last padded, and the answers are those of the same weights run freely."""
+    fixed = load_model(artifact(tmp_path / "fixed", fixed_batch=2), RuntimeOptions(providers=[CPU]))
+    free = load_model(artifact(tmp_path / "free"), RuntimeOptions(providers=[CPU]))
+    batch = np.random.default_rng(1).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    names = ("logits", "features.2")
+    for got, want in zip(fixed.run(batch, names), free.run(batch, names)):
+        assert got.shape == want.shape and np.allclose(got, want, atol=1e-6)
+    assert fixed.run(batch[:2], ("logits",))[0].shape == (2, 3)

@@ -292,8 +292,10 @@ def _float32_output(graph: Any, names: Names, value: str, wanted: str, dtype: Dt
 
     if dtype == "float32":
         return _claim(graph, names, value, wanted)
-    if wanted in names.taken:
-        rename_values(graph, {wanted: names.fresh(f"{wanted}_original")})
+    if wanted in names.taken:  # the float16 value itself, or another value, moves aside
+        moved = names.fresh(f"{wanted}_float16" if value == wanted else f"{wanted}_original")
+        rename_values(graph, {wanted: moved})
+        value = moved if value == wanted else value
     names.taken.add(wanted)
     graph.node.append(onnx.helper.make_node("Cast", [value], [wanted], to=onnx.TensorProto.FLOAT,
                                             name=f"convscope/{wanted}_cast"))

@@ -535,7 +535,8 @@ def _name(taps: list[Tap], consts: dict[str, np.ndarray], reserved: set[str]) ->
             name, k = f"{base}_{k}", k + 1
         taken.add(name)
         layers.append(_Layer(tap, name, tap.value, path))
-    merges = {layer.path for layer in layers if layer.tap.kind == "merge" and layer.path}
+    # Blocks are where paths join (a residual Add, a Concat), not where a gate scales one.
+    merges = {layer.path for layer in layers if layer.tap.op in ("Add", "Sum", "Concat") and layer.path}
     found = groups({layer.name: layer.path for layer in layers}, merges)
     for layer in layers:
         layer.group = found[layer.name]
@@ -556,33 +557,18 @@ def _add_outputs(graph: Any, layers: list[_Layer], shapes: Shapes, reserved: set
     import onnx
 
     wanted = {layer.name for layer in layers}
-    names = Names(used_names(graph) | wanted | reserved)
-    renames: dict[str, str] = {}
-    adapters = []
-    for layer in layers:
-        if _adapted(layer, shapes, signature):
-            current = layer.value
-            if layer.tap.layout is not None and layer.tap.layout != NCHW:
-                perm = [layer.tap.layout.index(axis) for axis in NCHW]
-                moved = names.fresh(f"{layer.name}.nchw")
-                adapters.append(onnx.helper.make_node("Transpose", [current], [moved], perm=perm,
-                                                      name=f"convscope/{layer.name}/to_nchw"))
-                current = moved
-            adapters.append(onnx.helper.make_node("Cast", [current], [layer.name], to=onnx.TensorProto.FLOAT,
-                                                  name=f"convscope/{layer.name}/to_float32"))
-        else:
-            renames[layer.value] = layer.name
-    values = {layer.value for layer in layers}
-    # A value already called by a layer's name, and not that layer's own, moves aside.
-    for value in (wanted & used_names(graph)) - values - set(renames.values()) - reserved:
+    existing = used_names(graph)
+    names = Names(existing | wanted | reserved)
+    adapted = {layer.name for layer in layers if _adapted(layer, shapes, signature)}
+    renames = {layer.value: layer.name for layer in layers if layer.name not in adapted}
+    # A value already called by a layer's name, and not renamed to it, moves aside.
+    for value in (wanted & existing) - set(renames) - set(renames.values()):
         renames[value] = names.fresh(f"{value}_original")
-    for value in (wanted & used_names(graph)) & values:
-        if value not in renames:  # an adapted layer's value called by another layer's name
-            renames[value] = names.fresh(f"{value}_original")
     rename_values(graph, renames)
     for layer in layers:
         layer.value = renames.get(layer.value, layer.value)
-    graph.node.extend(adapters)
+        if layer.name in adapted:
+            graph.node.extend(_adapter(layer, names))
     batch: str | int = boundary.fixed_batch or "batch"
     for layer in layers:
         dims = shapes.dims.get(layer.tap.value, [])
@@ -590,6 +576,23 @@ def _add_outputs(graph: Any, layers: list[_Layer], shapes: Shapes, reserved: set
             dims = [dims[layer.tap.layout.index(axis)] for axis in NCHW]
         graph.output.append(onnx.helper.make_tensor_value_info(
             layer.name, onnx.TensorProto.FLOAT, [batch, *[d if d > 0 else None for d in dims[1:]]]))
+
+
+def _adapter(layer: _Layer, names: Names) -> list[Any]:
+    """Nodes that make the layer's float32 NCHW output from its value."""
+    import onnx
+
+    nodes = []
+    current = layer.value
+    if layer.tap.layout is not None and layer.tap.layout != NCHW:
+        perm = [layer.tap.layout.index(axis) for axis in NCHW]
+        moved = names.fresh(f"{layer.name}.nchw")
+        nodes.append(onnx.helper.make_node("Transpose", [current], [moved], perm=perm,
+                                           name=f"convscope/{layer.name}/to_nchw"))
+        current = moved
+    nodes.append(onnx.helper.make_node("Cast", [current], [layer.name], to=onnx.TensorProto.FLOAT,
+                                       name=f"convscope/{layer.name}/to_float32"))
+    return nodes
 
 
 def _describe_layers(imported: _Imported) -> list[dict[str, Any]]:

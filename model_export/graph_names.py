@@ -33,17 +33,19 @@ NAME_SCOPES = "pkg.torch.onnx.name_scopes"
 _TORCHSCRIPT = re.compile(r"^/(?:[^/]+/)*[A-Za-z]+(?:_\d+)?$")
 
 
-def module_path(node: Any, constants: Iterable[str]) -> str | None:
-    """The torch module path that made ``node``, or None where the file does not say."""
+def module_path(node: Any, constants: Iterable[str], op: str | None = None) -> str | None:
+    """The torch module path that made ``node``, or None where the file does not say; a
+    torch op outside every module (a functional relu in forward) is named by its op (``op``:
+    the activation a few ops spell out, where they do)."""
     if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
         weight = str(node.input[1])
         if weight in constants and weight.endswith(".weight") and not weight.startswith("onnx::"):
             return weight[: -len(".weight")]
     for prop in node.metadata_props:
         if prop.key == NAME_SCOPES:
-            return _from_name_scopes(prop.value)
+            return _from_name_scopes(prop.value) or (op or str(node.op_type))
     if node.name and _TORCHSCRIPT.match(node.name):
-        return _from_torchscript(node.name)
+        return _from_torchscript(node.name) or (op or str(node.op_type))
     return None
 
 

@@ -318,11 +318,13 @@ def _free_batch(graph: Any, fixed: int) -> None:
         shape = np.array(consts[node.input[1]]).copy()
         if shape.ndim != 1 or len(shape) < 2 or shape[0] != fixed:
             continue
-        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        allowzero = next((a for a in node.attribute if a.name == "allowzero" and a.i), None)
         if -1 not in shape[1:]:
             shape[0] = -1  # infer the batch from the element count
-        elif not allowzero:
+        elif allowzero is None or 0 not in shape[1:]:
             shape[0] = 0  # copy the batch from the input
+            if allowzero is not None:  # (the dynamo exporter's allowzero=1 means nothing without a 0)
+                allowzero.i = 0
         else:
             continue  # cannot say it; the dynamic-batch check will keep the batch fixed
         tensor = numpy_helper.from_array(shape.astype(np.int64), node.input[1])

@@ -523,13 +523,12 @@ def _build(original: Any, signature: Signature, kind: OutputKind, pre_logits: st
 
 
 def _name(taps: list[Tap], consts: dict[str, np.ndarray], reserved: set[str]) -> list[_Layer]:
-    """Each tap named from the exporter's scopes (unique: a module called twice gets _1,
-    _2 as TorchScript numbers them), and its block."""
+    """Each tap named from the exporter's scopes, unique, and its block."""
+    paths = [module_path(tap.node, consts, tap.op) for tap in taps]
+    bases = _bases(taps, paths)
     taken = set(reserved)
     layers = []
-    for tap in taps:
-        path = module_path(tap.node, consts)
-        base = path or fallback_name(tap.node, tap.value)
+    for tap, path, base in zip(taps, paths, bases, strict=True):
         name, k = base, 1
         while name in taken:
             name, k = f"{base}_{k}", k + 1
@@ -541,6 +540,28 @@ def _name(taps: list[Tap], consts: dict[str, np.ndarray], reserved: set[str]) ->
     for layer in layers:
         layer.group = found[layer.name]
     return layers
+
+
+def _bases(taps: list[Tap], paths: list[str | None]) -> list[str]:
+    """Names before numbering. Taps of one module path that are calls of one module (the
+    same op) share its path and are numbered in call order (`relu`, `relu_1`: TorchScript's
+    own numbering); in a module that computes several, the last one is its output and takes
+    the path, the others `<path>.<Op>` (`blocks.0.Mul` before the block's Add)."""
+    ops_at: dict[str, set[str]] = {}
+    last_at: dict[str, int] = {}
+    for i, (tap, path) in enumerate(zip(taps, paths, strict=True)):
+        if path:
+            ops_at.setdefault(path, set()).add(tap.op)
+            last_at[path] = i
+    bases = []
+    for i, (tap, path) in enumerate(zip(taps, paths, strict=True)):
+        if not path:
+            bases.append(fallback_name(tap.node, tap.value))
+        elif len(ops_at[path]) == 1 or last_at[path] == i:
+            bases.append(path)
+        else:
+            bases.append(f"{path}.{tap.op}")
+    return bases
 
 
 def _adapted(layer: _Layer, shapes: Shapes, signature: Signature) -> bool:

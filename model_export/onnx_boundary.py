@@ -24,7 +24,6 @@ from artifact import OutputKind
 
 from .errors import ExportError
 from .onnx_graph import Names, constants, consumers, producers, rename_values, replace_uses, used_names
-from .preprocessing import check_channels
 
 BATCH_DIM = "batch"
 INPUT = "input"
@@ -97,7 +96,10 @@ def read_signature(model: Any, file: str, size: tuple[int, int] | None, output: 
     if channels == 0:
         raise ExportError(f"{file}: input {inp.name!r} has a dynamic channel count ({_shape_text(tensor)}); "
                           "export it with 1 or 3 channels fixed")
-    check_channels(channels)
+    if channels not in (1, 3):
+        raise ExportError(f"{file}: input {inp.name!r} {_shape_text(tensor)} read as {chosen} has {channels} "
+                          "channels; convscope feeds 1 (grey) or 3 (RGB): export it so, or give --input-layout "
+                          "if the channels are on the other axis")
     fixed_hw = (dims[2], dims[3]) if chosen == "NCHW" else (dims[1], dims[2])
     return Signature(
         input_name=inp.name,

@@ -125,7 +125,7 @@ def _load(path: str) -> tuple[Any, bool]:
     if external:
         try:
             load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # OSError, onnx's ValidationError for a missing file
             raise ExportError(f"{path} keeps its weights in external data that cannot be read ({_one_line(exc)}): "
                               "keep the .onnx file and its data files in one folder") from None
     # An arbitrary byte string can decode as an (almost) empty ModelProto.
@@ -461,7 +461,8 @@ def _reference_scores(path: str, signature: Signature) -> tuple[np.ndarray, np.n
     except Exception as exc:  # onnxruntime's own exception types
         import onnxruntime as ort
 
-        raise ExportError(f"onnxruntime {ort.__version__} cannot run {path}: {_one_line(exc)}") from None
+        raise ExportError(f"onnxruntime {ort.__version__} cannot run {path}: {_one_line(exc)} (export it with "
+                          "standard ONNX ops that onnxruntime implements)") from None
     if scores.ndim != 2:
         raise ExportError(f"class output {output!r} has shape {list(scores.shape)}, expected [batch, classes]: "
                           "pick the class scores with --output")

@@ -375,7 +375,7 @@ REFUSALS = {
     "dynamic size": (_graph([_image(shape=["n", 3, "h", "w"])], [_scores()], [_POOL]),
                      "has a dynamic image size: give --size H W"),
     "four channels": (_graph([_image(shape=["n", 4, 8, 8])], [_scores()], [_POOL]),
-                      "channels must be 1 (grey, mode L) or 3 (RGB), not 4"),
+                      "input 'x' [n, 4, 8, 8] read as NCHW has 4 channels; convscope feeds 1 (grey) or 3 (RGB)"),
     "sequence output": (_graph([_image()], [helper.make_tensor_sequence_value_info("y", TensorProto.FLOAT, None)],
                                [helper.make_node("SequenceConstruct", ["x"], ["y"])]),
                         "output 'y' is a sequence_type, not a tensor"),

@@ -99,16 +99,16 @@ def _convnext_head(net: Any, x: Any) -> Any:
 
 
 ARCHS: dict[str, Arch] = {a.name: a for a in [
-    # Steps of 32 images: about 10-60 s each on one idle core pair (densenet121's are 6 s).
+    # Steps of 32 images: seconds to a minute each on an idle 2-core machine (docs/models.md).
     Arch("resnet18", 20, _pooled("fc"), lr=2e-3),
     Arch("mobilenet_v3_small", 40, _pooled("classifier"), lr=2e-3),
-    Arch("efficientnet_b0", 15, _pooled("classifier"), lr=2e-3),
+    Arch("efficientnet_b0", 25, _pooled("classifier"), lr=2e-3),
     Arch("densenet121", 10, _densenet_head, lr=2e-3),
-    Arch("squeezenet1_1", 40, _squeezenet_head, lr=1e-3),
-    Arch("googlenet", 12, _pooled("fc"), lr=2e-3, kwargs={"aux_logits": False, "init_weights": True}),
+    Arch("squeezenet1_1", 80, _squeezenet_head, lr=1e-3),
+    Arch("googlenet", 16, _pooled("fc"), lr=2e-3, kwargs={"aux_logits": False, "init_weights": True}),
     Arch("shufflenet_v2_x0_5", 40, _shufflenet_head, lr=2e-3),
-    Arch("regnet_x_400mf", 20, _pooled("fc"), lr=2e-3),
-    Arch("convnext_tiny", 10, _convnext_head, lr=1e-3),
+    Arch("regnet_x_400mf", 40, _pooled("fc"), lr=2e-3),
+    Arch("convnext_tiny", 20, _convnext_head, lr=1e-3),
 ]}
 EXPORTS: tuple[tuple[str, int], ...] = (("torchscript", 11), ("torchscript", 17), ("dynamo", 18), ("dynamo", 23))
 # Each variant, and the export it is made from.

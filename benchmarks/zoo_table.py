@@ -256,7 +256,7 @@ def table(rows: Sequence[Row], cache: Path) -> str:
         e = r.entry
         if r.error is not None:
             lines.append(f"| {e.arch} | {e.exporter} | {e.opset} | {e.variant} | {r.seconds:.1f} | | | | | | | "
-                         f"import refused: {r.error.replace('|', '/')} |")
+                         f"failed: {r.error.splitlines()[0].replace('|', '/')[:200]} |")
             continue
         failed = _failures(r)
         lines.append(
@@ -299,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = ZooServer(Path(tmp) / "models", _start_server)
         try:
             for entry in entries:
-                row = measure(entry, args.cache, server.repository, server)
+                try:
+                    row = measure(entry, args.cache, server.repository, server)
+                except Exception as exc:  # one entry's failure is a row, not the end of the table
+                    row = Row(entry, 0.0, None, None, None, None, None, None, None, f"{type(exc).__name__}: {exc}")
                 print(f"{entry.name}: {row}", file=sys.stderr, flush=True)
                 rows.append(row)
         finally:

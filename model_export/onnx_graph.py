@@ -175,3 +175,38 @@ def sanitise(text: str) -> str:
     text = _SANITISE.sub("_", text)
     text = re.sub(r"\.{2,}", ".", text)
     return text.strip("._-")
+
+
+def complete_shapes(model: Any, shapes: Shapes, input_name: str, input_shape: list[int]) -> None:
+    """Shapes and types that shape inference could not give (a Reshape whose target is
+    computed from Shape ops, as TorchScript's channel shuffle at opset 11): measured by
+    running the model once on zeros with those values as outputs. A batch of 2 tells the
+    batch axis (-1) from fixed axes of size 1; a fixed-batch graph keeps its own."""
+    import onnx
+
+    missing = [out for node in model.graph.node for out in node.output if out and out not in shapes.dims]
+    if not missing:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in missing)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(missing, {input_name: np.zeros(input_shape, dtype=np.float32)})
+    except Exception:  # best-effort, as shape inference is: what stays unknown is not tapped
+        return
+    batch = input_shape[0]
+    for name, value in zip(missing, values, strict=True):
+        if not isinstance(value, np.ndarray):
+            continue
+        dims = [int(d) for d in value.shape]
+        if dims and dims[0] == batch and batch != 1:
+            dims[0] = -1
+        shapes.dims[name] = dims
+        shapes.types[name] = int(onnx.helper.np_dtype_to_tensor_dtype(value.dtype))

@@ -42,7 +42,17 @@ from .graph_taps import NCHW, GraphView, Tap, choose
 from .layer_patterns import select
 from .metadata import ParamCount, ParamGroup
 from .onnx_boundary import Boundary, Layout, Signature, detect_kind, read_signature, rewrite
-from .onnx_graph import Names, Shapes, attr, constants, data_values, infer_shapes, rename_values, used_names
+from .onnx_graph import (
+    Names,
+    Shapes,
+    attr,
+    complete_shapes,
+    constants,
+    data_values,
+    infer_shapes,
+    rename_values,
+    used_names,
+)
 from .parity import CRITERION, check_dynamic_batch, compare, run_onnx
 from .preprocessing import SCALE, InputSpec, normalisation
 from .staging import Staging, check_name, choose_version
@@ -510,6 +520,8 @@ def _build(original: Any, signature: Signature, kind: OutputKind, pre_logits: st
     graph = model.graph
     consts = constants(graph)
     shapes = infer_shapes(model)
+    complete_shapes(model, shapes, boundary.input_name,
+                    [boundary.fixed_batch or 2, signature.channels, *signature.size])
     view = GraphView(graph, boundary.input_name, shapes, consts, data_values(graph, boundary.input_name, shapes))
     excluded = {boundary.input_name, boundary.output_name, boundary.logits_name or boundary.output_name}
     layers = _name(choose(view, excluded), consts, excluded)

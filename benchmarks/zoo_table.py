@@ -36,10 +36,12 @@ DEFAULT_CACHE = Path(".pytest_cache") / "d" / "convscope-zoo"
 TABLE_START = "<!-- zoo-table -->"
 TABLE_END = "<!-- /zoo-table -->"
 SERVED_TOLERANCE = 1e-5
-# A float16 file's scores are rounded to float16 when it returns them; served, they are cast
-# to float32 where the CPU provider may have computed the last op in float32 already, so
-# the two differ by up to that rounding (half a float16 ulp of the logits, ~5e-4 relative).
-SERVED_TOLERANCE_FLOAT16 = 5e-3
+# A float16 graph on onnxruntime's CPU provider computes many ops in float32 between Casts it
+# inserts, and which roundings to float16 it skips depends on the graph's outputs: the served
+# graph (float32 out, layers tapped) and the file round differently, by float16's precision
+# (~5e-4 relative) on logits of ~10-20, up to ~1e-2 in a probability. The import's parity
+# uses the same 1e-2.
+SERVED_TOLERANCE_FLOAT16 = 1e-2
 GRADIENT_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE_FLOAT16 = 1e-2
 
@@ -111,7 +113,9 @@ def reference_probabilities(imported: Imported, image: Path) -> np.ndarray:
 
     spec = InputSpec.from_recipe(InputRecipe.model_validate(imported.metadata["input"]))
     x = preprocess(Image.open(image), spec)[None]
-    session = ort.InferenceSession(str(imported.source), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # exporters leave unused initializers; onnxruntime warns of each
+    session = ort.InferenceSession(str(imported.source), options, providers=["CPUExecutionProvider"])
     scores = session.run(None, {session.get_inputs()[0].name: imported.entry.feed(x)})[0]
     return _probabilities(np.asarray(scores, dtype=np.float32), imported.entry.kind)[0]
 

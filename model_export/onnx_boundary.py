@@ -203,6 +203,8 @@ def rewrite(model: Any, sig: Signature, kind: OutputKind, pre_logits: str | None
     if sig.batch is not None and not keep_batch:
         _free_batch(graph, sig.batch)
         rewrites.append(f"the fixed batch of {sig.batch} made dynamic")
+    elif fixed is not None:
+        rewrites.append(f"the batch stays fixed at {fixed}: the graph runs no other (input.fixed_batch)")
     return Boundary(INPUT, output_name, logits_name, fixed, rewrites)
 
 

@@ -289,6 +289,7 @@ def test_a_batch_the_graph_fixes_stays_fixed_and_says_so(tmp_path: Path) -> None
     meta, path, stderr = imported(tmp_path, source)
     assert meta["input"]["fixed_batch"] == 1 and meta["input"]["shape"] == [1, 3, 8, 8]
     assert meta["output"]["shape"] == [1, 5]
+    assert meta["source"]["rewrites"][-1].startswith("the batch stays fixed at 1")
     assert stderr == "note: g.onnx runs only batches of 1 (its graph fixes the batch): it is served 1 image(s) per run\n"
     x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(session(path).run(["logits"], {"input": x})[0], session(source).run(None, {"x": x})[0],

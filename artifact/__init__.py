@@ -35,6 +35,7 @@ from artifact.metadata import (
     Params,
     Parity,
     SamplesRecord,
+    Source,
     Training,
     Versions,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "Params",
     "Parity",
     "SamplesRecord",
+    "Source",
     "Training",
     "Versions",
     "file_records",

@@ -204,6 +204,23 @@ class SamplesRecord(Record):
     per_class: int
 
 
+class Source(Record):
+    """Where an imported model came from and what the import rewrote (null for a training
+    export): the file as it came, so a user can tell what they are looking at."""
+
+    file: str = Field(description="The imported file's name")
+    producer: str | None = Field(None, description="producer_name and producer_version the file names")
+    exporter: str | None = Field(
+        None, description="torch.onnx (dynamo) | torch.onnx (TorchScript) | the producer's name (tf2onnx, ...)")
+    opset: int | None = None
+    ir_version: int | None = None
+    layout: Literal["NCHW", "NHWC"] = Field("NCHW", description="The original input's layout")
+    dtype: Literal["float32", "float16"] = Field("float32", description="The original input's element type")
+    batch: int | None = Field(None, description="The original input's fixed batch (null: dynamic)")
+    external_data: bool = Field(False, description="Its weights were in external data files (now inside model.onnx)")
+    rewrites: list[str] = Field(default_factory=list, description="What the import changed at the graph's edges")
+
+
 class FileRecord(Record):
     sha256: str
     bytes: int | None = None
@@ -229,6 +246,7 @@ class Metadata(Record):
     versions: Versions | None = None
     channel_view: ChannelViewRecord | None = None
     samples: SamplesRecord | None = None
+    source: Source | None = None
     files: Annotated[dict[str, FileRecord], Field(min_length=1)]
 
     @model_validator(mode="after")

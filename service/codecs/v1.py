@@ -25,7 +25,8 @@ from service.handlers.results import (
 )
 from service.models.registry import ModelStatus
 
-LAYER_KEYS = ("name", "op", "kind", "output_shape", "params", "receptive_field", "stride", "geometry_note")
+LAYER_KEYS = ("name", "op", "kind", "group", "output_shape", "params", "receptive_field", "stride",
+              "geometry_note")
 
 
 class Links(Protocol):
@@ -85,8 +86,8 @@ def layer_catalogue(result: LayerCatalogue) -> dict[str, Any]:
     server paints with (the explorer reads them here)."""
     layers = [{**{k: getattr(layer, k) for k in LAYER_KEYS}, "has_filters": layer.name in result.with_filters}
               for layer in result.layers]
-    body: dict[str, Any] = {"model": result.model.name, "version": result.model.version, "layers": layers,
-                            "colormaps": colormaps.catalogue()}
+    body: dict[str, Any] = {"model": result.model.name, "version": result.model.version,
+                            "fixed_batch": result.fixed_batch, "layers": layers, "colormaps": colormaps.catalogue()}
     catalogue = result.explanations
     if catalogue is None:
         for layer in layers:

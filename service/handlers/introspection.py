@@ -55,6 +55,7 @@ class IntrospectionHandler(Handler):
                 with_filters=frozenset(runtime.filters),
                 explanations=explainer.model.catalogue() if explainer is not None else None,
                 unexplainable=runtime.explain_unavailable if explainer is None else None,
+                fixed_batch=model.metadata.input.fixed_batch,
             )
 
     def filters(self, name: str, version: int | None, layer: str, state: FilterState = FilterState.TRAINED) -> Filters:

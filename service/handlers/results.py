@@ -114,6 +114,7 @@ class LayerCatalogue:
     with_filters: frozenset[str]
     explanations: Catalogue | None  # None: the model cannot be explained ...
     unexplainable: str | None  # ... for this reason
+    fixed_batch: int | None = None  # the graph runs exactly this many images a run (an import's)
 
 
 @dataclass(frozen=True)

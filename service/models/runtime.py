@@ -405,6 +405,11 @@ def _detach_shared_weights(proto: onnx.ModelProto, readers_allowed: frozenset[tu
             continue
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < SHARE_MIN_BYTES:
             continue
+        # Only float32: the CPU provider runs a float16 Gemm/MatMul by casting its weight to
+        # float32, and folds that Cast at load from the placeholder's bytes, not the shared
+        # array (an imported float16 model served near-zero scores).
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
         array = numpy_helper.to_array(tensor)
         shared[tensor.name] = np.ascontiguousarray(array)
         tensor.ClearField("raw_data")

@@ -17,12 +17,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from export_helpers import run_cli, tree
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from benchmarks import zoo
 from model_export.graph_names import _from_torchscript, groups
+from tests.support.export_cli import run_cli, tree
 
 SIZE = 16
 

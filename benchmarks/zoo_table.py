@@ -109,7 +109,7 @@ def reference_probabilities(imported: Imported, image: Path) -> np.ndarray:
     from PIL import Image
 
     from artifact import InputRecipe
-    from service.preprocessing import InputSpec, preprocess
+    from service.inference.preprocessing import InputSpec, preprocess
 
     spec = InputSpec.from_recipe(InputRecipe.model_validate(imported.metadata["input"]))
     x = preprocess(Image.open(image), spec)[None]
@@ -157,7 +157,7 @@ def gradient_error(imported: Imported, cache: Path) -> float | None:
 
     from artifact import InputRecipe, parse_metadata
     from service.explain import describe
-    from service.preprocessing import InputSpec, preprocess
+    from service.inference.preprocessing import InputSpec, preprocess
 
     assert imported.path is not None
     model = onnx.load(str(imported.path / "model.onnx"))

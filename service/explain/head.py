@@ -28,7 +28,7 @@ names the op and what would make grad-cam work.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,9 @@ class GradHead:
     score: str  # the value differentiated: the class scores before a final Softmax / Sigmoid
     nodes: tuple[_Node, ...]
     constants: Mapping[str, Array] = field(repr=False)  # weights and folded shape values
+    # The tapped layer is Transpose(layer value, tapped_perm) (an import's channel-last value
+    # tapped as NCHW: service/explain and the maps are NCHW); None: the value as tapped.
+    tapped_perm: tuple[int, ...] | None = None
 
     @property
     def ops(self) -> tuple[str, ...]:
@@ -113,12 +116,17 @@ class GradHead:
                 grads[name] = grads[name] + grad if name in grads else grad
         gradient = grads.get(self.layer)
         if gradient is None:
-            gradient = np.zeros_like(activations)
+            return outputs.astype(np.float32), np.zeros_like(activations, dtype=np.float32)
+        if self.tapped_perm is not None:
+            gradient = gradient.transpose(self.tapped_perm)
         return outputs.astype(np.float32), gradient.astype(np.float32).reshape(activations.shape)
 
     def _run(self, activations: Array) -> dict[str, Array]:
         values: dict[str, Array] = dict(self.constants)
-        values[self.layer] = np.asarray(activations, dtype=np.float32)
+        start = np.asarray(activations, dtype=np.float32)
+        if self.tapped_perm is not None:
+            start = start.transpose(np.argsort(self.tapped_perm))
+        values[self.layer] = start
         for node in self.nodes:
             inputs = [values[name] if name else None for name in node.inputs]
             for name, value in zip(node.outputs, OPS[node.op].forward(inputs, node.attrs)):
@@ -157,6 +165,7 @@ class HeadAnalysis:
         artifact names one (``metadata.output.logits``)."""
         if output not in self._producer:
             return NotExact(f"the class output {output!r} is not computed by any node")
+        layer, perm = self._tapped_from(layer)
         score = logits if logits and (logits in self._producer or logits == layer) else self._score_of(output)
         to_score = self._walk([score], layer)
         if isinstance(to_score, NotExact):
@@ -166,7 +175,26 @@ class HeadAnalysis:
             return needed
         if not to_score.reached:
             return NotExact(f"the class output does not depend on {layer!r}")
-        return self._build(layer, output, score, needed, to_score.nodes)
+        head = self._build(layer, output, score, needed, to_score.nodes)
+        return replace(head, tapped_perm=perm) if isinstance(head, GradHead) and perm is not None else head
+
+    def _tapped_from(self, layer: str) -> tuple[str, tuple[int, ...] | None]:
+        """The value the graph goes on from, for a layer the importer tapped through its own
+        adapters (``convscope/<layer>/to_float32``: a float16 value cast up;
+        ``convscope/<layer>/to_nchw``: a channel-last value transposed), and the permutation
+        that made the tapped value; the layer itself otherwise."""
+        name, perm = layer, None
+        while name in self._producer:
+            node = self._graph.node[self._producer[name]]
+            if node.op_type == "Cast" and node.name == f"convscope/{layer}/to_float32":
+                name = str(node.input[0])
+            elif node.op_type == "Transpose" and node.name == f"convscope/{layer}/to_nchw":
+                perm = tuple(int(p) for p in helper.get_attribute_value(next(a for a in node.attribute
+                                                                             if a.name == "perm")))
+                name = str(node.input[0])
+            else:
+                break
+        return name, perm
 
     # ---- the walk back from the class output ---------------------------------------------
 

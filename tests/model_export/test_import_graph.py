@@ -241,8 +241,8 @@ def test_an_nhwc_input_read_before_its_transpose_gets_one_added(tmp_path: Path) 
 def test_a_float16_model_takes_and_gives_float32(tmp_path: Path) -> None:
     """Casts at the edges and on every layer; the service's fast path gives the file's scores
     (its dense weight, over 1 MB, is not shared between the sessions: float16)."""
-    from service.repository import load_artifact, scan
-    from service.runtime import RuntimeOptions, load_model
+    from service.models.repository import load_artifact, scan
+    from service.models.runtime import RuntimeOptions, load_model
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 1024, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

@@ -156,12 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     ref = max((r for r in scan(model_dir.parent) if r.name == model_dir.name), key=lambda r: r.version)
     model = load_model(load_artifact(ref), RuntimeOptions(providers=["CPUExecutionProvider"]))
     items = test_set(args.crops, seed=2)
-    print(f"{len(items)} photos at camera sizes; model {model.name} ({model.spec.width} px)", file=sys.stderr)
+    print(f"{len(items)} photos at camera sizes; model {model.artifact.name} ({model.spec.width} px)", file=sys.stderr)
     exact = run_path(model, items, None)
     results = [run_path(model, items, gap) for gap in GAPS]
     truth_top1 = exact.probabilities.argmax(axis=1)
     lines = [
-        f"Model `{model.name}` ({args.arch if not args.model_dir else 'given'}, {model.spec.width} px input, "
+        f"Model `{model.artifact.name}` ({args.arch if not args.model_dir else 'given'}, {model.spec.width} px input, "
         f"{len(model.labels)} classes); {len(items)} photos at camera sizes "
         f"({', '.join(f'{w}x{h} {f}' for w, h, f, _, _ in CAMERA_FORMS)}).",
         "",

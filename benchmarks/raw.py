@@ -25,15 +25,16 @@ import numpy as np
 def measure(model_dir: Path, body: Path, batches: list[int], seconds: float, warmup: float) -> dict[str, object]:
     from service.inference.preprocessing import decode, preprocess
     from service.models.repository import load_artifact, scan
-    from service.models.runtime import RuntimeOptions, load_model
+    from service.models.runtime import load_model
+    from service.options import ServiceOptions
     from service.settings import Settings
 
-    settings = Settings()
-    options = RuntimeOptions.from_settings(settings)  # exactly the service's sessions
+    options = ServiceOptions.from_settings(Settings())  # exactly the service's sessions and recipe
     refs = scan(model_dir.parent)
     ref = max((r for r in refs if r.name == model_dir.name), key=lambda r: r.version)
-    model = load_model(load_artifact(ref), options)
-    image = preprocess(decode(body.read_bytes(), max_pixels=settings.max_image_pixels, spec=model.spec), model.spec)
+    model = load_model(load_artifact(ref), options.runtime, reducing_gap=options.preparation.reducing_gap)
+    image = preprocess(decode(body.read_bytes(), max_pixels=options.preparation.max_pixels, spec=model.spec),
+                       model.spec)
     outputs = (model.output_name,)
     results = []
     for batch_size in batches:
@@ -68,11 +69,11 @@ def measure(model_dir: Path, body: Path, batches: list[int], seconds: float, war
             "cpu_ms_per_image": 1000.0 * cpu / (batch_size * len(times)),
         })
     return {
-        "model": model.name,
-        "version": model.version,
+        "model": model.artifact.name,
+        "version": model.artifact.version,
         "provider": model.provider,
-        "intra_op_threads": settings.intra_op_threads,
-        "inter_op_threads": settings.inter_op_threads,
+        "intra_op_threads": options.runtime.intra_op_threads,
+        "inter_op_threads": options.runtime.inter_op_threads,
         "input_shape": list(model.spec.shape),
         "batches": results,
     }

@@ -20,7 +20,7 @@ from service.inference.batching import BatchingPolicy, DynamicBatcher
 from service.inference.preprocessing import InputSpec
 from service.metrics import Metrics
 from service.models.channel_view import ChannelView
-from service.models.repository import ArtifactRef, load_artifact
+from service.models.repository import ArtifactRef, Named, load_artifact
 from service.models.runtime import ModelRuntime, RuntimeOptions, load_model
 from service.models.signature import ModelSignature
 
@@ -35,7 +35,7 @@ class LoadError(Exception):
 
 
 @dataclass(eq=False)
-class LoadedVersion:
+class LoadedVersion(Named):
     """A version ready to serve: its sessions, its batcher, its channel view and samples (read
     once; empty when the artifact has none), its explainer, and how many requests hold it."""
 
@@ -46,14 +46,6 @@ class LoadedVersion:
     explainer: Explainer | None = None  # None: the graph could not be analysed (runtime.explain_unavailable)
     leases: int = 0
     _released: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def name(self) -> str:
-        return self.ref.name
-
-    @property
-    def version(self) -> int:
-        return self.ref.version
 
     @property
     def metadata(self) -> Metadata:

@@ -40,7 +40,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.models.loader import LoadedVersion, Loader, LoadError
-from service.models.repository import ArtifactRef, RepositoryOptions
+from service.models.repository import ArtifactRef, Named, RepositoryOptions
 
 log = logging.getLogger("convscope.registry")
 
@@ -66,7 +66,7 @@ def fingerprint(path: Path) -> Fingerprint:
 
 
 @dataclass(eq=False)
-class ModelEntry:
+class ModelEntry(Named):
     """One version in the repository, whatever its state."""
 
     ref: ArtifactRef
@@ -74,14 +74,6 @@ class ModelEntry:
     reason: str | None = None
     served: LoadedVersion | None = None
     fingerprint: Fingerprint | None = None
-
-    @property
-    def name(self) -> str:
-        return self.ref.name
-
-    @property
-    def version(self) -> int:
-        return self.ref.version
 
     def not_ready(self) -> ModelNotReady:
         detail = f": {self.reason}" if self.reason else ""

@@ -50,14 +50,10 @@ class ArtifactRef:
     path: Path
 
 
-@dataclass
-class Artifact:
-    """A validated version: its metadata and where its model file lies."""
+class Named:
+    """What is about one version on disk: its name and number, from its ``ref``."""
 
     ref: ArtifactRef
-    metadata: Metadata
-    model_path: Path
-    initial_weights_path: Path | None = field(default=None)
 
     @property
     def name(self) -> str:
@@ -66,6 +62,16 @@ class Artifact:
     @property
     def version(self) -> int:
         return self.ref.version
+
+
+@dataclass
+class Artifact(Named):
+    """A validated version: its metadata and where its model file lies."""
+
+    ref: ArtifactRef
+    metadata: Metadata
+    model_path: Path
+    initial_weights_path: Path | None = field(default=None)
 
 
 class Layout(Enum):

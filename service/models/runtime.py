@@ -159,15 +159,7 @@ class ModelRuntime:
 
     @cached_property
     def signature(self) -> ModelSignature:
-        return ModelSignature.from_metadata(self.name, self.version, self.metadata)
-
-    @property
-    def name(self) -> str:
-        return self.artifact.name
-
-    @property
-    def version(self) -> int:
-        return self.artifact.version
+        return ModelSignature.from_metadata(self.artifact.name, self.artifact.version, self.metadata)
 
     @property
     def metadata(self) -> Metadata:
@@ -176,9 +168,9 @@ class ModelRuntime:
     def trained_filters(self, layer: str) -> np.ndarray:
         """The kernels of ``layer`` as trained; 404s name the valid layers, or those with filters."""
         if layer not in self.layer_names:
-            raise UnknownLayer(self.name, layer, self.layer_names)
+            raise UnknownLayer(self.artifact.name, layer, self.layer_names)
         if layer not in self.filters:
-            raise NoFilters(self.name, layer, [n for n in self.layer_names if n in self.filters])
+            raise NoFilters(self.artifact.name, layer, [n for n in self.layer_names if n in self.filters])
         return self.filters[layer]
 
     def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:

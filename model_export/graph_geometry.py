@@ -63,6 +63,7 @@ RESAMPLED = (
     "resampled (Resize, Upsample, ConvTranspose, DepthToSpace): the box is the smallest window "
     "on the new grid that holds every unit's field, up to one stride wider than it"
 )
+FOLD_ROUNDS = 256
 FOLD_LIMIT = 4096  # elements: constants this small are read (pads, axes, shapes); weights are not
 ROWS, COLS = 0, 1
 AXIS_NAMES = ("rows", "columns")
@@ -880,7 +881,9 @@ def _shapes_and_constants(
     data = _data_values(model.graph, input_name)
     opsets = {o.domain or "": o.version for o in model.opset_import}
     shapes: dict[str, list[int]] = {}
-    for _ in range(4):
+    # One round per shape known only after the previous fold: a ShuffleNet reshapes at
+    # every block (its channel shuffle), each from the shape the last one produced.
+    for _ in range(FOLD_ROUNDS):
         shapes = _infer(skeleton)
         folded = _fold(skeleton.graph, data, consts, shapes, opsets)
         if not folded:
@@ -996,7 +999,7 @@ def _fold(
         elif all(not name or name in consts for name in node.input) and _small_shape(shapes.get(node.output[0])):
             feeds = {name: consts[name] for name in node.input if name}
             try:
-                outputs: Any = ReferenceEvaluator(node, opsets=opsets).run(None, feeds)
+                outputs: Any = ReferenceEvaluator(_one_node_model(node, feeds, opsets)).run(None, feeds)
                 value = outputs[0]
             except Exception:  # an op the reference cannot run: left unfolded
                 continue
@@ -1007,3 +1010,16 @@ def _fold(
         consts[node.output[0]] = value
         folded.add(node.output[0])
     return folded
+
+
+def _one_node_model(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opsets: dict[str, int]) -> onnx.ModelProto:
+    """The node alone as a model of the graph's opsets: given a bare node, the reference
+    evaluator runs the newest version of its op (opset 11's Unsqueeze with an `axes`
+    attribute fails as Unsqueeze-13)."""
+    inputs = [
+        helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), list(np.shape(v)))
+        for name, v in feeds.items()
+    ]
+    outputs = [helper.make_empty_tensor_value_info(name) for name in node.output]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])

@@ -3,7 +3,8 @@
 Where it comes from, best first:
 
 - the dynamo exporter (`torch.onnx.export(..., dynamo=True)`) stores the module path of
-  every node in its metadata: `pkg.torch.onnx.name_scopes` = ['', 'features',
+  every node in its metadata (read first: it may share one initializer between modules
+  whose weights are equal): `pkg.torch.onnx.name_scopes` = ['', 'features',
   'features.1', ..., '<fx node name>'];
 - the TorchScript exporter (`dynamo=False`) names nodes `/features/features.1/block/
   block.0/block.0.2/Relu`: each scope is a module's name relative to its parent, with the
@@ -37,13 +38,15 @@ def module_path(node: Any, constants: Iterable[str], op: str | None = None) -> s
     """The torch module path that made ``node``, or None where the file does not say; a
     torch op outside every module (a functional relu in forward) is named by its op (``op``:
     the activation a few ops spell out, where they do)."""
+    # The node's own scope first: the dynamo exporter shares one initializer between
+    # modules whose weights are equal, so a weight's name can be another module's.
+    for prop in node.metadata_props:
+        if prop.key == NAME_SCOPES:
+            return _from_name_scopes(prop.value) or (op or str(node.op_type))
     if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
         weight = str(node.input[1])
         if weight in constants and weight.endswith(".weight") and not weight.startswith("onnx::"):
             return weight[: -len(".weight")]
-    for prop in node.metadata_props:
-        if prop.key == NAME_SCOPES:
-            return _from_name_scopes(prop.value) or (op or str(node.op_type))
     if node.name and _TORCHSCRIPT.match(node.name):
         return _from_torchscript(node.name) or (op or str(node.op_type))
     return None

@@ -318,6 +318,25 @@ def test_older_opsets_give_axes_and_pads_as_attributes_or_inputs(opset: int) -> 
     assert square(fields[mean]) == (3, 1, -1)  # the mean over channels keeps the map
 
 
+def test_channel_shuffles_whose_shapes_are_computed_from_shape_at_opset_11() -> None:
+    """ShuffleNet as the TorchScript exporter writes it at opset 11: each shuffle's target
+    shape is Shape -> Gather -> Unsqueeze (axes as an attribute) -> Concat, from the shape
+    the previous shuffle produced; five in a row need five rounds of folding."""
+    net = Net(channels=4, size=(10, 10), opset=11)
+    x = net.op("Relu", net.conv("input", 4, pads=[1, 1, 1, 1]))
+    shuffles = []
+    for _ in range(5):
+        shape = net.op("Shape", x)
+        dims = [net.op("Unsqueeze", net.op("Gather", shape, net.const(i), axis=0), axes=[0]) for i in range(4)]
+        split = net.op("Concat", dims[0], net.const([2]), net.const([2]), dims[2], dims[3], axis=0)
+        grouped = net.op("Transpose", net.op("Reshape", x, split), perm=[0, 2, 1, 3, 4])
+        x = net.op("Reshape", grouped, net.op("Concat", dims[0], net.const([-1]), dims[2], dims[3], axis=0))
+        net.channels[x] = 4
+        shuffles.append(x)
+    fields = net.exact(net.conv(x, 2, pads=[1, 1, 1, 1]))
+    assert [square(fields[v]) for v in shuffles] == [(3, 1, -1)] * 5
+
+
 def test_the_brute_force_notices_a_box_one_pixel_off() -> None:
     net = Net()
     a = net.op("Relu", net.conv("input", 2, pads=[1, 1, 1, 1]))

@@ -551,7 +551,7 @@ def _gate(measured: Evaluation, metadata: Metadata, version: int, opts: Quantize
         f"the int8 version of {metadata.name} version {version} was not written: its top-1 class agrees with the "
         f"float version's on {measured.same} of {measured.images} held-out images ({measured.agreement:.4f}), "
         f"below --min-agreement {opts.min_agreement}{accuracy}; largest probability difference "
-        f"{measured.max_probability_difference:.3f}; lowest SQNR: {layers or 'none'}. Try {others}, more "
+        f"{measured.max_probability_difference:.3g}; lowest SQNR: {layers or 'none'}. Try {others}, more "
         "--calibration-images, or, if that agreement is good enough for you, a lower --min-agreement"
     )
 

@@ -9,12 +9,15 @@ Two kinds of use (head.py decides which for each node of a head):
 - off it (shapes and constants: everything computed from Shape/Size or from constants
   only): evaluated, never differentiated; any op with a forward will do.
 
-QuantizeLinear and DequantizeLinear (an int8 version's Q/DQ pairs) replay exactly forward;
-their gradient is the clipped straight-through estimator: the Q/DQ pair passes the upstream
-gradient unchanged where the value lies inside the int8 range and none where the quantizer
-saturates. The quantizer folds a ReLU into its pair's range (zero is the bottom of the
-range), so this is the ReLU's own gradient where one was removed; rounding itself, whose
-true derivative is zero almost everywhere, is treated as the identity.
+QuantizeLinear and DequantizeLinear (an int8 version's Q/DQ pairs) replay exactly forward.
+Their gradient is the straight-through estimator: a pair passes the upstream gradient on
+unchanged, as the float function the int8 graph approximates would (rounding's own
+derivative is zero almost everywhere, and a saturated value's too: an explanation would go
+blank wherever the image leaves the calibrated range). One exception: a pair whose range
+starts at 0 (its zero point is the bottom of the int8 range) may stand for a ReLU the
+quantizer folded into it and removed, and passes no gradient for values below 0, as that
+ReLU did. Grad-CAM on an int8 version is then the float version's gradient taken through the
+int8 version's values.
 
 Elementwise activations follow PyTorch's conventions at the kinks (ReLU6 and Clip pass no
 gradient at their bounds, HardSwish the slope of its middle piece at -3 and 3), so the
@@ -587,11 +590,16 @@ def _quantize(inputs: Values, attrs: Attrs) -> list[Array]:
 
 def _quantize_vjp(g: Array, inputs: Values, outputs: list[Array], attrs: Attrs, dep: list[bool]) -> list[Array | None]:
     x = _x(inputs)
-    zero, low, high = _quantize_range(inputs)
+    zero, low, _ = _quantize_range(inputs)
     scale = _per_axis(_x(inputs, 1), x, attrs).astype(np.float32)
-    level = x / scale + _per_axis(zero, x, attrs).astype(np.float32)  # before rounding
-    inside = (level > low) & (level < high)  # strict: zero gradient at the range's ends, as ReLU at 0
-    return [np.where(inside, g / scale, np.float32(0)).astype(np.float32), None, None]
+    # Divided by the scale: DequantizeLinear's gradient multiplies it back (straight through).
+    grad = g / scale
+    folded_relu = _per_axis(zero, x, attrs) == low  # the range starts at 0
+    if np.any(folded_relu):
+        # Only values below 0: at 0 itself the value may be a ReLU's output read on (a pool or
+        # a flatten after the layer's own ReLU), whose float gradient flows.
+        grad = np.where(folded_relu & (x < 0), np.float32(0), grad)
+    return [grad.astype(np.float32), None, None]
 
 
 def _quantize_check(view: NodeView) -> str | None:

@@ -182,6 +182,7 @@ def write_int8(root: Path, name: str = "synthetic", float_version: int = 1, *, i
 
     meta = json.loads((root / name / str(float_version) / "metadata.json").read_text())
     size, channels = meta["input"]["size"][0], meta["input"]["channels"]
-    folder = images or calibration_images(root.parent / f"calibration-{name}", size=size, channels=channels)
+    # A hidden directory of the repository: not a model name, so the service never lists it.
+    folder = images or calibration_images(root / f".calibration-{name}", size=size, channels=channels)
     return quantize(QuantizeOptions(model_dir=str(root / name), version=float_version, data_dir=str(folder),
                                     min_agreement=min_agreement, progress=False))

@@ -226,7 +226,8 @@ class LayerError(Record):
     name: str  # a tapped layer, or the class output
     sqnr_db: float | None = Field(description="10 log10(sum float^2 / sum (float - int8)^2); null: no difference")
     relative_error: float = Field(description="||float - int8|| / ||float||, over every value of every image")
-    worst_channel: int | None = None  # the channel with the lowest SQNR (null: a flat output)
+    worst_channel: int | None = None  # the lowest SQNR among channels carrying at least 1% of the
+    # layer's average channel power (a nearly silent channel rounded to zero is 0 dB); null: flat
     worst_channel_sqnr_db: float | None = None
 
 

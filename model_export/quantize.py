@@ -81,6 +81,9 @@ SMALL_INPUT_PIXELS = channel_view.SMALL_INPUT_PIXELS
 CALIBRATION_SHARE = 1 / 3
 # Bytes of outputs one evaluation run may hold (both versions' taps): bounds memory.
 EVALUATION_BATCH_BYTES = 96 << 20
+# The worst channel of a layer is chosen among channels whose power over the evaluation
+# images is at least this share of the layer's average channel's.
+WORST_CHANNEL_MIN_SHARE = 0.01
 SPEED_BATCHES = (1, 16)
 SPEED_RUNS = 5
 WEIGHT_SUFFIX = "_quantized"  # onnxruntime's name for a quantized initializer
@@ -150,7 +153,11 @@ class _Sums:
         worst = None
         worst_db = None
         if spatial and len(self.signal) > 1:
-            per_channel = np.array([_sqnr(s, n) if n > 0 else np.inf for s, n in zip(self.signal, self.noise)])
+            # Among the channels that carry something: a nearly silent one that int8 rounds to
+            # zero everywhere is 0 dB, and says nothing about what the layer shows.
+            carrying = self.signal >= WORST_CHANNEL_MIN_SHARE * self.signal.mean()
+            per_channel = np.array([_sqnr(s, n) if n > 0 and keep else np.inf
+                                    for s, n, keep in zip(self.signal, self.noise, carrying, strict=True)])
             if np.isfinite(per_channel).any():
                 worst = int(np.argmin(per_channel))
                 worst_db = round(float(per_channel[worst]), 2)

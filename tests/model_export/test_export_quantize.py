@@ -149,6 +149,15 @@ def test_sqnr_and_the_worst_channel_from_the_sums() -> None:
     exact = _Sums.empty(2)
     exact.add(reference, reference)
     assert exact.record("same", spatial=True).sqnr_db is None
+    # A nearly silent channel that int8 rounds to zero (0 dB) is not the layer's worst.
+    faint = _Sums.empty(3)
+    maps = np.ones((4, 3, 3, 3), dtype=np.float32)
+    maps[:, 2] = 1e-3
+    rounded = maps.copy()
+    rounded[:, 2] = 0
+    rounded[:, 1] += 0.05
+    faint.add(maps, rounded)
+    assert faint.record("faint", spatial=True).worst_channel == 1
 
 
 def test_the_digits_tinyvgg_passes_the_gate_on_its_own_held_out_split(digits_artifact: Any, tmp_path: Path) -> None:

@@ -313,10 +313,26 @@ class ModelRegistry:
             log.info("model %s version %d ready on %s (%.2f s)%s", entry.name, entry.version,
                      runtime.provider, runtime.load_seconds,
                      f"; {runtime.batch_costs.describe()}" if runtime.batch_costs is not None else "")
+        if entry.state is ModelState.READY:
+            self._say_precision(entry)
         outcome = "success" if entry.state is ModelState.READY else "failure"
         self.metrics.model_loads.labels(entry.name, outcome).inc()
         self.metrics.model_load_seconds.labels(entry.name).observe(time.perf_counter() - started)
         self._update_gauges()
+
+    def _say_precision(self, loaded: ModelEntry) -> None:
+        """When an int8 version and its float version are both ready: which runs faster here,
+        and which serves by default (the operator's CONVSCOPE_DEFAULT_PRECISION)."""
+        versions = self.entries.get(loaded.name, {})
+        pairs = [(e, versions.get(e.quantized_from or 0)) for e in versions.values() if e.precision is Precision.INT8]
+        for int8, original in pairs:
+            if original is None or original.state is not ModelState.READY or loaded not in (int8, original):
+                continue
+            default = default_entry(versions, self.options.default_precision)
+            log.info("model %s: int8 version %d runs %s here than its float version %d (timed at load); version %s "
+                     "serves by default (default precision: %s)", loaded.name, int8.version,
+                     "faster" if _faster(int8, original) else "slower", original.version,
+                     default.version if default is not None else "none", self.options.default_precision.value)
 
     def _fail(self, entry: ModelEntry, reason: str) -> None:
         entry.state, entry.reason = ModelState.FAILED, reason

@@ -257,6 +257,21 @@ class QuantizationRecord(Record):
     speed: list[SpeedRecord] = Field(default_factory=list)
     int8_faster: bool | None = None  # at the largest batch timed, on the exporting machine's CPU
     seconds: float | None = None  # what the step cost
+class Source(Record):
+    """Where an imported model came from and what the import rewrote (null for a training
+    export): the file as it came, so a user can tell what they are looking at."""
+
+    file: str = Field(description="The imported file's name")
+    producer: str | None = Field(None, description="producer_name and producer_version the file names")
+    exporter: str | None = Field(
+        None, description="torch.onnx (dynamo) | torch.onnx (TorchScript) | the producer's name (tf2onnx, ...)")
+    opset: int | None = None
+    ir_version: int | None = None
+    layout: Literal["NCHW", "NHWC"] = Field("NCHW", description="The original input's layout")
+    dtype: Literal["float32", "float16"] = Field("float32", description="The original input's element type")
+    batch: int | None = Field(None, description="The original input's fixed batch (null: dynamic)")
+    external_data: bool = Field(False, description="Its weights were in external data files (now inside model.onnx)")
+    rewrites: list[str] = Field(default_factory=list, description="What the import changed at the graph's edges")
 
 
 class FileRecord(Record):
@@ -286,6 +301,7 @@ class Metadata(Record):
     samples: SamplesRecord | None = None
     precision: Precision = Precision.FLOAT32
     quantization: QuantizationRecord | None = None  # int8 versions only
+    source: Source | None = None
     files: Annotated[dict[str, FileRecord], Field(min_length=1)]
 
     @model_validator(mode="after")

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from artifact import OutputKind
+
 from .architectures import REGISTRY
 from .channel_view import DEFAULT_IMAGES, DEFAULT_IMAGES_LARGE, DEFAULT_TOP_K
 from .datasets import DATASETS
@@ -44,6 +46,9 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise ExportError(f"{message} (see {self.prog} --help)")
+
+
+OUTPUT_KINDS = tuple(OutputKind)
 
 
 def _positive_int(text: str) -> int:
@@ -254,8 +259,10 @@ def quantize_parser() -> argparse.ArgumentParser:
 def import_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="convscope-export import",
-        description="Write a convscope artifact for an ONNX model exported elsewhere: dynamic batch, "
-        "Conv/Relu/pool outputs added as layers, parity checked against the original.",
+        description="Write a convscope artifact for an ONNX model exported elsewhere (either torch.onnx "
+        "exporter, tf2onnx, ...): float32 NCHW input with a dynamic batch, the class output's kind decided "
+        "from the graph, every conv, activation, pool and block output added as a layer named from the "
+        "exporter's scopes, parity checked against the original.",
     )
     parser.add_argument("file", help="the .onnx file")
     parser.add_argument("--name", required=True, help="model name ([a-z0-9][a-z0-9._-]*)")
@@ -264,6 +271,23 @@ def import_parser() -> argparse.ArgumentParser:
         "--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default: 1/255)"
     )
     parser.add_argument("--output", help="the class-score output (default: the first graph output)")
+    parser.add_argument(
+        "--output-kind",
+        choices=[k.value for k in OUTPUT_KINDS],
+        help="what the class output holds (default: from the graph: probabilities after a final Softmax, "
+        "log_probabilities after LogSoftmax, multilabel after Sigmoid, else logits)",
+    )
+    parser.add_argument(
+        "--input-layout",
+        choices=("NCHW", "NHWC"),
+        help="the input's layout (default: from the graph; NHWC is rewritten to take NCHW)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=_layers,
+        help="comma-separated patterns of the layers to keep, matched against names and blocks: globs "
+        "('layer4.*', 'features.1[0-2]*') or 're:REGEX' (full match) (default: every layer)",
+    )
     parser.add_argument(
         "--data-dir",
         help="images the model did not learn from, ImageFolder layout (<class>/<image>; its val/ when it "
@@ -372,6 +396,9 @@ def _run_import(argv: Sequence[str]) -> Path | None:
             size=tuple(args.size) if args.size else None,
             scale=args.scale,
             output=args.output,
+            output_kind=OutputKind(args.output_kind) if args.output_kind else None,
+            input_layout=args.input_layout,
+            layers=args.layers,
             tolerance=args.tolerance,
             data_dir=args.data_dir,
             channel_images=args.channel_images,

@@ -25,6 +25,7 @@ from artifact import (
     OutputKind,
     Params,
     Parity,
+    Source,
     Training,
     Versions,
 )
@@ -109,6 +110,9 @@ class ModelFacts:
     with_torch: bool = True
     views: Stored = field(default_factory=Stored)  # channel view and samples, where stored
     output_kind: OutputKind = OutputKind.LOGITS
+    output_logits: str | None = None  # the graph output with the scores before a final Softmax
+    fixed_batch: int | None = None  # an import whose graph runs only batches of this size
+    source: Source | None = None  # an import: the file as it came and what was rewritten
 
 
 def build(facts: ModelFacts, version: int, files: dict[str, FileRecord]) -> Metadata:
@@ -123,8 +127,9 @@ def build(facts: ModelFacts, version: int, files: dict[str, FileRecord]) -> Meta
         description=facts.description,
         model_file=MODEL_FILE,
         labels=list(facts.labels),
-        input=facts.input.to_recipe(facts.input_name),
-        output=ClassOutput(name=facts.output_name, shape=[-1, len(facts.labels)], kind=facts.output_kind),
+        input=facts.input.to_recipe(facts.input_name, facts.fixed_batch),
+        output=ClassOutput(name=facts.output_name, shape=[facts.fixed_batch or -1, len(facts.labels)],
+                           kind=facts.output_kind, logits=facts.output_logits),
         layers=facts.layers,
         params=facts.params,
         training=facts.training,
@@ -132,5 +137,6 @@ def build(facts: ModelFacts, version: int, files: dict[str, FileRecord]) -> Meta
         versions=package_versions(facts.opset, with_torch=facts.with_torch),
         channel_view=facts.views.channel_view,
         samples=facts.views.samples,
+        source=facts.source,
         files=files,
     )

@@ -1,38 +1,64 @@
 """Bring your own ONNX: rewrite a model exported elsewhere into a convscope artifact.
 
-The rewrite makes the batch dimension dynamic, names the input `input` and the class
-output `logits`, and adds the outputs of Conv/Relu/MaxPool/AveragePool/
-GlobalAveragePool nodes as graph outputs with readable names. Shapes come from running
-the rewritten model once in onnxruntime; parameters from the initializers; receptive
-fields from walking the graph (graph_geometry.py).
+The steps, each in its own module:
+
+- `onnx_boundary`: the edges. One float32 NCHW input `input` with a dynamic batch (an
+  NHWC or float16 graph rewritten at its edges, a fixed batch freed where the graph
+  allows), the class output under its artifact name with its kind decided from the graph
+  (logits, or the probabilities / log-probabilities / independent scores of a final
+  Softmax / LogSoftmax / Sigmoid, whose input is tapped as `logits`);
+- `graph_taps`: the layers. Conv outputs, every activation (one op or spelled out), pools
+  and the merges of paths (block outputs);
+- `graph_names`: their names from the exporter's own scopes, and their blocks (`group`);
+- `graph_geometry`: receptive field, stride and offset of each layer through any graph,
+  with a note where a field is the whole image or null.
+
+Shapes come from running the rewritten model in onnxruntime; parameters from the
+initializers. Every refusal is one line naming what is unsupported and what would work.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from artifact import MODEL_FILE, Layer, Params, Parity
+from artifact import MODEL_FILE, Layer, OutputKind, Params, Parity, Source
 
 from . import channel_view, graph_geometry, metadata
 from .datasets import load_images
 from .errors import ExportError
+from .graph_names import fallback_name, groups, module_path
+from .graph_taps import NCHW, GraphView, Tap, choose
+from .layer_patterns import select
 from .metadata import ParamCount, ParamGroup
-from .parity import check_dynamic_batch, compare, run_onnx
-from .preprocessing import SCALE, InputSpec, check_channels, normalisation
+from .onnx_boundary import Boundary, Layout, Signature, detect_kind, read_signature, rewrite
+from .onnx_graph import (
+    Names,
+    Shapes,
+    attr,
+    complete_shapes,
+    constants,
+    data_values,
+    infer_shapes,
+    rename_values,
+    used_names,
+)
+from .parity import CRITERION, check_dynamic_batch, compare, run_onnx
+from .preprocessing import SCALE, InputSpec, normalisation
 from .staging import Staging, check_name, choose_version
 
-TAP_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool")
-BATCH_DIM = "batch"
 PARITY_IMAGES = 8  # random-normal inputs: parity compares graphs, not accuracy
+MIN_OPSET = 9
+FLOAT16_TOLERANCE = 1e-2  # ~10 float16 ulps of a unit-sized score
 
 
 @dataclass
@@ -47,6 +73,9 @@ class ImportOptions:
     size: tuple[int, int] | None = None
     scale: float = SCALE
     output: str | None = None
+    output_kind: OutputKind | None = None  # None: decided from the graph
+    input_layout: Layout | None = None  # None: decided from the graph
+    layers: list[str] | None = None  # glob (or re:regex) patterns; None: every tap
     tolerance: float = 1e-3
     data_dir: str | None = None  # ImageFolder images for the channel view and samples
     channel_images: int | None = None  # None: channel_view.default_images(size); 0: none
@@ -54,20 +83,31 @@ class ImportOptions:
     progress: bool = True
 
 
-def _load(path: str) -> Any:
+def _load(path: str) -> tuple[Any, bool]:
+    """The model with any external data read in from its folder (and whether it had
+    some), checked, on an opset and IR version this onnxruntime runs."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
     if not os.path.isfile(path):
         raise ExportError(f"ONNX file {path} does not exist")
     try:
-        model = onnx.load(path)
-    except Exception as exc:  # protobuf DecodeError, external-data OSError, ...
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, ...
         raise ExportError(f"{path} is not an ONNX model ({type(exc).__name__})") from None
+    external = any(uses_external_data(t) for t in model.graph.initializer)
+    if external:
+        try:
+            load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        except Exception as exc:  # OSError, onnx's ValidationError for a missing file
+            raise ExportError(f"{path} keeps its weights in external data that cannot be read ({_one_line(exc)}): "
+                              "keep the .onnx file and its data files in one folder") from None
     # An arbitrary byte string can decode as an (almost) empty ModelProto.
     if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
         raise ExportError(f"{path} is not an ONNX model (no graph)")
+    _check_runtime_supports(model, path)
     _check_valid(model, f"{path} is not a valid ONNX model")
-    return model
+    return model, external
 
 
 def _check_valid(model: Any, failure: str) -> None:
@@ -76,7 +116,57 @@ def _check_valid(model: Any, failure: str) -> None:
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # the checker's ValidationError, and protobuf's errors
-        raise ExportError(f"{failure}: {exc}") from None
+        raise ExportError(f"{failure}: {_one_line(exc)}") from None
+
+
+def _check_runtime_supports(model: Any, path: str) -> None:
+    import onnxruntime as ort
+
+    max_opset, max_ir = runtime_limits()
+    opset = metadata.opset_of(model)
+    if opset is not None and opset < MIN_OPSET:
+        raise ExportError(f"{path} uses opset {opset}; convscope imports opsets {MIN_OPSET} to {max_opset}: "
+                          f"re-export it, or convert it with onnx.version_converter.convert_version(model, 13)")
+    if opset is not None and opset > max_opset:
+        raise ExportError(f"{path} uses opset {opset}; onnxruntime {ort.__version__} runs opsets up to {max_opset}: "
+                          f"re-export it with opset {max_opset} or lower")
+    if model.ir_version > max_ir:
+        raise ExportError(f"{path} has IR version {model.ir_version}; onnxruntime {ort.__version__} reads IR "
+                          f"versions up to {max_ir}: save it with an older onnx package (model.ir_version = {max_ir})")
+
+
+@functools.lru_cache(maxsize=1)
+def runtime_limits() -> tuple[int, int]:
+    """(newest default-domain opset, newest IR version) this onnxruntime runs, found by
+    asking it to load a one-node model of each, newest first."""
+    import onnx
+    import onnxruntime as ort
+
+    def loads(opset: int, ir: int) -> bool:
+        node = onnx.helper.make_node("Relu", ["x"], ["y"])
+        vi = onnx.helper.make_tensor_value_info
+        graph = onnx.helper.make_graph([node], "probe", [vi("x", onnx.TensorProto.FLOAT, [1])],
+                                       [vi("y", onnx.TensorProto.FLOAT, [1])])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=ir)
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime's own Fail / InvalidGraph
+            return False
+        return True
+
+    max_ir = next((ir for ir in range(onnx.IR_VERSION, 3, -1) if loads(MIN_OPSET, ir)), 3)
+    newest = onnx.defs.onnx_opset_version()
+    max_opset = next((op for op in range(newest, MIN_OPSET - 1, -1) if loads(op, max_ir)), MIN_OPSET)
+    return max_opset, max_ir
+
+
+def _one_line(exc: BaseException) -> str:
+    """onnxruntime's and onnx's multi-line messages as one line, without their prefixes."""
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc))
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def read_labels(path: str) -> list[str]:
@@ -97,102 +187,7 @@ def read_labels(path: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _readable(name: str, op: str) -> str:
-    # TorchScript-exported names look like /features/features.0/Conv_output_0: the
-    # module path is the part before the op name.
-    m = re.fullmatch(r"/(?:.*/)?([^/]+)/[A-Za-z]+(?:_\d+)?_output_\d+", name)
-    text = m.group(1) if m else name.strip("/").replace("/", ".")
-    text = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
-    if not text or text.isdigit():
-        text = f"{op.lower()}_{text}" if text else op.lower()
-    return text
-
-
-def _rename_value(graph: Any, old: str, new: str) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-        for i, name in enumerate(node.output):
-            if name == old:
-                node.output[i] = new
-    for coll in (graph.input, graph.output, graph.value_info):
-        for vi in coll:
-            if vi.name == old:
-                vi.name = new
-
-
-def _constants(graph: Any) -> dict[str, np.ndarray]:
-    from onnx import numpy_helper
-
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-    return values
-
-
-def _make_batch_dynamic(model: Any, input_name: str) -> int | None:
-    """Turn a fixed batch dimension into `batch`; returns the old fixed size (or None).
-
-    Reshape targets that spell out the old batch size (e.g. [1, 6] before a Gemm)
-    get -1 (or 0, ONNX's "copy from the input", when -1 is taken) in its place.
-    """
-    from onnx import numpy_helper
-
-    graph = model.graph
-    inp = next(vi for vi in graph.input if vi.name == input_name)
-    dim0 = inp.type.tensor_type.shape.dim[0]
-    fixed = dim0.dim_value if dim0.HasField("dim_value") else None
-    dim0.dim_param = BATCH_DIM
-    for out in graph.output:
-        dims = out.type.tensor_type.shape.dim
-        if len(dims):
-            dims[0].dim_param = BATCH_DIM
-    del graph.value_info[:]  # stale fixed shapes; re-derived when needed
-    if fixed:
-        inits = {init.name: init for init in graph.initializer}
-        for node in graph.node:
-            if node.op_type != "Reshape" or node.input[1] not in inits:
-                continue
-            shape = numpy_helper.to_array(inits[node.input[1]]).copy()
-            if shape.ndim != 1 or len(shape) < 2 or shape[0] != fixed:
-                continue
-            allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
-            if -1 not in shape[1:]:
-                shape[0] = -1  # infer the batch from the element count
-            elif not allowzero:
-                shape[0] = 0  # copy the batch from the input
-            else:
-                continue  # cannot express it; the dynamic-batch check will say so
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array(shape, node.input[1]))
-    return fixed
-
-
-def _spatial_shapes(model: Any) -> dict[str, list[int]]:
-    """Static shapes of intermediate values (batch excluded) via shape inference."""
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is best-effort; receptive fields go null
-        return {}
-    shapes = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
-    return shapes
-
-
-def _attr(node: Any, name: str, default: Any) -> Any:
-    import onnx
-
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
+_attr = attr
 
 
 def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: set[str]) -> Params:
@@ -222,46 +217,51 @@ def _param_summary(graph: Any, consts: dict[str, np.ndarray], names: set[str]) -
 
 
 @dataclass
-class _Signature:
-    """The user's graph as it comes: its image input and its class-score output."""
+class _Layer:
+    """A tap as the artifact names it."""
 
-    input_name: str
-    channels: int
-    size: tuple[int, int]
-    batch: int | None  # a fixed batch size, or None when already dynamic
-    class_output: str
+    tap: Tap
+    name: str  # the layer's name: a graph output
+    value: str  # the graph value it shows (= name unless a Cast or Transpose adapts it)
+    path: str | None  # the exporter's module path, where known
+    group: str | None = None
 
 
 @dataclass
-class _Rewritten:
-    """The graph as the artifact stores it, and the names it now uses."""
+class _Imported:
+    """The rewritten graph, ready to save, and what the artifact says about it."""
 
     model: Any  # onnx.ModelProto
-    input_name: str
-    output_name: str
-    taps: list[Any]  # the tapped nodes (NodeProto), graph order
+    boundary: Boundary
+    layers: list[_Layer]
     consts: dict[str, np.ndarray]
-    shapes: dict[str, list[int]]  # inferred value shapes (-1 where unknown)
+    shapes: Shapes
+    entries: list[dict[str, Any]] = field(default_factory=list)
 
 
 def import_onnx(opts: ImportOptions) -> Path:
     """Write a convscope artifact for an ONNX file; returns the new version's directory."""
-    import onnx
-
     name = _check_options(opts)
     images = load_images(opts.data_dir) if opts.data_dir else None
-    original = _load(opts.file)
-    signature = _signature(original, opts)
-    sample, reference = _reference_logits(opts.file, signature)
+    original, external = _load(opts.file)
+    signature = read_signature(original, opts.file, opts.size, opts.output, opts.input_layout)
+    kind, pre_logits = _output_kind(original, signature, opts.output_kind)
+    sample, reference = _reference_scores(opts.file, signature)
     labels = _labels(opts, reference)
     input_spec = _input_spec(opts, signature)
-    rewritten = _rewrite(original, signature)
-    entries = _describe_layers(rewritten, signature.size)
+    imported = _build(original, signature, kind, pre_logits, opts.layers, keep_batch=False)
     with Staging(Path(opts.out), name, opts.version) as staging:
         assert staging.path is not None
         model_path = staging.path / MODEL_FILE
-        onnx.save(rewritten.model, str(model_path))
-        layers, parity = _check_parity(model_path, sample, reference, rewritten, entries, opts.tolerance)
+        _save(imported.model, model_path)
+        if signature.batch is not None and not _runs_any_batch(model_path, sample):
+            imported = _build(original, signature, kind, pre_logits, opts.layers, keep_batch=True)
+            _save(imported.model, model_path)
+            print(f"note: {os.path.basename(opts.file)} runs only batches of {signature.batch} (its graph fixes "
+                  f"the batch): it is served {signature.batch} image(s) per run", file=sys.stderr)
+        tolerance = max(opts.tolerance, FLOAT16_TOLERANCE) if signature.dtype == "float16" else opts.tolerance
+        layers, parity = _check_parity(model_path, sample, reference, imported, tolerance,
+                                       signature.dtype == "float16")
         views = channel_view.Stored()
         if images is not None:  # --data-dir: images to rank and to sample
             options = channel_view.ViewOptions(opts.channel_images, opts.channel_top_k, opts.progress)
@@ -274,15 +274,19 @@ def import_onnx(opts: ImportOptions) -> Path:
             description=f"Imported from {os.path.basename(opts.file)}",
             labels=labels,
             input=input_spec,
-            input_name=rewritten.input_name,
-            output_name=rewritten.output_name,
+            input_name=imported.boundary.input_name,
+            output_name=imported.boundary.output_name,
             layers=layers,
-            params=_param_summary(rewritten.model.graph, rewritten.consts, {e.name for e in layers}),
+            params=_param_summary(imported.model.graph, imported.consts, {layer.name for layer in layers}),
             parity=parity,
-            opset=metadata.opset_of(rewritten.model),
+            opset=metadata.opset_of(imported.model),
             training=None,
             with_torch=False,
             views=views,
+            output_kind=kind,
+            output_logits=imported.boundary.logits_name,
+            fixed_batch=imported.boundary.fixed_batch,
+            source=_source(original, opts.file, signature, imported.boundary, external),
         )
         return staging.commit(lambda version, files: metadata.build(facts, version, files))
 
@@ -301,62 +305,34 @@ def _check_options(opts: ImportOptions) -> str:
     return name
 
 
-def _signature(model: Any, opts: ImportOptions) -> _Signature:
-    """One float32 NCHW image input with a known size, and the class output."""
-    import onnx
-
-    graph = model.graph
-    init_names = {i.name for i in graph.initializer}
-    real_inputs = [vi for vi in graph.input if vi.name not in init_names]
-    if len(real_inputs) != 1:
-        raise ExportError(f"{opts.file} has {len(real_inputs)} graph inputs; one image input is needed")
-    inp = real_inputs[0]
-    if inp.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ExportError(f"{opts.file}: input {inp.name!r} is not float32")
-    dims = inp.type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise ExportError(f"{opts.file}: input {inp.name!r} has rank {len(dims)}, expected [batch, C, H, W]")
-    channels = dims[1].dim_value if dims[1].HasField("dim_value") else 0
-    check_channels(channels)
-    fixed_hw = tuple(d.dim_value if d.HasField("dim_value") else 0 for d in dims[2:])
-    if opts.size is not None:
-        if all(fixed_hw) and tuple(opts.size) != fixed_hw:
-            raise ExportError(
-                f"{opts.file} takes {fixed_hw[0]}x{fixed_hw[1]} inputs, "
-                f"not --size {opts.size[0]} {opts.size[1]}"
-            )
-        size = (int(opts.size[0]), int(opts.size[1]))
-    elif all(fixed_hw):
-        size = (int(fixed_hw[0]), int(fixed_hw[1]))
-    else:
-        raise ExportError(f"{opts.file} has a dynamic image size: give --size H W")
-    outputs = [o.name for o in graph.output]
-    class_output = opts.output or outputs[0]
-    if class_output not in outputs:
-        raise ExportError(f"{opts.file} has no output {class_output!r}; outputs: {', '.join(outputs)}")
-    batch = dims[0].dim_value if dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
-    return _Signature(inp.name, channels, size, batch, class_output)
+def _output_kind(model: Any, signature: Signature, given: OutputKind | None) -> tuple[OutputKind, str | None]:
+    """The graph's answer unless --output-kind says otherwise; the value before a final
+    Softmax / LogSoftmax / Sigmoid is tapped only where the kind is not logits."""
+    detected, before = detect_kind(model.graph, signature.class_output)
+    kind = given or detected
+    return kind, before if kind != OutputKind.LOGITS and detected != OutputKind.LOGITS else None
 
 
-def _reference_logits(path: str, signature: _Signature) -> tuple[np.ndarray, np.ndarray]:
-    """Random images and the original's class scores for them, the parity reference.
-
-    A fixed-batch original runs in chunks of its batch size.
-    """
+def _reference_scores(path: str, signature: Signature) -> tuple[np.ndarray, np.ndarray]:
+    """Random NCHW images and the original's class scores for them (fed as it takes them),
+    the parity reference. A fixed-batch original runs in chunks of its batch size."""
     chunk = signature.batch or PARITY_IMAGES
     count = chunk * max(1, PARITY_IMAGES // chunk)
     shape = (count, signature.channels, *signature.size)
     sample = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     output = signature.class_output
     try:
-        logits = np.concatenate(
-            [run_onnx(path, sample[i : i + chunk], [output])[output] for i in range(0, count, chunk)]
-        )
+        scores = np.concatenate([run_onnx(path, signature.feed(sample[i : i + chunk]), [output])[output]
+                                 for i in range(0, count, chunk)])
     except Exception as exc:  # onnxruntime's own exception types
-        raise ExportError(f"onnxruntime cannot run {path}: {exc}") from None
-    if logits.ndim != 2:
-        raise ExportError(f"class output {output!r} has shape {list(logits.shape)}, expected [batch, classes]")
-    return sample, logits
+        import onnxruntime as ort
+
+        raise ExportError(f"onnxruntime {ort.__version__} cannot run {path}: {_one_line(exc)} (export it with "
+                          "standard ONNX ops that onnxruntime implements)") from None
+    if scores.ndim != 2:
+        raise ExportError(f"class output {output!r} has shape {list(scores.shape)}, expected [batch, classes]: "
+                          "pick the class scores with --output")
+    return sample, scores.astype(np.float32)
 
 
 def _labels(opts: ImportOptions, reference: np.ndarray) -> list[str]:
@@ -367,7 +343,7 @@ def _labels(opts: ImportOptions, reference: np.ndarray) -> list[str]:
     return labels
 
 
-def _input_spec(opts: ImportOptions, signature: _Signature) -> InputSpec:
+def _input_spec(opts: ImportOptions, signature: Signature) -> InputSpec:
     """--scale/--mean/--std; an import has no training set to measure them on, so a
     missing one falls back to no normalisation, said on stderr."""
     channels = signature.channels
@@ -389,81 +365,148 @@ def _input_spec(opts: ImportOptions, signature: _Signature) -> InputSpec:
     )
 
 
-def _rewrite(original: Any, signature: _Signature) -> _Rewritten:
-    """A copy with the artifact's names, a dynamic batch and one output per tap."""
+def _build(original: Any, signature: Signature, kind: OutputKind, pre_logits: str | None,
+           patterns: Sequence[str] | None, keep_batch: bool) -> _Imported:
+    """A copy with the artifact's edges, one output per layer, and each layer described."""
     import onnx
 
     model = onnx.ModelProto()
     model.CopyFrom(original)
-    input_name, output_name = _rename_io(model.graph, signature)
-    _make_batch_dynamic(model, input_name)
-    consts = _constants(model.graph)
-    taps = _name_taps(model.graph, {input_name, output_name}, consts)
-    shapes = _spatial_shapes(model)
-    for node in taps:
-        # Graph outputs need a typed shape; batch stays symbolic, unknown dims free.
-        known = shapes.get(node.output[0]) or [-1, -1, -1, -1]
-        dims: list[str | int | None] = [BATCH_DIM, *[d if d > 0 else None for d in known[1:]]]
-        model.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, dims))
+    boundary = rewrite(model, signature, kind, pre_logits, keep_batch)
+    graph = model.graph
+    consts = constants(graph)
+    shapes = infer_shapes(model)
+    complete_shapes(model, shapes, boundary.input_name,
+                    [boundary.fixed_batch or 2, signature.channels, *signature.size])
+    view = GraphView(graph, boundary.input_name, shapes, consts, data_values(graph, boundary.input_name, shapes))
+    excluded = {boundary.input_name, boundary.output_name, boundary.logits_name or boundary.output_name}
+    layers = _name(choose(view, excluded), consts, excluded)
+    if patterns:
+        chosen = select([layer.name for layer in layers], {layer.name: layer.group for layer in layers}, patterns)
+        layers = [layer for layer in layers if layer.name in chosen]
+    _add_outputs(graph, layers, shapes, excluded, signature, boundary)
     _check_valid(model, "the rewritten model is not valid ONNX")
-    return _Rewritten(model, input_name, output_name, taps, consts, shapes)
+    imported = _Imported(model, boundary, layers, consts, shapes)
+    imported.entries = _describe_layers(imported, signature.size)
+    return imported
 
 
-def _rename_io(graph: Any, signature: _Signature) -> tuple[str, str]:
-    """Name the input `input` and the class output `logits` where free; drop the other
-    outputs (e.g. a softmax): they are neither logits nor layers."""
-    used = {n for node in graph.node for n in [*node.input, *node.output]}
-    used |= {i.name for i in graph.initializer}
-    input_name, output_name = signature.input_name, signature.class_output
-    if input_name != "input" and "input" not in used:
-        _rename_value(graph, input_name, "input")
-        input_name = "input"
-    if output_name != "logits" and "logits" not in used:
-        _rename_value(graph, output_name, "logits")
-        output_name = "logits"
-    for o in [o for o in graph.output if o.name != output_name]:
-        graph.output.remove(o)
-    return input_name, output_name
-
-
-def _name_taps(graph: Any, taken: set[str], consts: dict[str, np.ndarray]) -> list[Any]:
-    """The Conv/Relu/pool nodes to tap, each output renamed to a readable, unique name."""
-    used = {n for node in graph.node for n in [*node.input, *node.output]} | set(consts)
-    taken = set(taken)
-    taps = [n for n in graph.node if n.op_type in TAP_OPS and n.output and n.output[0] not in taken]
-    for node in taps:
-        base = _readable(node.output[0], node.op_type)
-        candidate, k = base, 2
-        while candidate in taken or (candidate != node.output[0] and candidate in used):
-            candidate, k = f"{base}_{k}", k + 1
-        taken.add(candidate)
-        if candidate != node.output[0]:
-            _rename_value(graph, node.output[0], candidate)
-    return taps
-
-
-def _describe_layers(rewritten: _Rewritten, size: tuple[int, int]) -> list[dict[str, Any]]:
-    """metadata `layers` for the taps (output_shape is filled in after a run)."""
-    graph = rewritten.model.graph
-    consts = rewritten.consts
-    fields = graph_geometry.receptive_fields(rewritten.model, rewritten.input_name, size=size)
-    producers = {n.output[0]: n for n in graph.node if n.output}
-    tapped = {node.output[0] for node in rewritten.taps}
+def _name(taps: list[Tap], consts: dict[str, np.ndarray], reserved: set[str]) -> list[_Layer]:
+    """Each tap named from the exporter's scopes, unique, and its block."""
+    paths = [module_path(tap.node, consts, tap.op) for tap in taps]
+    bases = _bases(taps, paths)
+    taken = set(reserved)
     layers = []
-    for node in rewritten.taps:
-        conv_node = _conv_behind(node, producers)
-        kind = "pool" if "Pool" in node.op_type else "conv" if conv_node is not None else "activation"
-        entry: dict[str, Any] = {"name": node.output[0], "op": node.op_type, "kind": kind, "conv": None, "weight": None}
+    for tap, path, base in zip(taps, paths, bases, strict=True):
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        layers.append(_Layer(tap, name, tap.value, path))
+    # Blocks are where paths join (a residual Add, a Concat), not where a gate scales one.
+    merges = {layer.path for layer in layers if layer.tap.op in ("Add", "Sum", "Concat") and layer.path}
+    found = groups({layer.name: layer.path for layer in layers}, merges)
+    for layer in layers:
+        layer.group = found[layer.name]
+    return layers
+
+
+def _bases(taps: list[Tap], paths: list[str | None]) -> list[str]:
+    """Names before numbering. Taps of one module path that are calls of one module (the
+    same op) share its path and are numbered in call order (`relu`, `relu_1`: TorchScript's
+    own numbering); in a module that computes several, the last one is its output and takes
+    the path, the others `<path>.<Op>` (`blocks.0.Mul` before the block's Add)."""
+    ops_at: dict[str, set[str]] = {}
+    last_at: dict[str, int] = {}
+    for i, (tap, path) in enumerate(zip(taps, paths, strict=True)):
+        if path:
+            ops_at.setdefault(path, set()).add(tap.op)
+            last_at[path] = i
+    bases = []
+    for i, (tap, path) in enumerate(zip(taps, paths, strict=True)):
+        if not path:
+            bases.append(fallback_name(tap.node, tap.value))
+        elif len(ops_at[path]) == 1 or last_at[path] == i:
+            bases.append(path)
+        else:
+            bases.append(f"{path}.{tap.op}")
+    return bases
+
+
+def _adapted(layer: _Layer, shapes: Shapes, signature: Signature) -> bool:
+    """Whether the layer's output is computed from its value (float16, or not NCHW)."""
+    return (signature.dtype == "float16" and shapes.types.get(layer.value) == 10) or (
+        layer.tap.layout is not None and layer.tap.layout != NCHW)
+
+
+def _add_outputs(graph: Any, layers: list[_Layer], shapes: Shapes, reserved: set[str], signature: Signature,
+                 boundary: Boundary) -> None:
+    """Rename each tapped value to its layer's name (in one pass, so names may swap), or
+    add the Transpose back to NCHW / the Cast to float32 that makes the layer's output
+    from it; then add the outputs."""
+    import onnx
+
+    wanted = {layer.name for layer in layers}
+    existing = used_names(graph)
+    names = Names(existing | wanted | reserved)
+    adapted = {layer.name for layer in layers if _adapted(layer, shapes, signature)}
+    renames = {layer.value: layer.name for layer in layers if layer.name not in adapted}
+    # A value already called by a layer's name, and not renamed to it, moves aside.
+    for value in (wanted & existing) - set(renames) - set(renames.values()):
+        renames[value] = names.fresh(f"{value}_original")
+    rename_values(graph, renames)
+    for layer in layers:
+        layer.value = renames.get(layer.value, layer.value)
+        if layer.name in adapted:
+            graph.node.extend(_adapter(layer, names))
+    batch: str | int = boundary.fixed_batch or "batch"
+    for layer in layers:
+        dims = shapes.dims.get(layer.tap.value, [])
+        if layer.tap.layout is not None and layer.tap.layout != NCHW and len(dims) == 4:
+            dims = [dims[layer.tap.layout.index(axis)] for axis in NCHW]
+        graph.output.append(onnx.helper.make_tensor_value_info(
+            layer.name, onnx.TensorProto.FLOAT, [batch, *[d if d > 0 else None for d in dims[1:]]]))
+
+
+def _adapter(layer: _Layer, names: Names) -> list[Any]:
+    """Nodes that make the layer's float32 NCHW output from its value."""
+    import onnx
+
+    nodes = []
+    current = layer.value
+    if layer.tap.layout is not None and layer.tap.layout != NCHW:
+        perm = [layer.tap.layout.index(axis) for axis in NCHW]
+        moved = names.fresh(f"{layer.name}.nchw")
+        nodes.append(onnx.helper.make_node("Transpose", [current], [moved], perm=perm,
+                                           name=f"convscope/{layer.name}/to_nchw"))
+        current = moved
+    nodes.append(onnx.helper.make_node("Cast", [current], [layer.name], to=onnx.TensorProto.FLOAT,
+                                       name=f"convscope/{layer.name}/to_float32"))
+    return nodes
+
+
+def _describe_layers(imported: _Imported, size: tuple[int, int]) -> list[dict[str, Any]]:
+    """metadata `layers` for the taps (output_shape is filled in after a run)."""
+    graph = imported.model.graph
+    consts = imported.consts
+    fields = graph_geometry.receptive_fields(imported.model, imported.boundary.input_name, size=size)
+    conv_layers = {id(layer.tap.node): layer.name for layer in imported.layers if layer.tap.op in ("Conv",)}
+    init_names = {i.name for i in graph.initializer}
+    entries = []
+    for layer in imported.layers:
+        tap = layer.tap
+        entry: dict[str, Any] = {"name": layer.name, "op": tap.op, "kind": tap.kind, "conv": None, "weight": None}
         params = 0
-        if conv_node is not None:
-            entry["conv"] = conv_node.output[0] if conv_node.output[0] in tapped else None
-            entry.update(_conv_facts(conv_node, consts, {i.name for i in graph.initializer}))
-            params = sum(int(consts[i].size) for i in conv_node.input[1:] if i in consts)
+        if tap.conv is not None:
+            entry["conv"] = conv_layers.get(id(tap.conv))
+            entry.update(_conv_facts(tap.conv, consts, init_names))
+            params = sum(int(consts[i].size) for i in tap.conv.input[1:] if i in consts)
         entry["output_shape"] = None
         entry["params"] = params
-        entry.update(_geometry_facts(fields.get(node.output[0])))
-        layers.append(entry)
-    return layers
+        entry.update(_geometry_facts(fields.get(layer.value)))
+        entry["group"] = layer.group
+        entries.append(entry)
+    return entries
 
 
 def _geometry_facts(field: graph_geometry.Field | None) -> dict[str, Any]:
@@ -483,18 +526,6 @@ def _geometry_facts(field: graph_geometry.Field | None) -> dict[str, Any]:
     }
 
 
-def _conv_behind(node: Any, producers: dict[str, Any]) -> Any | None:
-    """The Conv whose kernels a tapped value shows: itself, or the Conv (+BN) before a Relu."""
-    if node.op_type == "Conv":
-        return node
-    if node.op_type != "Relu":
-        return None
-    prev = producers.get(node.input[0])
-    if prev is not None and prev.op_type == "BatchNormalization":
-        prev = producers.get(prev.input[0])
-    return prev if prev is not None and prev.op_type == "Conv" else None
-
-
 def _conv_facts(conv: Any, consts: dict[str, np.ndarray], init_names: set[str]) -> dict[str, Any]:
     """weight (the initializer holding the kernels), kernel_size, out/in channels."""
     w_name = conv.input[1]
@@ -510,25 +541,69 @@ def _conv_facts(conv: Any, consts: dict[str, np.ndarray], init_names: set[str]) 
     }
 
 
-def _check_parity(
-    model_path: Path,
-    sample: np.ndarray,
-    reference: np.ndarray,
-    rewritten: _Rewritten,
-    entries: list[dict[str, Any]],
-    tolerance: float,
-) -> tuple[list[Layer], Parity]:
-    """The rewritten graph runs at any batch size and gives the original's scores;
-    the run also gives each tapped layer's output shape, which completes its entry."""
-    check_dynamic_batch(model_path, sample)
-    outputs = run_onnx(model_path, sample)
+def _save(model: Any, path: Path) -> None:
+    """One file: external data was read in at load, and stays in."""
+    import onnx
+
+    try:
+        onnx.save(model, str(path))
+    except ValueError as exc:  # protobuf's 2 GB limit
+        raise ExportError(f"the rewritten model cannot be stored as one file ({_one_line(exc)}): convscope "
+                          "serves models under 2 GB") from None
+
+
+def _runs_any_batch(model_path: Path, sample: np.ndarray) -> bool:
+    try:
+        check_dynamic_batch(model_path, sample)
+    except ExportError:
+        return False
+    return True
+
+
+def _check_parity(model_path: Path, sample: np.ndarray, reference: np.ndarray, imported: _Imported,
+                  tolerance: float, float16: bool) -> tuple[list[Layer], Parity]:
+    """The rewritten graph runs at any batch size (or its fixed one) and gives the
+    original's scores; the run also gives each layer's output shape, which completes its
+    entry."""
+    fixed = imported.boundary.fixed_batch
+    if fixed is None:
+        check_dynamic_batch(model_path, sample)
+    chunk = fixed or len(sample)
+    runs = [run_onnx(model_path, sample[i : i + chunk]) for i in range(0, len(sample), chunk)]
+    outputs = {name: np.concatenate([run[name] for run in runs]) for name in runs[0]}
     layers = [
         Layer(**{**entry, "output_shape": [-1, *[int(x) for x in outputs[entry["name"]].shape[1:]]]})
-        for entry in entries
+        for entry in imported.entries
     ]
-    name = rewritten.output_name
-    parity = compare({name: reference}, {name: outputs[name]}, tolerance, len(sample))
+    name = imported.boundary.output_name
+    parity = compare({name: reference}, {name: outputs[name]}, tolerance, len(sample), against="the original file")
+    if float16:
+        parity = parity.model_copy(update={"criterion": f"{CRITERION}; a float16 graph: tolerance at least "
+                                                        f"{FLOAT16_TOLERANCE:g}"})
     return layers, parity
+
+
+def _source(original: Any, file: str, signature: Signature, boundary: Boundary, external: bool) -> Source:
+    """metadata `source`: the file as it came and what the import rewrote."""
+    return Source(
+        file=os.path.basename(file),
+        producer=" ".join(p for p in (original.producer_name, original.producer_version) if p) or None,
+        exporter=_exporter(original),
+        opset=metadata.opset_of(original),
+        ir_version=int(original.ir_version),
+        layout=signature.layout,
+        dtype=signature.dtype,
+        batch=signature.batch,
+        external_data=external,
+        rewrites=list(boundary.rewrites),
+    )
+
+
+def _exporter(model: Any) -> str | None:
+    if model.producer_name == "pytorch":
+        dynamo = any(p.key.startswith("pkg.torch.") for node in model.graph.node for p in node.metadata_props)
+        return "torch.onnx (dynamo)" if dynamo else "torch.onnx (TorchScript)"
+    return model.producer_name or None
 
 
 def parse_size(values: Sequence[int] | None) -> tuple[int, int] | None:

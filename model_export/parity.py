@@ -60,6 +60,7 @@ def compare(
     candidate: dict[str, np.ndarray],
     tolerance: float,
     images: int,
+    against: str = "PyTorch",
 ) -> Parity:
     """Parity record for metadata; raises ExportError when any output is off."""
     diffs: dict[str, float] = {}
@@ -74,7 +75,7 @@ def compare(
         if not diff <= tolerance * scale:  # also catches NaN
             failed.append(f"{name} (max abs diff {diff:.3g} > {tolerance * scale:.3g})")
     if failed:
-        raise ExportError(f"parity check failed against PyTorch: {', '.join(failed)}")
+        raise ExportError(f"parity check failed against {against}: {', '.join(failed)}")
     return Parity(images=images, tolerance=tolerance, criterion=CRITERION, passed=True, max_abs_diff=diffs)
 
 

@@ -37,12 +37,13 @@ class InputSpec:
     def color_mode(self) -> str:
         return "L" if self.channels == 1 else "RGB"
 
-    def to_recipe(self, name: str = "input") -> InputRecipe:
+    def to_recipe(self, name: str = "input", fixed_batch: int | None = None) -> InputRecipe:
         """metadata `input`: what the service does to an image before the model sees it."""
         h, w = self.size
         return InputRecipe(
             name=name,
-            shape=[-1, self.channels, h, w],
+            shape=[fixed_batch or -1, self.channels, h, w],
+            fixed_batch=fixed_batch,
             channels=self.channels,
             color_mode=self.color_mode,
             size=(h, w),

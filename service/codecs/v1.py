@@ -27,7 +27,8 @@ from service.handlers.results import (
 )
 from service.models.registry import ModelStatus
 
-LAYER_KEYS = ("name", "op", "kind", "output_shape", "params", "receptive_field", "stride", "geometry_note")
+LAYER_KEYS = ("name", "op", "kind", "group", "output_shape", "params", "receptive_field", "stride",
+              "geometry_note")
 
 
 class Links(Protocol):
@@ -93,7 +94,7 @@ def layer_catalogue(result: LayerCatalogue) -> dict[str, Any]:
         if error is not None:
             layer["quantization_sqnr_db"] = error.sqnr_db
     body: dict[str, Any] = {"model": result.model.name, "version": result.model.version,
-                            "precision": result.precision.value, "layers": layers,
+                            "precision": result.precision.value, "fixed_batch": result.fixed_batch, "layers": layers,
                             "colormaps": colormaps.catalogue(),
                             "quantization": quantization_summary(result.quantization)}
     catalogue = result.explanations

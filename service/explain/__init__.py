@@ -5,10 +5,10 @@ passes. How it plugs in:
 
 At load, once per model version (``proto``: the artifact's ONNX graph; ``shared``: the
 runtime's numpy weights, which the heads then use in place; the service does this in
-``runtime.load_model`` and ``ModelRegistry._explainer``)::
+``models.runtime.load_model`` and ``models.loader.Loader``)::
 
     explainer = Explainer(describe(name, artifact.metadata, proto, shared=runtime.shared_weights),
-                          max_passes=settings.max_explain_passes, batch_size=...)
+                          max_passes=options.max_passes, batch_size=...)   # ExplainOptions
 
 Per request, before decoding the image (errors are 4xx ServiceErrors naming valid values)::
 

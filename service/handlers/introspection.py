@@ -59,6 +59,7 @@ class IntrospectionHandler(Handler):
                 unexplainable=runtime.explain_unavailable if explainer is None else None,
                 precision=model.metadata.precision,
                 quantization=model.metadata.quantization,
+                fixed_batch=model.metadata.input.fixed_batch,
             )
 
     def quantization(self, name: str, version: int | None) -> QuantizationReport:

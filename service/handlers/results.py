@@ -117,6 +117,7 @@ class LayerCatalogue:
     unexplainable: str | None  # ... for this reason
     precision: Precision = Precision.FLOAT32
     quantization: QuantizationRecord | None = None
+    fixed_batch: int | None = None  # the graph runs exactly this many images a run (an import's)
 
 
 @dataclass(frozen=True)

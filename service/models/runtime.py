@@ -239,8 +239,25 @@ class ModelRuntime:
         features session. Called from a worker thread, never the event loop.
         """
         session = self.logits_session if outputs == (self.output_name,) else self.features_session
-        results: list[np.ndarray] = session.run(list(outputs), {self.input_name: batch})
-        return results
+        fixed = self.metadata.input.fixed_batch
+        if fixed is None or batch.shape[0] == fixed:
+            results: list[np.ndarray] = session.run(list(outputs), {self.input_name: batch})
+            return results
+        return self._run_fixed(session, batch, outputs, fixed)
+
+    def _run_fixed(self, session: ort.InferenceSession, batch: np.ndarray, outputs: tuple[str, ...],
+                   fixed: int) -> list[np.ndarray]:
+        """A graph that takes exactly ``fixed`` images a run (its batch could not be made
+        dynamic at import): the batch in runs of that size, the last one padded with zeros,
+        the padding's rows dropped from what comes back."""
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, batch.shape[0], fixed):
+            chunk = batch[start:start + fixed]
+            rows = chunk.shape[0]
+            if rows < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - rows, *chunk.shape[1:]), chunk.dtype)])
+            parts.append([value[:rows] for value in session.run(list(outputs), {self.input_name: chunk})])
+        return [np.concatenate(values) for values in zip(*parts)]
 
 
 def load_model(artifact: Artifact, options: RuntimeOptions, *,
@@ -452,6 +469,7 @@ def _agree(logits: ort.InferenceSession, features: ort.InferenceSession, input_n
 # Which initializers may be shared, by (op, input index) of every node that reads them. An
 # int8 weight is read by a DequantizeLinear: what reads that node's output counts.
 DENSE_WEIGHTS = frozenset({("Gemm", 1), ("MatMul", 1)})
+SHAREABLE_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
 CONV_WEIGHTS = frozenset({("Conv", 1)})
 
 
@@ -479,6 +497,14 @@ def _detach_shared_weights(proto: onnx.ModelProto, readers_allowed: frozenset[tu
         if not uses or any(use not in readers_allowed for use in uses):
             continue
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < SHARE_MIN_BYTES:
+            continue
+        # Only float32, and an int8 version's int8 weights (read through their DequantizeLinear,
+        # which onnxruntime leaves in the graph: the features session's answers equal a plain
+        # session's, tests/service/models/test_runtime.py): the CPU provider runs a float16
+        # Gemm/MatMul by casting its weight to float32, and folds that Cast at load from the
+        # placeholder's bytes, not the shared array (an imported float16 model served near-zero
+        # scores).
+        if tensor.data_type not in SHAREABLE_TYPES:
             continue
         array = numpy_helper.to_array(tensor)
         shared[tensor.name] = np.ascontiguousarray(array)

@@ -74,6 +74,8 @@ class LayerInfo(BaseModel):
     name: str
     op: str | None = None
     kind: str | None = None
+    group: str | None = Field(None, description="The block the layer belongs to (its residual or concatenating "
+                                                "merge's module), for one row per block; null: none.")
     output_shape: list[int]
     params: int | None = None
     receptive_field: int | None = None
@@ -165,6 +167,8 @@ class LayerList(BaseModel):
     model: str
     version: int
     precision: str = Field(description="float32 | int8.")
+    fixed_batch: int | None = Field(None, description="The graph runs exactly this many images a run (an import "
+                                                      "whose batch could not be made dynamic); null: any batch.")
     layers: list[LayerInfo]
     colormaps: ColormapCatalogue
     explanations: ExplainCatalogue

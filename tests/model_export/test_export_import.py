@@ -46,8 +46,12 @@ def test_import_rewrites_a_fixed_batch_model(tmp_path: Path) -> None:
     assert meta["input"]["shape"] == [-1, 3, 20, 20] and meta["input"]["mean"] == [0.5, 0.5, 0.5]
     assert meta["output"] == {"name": "logits", "shape": [-1, 5], "kind": "logits", "logits": None}
     layers = {layer["name"]: layer for layer in meta["layers"]}
-    assert [layer["op"] for layer in meta["layers"]] == ["Conv", "Relu", "MaxPool", "Conv", "Relu"]
-    first_conv, first_relu, pool, _, last_relu = meta["layers"]
+    # Named from the dynamo exporter's module scopes; the global pool (a ReduceMean) is a layer too.
+    assert [(layer["name"], layer["op"]) for layer in meta["layers"]] == [
+        ("body.0", "Conv"), ("body.2", "Relu"), ("body.3", "MaxPool"), ("body.4", "Conv"), ("body.5", "Relu"),
+        ("body.6", "ReduceMean")]
+    first_conv, first_relu, pool, _, last_relu, global_pool = meta["layers"]
+    assert global_pool["kind"] == "pool" and global_pool["output_shape"] == [-1, 6, 1, 1]
     assert (first_conv["kind"], first_relu["kind"], pool["kind"]) == ("conv", "conv", "pool")
     assert first_relu["conv"] == first_conv["name"] and first_relu["weight"] == "body.0.weight"
     assert (
@@ -55,7 +59,7 @@ def test_import_rewrites_a_fixed_batch_model(tmp_path: Path) -> None:
         and first_relu["in_channels"] == 3
         and first_relu["out_channels"] == 4
     )
-    assert [(x["receptive_field"], x["stride"]) for x in meta["layers"]] == [
+    assert [(x["receptive_field"], x["stride"]) for x in meta["layers"][:5]] == [
         (3, 1),
         (3, 1),
         (4, 2),

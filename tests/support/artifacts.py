@@ -76,11 +76,16 @@ def write_artifact(
     faulty: bool = False,
     views: bool = False,
     output_kind: str = "logits",
+    fixed_batch: int | None = None,
 ) -> Path:
     """Write ``root/name/version/`` per docs/artifact.md and return its directory
     (``views``: with a channel view and samples of random images, by the export stage's
-    own writer; ``output_kind``: what metadata says the class output is, whatever it holds)."""
+    own writer; ``output_kind``: what metadata says the class output is, whatever it holds;
+    ``fixed_batch``: a graph that takes exactly that many images a run)."""
     model, weights = build_model(channels, size, classes, seed=seed, faulty=faulty)
+    if fixed_batch is not None:
+        for value in [*model.graph.input, *model.graph.output]:
+            value.type.tensor_type.shape.dim[0].dim_value = fixed_batch
     directory = root / name / str(version)
     directory.mkdir(parents=True)
     onnx.save(model, directory / "model.onnx")
@@ -100,7 +105,8 @@ def write_artifact(
         "model_file": "model.onnx",
         "labels": [f"class_{i}" for i in range(classes)],
         "input": {
-            "name": "input", "shape": [-1, channels, size, size], "layout": "NCHW", "dtype": "float32",
+            "name": "input", "shape": [fixed_batch or -1, channels, size, size], "layout": "NCHW",
+            "dtype": "float32", "fixed_batch": fixed_batch,
             "channels": channels, "color_mode": "L" if channels == 1 else "RGB", "size": [size, size],
             "resize": "bilinear", "scale": 1 / 255, "mean": [0.5] * channels, "std": [0.25] * channels,
         },

@@ -1,4 +1,4 @@
-"""Every method against a model whose answer is known (tests/service/explain_models.py)."""
+"""Every method against a model whose answer is known (tests/support/explain_models.py)."""
 
 from __future__ import annotations
 

@@ -134,3 +134,13 @@ def test_int8_dense_weights_are_shared_with_the_features_session_only(tmp_path: 
     # the same scores to within the class output's quantization steps.
     (logits,) = model.run(batch, (model.output_name,))
     assert np.abs(logits - expected[0]).max() <= runtime.INT8_AGREEMENT * max(1.0, float(np.abs(expected[0]).max()))
+def test_a_fixed_batch_graph_runs_any_batch_in_runs_of_its_size(tmp_path: Path) -> None:
+    """An imported graph whose batch could not be made dynamic: every batch is cut into runs
+    of its size, the last padded, and the answers are those of the same weights run freely."""
+    fixed = load_model(artifact(tmp_path / "fixed", fixed_batch=2), RuntimeOptions(providers=[CPU]))
+    free = load_model(artifact(tmp_path / "free"), RuntimeOptions(providers=[CPU]))
+    batch = np.random.default_rng(1).normal(size=(5, 1, 8, 8)).astype(np.float32)
+    names = ("logits", "features.2")
+    for got, want in zip(fixed.run(batch, names), free.run(batch, names)):
+        assert got.shape == want.shape and np.allclose(got, want, atol=1e-6)
+    assert fixed.run(batch[:2], ("logits",))[0].shape == (2, 3)

@@ -13,6 +13,7 @@ The load average at start and end is recorded: the machine may be shared.
     python -m benchmarks.quantize                       # AlexNet at 224, about 4 minutes once exported
     python -m benchmarks.quantize --models tinyvgg --seconds 5
     python -m benchmarks.quantize --quick               # smoke run: short points
+    python -m benchmarks.quantize --models-none --zoo   # the import issue's zoo: agreement and accuracy
 
 The AlexNet is the untrained one benchmarks/run.py serves (``--epochs 0``): its class scores
 are near ties that int8 noise reorders, so it cannot pass the accuracy gate (about 0.98
@@ -42,6 +43,8 @@ TARGET_SERVED = 2.5  # int8 served images/s >= 2.5x float's (AlexNet, c=16)
 TARGET_OCCLUSION = 2.5  # int8 occlusion >= 2.5x faster
 TARGET_RSS = 0.5  # int8 idle RSS <= 0.5x float's
 CONCURRENCY = 16
+MIN_AGREEMENT = 0.99  # the zoo's target: top-1 agreement, and accuracy within half a point
+ACCURACY_POINTS = 0.5
 
 
 @dataclass
@@ -194,6 +197,81 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def zoo_accuracy(cache: Path, archs: list[str], per_class: int, env: dict[str, str]) -> list[dict[str, Any]]:
+    """The import issue's zoo (benchmarks/zoo.py: torchvision CNNs trained briefly on
+    Fashion-MNIST at 64 px, the dynamo exporter at opset 18), each imported and quantized with
+    ``--data-dir`` a labelled held-out ImageFolder of ``per_class`` images a class; the gate's
+    figures for each, gate or not (``--min-agreement 0``: every figure is reported)."""
+    from benchmarks import zoo
+
+    labels = cache / f"labels-{zoo.data().name}.json"
+    labels.write_text(json.dumps(zoo.data().classes))
+    held_out = zoo.heldout(cache, per_class=per_class)
+    mean, std = zoo.normalisation()
+    repository = OUT / "zoo-int8"
+    rows = []
+    for arch in archs:
+        entry = zoo.Entry(arch, "dynamo", 18)
+        source = zoo.build(arch, "dynamo", 18, "plain", cache)
+        model = repository / entry.name
+        if model.exists():
+            import shutil
+
+            shutil.rmtree(model)
+        log(f"[zoo] {entry.name}: import, then quantize on {held_out.name}")
+        imported = subprocess.run([sys.executable, "-m", "model_export", "import", str(source), "--name", entry.name,
+                                   "--out", str(repository), "--labels", str(labels), "--mean", *map(str, mean),
+                                   "--std", *map(str, std), "--quiet"], cwd=ROOT, env=env, capture_output=True,
+                                  text=True)
+        if imported.returncode != 0:
+            rows.append({"model": entry.name, "error": imported.stderr.strip()[-500:]})
+            continue
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "model_export", "quantize", str(model), "--data-dir",
+                               str(held_out), "--min-agreement", "0", "--quiet"], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            rows.append({"model": entry.name, "error": done.stderr.strip()[-500:]})
+            continue
+        int8 = json.loads((Path(done.stdout.strip().splitlines()[-1]) / "metadata.json").read_text())
+        record = int8["quantization"]
+        float_bytes = json.loads((model / "1" / "metadata.json").read_text())["files"]["model.onnx"]["bytes"]
+        worst = sorted((r for r in record["layers"][:-1] if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:3]
+        row = {"model": entry.name, "agreement": record["agreement"], "evaluation_images": record["evaluation_images"],
+               "float_accuracy": record["float_accuracy"], "int8_accuracy": record["int8_accuracy"],
+               "max_probability_difference": record["max_probability_difference"],
+               "worst_layers": [(r["name"], r["sqnr_db"]) for r in worst],
+               "logits_sqnr_db": record["layers"][-1]["sqnr_db"],
+               "speedup": [round(s["float_seconds"] / s["int8_seconds"], 2) for s in record["speed"]],
+               "bytes": [float_bytes, int8["files"]["model.onnx"]["bytes"]], "seconds": time.perf_counter() - started}
+        accuracy_kept = (row["float_accuracy"] is not None
+                         and abs(row["float_accuracy"] - row["int8_accuracy"]) <= ACCURACY_POINTS / 100)
+        row["passes"] = row["agreement"] >= MIN_AGREEMENT and accuracy_kept
+        log(f"    agreement {row['agreement']:.3f}, accuracy {row['float_accuracy']} / {row['int8_accuracy']}, "
+            f"int8 {row['speedup']}x, {'PASS' if row['passes'] else 'MISS'}")
+        rows.append(row)
+    return rows
+
+
+def zoo_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["## The zoo (benchmarks/zoo.py, dynamo exporter, opset 18, 64 px)", "",
+             f"Target: agreement >= {MIN_AGREEMENT} and accuracy within {ACCURACY_POINTS} points of float.", "",
+             "| model | agreement | accuracy float / int8 | largest probability difference | worst layers (SQNR dB) | "
+             "class scores SQNR | int8 speed at export (batch 1, 16) | model.onnx MB | target |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | | | | | |")
+            continue
+        worst = ", ".join(f"{name} {db:.1f}" for name, db in r["worst_layers"])
+        lines.append(f"| {r['model']} | {r['agreement']:.3f} of {r['evaluation_images']} | "
+                     f"{100 * r['float_accuracy']:.1f}% / {100 * r['int8_accuracy']:.1f}% | "
+                     f"{r['max_probability_difference']:.3f} | {worst} | {r['logits_sqnr_db']} | "
+                     f"{', '.join(f'{x}x' for x in r['speedup'])} | {r['bytes'][0] / 1e6:.1f} -> {r['bytes'][1] / 1e6:.1f} | "
+                     f"{'PASS' if r['passes'] else 'MISS'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quantize", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="alexnet", help="comma separated: alexnet, tinyvgg (default: alexnet)")
@@ -202,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds of each load point")
     parser.add_argument("--explanations", type=int, default=5, help="timed occlusion explanations per version")
     parser.add_argument("--quick", action="store_true", help="short points (a smoke run)")
+    parser.add_argument("--zoo", nargs="*", metavar="ARCH",
+                        help="also the import issue's zoo (benchmarks/zoo.py; every architecture, or those named): "
+                             "agreement and accuracy of each int8 version")
+    parser.add_argument("--zoo-cache", type=Path, default=Path(".pytest_cache") / "d" / "convscope-zoo",
+                        help="the zoo's cache (trained weights, exported files): as benchmarks/zoo_table.py")
+    parser.add_argument("--zoo-per-class", type=int, default=100, help="held-out images a class for the zoo")
+    parser.add_argument("--models-none", action="store_true", help="skip the speed and memory runs (zoo only)")
     parser.add_argument("--json", type=Path, default=OUT / "quantize.json")
     parser.add_argument("--out", type=Path, default=OUT / "quantize.md")
     args = parser.parse_args(argv)
@@ -211,9 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     repository = args.repository.resolve()
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(),
                                "loadavg_start": os.getloadavg(), "models": {}}
-    empty = empty_rss(env)
-    log(f"idle RSS of a server with no model: {empty:.0f} MB")
-    for key in args.models.split(","):
+    keys = [] if args.models_none else args.models.split(",")
+    empty = empty_rss(env) if keys else float("nan")
+    if keys:
+        log(f"idle RSS of a server with no model: {empty:.0f} MB")
+    for key in keys:
         bench = BENCHES[key]
         export_if_missing(bench, repository, env)
         int8 = quantized_version(bench, repository, env)
@@ -225,11 +312,16 @@ def main(argv: list[str] | None = None) -> int:
                 for label, number in (("float32", original), ("int8", int8))}
         results["models"][key] = {"name": bench.name, "rows": rows, "verdicts": verdicts(rows), "empty_rss_mb": empty,
                                   "quantization": {k: v for k, v in source["quantization"].items() if k != "layers"}}
+    if args.zoo is not None:
+        from benchmarks import zoo
+
+        results["zoo"] = zoo_accuracy(args.zoo_cache.resolve(), args.zoo or list(zoo.ARCHS), args.zoo_per_class, env)
     results["loadavg_end"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
-    args.out.write_text(markdown(results))
-    print(markdown(results))
+    text = markdown(results) + (zoo_markdown(results["zoo"]) if "zoo" in results else "")
+    args.out.write_text(text)
+    print(text)
     return 0
 
 

@@ -222,7 +222,7 @@ def quantize(opts: QuantizeOptions) -> Path:
         layers = [layer.model_copy(update={"weight": weights.get(layer.weight) if layer.weight else None})
                   for layer in metadata.layers]
         _copy_initial_weights(source, staging.path, weights)
-        speed = time_versions(source.model_path, model_path, spec, metadata.input.fixed_batch)
+        speed = time_versions(source.model_path, model_path, spec, metadata.input.fixed_batch, metadata.output.name)
         views = _views(source, staging.path, model_path, layers, spec, held_out, opts.progress)
         record = QuantizationRecord(
             quantized_from=source.version,
@@ -327,10 +327,12 @@ def held_out_images(metadata: Metadata, data_dir: str | None) -> HeldOut:
 
 
 def _labelled(data: Dataset, labels: list[str], description: str) -> HeldOut:
-    """Labels count where every class of the images is one of the model's labels, by name."""
+    """Labels count where every class of the images is one of the model's labels, by name (a
+    folder cannot be named "T-shirt/top": a label's "/" matches a folder name's "-")."""
     if len(data.val) == 0:
         raise ExportError(f"{description}: no images")
     index = {label: i for i, label in enumerate(labels)}
+    index.update({label.replace("/", "-"): i for i, label in enumerate(labels) if "/" in label})
     present = {data.classes[int(c)] for c in np.unique(data.val.labels)}
     targets = None
     if all(name in index for name in present):
@@ -428,12 +430,16 @@ def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec
               CalibrationMethod.PERCENTILE: OrtMethod.Percentile}[opts.method]
     with tqdm(total=len(calibration), desc=f"calibrating ({opts.method.value})", unit="img",
               disable=not opts.progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar, _quiet():
-        quantize_static(
-            str(source), str(target), _Reader(calibration, _input_name(source, input_name), bar),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-            extra_options={"CalibStridedMinMax": 1, "WeightSymmetric": True, "ActivationSymmetric": False},
-        )
+        try:
+            quantize_static(
+                str(source), str(target), _Reader(calibration, _input_name(source, input_name), bar),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                extra_options={"CalibStridedMinMax": 1, "WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+        except Exception as exc:  # onnxruntime's own errors: a graph its quantizer cannot handle
+            raise ExportError(f"onnxruntime's quantizer could not quantize {source}: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}") from None
 
 
 def _input_name(path: Path, default: str) -> str:

@@ -428,18 +428,38 @@ def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec
 
     method = {CalibrationMethod.MINMAX: OrtMethod.MinMax, CalibrationMethod.ENTROPY: OrtMethod.Entropy,
               CalibrationMethod.PERCENTILE: OrtMethod.Percentile}[opts.method]
+    model, kept = _keeping_tapped_inputs(source)
     with tqdm(total=len(calibration), desc=f"calibrating ({opts.method.value})", unit="img",
               disable=not opts.progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar, _quiet():
         try:
             quantize_static(
-                str(source), str(target), _Reader(calibration, _input_name(source, input_name), bar),
-                quant_format=QuantFormat.QDQ, per_channel=True,
+                model if kept else str(source), str(target), _Reader(calibration, _input_name(source, input_name), bar),
+                nodes_to_exclude=kept, quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
                 extra_options={"CalibStridedMinMax": 1, "WeightSymmetric": True, "ActivationSymmetric": False},
             )
         except Exception as exc:  # onnxruntime's own errors: a graph its quantizer cannot handle
             raise ExportError(f"onnxruntime's quantizer could not quantize {source}: {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}") from None
+
+
+def _keeping_tapped_inputs(source: Path) -> tuple[Any, list[str]]:
+    """The ReLUs (and Clips) whose input is a tapped layer, named, for the quantizer to leave
+    alone: it gives a ReLU's input the ReLU's range (from 0) and folds the ReLU into it, which
+    would clip every negative value of the tapped map before it (an imported net that taps
+    each Conv and the ReLU after it: the Conv's maps lost half their values, 3 dB). Left
+    alone, the ReLU runs between the Conv's Q/DQ pair, on its own range, and the one after."""
+    import onnx
+
+    model = onnx.load(str(source))
+    tapped = {output.name for output in model.graph.output}
+    kept = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type in ("Relu", "Clip") and node.input and node.input[0] in tapped:
+            if not node.name:
+                node.name = f"convscope_tapped_{node.op_type.lower()}_{index}"
+            kept.append(node.name)
+    return model, kept
 
 
 def _input_name(path: Path, default: str) -> str:

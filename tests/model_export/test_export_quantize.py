@@ -184,3 +184,32 @@ def test_precision_int8_on_a_training_export_writes_both_versions(tmp_path: Path
     assert read_metadata(float_dir).precision is Precision.FLOAT32
     record = read_metadata(int8_dir).quantization
     assert record is not None and record.quantized_from == 1
+
+
+def test_a_tapped_map_before_a_relu_keeps_its_negative_values(tmp_path: Path) -> None:
+    """onnxruntime's quantizer gives a ReLU's input the ReLU's range (from 0): a tapped Conv
+    output before a ReLU (an import taps both) would lose every negative value in int8."""
+    from onnx import TensorProto, helper
+
+    from model_export.preprocessing import InputSpec
+    from model_export.quantize import Images, QuantizeOptions, calibrate_and_quantize
+    from tests.support.artifacts import build_model
+
+    model, _ = build_model(channels=1, size=8, classes=3)
+    model.graph.output.append(helper.make_tensor_value_info("conv_out", TensorProto.FLOAT, ["batch", 4, 8, 8]))
+    for node in model.graph.node:
+        node.name = ""  # unnamed nodes, as some exporters write them
+    source, target = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(source))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(16, 1, 8, 8)).astype(np.float32) for _ in range(2)]
+    spec = InputSpec(channels=1, size=(8, 8), mean=(0.5,), std=(0.25,))
+    calibrate_and_quantize(source, target, Images(batches, [None, None]), spec,
+                           QuantizeOptions(model_dir="unused", progress=False))
+    names = ["conv_out", "features.1"]
+    plain = ort.InferenceSession(str(source)).run(names, {"input": batches[0]})
+    int8 = ort.InferenceSession(str(target)).run(names, {"input": batches[0]})
+    assert plain[0].min() < 0 and int8[0].min() < 0.5 * plain[0].min()  # the negative half is still there
+    for x, y in zip(plain, int8, strict=True):
+        assert np.linalg.norm(x - y) <= 0.05 * np.linalg.norm(x)
+    assert (int8[1] >= 0).all()  # and the ReLU after it still holds

@@ -428,38 +428,85 @@ def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec
 
     method = {CalibrationMethod.MINMAX: OrtMethod.MinMax, CalibrationMethod.ENTROPY: OrtMethod.Entropy,
               CalibrationMethod.PERCENTILE: OrtMethod.Percentile}[opts.method]
-    model, kept = _keeping_tapped_inputs(source)
     with tqdm(total=len(calibration), desc=f"calibrating ({opts.method.value})", unit="img",
               disable=not opts.progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5) as bar, _quiet():
         try:
             quantize_static(
-                model if kept else str(source), str(target), _Reader(calibration, _input_name(source, input_name), bar),
-                nodes_to_exclude=kept, quant_format=QuantFormat.QDQ, per_channel=True,
+                str(source), str(target), _Reader(calibration, _input_name(source, input_name), bar),
+                quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
                 extra_options={"CalibStridedMinMax": 1, "WeightSymmetric": True, "ActivationSymmetric": False},
             )
         except Exception as exc:  # onnxruntime's own errors: a graph its quantizer cannot handle
             raise ExportError(f"onnxruntime's quantizer could not quantize {source}: {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}") from None
+    taps = tapped_activation_inputs(source)
+    if taps:
+        add_view_pairs(target, tapped_ranges(source, calibration, taps, _input_name(source, input_name)))
 
 
-def _keeping_tapped_inputs(source: Path) -> tuple[Any, list[str]]:
-    """The ReLUs (and Clips) whose input is a tapped layer, named, for the quantizer to leave
-    alone: it gives a ReLU's input the ReLU's range (from 0) and folds the ReLU into it, which
-    would clip every negative value of the tapped map before it (an imported net that taps
-    each Conv and the ReLU after it: the Conv's maps lost half their values, 3 dB). Left
-    alone, the ReLU runs between the Conv's Q/DQ pair, on its own range, and the one after."""
+def tapped_activation_inputs(source: Path) -> list[str]:
+    """Tapped layers read by a ReLU or Clip (an import taps a Conv and the ReLU after it)."""
     import onnx
 
-    model = onnx.load(str(source))
+    model = onnx.load(str(source), load_external_data=False)
     tapped = {output.name for output in model.graph.output}
-    kept = []
-    for index, node in enumerate(model.graph.node):
-        if node.op_type in ("Relu", "Clip") and node.input and node.input[0] in tapped:
-            if not node.name:
-                node.name = f"convscope_tapped_{node.op_type.lower()}_{index}"
-            kept.append(node.name)
-    return model, kept
+    return sorted({node.input[0] for node in model.graph.node
+                   if node.op_type in ("Relu", "Clip") and node.input and node.input[0] in tapped})
+
+
+def tapped_ranges(source: Path, calibration: Images, names: list[str], input_name: str) -> dict[str, tuple[float, float]]:
+    """Each tapped tensor's smallest and largest value over the calibration images (float)."""
+    session = _session(source)
+    ranges: dict[str, tuple[float, float]] = {}
+    for batch in calibration.batches:
+        for name, values in zip(names, session.run(names, {input_name: batch}), strict=True):
+            low, high = float(values.min()), float(values.max())
+            old = ranges.get(name, (low, high))
+            ranges[name] = (min(old[0], low), max(old[1], high))
+    return ranges
+
+
+def add_view_pairs(path: Path, ranges: dict[str, tuple[float, float]]) -> None:
+    """A tapped layer that a ReLU (or Clip) reads gets a Q/DQ pair of its own for the view.
+
+    onnxruntime's quantizer gives a ReLU's input the ReLU's range (from 0), which is right for
+    the model (the ReLU drops the rest) but clips every negative value of the tapped map (the
+    zoo's ResNet-18: its convs' maps at 3 dB). So the model's pair stays as the quantizer made
+    it, feeding the ReLU under a new name, and the tapped name becomes a second pair on the
+    same float values with the tensor's own calibrated range: what the features session
+    shows. The logits session drops that pair with the other taps (it feeds no output there),
+    so the int8 kernels fuse as before."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producer = {output: node for node in graph.node for output in node.output}
+    for name, (low, high) in ranges.items():
+        dequantize = producer.get(name)
+        quantize = producer.get(dequantize.input[0]) if dequantize is not None else None
+        if dequantize is None or quantize is None or (dequantize.op_type, quantize.op_type) != (
+                "DequantizeLinear", "QuantizeLinear"):
+            continue
+        main = f"{name}_to_activation"
+        dequantize.output[0] = main
+        for node in graph.node:
+            node.input[:] = [main if value == name else value for value in node.input]
+        low, high = min(low, 0.0), max(high, 0.0)
+        scale = np.float32((high - low) / 255 if high > low else 1.0)
+        zero = np.int8(np.clip(np.rint(-128 - low / scale), -128, 127))
+        graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{name}_view_scale"),
+                                  numpy_helper.from_array(np.array(zero, np.int8), f"{name}_view_zero_point")])
+        position = list(graph.node).index(quantize) + 1
+        pair = [helper.make_node("QuantizeLinear", [quantize.input[0], f"{name}_view_scale", f"{name}_view_zero_point"],
+                                 [f"{name}_view_quantized"], name=f"{name}_view_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [f"{name}_view_quantized", f"{name}_view_scale",
+                                                      f"{name}_view_zero_point"], [name], name=f"{name}_view_DequantizeLinear")]
+        for offset, node in enumerate(pair):
+            graph.node.insert(position + offset, node)
+        producer = {output: node for node in graph.node for output in node.output}
+    onnx.save(model, str(path))
 
 
 def _input_name(path: Path, default: str) -> str:
@@ -599,6 +646,14 @@ def _logits_only(path: Path, output: str) -> bytes:
     keep = [o for o in model.graph.output if o.name == output]
     del model.graph.output[:]
     model.graph.output.extend(keep)
+    # And the nodes only a tap needed (a view pair): service/models/runtime.py's _prune.
+    needed, kept = {output}, []
+    for node in reversed(model.graph.node):
+        if any(value in needed for value in node.output):
+            kept.append(node)
+            needed.update(value for value in node.input if value)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(kept))
     data: bytes = model.SerializeToString()
     return data
 

@@ -159,6 +159,10 @@ class HeadAnalysis:
         artifact names one (``metadata.output.logits``)."""
         if output not in self._producer:
             return NotExact(f"the class output {output!r} is not computed by any node")
+        if self._is_a_view(layer):
+            return NotExact(f"{layer!r} is an int8 version's view of a value the model quantizes again, on the range "
+                            "of the ReLU after it, on its way to the class output (docs/artifact.md, \"int8 versions\"); "
+                            "grad-cam is exact at that ReLU's output")
         score = logits if logits and (logits in self._producer or logits == layer) else self._score_of(output)
         to_score = self._walk([score], layer)
         if isinstance(to_score, NotExact):
@@ -169,6 +173,20 @@ class HeadAnalysis:
         if not to_score.reached:
             return NotExact(f"the class output does not depend on {layer!r}")
         return self._build(layer, output, score, needed, to_score.nodes)
+
+    def _is_a_view(self, layer: str) -> bool:
+        """Whether ``layer`` is a DequantizeLinear of a QuantizeLinear of a float value that
+        another QuantizeLinear reads too (an int8 version's view pair of a tapped layer)."""
+        producer = self._producer.get(layer)
+        dequantize = self._graph.node[producer] if producer is not None else None
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            return False
+        quantize_index = self._producer.get(dequantize.input[0])
+        if quantize_index is None or self._graph.node[quantize_index].op_type != "QuantizeLinear":
+            return False
+        value = self._graph.node[quantize_index].input[0]
+        readers = [n for n in self._graph.node if n.op_type == "QuantizeLinear" and n.input and n.input[0] == value]
+        return len(readers) > 1
 
     # ---- the walk back from the class output ---------------------------------------------
 

@@ -297,6 +297,7 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
     keep = [o for o in proto.graph.output if o.name == output_name]
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
+    _prune(proto)
     logits_graph = proto.SerializeToString()
     del proto  # the parsed protobuf holds a copy of every weight
 
@@ -354,6 +355,24 @@ def _describe(name: str, metadata: Metadata, proto: onnx.ModelProto,
     except Exception as exc:  # an odd graph or metadata: predictions must still serve
         log.warning("model %s: explanations unavailable: %s", name, exc)
         return None, f"the model's graph could not be analysed for explanations ({type(exc).__name__}: {exc})"
+
+
+def _prune(proto: onnx.ModelProto) -> None:
+    """Drop the nodes no graph output needs any more (what only a removed tap read): an
+    int8 version's view pair of a tapped layer, left in the logits graph, would give its
+    Conv's output two readers, and onnxruntime fuses a Conv into an integer kernel only when
+    one QuantizeLinear reads it."""
+    graph = proto.graph
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(output in needed for output in node.output):
+            kept.append(node)
+            needed.update(value for value in node.input if value)
+    if len(kept) < len(graph.node):
+        kept.reverse()
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _release_free_memory() -> None:

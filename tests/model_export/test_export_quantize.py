@@ -213,3 +213,20 @@ def test_a_tapped_map_before_a_relu_keeps_its_negative_values(tmp_path: Path) ->
     for x, y in zip(plain, int8, strict=True):
         assert np.linalg.norm(x - y) <= 0.05 * np.linalg.norm(x)
     assert (int8[1] >= 0).all()  # and the ReLU after it still holds
+    # The view pair feeds no output but the tap: the service's logits graph drops it, so the
+    # Conv keeps one QuantizeLinear reader and fuses into an integer kernel.
+    from service.models.runtime import _prune
+
+    graph = onnx.load(str(target))
+    keep = [o for o in graph.graph.output if o.name == "logits"]
+    del graph.graph.output[:]
+    graph.graph.output.extend(keep)
+    before = [n.name for n in graph.graph.node]
+    _prune(graph)
+    dropped = sorted(set(before) - {n.name for n in graph.graph.node})
+    assert dropped == ["conv_out_view_DequantizeLinear", "conv_out_view_QuantizeLinear"]
+    # Grad-cam cannot start at a view (the model reads the other pair): the catalogue says why.
+    from service.explain.head import NotExact, analyse_head
+
+    refused = analyse_head(onnx.load(str(target)), "conv_out", "logits", input_shapes={"input": (1, 1, 8, 8)})
+    assert isinstance(refused, NotExact) and "view of a value the model quantizes again" in refused.reason

@@ -204,6 +204,59 @@ class SamplesRecord(Record):
     per_class: int
 
 
+class Precision(StrEnum):
+    """What the weights and activations of model.onnx compute in."""
+
+    FLOAT32 = "float32"
+    INT8 = "int8"  # static QDQ: int8 weights per channel, int8 activations, float32 at the edges
+
+
+class CalibrationMethod(StrEnum):
+    """How an int8 version chose each activation's range from the calibration images."""
+
+    MINMAX = "minmax"  # the smallest and largest value seen
+    ENTROPY = "entropy"  # the range whose int8 histogram loses least information (KL divergence)
+    PERCENTILE = "percentile"  # the 0.001st to 99.999th percentile of the values seen
+
+
+class LayerError(Record):
+    """How far one output of the int8 version is from its float version's, over the
+    evaluation images: signal-to-quantization-noise ratio and relative error."""
+
+    name: str  # a tapped layer, or the class output
+    sqnr_db: float | None = Field(description="10 log10(sum float^2 / sum (float - int8)^2); null: no difference")
+    relative_error: float = Field(description="||float - int8|| / ||float||, over every value of every image")
+    worst_channel: int | None = None  # the lowest SQNR among channels carrying at least 1% of the
+    # layer's average channel power (a nearly silent channel rounded to zero is 0 dB); null: flat
+    worst_channel_sqnr_db: float | None = None
+
+
+class SpeedRecord(Record):
+    """One timed comparison at export: median seconds of a logits-only run of each version."""
+
+    batch: PositiveInt
+    float_seconds: float
+    int8_seconds: float
+
+
+class QuantizationRecord(Record):
+    """How an int8 version was made from its float version, and what the gate measured."""
+
+    quantized_from: PositiveInt  # the float32 version of the same model
+    method: CalibrationMethod
+    scheme: str = "static QDQ; weights int8 per channel (symmetric), activations int8 per tensor (asymmetric)"
+    data: str | None = None  # where the images came from
+    calibration_images: PositiveInt
+    evaluation_images: PositiveInt  # held out from calibration too
+    agreement: float = Field(ge=0, le=1, description="share of evaluation images given the same top-1 class")
+    min_agreement: float = Field(ge=0, le=1, description="the gate the version passed")
+    float_accuracy: float | None = None  # top-1 on the evaluation images; null without labels
+    int8_accuracy: float | None = None
+    max_probability_difference: float = Field(ge=0, description="largest |p_float - p_int8| of any class, any image")
+    layers: list[LayerError] = Field(default_factory=list)  # every tapped layer, then the class output
+    speed: list[SpeedRecord] = Field(default_factory=list)
+    int8_faster: bool | None = None  # at the largest batch timed, on the exporting machine's CPU
+    seconds: float | None = None  # what the step cost
 class Source(Record):
     """Where an imported model came from and what the import rewrote (null for a training
     export): the file as it came, so a user can tell what they are looking at."""
@@ -246,6 +299,8 @@ class Metadata(Record):
     versions: Versions | None = None
     channel_view: ChannelViewRecord | None = None
     samples: SamplesRecord | None = None
+    precision: Precision = Precision.FLOAT32
+    quantization: QuantizationRecord | None = None  # int8 versions only
     source: Source | None = None
     files: Annotated[dict[str, FileRecord], Field(min_length=1)]
 
@@ -260,6 +315,9 @@ class Metadata(Record):
             seen.add(layer.name)
         if self.model_file not in self.files:
             raise ValueError(f"model_file {self.model_file!r} is not listed under files")
+        if (self.precision is Precision.INT8) != (self.quantization is not None):
+            raise ValueError("an int8 version needs its quantization record, and only an int8 version has one "
+                             f"(precision {self.precision.value})")
         return self
 
     def layer(self, name: str) -> Layer:

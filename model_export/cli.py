@@ -2,6 +2,7 @@
 
     convscope-export [--arch tinyvgg] [--dataset digits] [--out models] ...
     convscope-export import FILE.onnx --name NAME [--labels FILE] ...
+    convscope-export quantize models/NAME [--version N] [--method minmax] ...
 
 Errors the user can fix print one `error: ...` line on stderr and exit with 2. Heavy
 libraries (torch, onnx) are imported only once a command runs, so `--help` is quick.
@@ -22,6 +23,18 @@ from .channel_view import DEFAULT_IMAGES, DEFAULT_IMAGES_LARGE, DEFAULT_TOP_K
 from .datasets import DATASETS
 from .errors import ExportError
 from .parity import DEFAULT_TOLERANCE
+
+PRECISIONS = ("float32", "int8")
+METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_METHOD = "minmax"  # = quantize.DEFAULT_METHOD (that module imports onnxruntime)
+DEFAULT_MIN_AGREEMENT = 0.99
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,7 +131,10 @@ def train_parser() -> argparse.ArgumentParser:
             f"architectures:\n{archs}\n\n"
             "bring your own ONNX model:\n"
             "  convscope-export import FILE.onnx --name NAME [--labels FILE] ...\n"
-            "  (see convscope-export import --help)"
+            "  (see convscope-export import --help)\n\n"
+            "an int8 version of a model (the next version):\n"
+            "  convscope-export quantize models/NAME [--version N] ...\n"
+            "  (see convscope-export quantize --help)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -174,9 +190,69 @@ def train_parser() -> argparse.ArgumentParser:
         help="torch threads for training (default: 1 below 64 px, else one per core)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="int8: write the float32 version, then its int8 version as the next one (see "
+        "convscope-export quantize --help; the gate's flags below apply)",
+    )
+    _quantize_options(parser)
     _channel_view(parser, "held-out")
     measured = "measured on the training set; ImageNet's for an ImageNet checkpoint"
     _common(parser, measured, measured)
+    return parser
+
+
+def _quantize_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help=f"int8 calibration: how each activation's range is chosen (default: {DEFAULT_METHOD}; "
+        "docs/artifact.md says why)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=_positive_int,
+        metavar="N",
+        help="held-out images the int8 ranges are calibrated on (default: 256, 64 above 64x64 px; at most a "
+        "third of the held-out images)",
+    )
+    parser.add_argument(
+        "--evaluation-images",
+        type=_positive_int,
+        metavar="N",
+        help="other held-out images the int8 version is judged on (default: 1000, 256 above 64x64 px)",
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=_share,
+        default=DEFAULT_MIN_AGREEMENT,
+        help="write the int8 version only if its top-1 class agrees with the float version's on at least "
+        f"this share of the evaluation images (default: {DEFAULT_MIN_AGREEMENT}); else exit 2, nothing written",
+    )
+
+
+def quantize_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="convscope-export quantize",
+        description="Write the next version of a model as int8 (static QDQ, int8 weights per channel, "
+        "activations calibrated on held-out images), if it agrees with its float version; every layer's "
+        "error against the float version is stored with it.",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="the model's directory, <repository>/<name>")
+    parser.add_argument(
+        "--version", type=_positive_int, help="the float32 version to quantize (default: the newest)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="a model trained here: where its data set lies when not in its default place (Fashion-MNIST's "
+        "idx files; the ImageFolder tree, required), its held-out split found again; an imported model "
+        "(required): images it did not learn from, an ImageFolder tree of labelled ones or a flat folder",
+    )
+    _quantize_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -244,7 +320,7 @@ def _run_train(argv: Sequence[str]) -> Path | None:
     name = args.name or f"{args.dataset}-{args.arch}"
     if args.if_missing and _already_there(args.out, name):
         return None
-    return export_trained(
+    written = export_trained(
         TrainOptions(
             arch=args.arch,
             dataset=args.dataset,
@@ -272,6 +348,34 @@ def _run_train(argv: Sequence[str]) -> Path | None:
             channel_top_k=args.channel_top_k,
         )
     )
+    if args.precision == "int8":
+        print(written)  # the float version stays written whatever the gate says
+        return _quantize(args, str(written.parent), int(written.name), args.data_dir)
+    return written
+
+
+def _quantize(args: argparse.Namespace, model_dir: str, version: int | None, data_dir: str | None) -> Path:
+    from artifact import CalibrationMethod
+
+    from .quantize import QuantizeOptions, quantize
+
+    return quantize(
+        QuantizeOptions(
+            model_dir=model_dir,
+            version=version,
+            data_dir=data_dir,
+            method=CalibrationMethod(args.method),
+            calibration_images=args.calibration_images,
+            evaluation_images=args.evaluation_images,
+            min_agreement=args.min_agreement,
+            progress=not args.quiet,
+        )
+    )
+
+
+def _run_quantize(argv: Sequence[str]) -> Path:
+    args = quantize_parser().parse_args(argv)
+    return _quantize(args, args.model_dir, args.version, args.data_dir)
 
 
 def _run_import(argv: Sequence[str]) -> Path | None:
@@ -310,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "import":
             written = _run_import(argv[1:])
+        elif argv and argv[0] == "quantize":
+            written = _run_quantize(argv[1:])
         else:
             written = _run_train(argv[1:] if argv and argv[0] == "train" else argv)
     except ExportError as exc:

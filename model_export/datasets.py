@@ -239,6 +239,28 @@ def load_images(data_dir: str | os.PathLike[str]) -> Dataset:
     return Dataset("imagefolder", names, empty, _load_tree(classes, names))
 
 
+UNLABELLED = "(unlabelled)"
+
+
+def load_any_images(data_dir: str | os.PathLike[str]) -> Dataset:
+    """Images a model did not learn from, labelled or not (for calibrating an int8 version):
+    an ImageFolder tree as ``load_images`` reads it, else every image in the folder and
+    below it, as one class named UNLABELLED. The images come back as `val`."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ExportError(f"data directory {root} does not exist")
+    if (root / "train").is_dir() and (root / "val").is_dir() or _scan_classes(root):
+        return load_images(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not p.name.startswith("."))
+    if not files:
+        raise ExportError(f"{root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}), in class subfolders "
+                          "or not")
+    images = [_read_image(path) for path in files]
+    empty = Split(np.zeros((0, 1, 1), dtype=np.uint8), np.zeros(0, dtype=np.int64))
+    return Dataset("images", [UNLABELLED], empty, Split(images, np.zeros(len(images), dtype=np.int64)))
+
+
 def _check_classes(names: list[str], root: Path) -> None:
     if len(names) < 2:
         found = f"found {len(names)} ({', '.join(names)})" if names else "found none"

@@ -84,6 +84,17 @@ class NoFilters(NotFound):
         )
 
 
+class NotQuantized(NotFound):
+    """A float32 version asked for its quantization: only int8 versions have one."""
+
+    def __init__(self, model: str, version: int, int8_versions: Sequence[int]) -> None:
+        if int8_versions:
+            which = f"its int8 versions: {', '.join(map(str, int8_versions))}"
+        else:
+            which = f"it has no int8 version (python -m model_export quantize <repository>/{model} makes one)"
+        super().__init__(f"model {model} version {version} is float32: it has no quantization record; {which}")
+
+
 class ModelFailed(ServiceError):
     """The served model (or the server's replay of part of it) misbehaved: a server-side
     fault, said plainly, never blamed on the request."""

@@ -17,7 +17,7 @@ from service.http.limits import HttpLimits
 from service.inference.batching import BatchingOptions, BatchingPolicy
 from service.inference.image_preparation import PreparationOptions
 from service.inference.limits import RequestLimits
-from service.models.repository import RepositoryOptions
+from service.models.repository import DefaultPrecision, RepositoryOptions
 from service.models.runtime import RuntimeOptions, choose_providers
 from service.settings import BatchingOverride, LogLevel, Settings
 
@@ -64,7 +64,8 @@ class ServiceOptions:
             ),
             repository=RepositoryOptions(root=settings.model_repository, model_name=settings.model_name,
                                          poll_seconds=settings.repository_poll_seconds,
-                                         default_model=settings.default_model),
+                                         default_model=settings.default_model,
+                                         default_precision=DefaultPrecision(settings.default_precision)),
             runtime=RuntimeOptions(
                 providers=choose_providers(settings.providers),
                 intra_op_threads=settings.intra_op_threads,

@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     """Model answered by ``POST /predict``; may be left unset when the repository holds one
     model. Checked against the repository at start."""
 
+    default_precision: Literal["auto", "newest", "float32", "int8"] = "auto"
+    """Which ready version of a model answers requests that name none (``/v1/models/{name}/...``,
+    ``/predict``) when the model has float32 and int8 versions (``python -m model_export
+    quantize``). ``auto``: the newest, unless it is an int8 version that runs slower on
+    this server than its float version (both timed at load; an int8 graph runs slower on
+    CUDA, and for small models such as TinyVGG); ``newest``: the newest, whatever its
+    precision; ``float32`` / ``int8``: the newest of that precision (the newest of any
+    when none is ready). Every version stays addressable as ``/versions/{v}``."""
+
     providers: Annotated[list[str] | None, NoDecode] = None
     """onnxruntime execution providers in order of preference, comma separated
     (e.g. ``CUDAExecutionProvider,CPUExecutionProvider``). Unset: CUDA when this onnxruntime

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from artifact import QuantizationRecord
 from service.codecs import colormaps
 from service.codecs.arrays import Encoding, MapEncoding, NpyDtype, encode_feature_map, encode_saliency
 from service.codecs.pictures import input_image, png_bytes, saliency_overlay
@@ -20,6 +21,7 @@ from service.handlers.results import (
     Explained,
     LayerCatalogue,
     Predictions,
+    QuantizationReport,
     Samples,
     VersionDescription,
 )
@@ -86,8 +88,15 @@ def layer_catalogue(result: LayerCatalogue) -> dict[str, Any]:
     server paints with (the explorer reads them here)."""
     layers = [{**{k: getattr(layer, k) for k in LAYER_KEYS}, "has_filters": layer.name in result.with_filters}
               for layer in result.layers]
+    errors = {row.name: row for row in result.quantization.layers} if result.quantization is not None else {}
+    for layer in layers:
+        error = errors.get(layer["name"])
+        if error is not None:
+            layer["quantization_sqnr_db"] = error.sqnr_db
     body: dict[str, Any] = {"model": result.model.name, "version": result.model.version,
-                            "fixed_batch": result.fixed_batch, "layers": layers, "colormaps": colormaps.catalogue()}
+                            "precision": result.precision.value, "fixed_batch": result.fixed_batch, "layers": layers,
+                            "colormaps": colormaps.catalogue(),
+                            "quantization": quantization_summary(result.quantization)}
     catalogue = result.explanations
     if catalogue is None:
         for layer in layers:
@@ -107,6 +116,36 @@ def layer_catalogue(result: LayerCatalogue) -> dict[str, Any]:
         "default_layer": catalogue.default_layer,
         "unavailable": None,
     }
+    return body
+
+
+# -- int8 versions ----------------------------------------------------------------------------
+
+WORST_LAYERS = 3
+
+
+def quantization_summary(record: QuantizationRecord | None) -> dict[str, Any] | None:
+    """The gate's figures without the per-layer table (the catalogue's and the list's)."""
+    if record is None:
+        return None
+    body = record.to_json()
+    del body["layers"]
+    return body
+
+
+def quantization(result: QuantizationReport) -> dict[str, Any]:
+    """An int8 version's record: the gate's figures, the speed timed at export, every tapped
+    layer's error then the class output's, the worst layers named, and whether the float
+    version serves here too."""
+    record = result.record
+    body: dict[str, Any] = {"model": result.model.name, "version": result.model.version, "precision": "int8"}
+    body.update(record.to_json())
+    for row in body["speed"]:
+        row["speedup"] = round(row["float_seconds"] / row["int8_seconds"], 3) if row["int8_seconds"] else None
+    tapped = [row for row in record.layers[:-1] if row.sqnr_db is not None]
+    body["worst_layers"] = [row.name for row in sorted(tapped, key=lambda row: row.sqnr_db or 0.0)[:WORST_LAYERS]]
+    body["float_version"] = {"version": record.quantized_from, "state": result.float_state,
+                             "served": result.float_state == "ready"}
     return body
 
 

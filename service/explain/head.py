@@ -43,6 +43,8 @@ Array = np.ndarray
 # A class output made by one of these from the scores: the scores are what gradient methods
 # differentiate (Grad-CAM's logit), never the probability.
 FINAL_ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
+# An int8 weight at least this large is dequantized per replay, never kept as float32.
+LARGE_WEIGHT_BYTES = 1 << 20
 # Ops that may sit between that final activation and the class output, moving values only.
 PASS_THROUGH = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
@@ -165,6 +167,10 @@ class HeadAnalysis:
         artifact names one (``metadata.output.logits``)."""
         if output not in self._producer:
             return NotExact(f"the class output {output!r} is not computed by any node")
+        if self._is_a_view(layer):
+            return NotExact(f"{layer!r} is an int8 version's view of a value the model quantizes again, on the range "
+                            "of the ReLU after it, on its way to the class output (docs/artifact.md, \"int8 versions\"); "
+                            "grad-cam is exact at that ReLU's output")
         layer, perm = self._tapped_from(layer)
         score = logits if logits and (logits in self._producer or logits == layer) else self._score_of(output)
         to_score = self._walk([score], layer)
@@ -195,6 +201,20 @@ class HeadAnalysis:
             else:
                 break
         return name, perm
+
+    def _is_a_view(self, layer: str) -> bool:
+        """Whether ``layer`` is a DequantizeLinear of a QuantizeLinear of a float value that
+        another QuantizeLinear reads too (an int8 version's view pair of a tapped layer)."""
+        producer = self._producer.get(layer)
+        dequantize = self._graph.node[producer] if producer is not None else None
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            return False
+        quantize_index = self._producer.get(dequantize.input[0])
+        if quantize_index is None or self._graph.node[quantize_index].op_type != "QuantizeLinear":
+            return False
+        value = self._graph.node[quantize_index].input[0]
+        readers = [n for n in self._graph.node if n.op_type == "QuantizeLinear" and n.input and n.input[0] == value]
+        return len(readers) > 1
 
     # ---- the walk back from the class output ---------------------------------------------
 
@@ -256,7 +276,8 @@ class HeadAnalysis:
             return NotExact(problem)
         nodes: list[_Node] = []
         for node in classified:
-            if not any(node.dependent) and all(not name or name in known for name in node.inputs):
+            if (not any(node.dependent) and all(not name or name in known for name in node.inputs)
+                    and not _dequantizes_a_large_weight(node, known)):
                 problem = self._fold(node, known)
                 if problem:
                     return NotExact(problem)
@@ -356,6 +377,16 @@ class HeadAnalysis:
             except Exception:  # shape inference refuses some graphs; then only the inputs are known
                 self._static = pinned
         return self._static.get(name)
+
+
+def _dequantizes_a_large_weight(node: _Node, known: Mapping[str, Array]) -> bool:
+    """An int8 version's dense weights are dequantized on every replay rather than folded
+    once: a folded float32 copy would stay as long as the model is loaded, four times the
+    int8 weights' size (AlexNet: 218 MB next to the 55 MB the sessions share)."""
+    if node.op != "DequantizeLinear" or not node.inputs:
+        return False
+    weight = known.get(node.inputs[0])
+    return weight is not None and weight.nbytes >= LARGE_WEIGHT_BYTES
 
 
 @dataclass

@@ -9,6 +9,16 @@ Two kinds of use (head.py decides which for each node of a head):
 - off it (shapes and constants: everything computed from Shape/Size or from constants
   only): evaluated, never differentiated; any op with a forward will do.
 
+QuantizeLinear and DequantizeLinear (an int8 version's Q/DQ pairs) replay exactly forward.
+Their gradient is the straight-through estimator: a pair passes the upstream gradient on
+unchanged, as the float function the int8 graph approximates would (rounding's own
+derivative is zero almost everywhere, and a saturated value's too: an explanation would go
+blank wherever the image leaves the calibrated range). One exception: a pair whose range
+starts at 0 (its zero point is the bottom of the int8 range) may stand for a ReLU the
+quantizer folded into it and removed, and passes no gradient for values below 0, as that
+ReLU did. Grad-CAM on an int8 version is then the float version's gradient taken through the
+int8 version's values.
+
 Elementwise activations follow PyTorch's conventions at the kinks (ReLU6 and Clip pass no
 gradient at their bounds, HardSwish the slope of its middle piece at -3 and 3), so the
 gradient equals autograd's even where a derivative does not exist.
@@ -531,6 +541,75 @@ def _conv_vjp(g: Array, inputs: Values, outputs: list[Array], attrs: Attrs, dep:
     return [grad.astype(np.float32, copy=False), None, None]
 
 
+# ---- quantization (an int8 version's Q/DQ pairs) ---------------------------------------------
+
+def _per_axis(value: Array, x: Array, attrs: Attrs) -> Array:
+    """A scale or zero point (a scalar, or one per index of ``axis``) shaped to broadcast over x."""
+    value = np.asarray(value)
+    if value.ndim == 0 or value.size == 1 or x.ndim == 0:
+        return value.reshape(())
+    axis = int(attrs.get("axis", 1)) % x.ndim
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return value.reshape(shape)
+
+
+def _zero_point(inputs: Values, index: int) -> Array:
+    zero = _opt(inputs, index)
+    return np.asarray(zero) if zero is not None else np.zeros((), dtype=np.uint8)
+
+
+def _dequantize(inputs: Values, attrs: Attrs) -> list[Array]:
+    x = _x(inputs)
+    scale = _x(inputs, 1)
+    zero = _per_axis(_zero_point(inputs, 2), x, attrs).astype(np.int32)
+    y = (x.astype(np.int32) - zero).astype(np.float32) * _per_axis(scale, x, attrs).astype(np.float32)
+    return [y.astype(np.float32, copy=False)]
+
+
+def _dequantize_vjp(g: Array, inputs: Values, outputs: list[Array], attrs: Attrs,
+                    dep: list[bool]) -> list[Array | None]:
+    # d y / d x = scale: the gradient reaching the int8 values (QuantizeLinear divides it back).
+    x = _x(inputs)
+    return [(g * _per_axis(_x(inputs, 1), x, attrs)).astype(np.float32), None, None]
+
+
+def _quantize_range(inputs: Values) -> tuple[Array, int, int]:
+    zero = _zero_point(inputs, 2)
+    info = np.iinfo(zero.dtype)
+    return zero, int(info.min), int(info.max)
+
+
+def _quantize(inputs: Values, attrs: Attrs) -> list[Array]:
+    x = _x(inputs)
+    zero, low, high = _quantize_range(inputs)
+    scaled = np.rint(x.astype(np.float32) / _per_axis(_x(inputs, 1), x, attrs).astype(np.float32))  # half to even
+    q = np.clip(scaled + _per_axis(zero, x, attrs).astype(np.float32), low, high)
+    return [q.astype(zero.dtype)]
+
+
+def _quantize_vjp(g: Array, inputs: Values, outputs: list[Array], attrs: Attrs, dep: list[bool]) -> list[Array | None]:
+    x = _x(inputs)
+    zero, low, _ = _quantize_range(inputs)
+    scale = _per_axis(_x(inputs, 1), x, attrs).astype(np.float32)
+    # Divided by the scale: DequantizeLinear's gradient multiplies it back (straight through).
+    grad = g / scale
+    folded_relu = _per_axis(zero, x, attrs) == low  # the range starts at 0
+    if np.any(folded_relu):
+        # Only values below 0: at 0 itself the value may be a ReLU's output read on (a pool or
+        # a flatten after the layer's own ReLU), whose float gradient flows.
+        grad = np.where(folded_relu & (x < 0), np.float32(0), grad)
+    return [grad.astype(np.float32), None, None]
+
+
+def _quantize_check(view: NodeView) -> str | None:
+    if "block_size" in view.attrs and int(view.attrs["block_size"]):
+        return f"{view.where} quantizes in blocks, which the replay does not implement"
+    if "output_dtype" in view.attrs and int(view.attrs["output_dtype"]):
+        return f"{view.where} names its output type (output_dtype), which the replay does not implement"
+    return None
+
+
 # ---- moving values around ----------------------------------------------------------------
 
 def _transpose_vjp(g: Array, inputs: Values, outputs: list[Array], attrs: Attrs, dep: list[bool]) -> list[Array | None]:
@@ -753,6 +832,9 @@ OPS: dict[str, OpSpec] = {
     "MatMul": OpSpec(_binary(np.matmul), _matmul_vjp, wrt=(0, 1)),
     "Gemm": OpSpec(_gemm, _gemm_vjp, wrt=(0, 2)),
     "Conv": OpSpec(_conv, _conv_vjp, check=_conv_check),
+    # quantization: exact forward, clipped straight-through gradient
+    "QuantizeLinear": OpSpec(_quantize, _quantize_vjp, check=_quantize_check),
+    "DequantizeLinear": OpSpec(_dequantize, _dequantize_vjp, check=_quantize_check),
     # normalisation
     "BatchNormalization": OpSpec(_batch_norm, _batch_norm_vjp, check=_batch_norm_check),
     "LayerNormalization": OpSpec(_layer_norm, _layer_norm_vjp, check=_only_first_output),
@@ -795,6 +877,8 @@ ROLES: dict[str, Sequence[str]] = {
     "BatchNormalization": ("data", "its scale", "its bias", "its running mean", "its running variance"),
     "LayerNormalization": ("data", "its scale", "its bias"), "Dropout": ("data", "its ratio", "its training mode"),
     "ReduceMean": ("data", "its axes"), "ReduceSum": ("data", "its axes"),
+    "QuantizeLinear": ("data", "its scale", "its zero point"),
+    "DequantizeLinear": ("data", "its scale", "its zero point"),
 }
 
 

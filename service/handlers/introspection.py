@@ -8,8 +8,9 @@ from enum import StrEnum
 
 import numpy as np
 
+from artifact import Precision
 from service.codecs.pictures import top_sheet
-from service.errors import NotFound
+from service.errors import NotFound, NotQuantized
 from service.handlers.base import Handler, ref
 from service.handlers.results import (
     ChannelFilter,
@@ -17,6 +18,7 @@ from service.handlers.results import (
     Filters,
     LayerCatalogue,
     Picture,
+    QuantizationReport,
     Samples,
     VersionDescription,
 )
@@ -55,8 +57,21 @@ class IntrospectionHandler(Handler):
                 with_filters=frozenset(runtime.filters),
                 explanations=explainer.model.catalogue() if explainer is not None else None,
                 unexplainable=runtime.explain_unavailable if explainer is None else None,
+                precision=model.metadata.precision,
+                quantization=model.metadata.quantization,
                 fixed_batch=model.metadata.input.fixed_batch,
             )
+
+    def quantization(self, name: str, version: int | None) -> QuantizationReport:
+        """An int8 version's record; 404 for a float32 one, naming the model's int8 versions."""
+        with self.holding(name, version) as model:
+            record = model.metadata.quantization
+            status = self._registry.model_status(model.name)
+            if record is None:
+                raise NotQuantized(model.name, model.version,
+                                   [v.version for v in status.versions if v.precision == Precision.INT8.value])
+            state = next((v.state.value for v in status.versions if v.version == record.quantized_from), None)
+            return QuantizationReport(ref(model), record, state)
 
     def filters(self, name: str, version: int | None, layer: str, state: FilterState = FilterState.TRAINED) -> Filters:
         """A conv layer's kernels, as trained or as initialised before training."""

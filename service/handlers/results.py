@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from artifact import Layer, Metadata, OutputKind
+from artifact import Layer, Metadata, OutputKind, Precision, QuantizationRecord
 from service.codecs.oip import InferenceRequest
 from service.explain import Catalogue
 from service.inference.dataplane import ExplainResult, Timings
@@ -107,14 +107,27 @@ class VersionDescription:
 
 @dataclass(frozen=True)
 class LayerCatalogue:
-    """The tapped layers, which have filters, and which explanation methods each allows."""
+    """The tapped layers, which have filters, and which explanation methods each allows;
+    for an int8 version, how it was quantized and each layer's error."""
 
     model: ModelRef
     layers: Sequence[Layer]
     with_filters: frozenset[str]
     explanations: Catalogue | None  # None: the model cannot be explained ...
     unexplainable: str | None  # ... for this reason
+    precision: Precision = Precision.FLOAT32
+    quantization: QuantizationRecord | None = None
     fixed_batch: int | None = None  # the graph runs exactly this many images a run (an import's)
+
+
+@dataclass(frozen=True)
+class QuantizationReport:
+    """How an int8 version was made from its float version, what the gate measured, every
+    layer's error; and whether that float version serves here too (side by side)."""
+
+    model: ModelRef
+    record: QuantizationRecord
+    float_state: str | None  # the float version's state in this server; None: not in it
 
 
 @dataclass(frozen=True)

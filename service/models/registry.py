@@ -9,8 +9,10 @@ That is what lets versions come and go while requests are in flight:
 
 * ``sync`` makes the registry match the repository on disk (the poll calls it): a new
   version is loaded and warmed up while the others serve, and becomes its model's default
-  the moment it is ready (the default is the newest ready version: one assignment, no
-  gap); a version or a whole model gone from disk is taken out of resolution at once and
+  the moment it is ready (the default is chosen among the ready versions by the
+  operator's ``default_precision``: the newest one, unless it is an int8 version that
+  runs slower here than its float version; one assignment, no gap); a version or a whole
+  model gone from disk is taken out of resolution at once and
   unloaded when its last request ends; a failed version is tried again when its files change;
 * ``load_model`` / ``unload_model`` do the same for one model on request (Triton's model
   repository extension); an unloaded model stays unloaded, whatever the poll finds, until
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from artifact import Precision
 from service.errors import (
     BadRequest,
     LoadFailed,
@@ -40,7 +43,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.models.loader import LoadedVersion, Loader, LoadError
-from service.models.repository import ArtifactRef, Named, RepositoryOptions
+from service.models.repository import ArtifactRef, DefaultPrecision, Named, RepositoryOptions
 
 log = logging.getLogger("convscope.registry")
 
@@ -75,6 +78,17 @@ class ModelEntry(Named):
     served: LoadedVersion | None = None
     fingerprint: Fingerprint | None = None
 
+    @property
+    def precision(self) -> Precision | None:
+        """float32 or int8, once loaded (the metadata says); None before."""
+        return self.served.metadata.precision if self.served is not None else None
+
+    @property
+    def quantized_from(self) -> int | None:
+        if self.served is None or self.served.metadata.quantization is None:
+            return None
+        return self.served.metadata.quantization.quantized_from
+
     def not_ready(self) -> ModelNotReady:
         detail = f": {self.reason}" if self.reason else ""
         return ModelNotReady(f"model {self.name} version {self.version} is {self.state}{detail}")
@@ -87,6 +101,40 @@ class VersionStatus:
     reason: str | None = None
     provider: str | None = None
     load_seconds: float | None = None
+    precision: str | None = None  # float32 | int8, once loaded
+    quantized_from: int | None = None  # an int8 version's float version
+
+
+def default_entry(versions: dict[int, ModelEntry], policy: DefaultPrecision) -> ModelEntry | None:
+    """The ready version that serves a model by default under ``policy``; None: none is ready."""
+    ready = {v: e for v, e in versions.items() if e.state is ModelState.READY and e.served is not None}
+    if not ready:
+        return None
+    newest = ready[max(ready)]
+    if policy in (DefaultPrecision.FLOAT32, DefaultPrecision.INT8):
+        wanted = Precision(policy.value)
+        chosen = [v for v, e in ready.items() if e.precision is wanted]
+        return ready[max(chosen)] if chosen else newest
+    if policy is DefaultPrecision.AUTO and newest.precision is Precision.INT8:
+        original = ready.get(newest.quantized_from or 0)
+        if original is not None and not _faster(newest, original):
+            return original
+    return newest
+
+
+def _faster(entry: ModelEntry, than: ModelEntry) -> bool:
+    """Whether ``entry``'s predictions run faster here than ``than``'s, as timed at load (the
+    largest batch size both timed): an int8 graph runs slower than float on some providers
+    (CUDA runs the Q/DQ pairs of a graph it cannot fuse) and for some models (TinyVGG)."""
+    assert entry.served is not None and than.served is not None
+    mine, theirs = entry.served.runtime.batch_costs, than.served.runtime.batch_costs
+    if mine is None or theirs is None:
+        return True
+    common = set(mine.seconds) & set(theirs.seconds)
+    if not common:
+        return True
+    size = max(common)
+    return mine.seconds[size] < theirs.seconds[size]
 
 
 @dataclass(frozen=True)
@@ -257,10 +305,26 @@ class ModelRegistry:
             log.info("model %s version %d ready on %s (%.2f s)%s", entry.name, entry.version,
                      runtime.provider, runtime.load_seconds,
                      f"; {runtime.batch_costs.describe()}" if runtime.batch_costs is not None else "")
+        if entry.state is ModelState.READY:
+            self._say_precision(entry)
         outcome = "success" if entry.state is ModelState.READY else "failure"
         self.metrics.model_loads.labels(entry.name, outcome).inc()
         self.metrics.model_load_seconds.labels(entry.name).observe(time.perf_counter() - started)
         self._update_gauges()
+
+    def _say_precision(self, loaded: ModelEntry) -> None:
+        """When an int8 version and its float version are both ready: which runs faster here,
+        and which serves by default (the operator's CONVSCOPE_DEFAULT_PRECISION)."""
+        versions = self.entries.get(loaded.name, {})
+        pairs = [(e, versions.get(e.quantized_from or 0)) for e in versions.values() if e.precision is Precision.INT8]
+        for int8, original in pairs:
+            if original is None or original.state is not ModelState.READY or loaded not in (int8, original):
+                continue
+            default = default_entry(versions, self.options.default_precision)
+            log.info("model %s: int8 version %d runs %s here than its float version %d (timed at load); version %s "
+                     "serves by default (default precision: %s)", loaded.name, int8.version,
+                     "faster" if _faster(int8, original) else "slower", original.version,
+                     default.version if default is not None else "none", self.options.default_precision.value)
 
     def _fail(self, entry: ModelEntry, reason: str) -> None:
         entry.state, entry.reason = ModelState.FAILED, reason
@@ -307,12 +371,17 @@ class ModelRegistry:
     def status(self) -> list[ModelStatus]:
         return [self._model_status(name) for name in self.names()]
 
+    def model_status(self, name: str) -> ModelStatus:
+        """One model's versions and default (404 naming the models for an unknown one)."""
+        self._versions(name)
+        return self._model_status(name)
+
     def _model_status(self, name: str) -> ModelStatus:
         versions = self.entries[name]
-        ready = [v for v, e in versions.items() if e.state is ModelState.READY]
+        default = default_entry(versions, self.options.default_precision)
         return ModelStatus(
             name=name,
-            default_version=max(ready) if ready else None,
+            default_version=default.version if default is not None else None,
             versions=[self._version_status(versions[v]) for v in sorted(versions, reverse=True)],
         )
 
@@ -325,6 +394,8 @@ class ModelRegistry:
             reason=entry.reason,
             provider=runtime.provider if runtime is not None else None,
             load_seconds=round(runtime.load_seconds, 3) if runtime is not None else None,
+            precision=entry.precision.value if entry.precision is not None else None,
+            quantized_from=entry.quantized_from,
         )
 
     def default_model_name(self) -> str:
@@ -350,15 +421,16 @@ class ModelRegistry:
         return versions
 
     def entry(self, name: str | None, version: int | None = None) -> ModelEntry:
-        """The entry a request means: the named version, or the newest ready one. Unknown
-        names and versions are 404s naming the valid ones; a version that cannot serve
-        raises ModelNotReady (503) saying why."""
+        """The entry a request means: the named version, or the default one (``default_entry``:
+        the newest ready one, as the operator's ``default_precision`` says). Unknown names
+        and versions are 404s naming the valid ones; a version that cannot serve raises
+        ModelNotReady (503) saying why."""
         name = name if name is not None else self.default_model_name()
         versions = self._versions(name)
         if version is None:
-            ready = [v for v, e in versions.items() if e.state is ModelState.READY]
-            if ready:
-                return versions[max(ready)]
+            default = default_entry(versions, self.options.default_precision)
+            if default is not None:
+                return default
             if not self.load_finished:
                 raise ModelNotReady(f"model {name} is still loading")
             reasons = "; ".join(f"version {v}: {e.state}{f' ({e.reason})' if e.reason else ''}"

@@ -27,6 +27,15 @@ FALLBACK_MODEL_NAME = "model"
 log = logging.getLogger("convscope.repository")
 
 
+class DefaultPrecision(str, Enum):
+    """Which ready version of a model answers a request that names none (docs/deploy.md)."""
+
+    AUTO = "auto"  # the newest, unless it is an int8 version slower here than its float version (both ready)
+    NEWEST = "newest"  # the newest, whatever its precision
+    FLOAT32 = "float32"  # the newest float32 version (the newest of any precision if none is ready)
+    INT8 = "int8"  # the newest int8 version (the newest of any precision if none is ready)
+
+
 @dataclass(frozen=True)
 class RepositoryOptions:
     """Where the models are and how they are named and watched."""
@@ -35,6 +44,7 @@ class RepositoryOptions:
     model_name: str | None = None  # a single model's name (KServe's /mnt/models layout)
     poll_seconds: float = 0.0  # how often the registry is brought in step with the disk; 0: never
     default_model: str | None = None  # the model of /predict and /explain
+    default_precision: DefaultPrecision = DefaultPrecision.AUTO  # which version of a model serves by default
 
     def scan(self) -> list[ArtifactRef]:
         """The versions on disk now (blocking: call it on a thread)."""

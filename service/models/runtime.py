@@ -25,6 +25,15 @@ random image at load, or the features session is rebuilt with its conv weights i
 graph. The parsed protobuf is dropped once the sessions exist, and filters (trained and
 initial) are read once here, not per request.
 
+An int8 version (docs/artifact.md, "int8 versions") is a QDQ graph: its kernels are int8
+initializers read by DequantizeLinear nodes. Sharing looks through those nodes (an int8
+weight whose DequantizeLinear feeds a Gemm/MatMul is a dense weight), so both sessions read
+one int8 copy, and the filters the API draws are those kernels dequantized on demand
+(``Kernels``), never a float32 copy kept. The logits-only session matters even more there:
+onnxruntime fuses a DequantizeLinear -> Conv -> QuantizeLinear chain into one integer
+kernel only where no graph output reads the float values in between, so the features
+session runs the pairs as they are (about float speed) while predictions run in int8.
+
 Explanations (service/explain/) need to know the graph after each tapped layer to replay
 it in numpy (grad-cam, hires-cam): that analysis runs here, on the graph already parsed,
 and its heads hold the very arrays the sessions share (``shared_weights``), not a copy.
@@ -37,6 +46,7 @@ import ctypes.util
 import logging
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,7 +56,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from artifact import Layer, Metadata
+from artifact import Layer, Metadata, Precision
 from service.errors import NoFilters, UnknownLayer
 from service.explain import ExplainableModel, describe
 from service.inference.batching import BatchCosts
@@ -131,6 +141,43 @@ class RuntimeOptions:
         return options
 
 
+@dataclass(frozen=True)
+class QuantizedKernel:
+    """An int8 kernel and what dequantizes it: (q - zero_point) * scale, per ``axis``."""
+
+    values: np.ndarray  # int8 [O, I, kh, kw]
+    scale: np.ndarray  # float32, one per index of ``axis`` (or one)
+    zero_point: np.ndarray
+    axis: int = 0
+
+    def dequantized(self) -> np.ndarray:
+        shape = [1] * self.values.ndim
+        shape[self.axis] = -1
+        scale = self.scale.reshape(shape) if self.scale.size > 1 else self.scale.reshape(())
+        zero = self.zero_point.reshape(shape) if self.zero_point.size > 1 else self.zero_point.reshape(())
+        out: np.ndarray = ((self.values.astype(np.int32) - zero.astype(np.int32)).astype(np.float32)
+                           * scale.astype(np.float32))
+        return out
+
+
+class Kernels(Mapping[str, np.ndarray]):
+    """Conv kernels by layer name: float32 arrays as they are, int8 ones dequantized on each
+    read (a layer's kernels at a time: no float32 copy of an int8 model's weights is kept)."""
+
+    def __init__(self, kernels: Mapping[str, np.ndarray | QuantizedKernel] | None = None) -> None:
+        self._kernels = dict(kernels or {})
+
+    def __getitem__(self, layer: str) -> np.ndarray:
+        kernel = self._kernels[layer]
+        return kernel.dequantized() if isinstance(kernel, QuantizedKernel) else kernel
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kernels)
+
+    def __len__(self) -> int:
+        return len(self._kernels)
+
+
 @dataclass
 class ModelRuntime:
     """A loaded artifact: its sessions, its input recipe and its layers."""
@@ -143,8 +190,8 @@ class ModelRuntime:
     input_name: str
     output_name: str
     layer_names: list[str]
-    filters: dict[str, np.ndarray] = field(default_factory=dict)
-    """Conv kernels as trained, by layer name."""
+    filters: Mapping[str, np.ndarray] = field(default_factory=Kernels)
+    """Conv kernels as trained, by layer name (an int8 version's: dequantized)."""
     initial_filters: dict[str, np.ndarray] = field(default_factory=dict)
     """Conv kernels before training (initial_weights.npz), by layer name; empty without one."""
     shared_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -164,6 +211,10 @@ class ModelRuntime:
     @property
     def metadata(self) -> Metadata:
         return self.artifact.metadata
+
+    @property
+    def precision(self) -> Precision:
+        return self.metadata.precision
 
     def trained_filters(self, layer: str) -> np.ndarray:
         """The kernels of ``layer`` as trained; 404s name the valid layers, or those with filters."""
@@ -230,10 +281,15 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
     features_graph = proto.SerializeToString()
     _reattach(proto, convs)  # the logits session's layout optimizer reads them
     with_convs = proto.SerializeToString() if convs else features_graph
+    # int8 dense weights stay in the logits graph: its fused integer Gemms prepack them,
+    # which sharing forbids (unpacked, AlexNet's int8 predictions ran 20x slower at batch 1).
+    own = {name: array for name, array in dense.items() if array.dtype in (np.int8, np.uint8)}
+    _reattach(proto, own)
     # The fast path: the same graph with the class output alone.
     keep = [o for o in proto.graph.output if o.name == output_name]
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
+    _prune(proto)
     logits_graph = proto.SerializeToString()
     del proto  # the parsed protobuf holds a copy of every weight
 
@@ -244,17 +300,19 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
                 placeholder.truncate(max(a.nbytes for a in [*dense.values(), *convs.values()]))  # sparse
         values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in {**dense, **convs}.items()}
         dense_values = {name: values[name] for name in dense}
-        logits_session = ort.InferenceSession(logits_graph, sess_options=options.session_options(dense_values, folder),
+        logits_values = {name: values[name] for name in dense if name not in own}
+        logits_session = ort.InferenceSession(logits_graph, sess_options=options.session_options(logits_values, folder),
                                               providers=options.providers)
         features_session = ort.InferenceSession(
             features_graph, sess_options=options.session_options(values, folder, layout=not convs),
             providers=options.providers)
-        if convs and not _agree(logits_session, features_session, input_name, output_name):
+        tolerance = INT8_AGREEMENT if metadata.precision is Precision.INT8 else FLOAT_AGREEMENT
+        if convs and not _agree(logits_session, features_session, input_name, output_name, tolerance):
             log.warning("%s version %d: the features session with shared conv weights disagrees with the "
                         "logits session; rebuilding it with its own conv weights", artifact.name, artifact.version)
             features_session = ort.InferenceSession(with_convs, sess_options=options.session_options(dense_values, folder),
                                                     providers=options.providers)
-    del features_graph, with_convs, logits_graph
+    del features_graph, with_convs, logits_graph, own
     spec = InputSpec.from_recipe(metadata.input, reducing_gap=reducing_gap)
 
     model = ModelRuntime(
@@ -289,6 +347,24 @@ def _describe(name: str, metadata: Metadata, proto: onnx.ModelProto,
     except Exception as exc:  # an odd graph or metadata: predictions must still serve
         log.warning("model %s: explanations unavailable: %s", name, exc)
         return None, f"the model's graph could not be analysed for explanations ({type(exc).__name__}: {exc})"
+
+
+def _prune(proto: onnx.ModelProto) -> None:
+    """Drop the nodes no graph output needs any more (what only a removed tap read): an
+    int8 version's view pair of a tapped layer, left in the logits graph, would give its
+    Conv's output two readers, and onnxruntime fuses a Conv into an integer kernel only when
+    one QuantizeLinear reads it."""
+    graph = proto.graph
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(output in needed for output in node.output):
+            kept.append(node)
+            needed.update(value for value in node.input if value)
+    if len(kept) < len(graph.node):
+        kept.reverse()
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _release_free_memory() -> None:
@@ -351,45 +427,81 @@ def _layers_by_weight(layers: list[Layer]) -> dict[str, list[str]]:
     return by_weight
 
 
-def _conv_filters(proto: onnx.ModelProto, layers: list[Layer],
-                  shared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _conv_filters(proto: onnx.ModelProto, layers: list[Layer], shared: dict[str, np.ndarray]) -> Kernels:
     """The learned kernels behind each conv layer, keyed by layer name: the shared arrays
-    where the sessions share them (no second copy), else read from the graph."""
+    where the sessions share them (no second copy), else read from the graph. An int8
+    kernel (read by a DequantizeLinear) comes with that node's scale and zero point."""
     wanted = _layers_by_weight(layers)
-    found: dict[str, np.ndarray] = {}
-    for initializer in proto.graph.initializer:
-        if initializer.name in wanted:
-            array = shared.get(initializer.name)
-            if array is None:
-                array = numpy_helper.to_array(initializer)
-            if array.ndim == 4:
-                for name in wanted[initializer.name]:
-                    found[name] = array.astype(np.float32, copy=False)
-    return found
+    initializers = {i.name: i for i in proto.graph.initializer}
+    dequantizers = {node.input[0]: node for node in proto.graph.node
+                    if node.op_type == "DequantizeLinear" and node.domain in ("", "ai.onnx")}
+    found: dict[str, np.ndarray | QuantizedKernel] = {}
+    for weight, names in wanted.items():
+        if weight not in initializers:
+            continue
+        array = shared.get(weight)
+        if array is None:
+            array = numpy_helper.to_array(initializers[weight])
+        if array.ndim != 4:
+            continue
+        kernel: np.ndarray | QuantizedKernel = array.astype(np.float32, copy=False)
+        if array.dtype in (np.int8, np.uint8):
+            node = dequantizers.get(weight)
+            if node is None or len(node.input) < 2 or node.input[1] not in initializers:
+                continue  # int8 values without their scale draw nothing meaningful
+            zero = (numpy_helper.to_array(initializers[node.input[2]]) if len(node.input) > 2 and node.input[2]
+                    else np.zeros((), dtype=array.dtype))
+            axis = next((int(onnx.helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), 1)
+            kernel = QuantizedKernel(array, numpy_helper.to_array(initializers[node.input[1]]), zero, axis % array.ndim)
+        for name in names:
+            found[name] = kernel
+    return Kernels(found)
 
 
-def _agree(logits: ort.InferenceSession, features: ort.InferenceSession, input_name: str, output_name: str) -> bool:
+# How close the two sessions' class scores must be, relative to their largest: the same
+# float graph gives the same scores to rounding; an int8 graph's fused integer kernels
+# (logits session) and its unfused Q/DQ pairs (features session) round differently, by a
+# few of the output's quantization steps at most. A wrongly shared weight misses by far more.
+FLOAT_AGREEMENT = 1e-4
+INT8_AGREEMENT = 5e-2
+
+
+def _agree(logits: ort.InferenceSession, features: ort.InferenceSession, input_name: str, output_name: str,
+           tolerance: float = FLOAT_AGREEMENT) -> bool:
     """Whether both sessions give the same class scores for a seeded random image (a zero
     image would not do: it reads no conv weight, only biases)."""
     shape = [d if isinstance(d, int) else 1 for d in logits.get_inputs()[0].shape]
     image = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     (a,) = logits.run([output_name], {input_name: image})
     (b,) = features.run([output_name], {input_name: image})
-    return bool(np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(a).max())))
+    return bool(np.abs(a - b).max() <= tolerance * max(1.0, float(np.abs(a).max())))
 
 
-# Which initializers may be shared, by (op, input index) of every node that reads them.
+# Which initializers may be shared, by (op, input index) of every node that reads them. An
+# int8 weight is read by a DequantizeLinear: what reads that node's output counts.
 DENSE_WEIGHTS = frozenset({("Gemm", 1), ("MatMul", 1)})
+SHAREABLE_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
 CONV_WEIGHTS = frozenset({("Conv", 1)})
+
+
+def _readers(proto: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
+    """Every value's readers, (op, input index); a DequantizeLinear's data input is read by
+    whatever reads its output (an int8 weight is the weight of the op its float value feeds)."""
+    direct: dict[str, list[tuple[str, int]]] = {}
+    for node in proto.graph.node:
+        for index, name in enumerate(node.input):
+            direct.setdefault(name, []).append((node.op_type, index))
+    readers = dict(direct)
+    for node in proto.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input and direct.get(node.input[0]) == [("DequantizeLinear", 0)]:
+            readers[node.input[0]] = direct.get(node.output[0], [])
+    return readers
 
 
 def _detach_shared_weights(proto: onnx.ModelProto, readers_allowed: frozenset[tuple[str, int]]) -> dict[str, np.ndarray]:
     """Move the large weights that only ``readers_allowed`` read out of the graph into numpy
     arrays, leaving external-data placeholders in their place."""
-    readers: dict[str, list[tuple[str, int]]] = {}
-    for node in proto.graph.node:
-        for index, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node.op_type, index))
+    readers = _readers(proto)
     shared: dict[str, np.ndarray] = {}
     for tensor in proto.graph.initializer:
         uses = readers.get(tensor.name, [])
@@ -397,10 +509,13 @@ def _detach_shared_weights(proto: onnx.ModelProto, readers_allowed: frozenset[tu
             continue
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < SHARE_MIN_BYTES:
             continue
-        # Only float32: the CPU provider runs a float16 Gemm/MatMul by casting its weight to
-        # float32, and folds that Cast at load from the placeholder's bytes, not the shared
-        # array (an imported float16 model served near-zero scores).
-        if tensor.data_type != onnx.TensorProto.FLOAT:
+        # Only float32, and an int8 version's int8 weights (read through their DequantizeLinear,
+        # which onnxruntime leaves in the graph: the features session's answers equal a plain
+        # session's, tests/service/models/test_runtime.py): the CPU provider runs a float16
+        # Gemm/MatMul by casting its weight to float32, and folds that Cast at load from the
+        # placeholder's bytes, not the shared array (an imported float16 model served near-zero
+        # scores).
+        if tensor.data_type not in SHAREABLE_TYPES:
             continue
         array = numpy_helper.to_array(tensor)
         shared[tensor.name] = np.ascontiguousarray(array)
@@ -426,7 +541,7 @@ def load_initial_filters(artifact: Artifact) -> dict[str, np.ndarray]:
     """Kernels before training (initial_weights.npz), keyed by layer name."""
     if artifact.initial_weights_path is None:
         return {}
-    by_weight = _layers_by_weight(artifact.metadata.layers)
+    by_weight = _layers_by_weight(artifact.metadata.layers)  # an int8 version's are keyed by its int8 kernels
     with np.load(artifact.initial_weights_path, allow_pickle=False) as data:
         return {
             name: np.asarray(data[key], dtype=np.float32)

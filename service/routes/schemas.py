@@ -56,6 +56,8 @@ class ModelVersionStatus(BaseModel):
     reason: str | None = None
     provider: str | None = Field(None, description="onnxruntime execution provider in use.")
     load_seconds: float | None = None
+    precision: str | None = Field(None, description="float32 | int8, once loaded.")
+    quantized_from: int | None = Field(None, description="An int8 version's float32 version.")
 
 
 class ModelSummary(BaseModel):
@@ -88,6 +90,9 @@ class LayerInfo(BaseModel):
     gradient_methods_unavailable: str | None = Field(
         None, description="Why grad-cam and hires-cam are not offered at this layer (their gradient would not be "
                           "exact), where they are not.")
+    quantization_sqnr_db: float | None = Field(
+        None, description="int8 versions: this layer's signal-to-quantization-noise ratio against the float version "
+                          "over the held-out images the export judged it on (higher is closer; null: identical).")
 
 
 class ExplainCatalogue(BaseModel):
@@ -107,14 +112,69 @@ class ColormapCatalogue(BaseModel):
                     "interpolated linearly to the 256 entries the server paints with.")
 
 
+class SpeedRow(BaseModel):
+    batch: int
+    float_seconds: float = Field(description="Median seconds of a logits-only run of the float version, at export.")
+    int8_seconds: float
+    speedup: float | None = Field(None, description="float_seconds / int8_seconds (quantization answer only).")
+
+
+class LayerErrorRow(BaseModel):
+    name: str = Field(description="A tapped layer, or (last) the class output.")
+    sqnr_db: float | None = Field(description="10 log10(sum float^2 / sum (float - int8)^2) over the evaluation "
+                                              "images; null: no difference.")
+    relative_error: float = Field(description="||float - int8|| / ||float||.")
+    worst_channel: int | None = Field(description="The channel with the lowest SQNR (null: a flat output).")
+    worst_channel_sqnr_db: float | None
+
+
+class QuantizationSummary(BaseModel):
+    quantized_from: int = Field(description="The float32 version this int8 version was made from.")
+    method: str = Field(description="Calibration: minmax | entropy | percentile.")
+    scheme: str
+    data: str | None = Field(description="Where the calibration and evaluation images came from.")
+    calibration_images: int
+    evaluation_images: int = Field(description="Held-out images the gate compared both versions on (none of them "
+                                               "calibrated).")
+    agreement: float = Field(description="Share of the evaluation images given the same top-1 class by both.")
+    min_agreement: float = Field(description="The gate it passed.")
+    float_accuracy: float | None = Field(description="Top-1 accuracy of the float version on those images (null: "
+                                                     "no labels the model knows).")
+    int8_accuracy: float | None
+    max_probability_difference: float
+    speed: list[SpeedRow] = Field(description="Timed at export on the exporting machine's CPU.")
+    int8_faster: bool | None = Field(description="At the largest batch timed.")
+    seconds: float | None = Field(description="What quantizing cost.")
+
+
+class FloatVersion(BaseModel):
+    version: int
+    state: str | None = Field(description="Its state in this server (loading | ready | failed | unloading | "
+                                          "unloaded); null: not in the repository.")
+    served: bool = Field(description="Ready here: its maps can be compared with the int8 version's.")
+
+
+class QuantizationAnswer(QuantizationSummary):
+    model: str
+    version: int
+    precision: str = Field(description="int8.")
+    layers: list[LayerErrorRow] = Field(description="Every tapped layer, shallow to deep, then the class output.")
+    worst_layers: list[str] = Field(description="The (at most) three tapped layers with the lowest SQNR, worst first.")
+    float_version: FloatVersion
+
+
 class LayerList(BaseModel):
     model: str
     version: int
+    precision: str = Field(description="float32 | int8.")
     fixed_batch: int | None = Field(None, description="The graph runs exactly this many images a run (an import "
                                                       "whose batch could not be made dynamic); null: any batch.")
     layers: list[LayerInfo]
     colormaps: ColormapCatalogue
     explanations: ExplainCatalogue
+    quantization: QuantizationSummary | None = Field(
+        None, description="int8 versions: how it was quantized and what the gate measured (every layer's error: "
+                          "GET .../quantization); null for float32.")
 
 
 class ExplainTarget(BaseModel):

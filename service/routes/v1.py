@@ -168,3 +168,13 @@ async def layers(request: Request, handlers: HandlersDep, name: ModelName, versi
     result = handlers.introspection.layers(name, version)
     answered_by(request, result.model)
     return JSONResponse(v1.layer_catalogue(result))
+
+
+@models.operation("GET", "/quantization", summary="An int8 version: how it was quantized, the gate's figures and "
+                                                  "every layer's error against its float version",
+                  response_model=schemas.QuantizationAnswer, responses=schemas.ERRORS)
+async def quantization(request: Request, handlers: HandlersDep, name: ModelName, version: int | None) -> Response:
+    note_model(request, name, version)
+    result = handlers.introspection.quantization(name, version)
+    answered_by(request, result.model)
+    return JSONResponse(v1.quantization(result))

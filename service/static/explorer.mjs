@@ -6,9 +6,9 @@
 //             colormap (the server's colour maps as tables), geometry, maps, format
 //   ui/       the browser's side of them: dom helpers, canvas painting, the bound API client
 //   state.mjs what the page knows, documented where it is defined
-//   views/    one module per part of the page: key (the API key prompt), models (picker and
+//   views/    one module per part of the page: key (the API key prompt), models (pickers and
 //             summary), start (1: samples, file, drop), prediction and explanation (2), layers
-//             and channel (3), network (4)
+//             and channel (3), network (4), quantization (5: int8 and float)
 //   this file the controller: which view draws when a model or an image is chosen.
 //
 // A new view (a block overview of a deep net, a quantized version beside its float one) is a
@@ -31,6 +31,7 @@ import * as layers from "./views/layers.mjs";
 import * as models from "./views/models.mjs";
 import * as network from "./views/network.mjs";
 import * as prediction from "./views/prediction.mjs";
+import * as quantization from "./views/quantization.mjs";
 import * as start from "./views/start.mjs";
 
 // Timings the page records for itself (read by benchmarks/explorer_screenshots.py).
@@ -43,9 +44,11 @@ async function selectModel(name, version) {
   const meta = await getJSON(paths.model(name, version));
   showModel(meta, paths.versionPath(meta.name, meta.version));
   models.showSummary(meta);
+  quantization.findTwin();
   network.render();
   setCatalogue(await getJSON(paths.catalogue(meta.name, meta.version)));
   explanation.renderMethods();
+  await quantization.render();
   await start.renderSamples(look);
   if (state.image) await look(state.image, state.imageName);
 }
@@ -70,9 +73,11 @@ async function look(blob, name) {
   state.input = input;
   state.probabilities = body.predictions;
   state.maps = featureMaps(body.feature_maps, meta.layers);
+  state.twinMaps = {};
   prediction.render(body.timings_ms, answered - started);
   explanation.renderTargets();
   drawLayers();
+  quantization.redraw();
   if (state.selected && state.maps[state.selected.layer]) await channel.show(state.selected.layer, state.selected.channel, false);
   await painted();
   const drawn = performance.now();
@@ -92,11 +97,19 @@ function drawLayers() {
 }
 
 async function refresh() {
-  await models.refresh(selectModel);
+  const changed = await models.refresh(selectModel);
+  // A version at the other precision loaded or unloaded: the int8 section and the channel's
+  // side by side follow it.
+  if (changed && state.meta) {
+    const before = state.twin?.version;
+    quantization.findTwin();
+    if (state.twin?.version !== before) { state.twinMaps = {}; await quantization.render(); }
+  }
   window.convscope.ready = true;
 }
 
-models.wire(guarded((name) => selectModel(name)));
+models.wire(guarded((name, version) => selectModel(name, version)));
+quantization.wire(channel.show);
 start.wire(look);
 explanation.wire();
 layers.wire({

@@ -17,6 +17,17 @@ export const state = {
   /** The server's colour maps by role, from the catalogue: {feature_maps, filters, saliency},
    * each {name, stops, table} (lib/colormap.mjs colormapsFrom). */
   colormaps: null,
+  /** The same model's ready version at the other precision (an int8 version's float version, a
+   * float version's newest int8 one): {version, precision, base}, or null (lib/quantization.mjs). */
+  twin: null,
+  /** The record of the int8 one of the pair (GET .../quantization), or null. */
+  quantization: null,
+
+  // ---- the server's models (views/models.mjs) ----
+  /** GET /v1/models's `models`, as last listed. */
+  models: [],
+  /** A version the user chose in the picker: shown until it stops serving; null: the default. */
+  pinned: null,
 
   // ---- the image being looked at (look) ----
   /** The Blob sent to the server, and what to call it. */
@@ -28,6 +39,9 @@ export const state = {
   probabilities: [],
   /** layer -> its feature maps on this image (lib/maps.mjs featureMap: {c, h, w, data, min, max}). */
   maps: {},
+  /** layer -> a promise of the twin version's maps of that layer on this image, fetched when a
+   * channel of it is opened (views/channel.mjs). */
+  twinMaps: {},
 
   // ---- how the overview shows them (view: layers, channel) ----
   /** layer -> the page of channels shown. */
@@ -44,7 +58,8 @@ export const state = {
 
 /** A new model version: its metadata, and nothing left of the one before. */
 export function showModel(meta, base) {
-  Object.assign(state, { meta, base, catalogue: null, colormaps: null, maps: {}, pages: {}, silent: {}, selected: null });
+  Object.assign(state, { meta, base, catalogue: null, colormaps: null, maps: {}, twinMaps: {}, pages: {}, silent: {},
+    selected: null, twin: null, quantization: null });
 }
 
 /** Its layer catalogue, and the colour maps the server paints with. */

@@ -86,6 +86,42 @@ def test_every_documented_key_is_a_contract_field_and_every_field_is_documented(
     assert sorted(typed - documented) == [], "in artifact.Metadata but not documented in docs/artifact.md"
 
 
+def documented_int8() -> dict[str, Any]:
+    """The ```jsonc block of docs/artifact.md's "int8 versions" as JSON."""
+    block = re.search(r"## int8 versions\n.*?```jsonc\n(.*?)\n```", DOC.read_text(), re.S)
+    assert block is not None, "docs/artifact.md lost its int8 versions example"
+    text = re.sub(r"//[^\n]*", "", block.group(1))
+    return json.loads(text.replace('"..."', '"x"'))
+
+
+def test_every_documented_quantization_key_is_a_field_and_every_field_is_documented() -> None:
+    record = documented_int8()["quantization"]
+    documented = keys_of(record)
+    typed = fields_of(artifact.QuantizationRecord, record, "")
+    assert sorted(documented - typed) == [], "documented in docs/artifact.md but not in artifact.QuantizationRecord"
+    assert sorted(typed - documented) == [], "in artifact.QuantizationRecord but not documented in docs/artifact.md"
+
+
+def test_the_documented_int8_version_is_a_valid_document() -> None:
+    document = {**documented_example(), **documented_int8()}
+    metadata = parse_metadata(document)
+    assert metadata.precision is artifact.Precision.INT8 and metadata.quantization is not None
+    assert metadata.quantization.method is artifact.CalibrationMethod.MINMAX
+    assert metadata.quantization.layers[0].name == "features.1"
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.update(precision="int8"),  # int8 without its record
+    lambda d: d.update(quantization=documented_int8()["quantization"]),  # a record on a float32 version
+    lambda d: d.update(precision="int4"),
+])
+def test_precision_and_the_quantization_record_go_together(change: Any) -> None:
+    document = minimal_version_1()
+    change(document)
+    with pytest.raises(ArtifactError, match="precision"):
+        parse_metadata(document)
+
+
 def test_the_documented_example_is_a_valid_document() -> None:
     metadata = parse_metadata(documented_example())
     assert metadata.output.kind is OutputKind.LOGITS
@@ -112,6 +148,7 @@ def test_an_old_document_loads_with_the_defaults_of_later_fields() -> None:
     layer = metadata.layer("features.1")
     assert layer.receptive_field_offset is None and layer.group is None and layer.kind == "other"
     assert metadata.channel_view is None and metadata.samples is None
+    assert metadata.precision is artifact.Precision.FLOAT32 and metadata.quantization is None
 
 
 def test_unknown_keys_are_kept_through_a_read_and_a_write() -> None:

@@ -162,3 +162,38 @@ def test_with_api_keys_the_page_asks_for_one_and_loads_pictures_with_it(
     page.images_decoded(".detail .patch img", digits_artifact.metadata["channel_view"]["top_k"])
     # The first 401 (before the key) is the only error the console saw.
     assert all("401" in error for error in page.errors), page.errors
+
+
+def test_an_int8_version_beside_its_float_version(page: Page, start_server: Callable[..., LiveServer],
+                                                  digits_artifact: ExportedModel, tmp_path: Path) -> None:
+    from tests.support.export_cli import run_cli
+
+    root = tmp_path / "models"
+    shutil.copytree(digits_artifact.path, root / digits_artifact.name / "1")
+    quantized = run_cli(["quantize", root / digits_artifact.name, "--quiet"])
+    assert quantized.rc == 0, quantized.stderr
+    server = start_server(root, default_precision="newest")  # the int8 version (2) on show first
+    p = page.page
+    p.goto(server.url + "/")
+    p.wait_for_selector("#quantization", state="visible")
+    layers = [layer["name"] for layer in digits_artifact.metadata["layers"]]
+    p.wait_for_function("(n) => document.querySelectorAll('#quantization-bars .q-row').length === n",
+                        arg=len(layers) + 1)  # one bar per tapped layer, then the class scores
+    assert "Version 2 is version 1 in int8" in p.inner_text("#quantization-summary")
+    assert "int8 (of v1)" in p.inner_text("#summary")
+    assert p.locator("#version option").count() == 2
+    page.images_decoded(".sample img", digits_artifact.metadata["samples"]["count"])
+    p.click(".sample >> nth=5")
+    p.wait_for_selector("#predictions tr.best")
+    # A layer's bar opens its worst channel: the float and int8 maps side by side.
+    p.click('#quantization-bars button.q-row[data-layer="features.8"]')
+    p.wait_for_selector(".detail .twin", state="visible")
+    assert p.inner_text(".detail .twin-float-cap") == "float32 · v1"
+    assert p.inner_text(".detail .twin-int8-cap") == "int8 · v2"
+    assert "dB from the float one" in p.inner_text(".detail .twin-note")
+    p.screenshot(path=str(tmp_path / "int8.png"), full_page=True)
+    # The float version, picked: the section stays (its int8 version is served), the pair swaps sides.
+    p.select_option("#version", "1")
+    p.wait_for_function("!document.querySelector('#summary').textContent.includes('int8')")
+    p.wait_for_function("document.querySelector('#quantization-summary').textContent.includes('shows the float version')")
+    assert page.errors == []

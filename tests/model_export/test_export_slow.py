@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from artifact import read_metadata, verify_files
 from model_export.architectures import REGISTRY
 from model_export.datasets import FASHION_MNIST_DIR
 from tests.support.export_cli import ALEXNET_RECEPTIVE_FIELDS, check_contract, run_cli
@@ -43,6 +44,16 @@ def test_tinyvgg_on_fashion_mnist(tmp_path: Path) -> None:
     assert meta["channel_view"]["images"] == 1000 and meta["channel_view"]["pictures"]["crop"] == 0
     assert meta["files"]["channel_view.npz"]["bytes"] < 1 << 20
     assert meta["samples"]["count"] == 30
+    # Its int8 version passes the gate on the held-out split, accuracy within half a point.
+    quantized = run_cli(["quantize", result.written.parent, "--quiet"])
+    assert quantized.rc == 0, quantized.stderr
+    int8 = read_metadata(quantized.written)
+    verify_files(quantized.written, int8)
+    assert int8.quantization is not None
+    record = int8.quantization.to_json()
+    print(f"int8: agreement {record['agreement']:.4f} on {record['evaluation_images']}, accuracy "
+          f"{record['float_accuracy']:.4f} / {record['int8_accuracy']:.4f}")
+    assert record["agreement"] >= 0.99 and abs(record["float_accuracy"] - record["int8_accuracy"]) <= 0.005
 
 
 @needs_fashion

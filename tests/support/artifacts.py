@@ -166,3 +166,29 @@ def publish(root: Path, name: str, version: int, *, corrupted: bool = False, **o
     os.rename(built, target)
     shutil.rmtree(staging)
     return target
+
+
+def calibration_images(directory: Path, count: int = 60, size: int = 8, channels: int = 1, seed: int = 0) -> Path:
+    """A flat folder of random PNGs: images a synthetic model did not learn from."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(directory / f"{i:03d}.png")
+    return directory
+
+
+def write_int8(root: Path, name: str = "synthetic", float_version: int = 1, *, images: Path | None = None,
+               min_agreement: float = 0.0) -> Path:
+    """The int8 version of ``root/name/float_version`` as the export stage writes it (the next
+    version number), calibrated and judged on random images; returns its directory."""
+    from model_export.quantize import QuantizeOptions, quantize
+
+    meta = json.loads((root / name / str(float_version) / "metadata.json").read_text())
+    size, channels = meta["input"]["size"][0], meta["input"]["channels"]
+    # A hidden directory of the repository: not a model name, so the service never lists it.
+    folder = images or calibration_images(root / f".calibration-{name}", size=size, channels=channels)
+    return quantize(QuantizeOptions(model_dir=str(root / name), version=float_version, data_dir=str(folder),
+                                    min_agreement=min_agreement, progress=False))

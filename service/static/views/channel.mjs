@@ -1,15 +1,18 @@
 // Section 3, one channel (the detail card under its layer): its map large and over the input
 // with the receptive field of its strongest unit, the held-out images that excite it most
-// (the channel view), and the filter that made it, trained and as training began.
+// (the channel view), and the filter that made it, trained and as training began. When the
+// same model is served at the other precision too (an int8 version and its float version),
+// the channel's float and int8 maps on this image side by side, on one colour range.
 
 import { paths } from "../lib/api.mjs";
 import { divergingLevel, fraction, level, put } from "../lib/colormap.mjs";
 import { fmt } from "../lib/format.mjs";
 import { fieldAxes, receptiveBox, spatial } from "../lib/geometry.mjs";
-import { channelRange, strongestUnit } from "../lib/maps.mjs";
+import { channelRange, featureMaps, strongestUnit } from "../lib/maps.mjs";
+import { severity, sqnr } from "../lib/quantization.mjs";
 import { paint } from "../ui/canvas.mjs";
 import { $, el, guarded, layerCard } from "../ui/dom.mjs";
-import { getJSON, picture } from "../ui/server.mjs";
+import { client, getJSON, picture } from "../ui/server.mjs";
 import { layerInfo, state } from "../state.mjs";
 import { channels, markSelected, sharedRange, showPageOf } from "./layers.mjs";
 
@@ -69,9 +72,60 @@ export async function show(layerName, channel, focus) {
   drawOnImage(layer, map, channel);
   const filterDone = renderFilter(detail.querySelector(".filter-body"), layer, channel);
   const topDone = renderTop(detail.querySelector(".top-body"), layer, channel);
+  const twinDone = renderTwin(layer, map, channel);
   if (focus) detail.querySelector(".next").focus({ preventScroll: true });
   if (focus) detail.scrollIntoView({ block: "nearest", behavior: "smooth" });
-  await Promise.all([filterDone, topDone]);
+  await Promise.all([filterDone, topDone, twinDone]);
+}
+
+// The twin version's maps of one layer on this image: one predict asking for that layer only,
+// when a channel of it is first opened (cached until the image or the model changes).
+function twinMaps(layer) {
+  if (!state.twinMaps[layer]) {
+    const image = state.image;
+    const made = client.request(paths.predictLayer(state.twin.base, layer),
+      { method: "POST", body: image, headers: { "Content-Type": image.type || "application/octet-stream" } })
+      .then((response) => response.json())
+      .then((body) => featureMaps(body.feature_maps, state.meta.layers)[layer]);
+    made.catch(() => { if (state.twinMaps[layer] === made) delete state.twinMaps[layer]; });
+    state.twinMaps[layer] = made;
+  }
+  return state.twinMaps[layer];
+}
+
+// The channel in float and in int8 on this image, on one colour range, and their error.
+async function renderTwin(layer, map, channel) {
+  const box = detail.querySelector(".twin");
+  const twin = state.twin, meta = state.meta;
+  if (!twin || !state.image || map.h * map.w === 1) { box.hidden = true; return; }
+  const other = await twinMaps(layer.name);
+  if (!stillSelected(layer, channel) || meta !== state.meta || !other) return;
+  const slice = (m) => m.data.subarray(channel * m.h * m.w, (channel + 1) * m.h * m.w);
+  const [floatMap, int8Map] = twin.precision === "int8" ? [map, other] : [other, map];
+  const [floatVersion, int8Version] = twin.precision === "int8" ? [meta.version, twin.version] : [twin.version, meta.version];
+  const lo = Math.min(floatMap.min[channel], int8Map.min[channel]), hi = Math.max(floatMap.max[channel], int8Map.max[channel]);
+  const table = state.colormaps.feature_maps.table;
+  paint(box.querySelector(".twin-float"), slice(floatMap), map.h, map.w, lo, hi, table);
+  paint(box.querySelector(".twin-int8"), slice(int8Map), map.h, map.w, lo, hi, table);
+  box.querySelector(".twin-float-cap").textContent = `float32 · v${floatVersion}`;
+  box.querySelector(".twin-int8-cap").textContent = `int8 · v${int8Version}`;
+  // Where they differ: int8 minus float on the filters' diverging map (grey: none).
+  const a = slice(floatMap), b = slice(int8Map), difference = new Float32Array(a.length);
+  let peak = 1e-12;
+  for (let i = 0; i < a.length; i++) { difference[i] = b[i] - a[i]; peak = Math.max(peak, Math.abs(difference[i])); }
+  paint(box.querySelector(".twin-diff"), difference, map.h, map.w, -peak, peak, state.colormaps.filters.table);
+  box.querySelector(".twin-diff-cap").textContent = `int8 − float (±${fmt(peak)})`;
+  const db = sqnr(a, b);
+  const row = state.quantization?.layers.find((r) => r.name === layer.name);
+  const silent = floatMap.max[channel] <= 0 && int8Map.max[channel] <= 0;
+  box.querySelector(".twin-note").textContent = (silent ? "Silent in both on this image."
+    : db === null ? "Identical on this image." : db === -Infinity
+    ? "Silent in float, not in int8, on this image."
+    : `On this image the int8 map is ${db.toFixed(1)} dB from the float one (${severity(db)}).`)
+    + (row ? ` The layer over the held-out images: ${row.sqnr_db === null ? "identical" : `${row.sqnr_db.toFixed(1)} dB`}`
+      + (row.worst_channel === channel ? "; this is its worst channel there." : ".") : "")
+    + " One colour range for both; the difference in blue (int8 lower) and red (int8 higher).";
+  box.hidden = false;
 }
 
 // The map large, and over the input with the receptive field of its strongest unit.

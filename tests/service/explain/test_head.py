@@ -346,3 +346,72 @@ def test_heads_share_the_weights_they_load() -> None:
     second = analyse_head(model, "r1", "logits", cache)
     assert isinstance(first, GradHead) and isinstance(second, GradHead)
     assert first.constants["fc1.w"] is second.constants["fc1.w"]
+
+
+# ---- int8 heads: Q/DQ pairs --------------------------------------------------------------
+
+def int8_head(classes: int = 4, features: int = 12) -> tuple[onnx.ModelProto, np.ndarray]:
+    """What onnxruntime's QDQ quantizer writes after a layer: the activations quantized and
+    dequantized (zero point -128: the range starts at 0, a ReLU folded in), a Gemm on int8
+    weights dequantized per output channel, its scores quantized and dequantized again.
+    Also the dequantized weight, for the expected gradient."""
+    weight = w(classes, features)
+    scale = (np.abs(weight).max(axis=1) / 127).astype(np.float32)
+    q_weight = np.clip(np.rint(weight / scale[:, None]), -127, 127).astype(np.int8)
+    nodes = [
+        node("QuantizeLinear", ["act", "a.s", "a.z"], ["a.q"]),
+        node("DequantizeLinear", ["a.q", "a.s", "a.z"], ["a.d"]),
+        node("DequantizeLinear", ["fc.q", "fc.s", "fc.z"], ["fc.w"], axis=0),
+        node("Gemm", ["a.d", "fc.w", "fc.b"], ["h"], transB=1),
+        node("QuantizeLinear", ["h", "h.s", "h.z"], ["h.q"]),
+        node("DequantizeLinear", ["h.q", "h.s", "h.z"], ["logits"]),
+    ]
+    weights = {
+        "a.s": np.array(0.02, np.float32), "a.z": np.array(-128, np.int8),
+        "fc.q": q_weight, "fc.s": scale, "fc.z": np.zeros(classes, np.int8), "fc.b": w(classes),
+        "h.s": np.array(0.01, np.float32), "h.z": np.array(0, np.int8),
+    }
+    model = head_model(nodes, [1, features], classes, weights)
+    return model, q_weight.astype(np.float32) * scale[:, None]
+
+
+def test_quantize_and_dequantize_replay_exactly_as_onnxruntime_runs_them() -> None:
+    model, _ = int8_head()
+    head = analyse_head(model, "act", "logits")
+    assert isinstance(head, GradHead) and "QuantizeLinear" in head.ops and "DequantizeLinear" in head.ops
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the pairs as written
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    for _ in range(5):
+        act = (3 * RNG.normal(size=(1, 12))).astype(np.float32)  # past both ends of the range (0 .. 5.1)
+        np.testing.assert_allclose(head.forward(act), session.run(None, {"act": act})[0], rtol=1e-6, atol=1e-6)
+
+
+def test_the_gradient_through_a_pair_is_straight_through_but_a_folded_relus() -> None:
+    model, weight = int8_head()
+    head = analyse_head(model, "act", "logits")
+    assert isinstance(head, GradHead)
+    # Below 0 (the folded ReLU's side: no gradient), 0 itself, inside the range, above
+    # 255 * 0.02 (saturated: the gradient goes straight through, as the float function's would).
+    act = np.append(np.linspace(-1, 6, 11, dtype=np.float32), np.float32(0)).reshape(1, 12)
+    for target in range(4):
+        _, gradient = head.gradient(act, target)
+        np.testing.assert_allclose(gradient, np.where(act >= 0, weight[target], 0), rtol=1e-5, atol=1e-7)
+    # The scores' pair (zero point 0: its range does not start at 0) saturates at 127 * 0.01
+    # and folds no ReLU: nothing was masked there.
+    values, _ = head.gradient(act, 0)
+    assert np.isclose(values, 127 * 0.01).any() or np.isclose(values, -128 * 0.01).any()
+
+
+def test_a_large_int8_weight_is_dequantized_per_replay_not_kept_as_float(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.explain import head as head_module
+
+    model, _ = int8_head()
+    kept = analyse_head(model, "act", "logits")
+    assert isinstance(kept, GradHead) and "fc.w" in kept.constants  # small: folded once
+    monkeypatch.setattr(head_module, "LARGE_WEIGHT_BYTES", 1)
+    replayed = analyse_head(model, "act", "logits")
+    assert isinstance(replayed, GradHead)
+    assert "fc.w" not in replayed.constants and replayed.constants["fc.q"].dtype == np.int8
+    act = RNG.normal(size=(1, 12)).astype(np.float32)
+    np.testing.assert_array_equal(replayed.forward(act), kept.forward(act))

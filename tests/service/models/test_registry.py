@@ -10,7 +10,7 @@ import pytest
 
 from service.errors import BadRequest, ModelNotReady, UnknownModel, UnknownVersion
 from service.models.registry import ModelState
-from tests.support.artifacts import sha256, write_artifact
+from tests.support.artifacts import sha256, write_artifact, write_int8
 from tests.support.services import registry_for
 
 
@@ -108,5 +108,45 @@ async def test_the_channel_view_loads_with_its_version(tmp_path: Path) -> None:
         assert not plain.computed and not plain.has_samples
         failed = registry.entry("broken", 1)
         assert failed.state is ModelState.FAILED and "channel_view.npz cannot be read" in (failed.reason or "")
+    finally:
+        await registry.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy, int8_faster, default", [
+    ("auto", True, 2), ("auto", False, 1), ("newest", False, 2), ("float32", True, 1), ("int8", False, 2),
+])
+async def test_the_default_version_follows_the_precision_setting(tmp_path: Path, policy: str, int8_faster: bool,
+                                                                  default: int) -> None:
+    from service.inference.batching import BatchCosts
+
+    write_artifact(tmp_path, "synthetic", 1)
+    write_int8(tmp_path)  # version 2, int8 of 1
+    registry = registry_for(tmp_path, default_precision=policy)
+    await registry.load_all()
+    try:
+        versions = registry.entries["synthetic"]
+        # What the runtime timed at load, made to say which runs faster here.
+        fast, slow = BatchCosts({1: 0.001, 8: 0.004}), BatchCosts({1: 0.002, 8: 0.010})
+        assert versions[1].served is not None and versions[2].served is not None
+        versions[2].served.runtime.batch_costs = fast if int8_faster else slow
+        versions[1].served.runtime.batch_costs = slow if int8_faster else fast
+        assert registry.entry("synthetic").version == default
+        assert registry.model_status("synthetic").default_version == default
+        assert [(v.version, v.precision, v.quantized_from) for v in registry.model_status("synthetic").versions] == \
+            [(2, "int8", 1), (1, "float32", None)]
+        assert registry.entry("synthetic", 1).version == 1  # every version stays addressable
+    finally:
+        await registry.close()
+
+
+@pytest.mark.anyio
+async def test_a_precision_with_no_ready_version_falls_back_to_the_newest(tmp_path: Path) -> None:
+    write_artifact(tmp_path, "synthetic", 1)
+    write_artifact(tmp_path, "synthetic", 2, seed=1)
+    registry = registry_for(tmp_path, default_precision="int8")
+    await registry.load_all()
+    try:
+        assert registry.entry("synthetic").version == 2
     finally:
         await registry.close()

@@ -12,7 +12,7 @@ import pytest
 from service.models import runtime
 from service.models.repository import load_artifact, scan
 from service.models.runtime import CPU, RuntimeOptions, load_model
-from tests.support.artifacts import write_artifact
+from tests.support.artifacts import write_artifact, write_int8
 
 
 def artifact(root: Path, **kwargs: object) -> object:
@@ -82,6 +82,58 @@ def test_a_predictions_run_is_timed_at_load_at_each_cost_batch(tmp_path: Path) -
     assert model.batch_costs.describe().startswith(f"batch policy {model.batch_costs.policy().value} (")
 
 
+# ---- int8 versions -------------------------------------------------------------------------
+
+def int8_pair(root: Path, **kwargs: object) -> tuple[object, object]:
+    """A synthetic float version 1 and its int8 version 2 (the export stage's quantizer)."""
+    write_artifact(root, "synthetic", 1, **kwargs)
+    write_int8(root)
+    float_ref, int8_ref = scan(root)
+    return load_artifact(float_ref), load_artifact(int8_ref)
+
+
+def test_an_int8_version_serves_its_float_versions_layers_filters_and_maps(tmp_path: Path) -> None:
+    float_art, int8_art = int8_pair(tmp_path / "models", channels=3, size=16, classes=5)
+    options = RuntimeOptions(providers=[CPU])
+    plain, int8 = load_model(float_art, options), load_model(int8_art, options)
+    assert int8.precision.value == "int8" and int8.layer_names == plain.layer_names
+    # The filters are the int8 kernels dequantized: within half a step of each channel's scale.
+    assert set(int8.filters) == set(plain.filters) == {"features.1"}
+    kernels = int8.filters["features.1"]
+    assert kernels.dtype == np.float32 and kernels.shape == plain.filters["features.1"].shape
+    step = np.abs(plain.filters["features.1"]).max(axis=(1, 2, 3)) / 127
+    assert (np.abs(kernels - plain.filters["features.1"]) <= step[:, None, None, None] / 2 + 1e-7).all()
+    assert int8.filters["features.1"] is not kernels  # dequantized on each read: no float copy kept
+    np.testing.assert_array_equal(int8.initial_filters["features.1"], plain.initial_filters["features.1"])
+    # Feature maps and scores, dequantized, close to the float version's (images like the calibration's).
+    pixels = np.random.default_rng(2).integers(0, 256, (8, 3, 16, 16)).astype(np.float32)
+    batch = (pixels / 255 - 0.5) / 0.25
+    names = (plain.output_name, *plain.layer_names)
+    for want, got in zip(plain.run(batch, names), int8.run(batch, names), strict=True):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.linalg.norm(got - want) <= 0.1 * np.linalg.norm(want)
+    # Grad-cam is offered where the float version offers it.
+    assert int8.explainable is not None and plain.explainable is not None
+    assert int8.explainable.catalogue().methods == plain.explainable.catalogue().methods
+
+
+def test_int8_dense_weights_are_shared_with_the_features_session_only(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)  # the synthetic fc weight is small
+    _, int8_art = int8_pair(tmp_path / "models", channels=3, size=16, classes=5)
+    model = load_model(int8_art, RuntimeOptions(providers=[CPU]))
+    # Read through their DequantizeLinear: the Gemm's weight is dense, the conv's a conv weight.
+    assert {name: array.dtype for name, array in model.shared_weights.items()} == \
+        {"fc.weight_quantized": np.int8, "conv.weight_quantized": np.int8}
+    batch = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
+    names = [model.output_name, *model.layer_names]
+    expected = ort.InferenceSession(str(int8_art.model_path), providers=[CPU]).run(names, {model.input_name: batch})
+    for got, want in zip(model.run(batch, tuple(names)), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The logits session runs its own (prepacked) int8 weights through fused integer kernels:
+    # the same scores to within the class output's quantization steps.
+    (logits,) = model.run(batch, (model.output_name,))
+    assert np.abs(logits - expected[0]).max() <= runtime.INT8_AGREEMENT * max(1.0, float(np.abs(expected[0]).max()))
 def test_a_fixed_batch_graph_runs_any_batch_in_runs_of_its_size(tmp_path: Path) -> None:
     """An imported graph whose batch could not be made dynamic: every batch is cut into runs
     of its size, the last padded, and the answers are those of the same weights run freely."""

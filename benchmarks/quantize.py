@@ -1,0 +1,329 @@
+"""Issue 22's benchmark, in one run: a model's float32 version against its int8 version
+(``python -m model_export quantize``), each served alone by its own server process, one
+after the other on the same machine.
+
+For each version: the served images/s of predictions at 16 concurrent clients (wrk, as
+benchmarks/run.py drives it; the httpx generator where wrk is absent), an occlusion
+explanation's time (one client, one image, sequential requests), the process's idle RSS
+once the version is loaded (and that of a process with no model, for what the model
+itself costs), and model.onnx's size. The targets of the issue are checked (PASS/MISS):
+AlexNet at 224 int8 served >= 2.5x float, occlusion >= 2.5x faster, idle RSS <= 0.5x.
+The load average at start and end is recorded: the machine may be shared.
+
+    python -m benchmarks.quantize                       # AlexNet at 224, about 4 minutes once exported
+    python -m benchmarks.quantize --models tinyvgg --seconds 5
+    python -m benchmarks.quantize --quick               # smoke run: short points
+    python -m benchmarks.quantize --models-none --zoo   # the import issue's zoo: agreement and accuracy
+
+The AlexNet is the untrained one benchmarks/run.py serves (``--epochs 0``): its class scores
+are near ties that int8 noise reorders, so it cannot pass the accuracy gate (about 0.98
+agreement) and is quantized with ``--min-agreement 0``: speed and memory do not depend on
+the weights' values. Accuracy is measured on trained models (docs/artifact.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import loadgen
+from benchmarks.images import write_body
+from benchmarks.run import BENCHES, OUT, ROOT, Bench, export_if_missing, log, machine_info, worker_rss_mb
+from service.testing import ServerProcess, free_port
+
+TARGET_SERVED = 2.5  # int8 served images/s >= 2.5x float's (AlexNet, c=16)
+TARGET_OCCLUSION = 2.5  # int8 occlusion >= 2.5x faster
+TARGET_RSS = 0.5  # int8 idle RSS <= 0.5x float's
+CONCURRENCY = 16
+MIN_AGREEMENT = 0.99  # the zoo's target: top-1 agreement, and accuracy within half a point
+ACCURACY_POINTS = 0.5
+
+
+@dataclass
+class Version:
+    """One version of the model, served alone from a repository of its own."""
+
+    label: str  # float32 | int8
+    number: int
+    repository: Path  # holds only this version (a symlink)
+
+
+def quantized_version(bench: Bench, repository: Path, env: dict[str, str]) -> int:
+    """The int8 version of the model's newest float32 version, made once."""
+    model = repository / bench.name
+    for path in sorted(model.glob("*/metadata.json"), key=lambda p: int(p.parent.name), reverse=True):
+        if json.loads(path.read_text()).get("precision") == "int8":
+            return int(path.parent.name)
+    log(f"quantizing {bench.name} (once) ...")
+    gate = ["--min-agreement", "0"] if "--epochs" in bench.export_args else []
+    done = subprocess.run([sys.executable, "-m", "model_export", "quantize", str(model), "--quiet", *gate],
+                          cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return int(Path(done.stdout.strip().splitlines()[-1]).name)
+
+
+def alone(bench: Bench, repository: Path, label: str, number: int) -> Version:
+    """A repository holding only ``number`` of the model (symlinked)."""
+    subset = OUT / f"repo-quantize-{bench.key}-{label}"
+    target = subset / bench.name / str(number)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for old in target.parent.iterdir():
+        if old != target:
+            old.unlink()
+    if not target.exists():
+        target.symlink_to(repository / bench.name / str(number), target_is_directory=True)
+    return Version(label, number, subset)
+
+
+def serve(name: str, repository: Path, env: dict[str, str]) -> ServerProcess:
+    port = free_port()
+    return ServerProcess([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+                          "--model-repository", str(repository), "--log-level", "warning"],
+                         port=port, env=env, cwd=ROOT, log=OUT / "logs" / f"{name}.log", timeout=300.0)
+
+
+def idle_rss(server: ServerProcess, settle: float = 3.0) -> float:
+    time.sleep(settle)  # the load's last frees returned, nothing running
+    return max(worker_rss_mb(server.pid).values())
+
+
+def occlusion_ms(url: str, body: bytes, content_type: str, count: int) -> dict[str, Any]:
+    """Median and spread of ``count`` sequential occlusion explanations (after one untimed)."""
+    import httpx
+
+    times, passes = [], None
+    with httpx.Client(timeout=300) as client:
+        for i in range(count + 1):
+            started = time.perf_counter()
+            response = client.post(url, params={"method": "occlusion", "faithfulness": "false"}, content=body,
+                                   headers={"Content-Type": content_type})
+            elapsed = time.perf_counter() - started
+            if response.status_code != 200:
+                raise RuntimeError(f"POST {url} answered {response.status_code}: {response.text[:300]}")
+            passes = response.json()["forward_passes"]
+            if i:
+                times.append(elapsed * 1000)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "count": count,
+            "forward_passes": passes}
+
+
+def measure(bench: Bench, version: Version, body: Path, content_type: str, env: dict[str, str],
+            seconds: float, explanations: int) -> dict[str, Any]:
+    import httpx
+
+    log(f"[{bench.key} {version.label}] version {version.number}")
+    server = serve(f"quantize-{bench.key}-{version.label}", version.repository, env)
+    try:
+        rss = idle_rss(server)
+        log(f"    idle RSS {rss:.0f} MB")
+        base = f"{server.url}/v1/models/{bench.name}"
+        loaded = httpx.get(base, timeout=30).json()
+        if loaded["version"] != version.number or loaded.get("precision", "float32") != version.label:
+            raise RuntimeError(f"{base} serves version {loaded['version']} ({loaded.get('precision')}), "
+                               f"not {version.number} ({version.label})")
+        result = loadgen.measure(f"{base}/predict", body, content_type, CONCURRENCY, seconds, min(2.0, seconds / 2))
+        log(f"    predict c={CONCURRENCY}: {result.rps:.1f} images/s  p50 {result.p50_ms:.1f} ms  "
+            f"errors {result.errors} ({result.generator})")
+        explained = occlusion_ms(f"{base}/explain", body.read_bytes(), content_type, explanations)
+        log(f"    occlusion: median {explained['median_ms']:.0f} ms over {explanations} "
+            f"({explained['forward_passes']} passes each)")
+    finally:
+        server.stop()
+    size = (ROOT / version.repository / bench.name / str(version.number) / "model.onnx").resolve().stat().st_size
+    return {"version": version.number, "idle_rss_mb": rss, "images_per_s": result.rps, "p50_ms": result.p50_ms,
+            "errors": result.errors, "generator": result.generator, "occlusion": explained, "model_bytes": size}
+
+
+def empty_rss(env: dict[str, str]) -> float:
+    """A server with no model: what every process costs before any model."""
+    empty = OUT / "repo-empty"
+    empty.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = ServerProcess([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+                            "--model-repository", str(empty), "--log-level", "warning"],
+                           port=port, env=env, cwd=ROOT, log=OUT / "logs" / "quantize-empty.log",
+                           ready_path="/healthz", timeout=120.0)
+    try:
+        return idle_rss(server)
+    finally:
+        server.stop()
+
+
+def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    f, q = rows["float32"], rows["int8"]
+    served = q["images_per_s"] / f["images_per_s"]
+    occlusion = f["occlusion"]["median_ms"] / q["occlusion"]["median_ms"]
+    rss = q["idle_rss_mb"] / f["idle_rss_mb"]
+    return {
+        "served": {"ratio": served, "target": f">= {TARGET_SERVED}x", "pass": served >= TARGET_SERVED},
+        "occlusion": {"ratio": occlusion, "target": f">= {TARGET_OCCLUSION}x", "pass": occlusion >= TARGET_OCCLUSION},
+        "idle_rss": {"ratio": rss, "target": f"<= {TARGET_RSS}x", "pass": rss <= TARGET_RSS},
+        "file": {"ratio": q["model_bytes"] / f["model_bytes"]},
+    }
+
+
+def _verdict(check: dict[str, Any]) -> str:
+    return "" if check["pass"] is None else "PASS" if check["pass"] else "MISS"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"# int8 vs float32 served ({results['date']})", "",
+             f"Machine: {results['machine']['cpu']}, {results['machine']['usable_cpus']} usable CPUs; "
+             f"load average at start {results['loadavg_start']}, at end {results['loadavg_end']}.", ""]
+    for key, model in results["models"].items():
+        rows, checks = model["rows"], model["verdicts"]
+        if key != "alexnet":  # the issue's targets are AlexNet's: a small model gains nothing from int8
+            checks = {k: {**v, "target": "(AlexNet's)", "pass": None} for k, v in checks.items()}
+        lines += [f"## {key} ({model['name']})", "",
+                  "| | float32 | int8 | int8 / float32 | target |", "| --- | --- | --- | --- | --- |",
+                  f"| predictions, c={CONCURRENCY} (images/s) | {rows['float32']['images_per_s']:.1f} | "
+                  f"{rows['int8']['images_per_s']:.1f} | {checks['served']['ratio']:.2f}x | "
+                  f"{checks['served']['target']} {_verdict(checks['served'])} |",
+                  f"| occlusion, median (ms) | {rows['float32']['occlusion']['median_ms']:.0f} | "
+                  f"{rows['int8']['occlusion']['median_ms']:.0f} | {checks['occlusion']['ratio']:.2f}x faster | "
+                  f"{checks['occlusion']['target']} {_verdict(checks['occlusion'])} |",
+                  f"| idle RSS (MB; no model: {model['empty_rss_mb']:.0f}) | {rows['float32']['idle_rss_mb']:.0f} | "
+                  f"{rows['int8']['idle_rss_mb']:.0f} | {checks['idle_rss']['ratio']:.2f}x | "
+                  f"{checks['idle_rss']['target']} {_verdict(checks['idle_rss'])} |",
+                  f"| model.onnx (MB) | {rows['float32']['model_bytes'] / 1e6:.1f} | {rows['int8']['model_bytes'] / 1e6:.1f} | "
+                  f"{checks['file']['ratio']:.2f}x | |", ""]
+    return "\n".join(lines) + "\n"
+
+
+def zoo_accuracy(cache: Path, archs: list[str], per_class: int, env: dict[str, str]) -> list[dict[str, Any]]:
+    """The import issue's zoo (benchmarks/zoo.py: torchvision CNNs trained briefly on
+    Fashion-MNIST at 64 px, the dynamo exporter at opset 18), each imported and quantized with
+    ``--data-dir`` a labelled held-out ImageFolder of ``per_class`` images a class; the gate's
+    figures for each, gate or not (``--min-agreement 0``: every figure is reported)."""
+    from benchmarks import zoo
+
+    labels = cache / f"labels-{zoo.data().name}.json"
+    labels.write_text(json.dumps(zoo.data().classes))
+    held_out = zoo.heldout(cache, per_class=per_class)
+    mean, std = zoo.normalisation()
+    repository = OUT / "zoo-int8"
+    rows = []
+    for arch in archs:
+        entry = zoo.Entry(arch, "dynamo", 18)
+        source = zoo.build(arch, "dynamo", 18, "plain", cache)
+        model = repository / entry.name
+        if model.exists():
+            import shutil
+
+            shutil.rmtree(model)
+        log(f"[zoo] {entry.name}: import, then quantize on {held_out.name}")
+        imported = subprocess.run([sys.executable, "-m", "model_export", "import", str(source), "--name", entry.name,
+                                   "--out", str(repository), "--labels", str(labels), "--mean", *map(str, mean),
+                                   "--std", *map(str, std), "--quiet"], cwd=ROOT, env=env, capture_output=True,
+                                  text=True)
+        if imported.returncode != 0:
+            rows.append({"model": entry.name, "error": imported.stderr.strip()[-500:]})
+            continue
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "model_export", "quantize", str(model), "--data-dir",
+                               str(held_out), "--min-agreement", "0", "--quiet"], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            rows.append({"model": entry.name, "error": done.stderr.strip()[-500:]})
+            continue
+        int8 = json.loads((Path(done.stdout.strip().splitlines()[-1]) / "metadata.json").read_text())
+        record = int8["quantization"]
+        float_bytes = json.loads((model / "1" / "metadata.json").read_text())["files"]["model.onnx"]["bytes"]
+        worst = sorted((r for r in record["layers"][:-1] if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:3]
+        row = {"model": entry.name, "agreement": record["agreement"], "evaluation_images": record["evaluation_images"],
+               "float_accuracy": record["float_accuracy"], "int8_accuracy": record["int8_accuracy"],
+               "max_probability_difference": record["max_probability_difference"],
+               "worst_layers": [(r["name"], r["sqnr_db"]) for r in worst],
+               "logits_sqnr_db": record["layers"][-1]["sqnr_db"],
+               "speedup": [round(s["float_seconds"] / s["int8_seconds"], 2) for s in record["speed"]],
+               "bytes": [float_bytes, int8["files"]["model.onnx"]["bytes"]], "seconds": time.perf_counter() - started}
+        accuracy_kept = (row["float_accuracy"] is not None
+                         and abs(row["float_accuracy"] - row["int8_accuracy"]) <= ACCURACY_POINTS / 100)
+        row["passes"] = row["agreement"] >= MIN_AGREEMENT and accuracy_kept
+        log(f"    agreement {row['agreement']:.3f}, accuracy {row['float_accuracy']} / {row['int8_accuracy']}, "
+            f"int8 {row['speedup']}x, {'PASS' if row['passes'] else 'MISS'}")
+        rows.append(row)
+    return rows
+
+
+def zoo_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["## The zoo (benchmarks/zoo.py, dynamo exporter, opset 18, 64 px)", "",
+             f"Target: agreement >= {MIN_AGREEMENT} and accuracy within {ACCURACY_POINTS} points of float.", "",
+             "| model | agreement | accuracy float / int8 | largest probability difference | worst layers (SQNR dB) | "
+             "class scores SQNR | int8 speed at export (batch 1, 16) | model.onnx MB | target |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | | | | | |")
+            continue
+        worst = ", ".join(f"{name} {db:.1f}" for name, db in r["worst_layers"])
+        lines.append(f"| {r['model']} | {r['agreement']:.3f} of {r['evaluation_images']} | "
+                     f"{100 * r['float_accuracy']:.1f}% / {100 * r['int8_accuracy']:.1f}% | "
+                     f"{r['max_probability_difference']:.3f} | {worst} | {r['logits_sqnr_db']} | "
+                     f"{', '.join(f'{x}x' for x in r['speedup'])} | {r['bytes'][0] / 1e6:.1f} -> {r['bytes'][1] / 1e6:.1f} | "
+                     f"{'PASS' if r['passes'] else 'MISS'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quantize", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="alexnet", help="comma separated: alexnet, tinyvgg (default: alexnet)")
+    parser.add_argument("--repository", type=Path, default=OUT / "models",
+                        help="model repository; missing models (and their int8 versions) are made in it")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds of each load point")
+    parser.add_argument("--explanations", type=int, default=5, help="timed occlusion explanations per version")
+    parser.add_argument("--quick", action="store_true", help="short points (a smoke run)")
+    parser.add_argument("--zoo", nargs="*", metavar="ARCH",
+                        help="also the import issue's zoo (benchmarks/zoo.py; every architecture, or those named): "
+                             "agreement and accuracy of each int8 version")
+    parser.add_argument("--zoo-cache", type=Path, default=Path(".pytest_cache") / "d" / "convscope-zoo",
+                        help="the zoo's cache (trained weights, exported files): as benchmarks/zoo_table.py")
+    parser.add_argument("--zoo-per-class", type=int, default=100, help="held-out images a class for the zoo")
+    parser.add_argument("--models-none", action="store_true", help="skip the speed and memory runs (zoo only)")
+    parser.add_argument("--json", type=Path, default=OUT / "quantize.json")
+    parser.add_argument("--out", type=Path, default=OUT / "quantize.md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.explanations = 4.0, 2
+    env = dict(os.environ)
+    repository = args.repository.resolve()
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(),
+                               "loadavg_start": os.getloadavg(), "models": {}}
+    keys = [] if args.models_none else args.models.split(",")
+    empty = empty_rss(env) if keys else float("nan")
+    if keys:
+        log(f"idle RSS of a server with no model: {empty:.0f} MB")
+    for key in keys:
+        bench = BENCHES[key]
+        export_if_missing(bench, repository, env)
+        int8 = quantized_version(bench, repository, env)
+        source = json.loads((repository / bench.name / str(int8) / "metadata.json").read_text())
+        original = source["quantization"]["quantized_from"]
+        body, content_type = write_body(OUT / "bodies", bench.key, bench.channels, bench.size)
+        rows = {label: measure(bench, alone(bench, repository, label, number), body, content_type, env,
+                               args.seconds, args.explanations)
+                for label, number in (("float32", original), ("int8", int8))}
+        results["models"][key] = {"name": bench.name, "rows": rows, "verdicts": verdicts(rows), "empty_rss_mb": empty,
+                                  "quantization": {k: v for k, v in source["quantization"].items() if k != "layers"}}
+    if args.zoo is not None:
+        from benchmarks import zoo
+
+        results["zoo"] = zoo_accuracy(args.zoo_cache.resolve(), args.zoo or list(zoo.ARCHS), args.zoo_per_class, env)
+    results["loadavg_end"] = os.getloadavg()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    text = markdown(results) + (zoo_markdown(results["zoo"]) if "zoo" in results else "")
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

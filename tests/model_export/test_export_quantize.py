@@ -1,0 +1,232 @@
+"""`python -m model_export quantize`: the next version in int8, the gate, the record.
+
+Small synthetic nets (tests/support/artifacts.py) calibrated on random images for the
+mechanics, and the digits TinyVGG (exported once per session) for the gate's real figures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from artifact import CalibrationMethod, Precision, read_metadata, verify_files
+from model_export.quantize import _Sums
+from tests.support.artifacts import calibration_images, write_artifact, write_int8
+from tests.support.export_cli import make_imagefolder, run_cli
+
+
+def _graph(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path / "model.onnx"))
+
+
+def test_an_int8_version_is_the_next_version_with_the_float_versions_names(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    source = write_artifact(root, "synthetic", 1, views=True)
+    written = write_int8(root)
+    assert written == root / "synthetic" / "2"
+    before, after = read_metadata(source), read_metadata(written)
+    verify_files(written, after)
+    assert after.precision is Precision.INT8 and after.quantization is not None
+    assert after.quantization.quantized_from == 1 and after.quantization.method is CalibrationMethod.MINMAX
+    assert after.labels == before.labels and after.input == before.input and after.output == before.output
+    # Same layers, same geometry; only the kernels' initializer changed (now int8).
+    assert [layer.model_copy(update={"weight": None}) for layer in after.layers] == \
+        [layer.model_copy(update={"weight": None}) for layer in before.layers]
+    float_graph, int8_graph = _graph(source), _graph(written)
+    assert [o.name for o in int8_graph.graph.output] == [o.name for o in float_graph.graph.output]
+    assert [i.name for i in int8_graph.graph.input] == [i.name for i in float_graph.graph.input]
+    kernel = after.layer("features.1").weight
+    initializers = {i.name: numpy_helper.to_array(i) for i in int8_graph.graph.initializer}
+    assert kernel is not None and initializers[kernel].dtype == np.int8
+    (reader,) = [n for n in int8_graph.graph.node if kernel in n.input]
+    assert reader.op_type == "DequantizeLinear"
+    with np.load(written / "initial_weights.npz") as initial:
+        assert initial.files == [kernel]
+    # The channel view was ranked again, over as many images as the float version's.
+    assert after.channel_view is not None and before.channel_view is not None
+    assert after.channel_view.images == before.channel_view.images and after.samples is not None
+    # Every tapped layer and the class output has its error, in that order.
+    rows = after.quantization.layers
+    assert [row.name for row in rows] == [*before.layer_names, "logits"]
+    assert all(row.relative_error >= 0 for row in rows)
+    assert [s.batch for s in after.quantization.speed] == [1, 16]
+
+
+def test_the_outputs_are_the_dequantized_values_close_to_the_float_ones(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    source = write_artifact(root, "synthetic", 1)
+    written = write_int8(root)
+    # Pixels like the calibration images' (random PNGs), through the artifact's recipe.
+    pixels = np.random.default_rng(5).integers(0, 256, (16, 1, 8, 8)).astype(np.float32)
+    images = (pixels / 255 - 0.5) / 0.25
+    names = ["logits", "features.1", "features.2"]
+    a = ort.InferenceSession(str(source / "model.onnx")).run(names, {"input": images})
+    b = ort.InferenceSession(str(written / "model.onnx")).run(names, {"input": images})
+    for name, x, y in zip(names, a, b, strict=True):
+        assert y.dtype == np.float32 and y.shape == x.shape
+        assert np.linalg.norm(x - y) <= 0.1 * np.linalg.norm(x), name  # SQNR above 20 dB, images unseen
+    assert (b[1] >= 0).all()  # the ReLU folded into the pair's range still holds
+
+
+def test_the_gate_refuses_with_what_it_measured_and_writes_nothing(tmp_path: Path) -> None:
+    # Ten classes of near-equal random scores: int8 noise reorders a few of them.
+    probe, root = tmp_path / "probe", tmp_path / "models"
+    write_artifact(probe, "synthetic", 1, classes=10)
+    write_artifact(root, "synthetic", 1, classes=10)
+    images = calibration_images(tmp_path / "images")
+    record = read_metadata(write_int8(probe, images=images)).quantization
+    assert record is not None and record.agreement < 1.0  # the premise: some image disagrees
+    result = run_cli(["quantize", root / "synthetic", "--data-dir", images, "--min-agreement", "1", "--quiet"])
+    assert result.rc == 2, result.stderr
+    assert f"on {round(record.agreement * record.evaluation_images)} of {record.evaluation_images} held-out" \
+        in result.stderr
+    assert "below --min-agreement 1.0" in result.stderr and "--method entropy" in result.stderr
+    assert sorted(p.name for p in (root / "synthetic").iterdir()) == ["1"]  # no version, no staging directory
+
+
+def test_the_cli_writes_the_version_and_prints_its_directory(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_artifact(root, "synthetic", 1)
+    images = calibration_images(tmp_path / "images")
+    result = run_cli(["quantize", root / "synthetic", "--data-dir", images, "--method", "percentile",
+                      "--calibration-images", "8", "--evaluation-images", "20", "--min-agreement", "0", "--quiet"])
+    assert result.rc == 0, result.stderr
+    assert result.written == root / "synthetic" / "2"
+    record = read_metadata(result.written).quantization
+    assert record is not None and record.method is CalibrationMethod.PERCENTILE
+    assert (record.calibration_images, record.evaluation_images) == (8, 20)
+    # A flat folder has no labels: agreement only.
+    assert record.float_accuracy is None and record.int8_accuracy is None
+
+
+def test_labelled_images_give_each_versions_accuracy(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_artifact(root, "synthetic", 1, classes=2, size=16)
+    folder = make_imagefolder(tmp_path / "images", classes=("class_0", "class_1"), rgb=False)
+    record = read_metadata(write_int8(root, images=folder)).quantization
+    assert record is not None and record.float_accuracy is not None and record.int8_accuracy is not None
+    assert record.evaluation_images == 40 - record.calibration_images
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    ("int8", ["--version", "2"], "is already quantized; quantize a float32 version: 1"),
+    ("float", ["--version", "7"], "has no version 7; valid: 1"),
+    ("float", [], "an imported model has no held-out split"),
+    ("empty", [], "holds no complete version"),
+])
+def test_what_cannot_be_quantized_says_why(tmp_path: Path, setup: str, args: list[str], message: str) -> None:
+    root = tmp_path / "models"
+    if setup == "empty":
+        (root / "synthetic").mkdir(parents=True)
+    else:
+        write_artifact(root, "synthetic", 1)
+    if setup == "int8":
+        write_int8(root)
+        args = [*args, "--data-dir", str(calibration_images(tmp_path / "images"))]
+    result = run_cli(["quantize", root / "synthetic", *args, "--quiet"])
+    assert result.rc == 2 and message in result.stderr, result.stderr
+
+
+def test_sqnr_and_the_worst_channel_from_the_sums() -> None:
+    sums = _Sums.empty(2)
+    reference = np.ones((4, 2, 3, 3), dtype=np.float32)
+    other = reference.copy()
+    other[:, 0] += 0.1  # channel 0: noise 1/100 of the signal's power -> 20 dB
+    other[:, 1] += 0.01  # channel 1: 40 dB
+    sums.add(reference, other)
+    row = sums.record("layer", spatial=True)
+    assert row.worst_channel == 0 and row.worst_channel_sqnr_db == pytest.approx(20.0, abs=0.01)
+    assert row.sqnr_db == pytest.approx(10 * np.log10(2 / (0.01 + 0.0001)), abs=0.01)
+    assert row.relative_error == pytest.approx(np.sqrt((0.01 + 0.0001) / 2), rel=1e-3)
+    exact = _Sums.empty(2)
+    exact.add(reference, reference)
+    assert exact.record("same", spatial=True).sqnr_db is None
+    # A nearly silent channel that int8 rounds to zero (0 dB) is not the layer's worst.
+    faint = _Sums.empty(3)
+    maps = np.ones((4, 3, 3, 3), dtype=np.float32)
+    maps[:, 2] = 1e-3
+    rounded = maps.copy()
+    rounded[:, 2] = 0
+    rounded[:, 1] += 0.05
+    faint.add(maps, rounded)
+    assert faint.record("faint", spatial=True).worst_channel == 1
+
+
+def test_the_digits_tinyvgg_passes_the_gate_on_its_own_held_out_split(digits_artifact: Any, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(digits_artifact.path.parent, root / digits_artifact.name)
+    result = run_cli(["quantize", root / digits_artifact.name, "--quiet"])
+    assert result.rc == 0, result.stderr
+    metadata = json.loads((result.written / "metadata.json").read_text())
+    record = metadata["quantization"]
+    assert record["data"].startswith("digits, held-out split (seed 0")
+    assert record["agreement"] >= 0.99
+    assert abs(record["float_accuracy"] - record["int8_accuracy"]) <= 0.005
+    assert record["calibration_images"] + record["evaluation_images"] == len(digits_artifact.labels)
+    # The filters the service draws are the int8 kernels; the layers are the float version's.
+    assert [layer["name"] for layer in metadata["layers"]] == [layer["name"] for layer in digits_artifact.metadata["layers"]]
+
+
+def test_precision_int8_on_a_training_export_writes_both_versions(tmp_path: Path) -> None:
+    result = run_cli(["--out", tmp_path, "--epochs", "1", "--channel-images", "0", "--precision", "int8",
+                      "--min-agreement", "0", "--quiet"])
+    assert result.rc == 0, result.stderr
+    float_dir, int8_dir = (Path(line) for line in result.stdout.strip().splitlines()[-2:])
+    assert (float_dir.name, int8_dir.name) == ("1", "2")
+    assert read_metadata(float_dir).precision is Precision.FLOAT32
+    record = read_metadata(int8_dir).quantization
+    assert record is not None and record.quantized_from == 1
+
+
+def test_a_tapped_map_before_a_relu_keeps_its_negative_values(tmp_path: Path) -> None:
+    """onnxruntime's quantizer gives a ReLU's input the ReLU's range (from 0): a tapped Conv
+    output before a ReLU (an import taps both) would lose every negative value in int8."""
+    from onnx import TensorProto, helper
+
+    from model_export.preprocessing import InputSpec
+    from model_export.quantize import Images, QuantizeOptions, calibrate_and_quantize
+    from tests.support.artifacts import build_model
+
+    model, _ = build_model(channels=1, size=8, classes=3)
+    model.graph.output.append(helper.make_tensor_value_info("conv_out", TensorProto.FLOAT, ["batch", 4, 8, 8]))
+    for node in model.graph.node:
+        node.name = ""  # unnamed nodes, as some exporters write them
+    source, target = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(source))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(16, 1, 8, 8)).astype(np.float32) for _ in range(2)]
+    spec = InputSpec(channels=1, size=(8, 8), mean=(0.5,), std=(0.25,))
+    calibrate_and_quantize(source, target, Images(batches, [None, None]), spec,
+                           QuantizeOptions(model_dir="unused", progress=False))
+    names = ["conv_out", "features.1"]
+    plain = ort.InferenceSession(str(source)).run(names, {"input": batches[0]})
+    int8 = ort.InferenceSession(str(target)).run(names, {"input": batches[0]})
+    assert plain[0].min() < 0 and int8[0].min() < 0.5 * plain[0].min()  # the negative half is still there
+    for x, y in zip(plain, int8, strict=True):
+        assert np.linalg.norm(x - y) <= 0.05 * np.linalg.norm(x)
+    assert (int8[1] >= 0).all()  # and the ReLU after it still holds
+    # The view pair feeds no output but the tap: the service's logits graph drops it, so the
+    # Conv keeps one QuantizeLinear reader and fuses into an integer kernel.
+    from service.models.runtime import _prune
+
+    graph = onnx.load(str(target))
+    keep = [o for o in graph.graph.output if o.name == "logits"]
+    del graph.graph.output[:]
+    graph.graph.output.extend(keep)
+    before = [n.name for n in graph.graph.node]
+    _prune(graph)
+    dropped = sorted(set(before) - {n.name for n in graph.graph.node})
+    assert dropped == ["conv_out_view_DequantizeLinear", "conv_out_view_QuantizeLinear"]
+    # Grad-cam cannot start at a view (the model reads the other pair): the catalogue says why.
+    from service.explain.head import NotExact, analyse_head
+
+    refused = analyse_head(onnx.load(str(target)), "conv_out", "logits", input_shapes={"input": (1, 1, 8, 8)})
+    assert isinstance(refused, NotExact) and "view of a value the model quantizes again" in refused.reason

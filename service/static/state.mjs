@@ -3,6 +3,7 @@
 // The form controls' own values (#shared, #order, #method, #target) stay in the controls,
 // which the browser may restore on a reload; the views read them there.
 
+import { blockRows, hasBlocks, stageRows } from "./lib/blocks.mjs";
 import { colormapsFrom } from "./lib/colormap.mjs";
 
 export const state = {
@@ -17,6 +18,11 @@ export const state = {
   /** The server's colour maps by role, from the catalogue: {feature_maps, filters, saliency},
    * each {name, stops, table} (lib/colormap.mjs colormapsFrom). */
   colormaps: null,
+  /** The overview's rows (lib/blocks.mjs): one per block, or per layer of a chain; a deep
+   * net's blocks in stages (rows with `children`). */
+  rows: [],
+  /** Whether the model has blocks (layers with a `group`): the overview shows block rows. */
+  blocks: false,
 
   // ---- the image being looked at (look) ----
   /** The Blob sent to the server, and what to call it. */
@@ -26,7 +32,8 @@ export const state = {
   input: null,
   /** [{label, index, probability}], best first, every class. */
   probabilities: [],
-  /** layer -> its feature maps on this image (lib/maps.mjs featureMap: {c, h, w, data, min, max}). */
+  /** layer -> its feature maps on this image (lib/maps.mjs featureMap: {c, h, w, data, min, max}):
+   * only the layers shown so far, asked for as rows need them (lib/plan.mjs). */
   maps: {},
 
   // ---- how the overview shows them (view: layers, channel) ----
@@ -36,15 +43,21 @@ export const state = {
   silent: {},
   /** The channel opened in the detail view: {layer, channel}, or null. */
   selected: null,
+  /** row id -> true: the block is open, its layers shown (view: blocks). */
+  open: {},
 
   // ---- explanations (view: explanation) ----
   /** The AbortController of the explanation in flight: a newer one aborts it. */
   explainRun: null,
+  /** The last explanation's map: {h, w, data (0..1, row-major), label, method}, painted over
+   * the input again when the opacity changes; null when none. */
+  explained: null,
 };
 
 /** A new model version: its metadata, and nothing left of the one before. */
 export function showModel(meta, base) {
-  Object.assign(state, { meta, base, catalogue: null, colormaps: null, maps: {}, pages: {}, silent: {}, selected: null });
+  Object.assign(state, { meta, base, catalogue: null, colormaps: null, maps: {}, pages: {}, silent: {}, selected: null,
+                         rows: stageRows(blockRows(meta.layers)), blocks: hasBlocks(meta.layers), open: {}, explained: null });
 }
 
 /** Its layer catalogue, and the colour maps the server paints with. */

@@ -72,7 +72,9 @@ export const paths = {
   // The layer catalogue: layers, explanation methods and the colour maps (see colormap.mjs).
   catalogue: (model, version) => `/v1/models/${name(model)}/layers?version=${version}`,
   samples: (base) => `${base}/samples`,
-  predict: (base, topK) => `${base}/predict?top_k=${topK}&layers=all&encoding=npy&dtype=float16`,
+  // The class scores and the maps of the named layers only (comma separated; none: no maps).
+  predict: (base, topK, layers = []) => `${base}/predict?top_k=${topK}`
+    + (layers.length ? `&layers=${layers.map(name).join(",")}` : "") + "&encoding=npy&dtype=float16",
   explain: (base, query) => `${base}/explain?${new URLSearchParams(query)}`,
   channel: (base, layer, channel) => `${base}/layers/${name(layer)}/channels/${channel}`,
   filter: (base, layer, channel) => `${base}/layers/${name(layer)}/channels/${channel}/filter`,

@@ -1,0 +1,56 @@
+// What the layer catalogue says about each explanation method for the model on show, as far
+// as it says anything: `explanations` always has {methods, default_method, default_layer,
+// unavailable}; a model measured at export (issue 21) may add how often each method's map
+// beat a random map, which ones are not recommended and why the default was chosen. This
+// module reads what is there and tolerates what is not. Pure.
+
+/** A share below this is "not recommended" when the catalogue measured it but did not say. */
+export const RECOMMENDED_SHARE = 0.8;
+
+const LISTS = [["measured"], ["measurements"], ["methods_measured"], ["survey", "methods"], ["record", "methods"],
+  ["recommendations"]];
+
+function measurements(block) {
+  const found = [];
+  for (const path of LISTS) {
+    const list = path.reduce((v, key) => v?.[key], block);
+    if (Array.isArray(list)) found.push(...list.filter((m) => m && typeof m.method === "string"));
+  }
+  return found;
+}
+
+/**
+ * {notes, reason}: `notes[method]` = {share, images, seconds, recommended} for each method the
+ * catalogue measured or flagged (share null where only flagged), `reason` why the default is
+ * the default (null when not said).
+ */
+export function methodNotes(block) {
+  const notes = {};
+  for (const m of measurements(block)) {
+    const share = typeof m.share === "number" ? m.share
+      : typeof m.beats_random === "number" && m.images ? m.beats_random / m.images : null;
+    const said = typeof m.recommended === "boolean" ? m.recommended : null;
+    notes[m.method] = { share, images: m.images ?? null, seconds: m.median_seconds ?? m.seconds ?? null,
+                        recommended: said ?? (share == null ? true : share >= RECOMMENDED_SHARE) };
+  }
+  const flagged = block?.not_recommended;
+  if (Array.isArray(flagged)) {
+    for (const f of flagged) {
+      const method = typeof f === "string" ? f : f?.method;
+      if (typeof method !== "string") continue;
+      const share = typeof f === "object" && typeof f.share === "number" ? f.share : notes[method]?.share ?? null;
+      notes[method] = { ...(notes[method] || { images: null, seconds: null }), share, recommended: false };
+    }
+  }
+  const reason = [block?.reason, block?.default_reason, block?.survey?.reason, block?.record?.reason]
+    .find((r) => typeof r === "string" && r) ?? null;
+  return { notes, reason };
+}
+
+/** An option's text: "rise · beats random on 62% · not recommended". */
+export function methodLabel(method, note, isDefault = false) {
+  const parts = [isDefault ? `${method} (default)` : method];
+  if (note?.share != null) parts.push(`beats random on ${Math.round(100 * note.share)}%`);
+  if (note && !note.recommended) parts.push("not recommended");
+  return parts.join(" · ");
+}

@@ -291,11 +291,13 @@ def zoo_shots(browser: Any, url: str, model: str, meta: dict[str, Any], out: Pat
     block = open_rows(page, layer)
     shot["block"] = block.get_attribute("data-block")
     shot["opened_height"] = page.evaluate("document.documentElement.scrollHeight")
+    page.mouse.move(0, 0)  # no tile under the pointer (its number shows on hover)
     block.screenshot(path=str(out / f"explorer-zoo-{model}-block.png"))
     shot["channel_layer"] = layer
     block.locator(f'.layer.card[data-layer="{layer}"] .tile').first.click()
     page.wait_for_function(TOP_IMAGES, timeout=WAIT_MS)
     page.wait_for_timeout(300)
+    page.mouse.move(0, 0)
     page.locator(".detail").screenshot(path=str(out / f"explorer-zoo-{model}-channel.png"))
     shot["boxes"] = page.locator(".detail .patch .box").count()
     shot["console_errors"] = errors
@@ -310,16 +312,20 @@ def time_deep(browser: Any, url: str, model: str, rounds: int, block_layer: str)
     samples = page.locator(".sample").count()
     images = []
     for i in range(rounds + 1):  # the first one warms up
-        since = page.evaluate("performance.now()")
+        since, before = page.evaluate("[performance.now(), window.convscope.timings.length]")
         page.click(f".sample >> nth={i % samples}")
         done(page, "image", i + 1)
-        mark = page.evaluate("window.convscope.timings.filter((t) => t.what === 'image').at(-1)")
+        marks = page.evaluate("(from) => window.convscope.timings.slice(from)", before)
+        mark = next(t for t in marks if t["what"] == "image")
+        decoding = [t for t in marks if t["what"] == "maps"]
         requests = [r for r in page.evaluate(PAGE_REQUESTS, since) if "/predict" in r["name"]]
         explains(page)
         explain = page.evaluate("window.convscope.timings.filter((t) => t.what === 'explain').at(-1)")
         images.append({"sample": i, "requests": len(requests), "bytes": sum(r["bytes"] for r in requests),
                        "maps_ms": max(r["end"] for r in requests) - since, "shown_ms": mark["shown_ms"],
                        "first_predict_ms": requests[0]["ms"], "layers": mark["layers"],
+                       "decode_ms": sum(d["decode_ms"] for d in decoding),
+                       "server_ms": max(d["server_ms"] for d in decoding),
                        "explain_ms": explain["ms"] if explain else None, "explain_method": explain and explain["method"],
                        "explain_passes": explain and explain["passes"]})
     height = page.evaluate("document.documentElement.scrollHeight")
@@ -371,6 +377,8 @@ def print_zoo(report: dict[str, Any], out: Path) -> None:
     labels = {"maps_ms": "click -> last map of the rows on screen (Resource Timing)",
               "first_predict_ms": "first predict (classes + first rows' maps)",
               "shown_ms": "click -> those rows drawn", "requests": "map requests", "bytes": "bytes",
+              "decode_ms": "decoding the maps in the page (all requests)",
+              "server_ms": "the server's own time (slowest request)",
               "layers": "layers fetched", "explain_ms": "explanation request (apart)"}
     for key, label in labels.items():
         print(f"  {label:60} {median(rows, key)}")

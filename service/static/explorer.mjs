@@ -47,6 +47,17 @@ window.convscope = { timings: [], ready: false, mapsPending: () => maps.pending(
                      rowPath: (layer) => rowPath(state.rows, layer) };
 
 const bytesOf = (name) => mapBytes(layerInfo(name));
+
+/** A predict answer's maps as numbers, for the model it was asked of (none if it changed
+ * meanwhile); the time the decoding took goes in the page's timings. */
+function decoded(body, meta) {
+  if (meta !== state.meta) return {};
+  const started = performance.now();
+  const maps = featureMaps(body.feature_maps ?? {}, meta.layers);
+  window.convscope.timings.push({ what: "maps", layers: Object.keys(maps).length, decode_ms: performance.now() - started,
+                                  server_ms: body.timings_ms.total });
+  return maps;
+}
 const postImage = (path, signal) => client.request(path, {
   method: "POST", body: state.image, signal,
   headers: { "Content-Type": state.image.type || "application/octet-stream" },
@@ -58,8 +69,7 @@ const maps = mapQueue({
   bytesOf,
   fetchMaps: async (names) => {
     const meta = state.meta;
-    const body = await (await postImage(paths.predict(state.base, 1, names))).json();
-    return meta === state.meta ? featureMaps(body.feature_maps, meta.layers) : {};
+    return decoded(await (await postImage(paths.predict(state.base, 1, names))).json(), meta);
   },
   onLoaded: (loaded) => {
     Object.assign(state.maps, loaded);
@@ -97,11 +107,12 @@ async function look(blob, name) {
   state.maps = {};
   // the rows near the screen (or, none being there, the first ones) ask for their maps: the
   // first batch comes with the classes, the others beside it
+  prediction.reveal();
   const near = blocks.show();
   const [first = [], ...others] = batches(near.length ? near : shownLayers(state.rows, (row) => state.open[row.id]), bytesOf);
   const predicted = client.request(paths.predict(state.base, meta.labels.length, first),
     { method: "POST", body: blob, headers: { "Content-Type": blob.type || "application/octet-stream" } }).then((r) => r.json());
-  maps.track(first, predicted.then((body) => (meta === state.meta ? featureMaps(body.feature_maps ?? {}, meta.layers) : {})));
+  maps.track(first, predicted.then((body) => decoded(body, meta)));
   maps.want(others.flat());
   const [body, input] = await Promise.all([predicted, prediction.modelView(blob, meta.input)]);
   if (meta !== state.meta || blob !== state.image) return;  // the model or the image changed meanwhile

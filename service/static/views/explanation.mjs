@@ -59,6 +59,8 @@ export async function explain() {
   if (target !== "") query.set("target", target);
   const started = performance.now();
   $("explain-status").textContent = `computing ${method || "the default method"}…`;
+  state.explained = null;  // the map on show is another image's or class's: dimmed until this one comes
+  $("overlay").classList.add("stale");
   try {
     const response = await client.request(paths.explain(state.base, query), {
       method: "POST", body: state.image, signal: run.signal,
@@ -103,7 +105,7 @@ const opacityText = () => { $("opacity-value").textContent = `${$("opacity").val
 export function paintOverlay() {
   opacityText();
   const shown = state.explained, canvas = $("overlay");
-  if (!shown || !state.input) { canvas.hidden = true; return; }
+  if (!shown || !state.input) return;  // none yet, or one on its way: the control applies to it
   const { h, w, data } = shown;
   const scale = upscale(h, w);
   canvas.width = w * scale; canvas.height = h * scale;
@@ -120,6 +122,7 @@ export function paintOverlay() {
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(heat, 0, 0, canvas.width, canvas.height);
   canvas.hidden = false;
+  canvas.classList.remove("stale");
   canvas.setAttribute("aria-label", `where the network found evidence for ${shown.label} (${shown.method}), heat at ${$("opacity").value}% opacity`);
   canvas.dataset.method = shown.method;
 }

@@ -20,6 +20,10 @@ export async function modelView(blob, input) {
   return canvas;
 }
 
+/** Shows the section before the first answer: the rows below it are where they will stay
+ * when the page works out which of them are on screen. */
+export const reveal = () => { $("result").hidden = false; };
+
 /** The input, its name and size, and the top five classes with the time it took. */
 export function render(timings, ms, layers) {
   $("result").hidden = false;

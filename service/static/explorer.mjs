@@ -153,7 +153,7 @@ layers.wire({
   open: channel.show,
   redraw: ({ ranges }) => {
     blocks.redraw();
-    if (ranges && state.selected) channel.show(state.selected.layer, state.selected.channel, false).catch(showError);
+    if (ranges && state.selected && state.maps[state.selected.layer]) channel.show(state.selected.layer, state.selected.channel, false).catch(showError);
   },
 });
 blocks.wire({ want: (names) => maps.want(names), toggled: () => channel.place() });

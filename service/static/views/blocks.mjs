@@ -92,7 +92,10 @@ const domId = (row) => `block-${[...row.id].map((ch) => (/[A-Za-z0-9_-]/.test(ch
 
 /** What a row holds, in a few words. */
 function holds(row) {
-  if (row.children) return `${row.children.length} blocks, ${row.layers.length} layers`;
+  if (row.children) {  // a dense block's dense layers, and its own closing Concat
+    const blocks = row.children.filter((r) => r.block).length, more = row.children.length - blocks;
+    return `${blocks} blocks${more ? ` + ${more} layer${more > 1 ? "s" : ""}` : ""} · ${row.layers.length} layers`;
+  }
   if (row.block) return `${row.layers.length} layers: ${kindSummary(row.layers.map(layerInfo))}`;
   const output = layerInfo(row.output);
   return `${output.op}${output.kind && output.kind !== "other" ? ` (${output.kind})` : ""}`;

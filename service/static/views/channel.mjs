@@ -4,7 +4,7 @@
 
 import { paths } from "../lib/api.mjs";
 import { divergingLevel, fraction, level, put } from "../lib/colormap.mjs";
-import { fmt } from "../lib/format.mjs";
+import { fmt, pct } from "../lib/format.mjs";
 import { fieldAxes, receptiveBox, spatial } from "../lib/geometry.mjs";
 import { boxPercent, upscale } from "../lib/layout.mjs";
 import { channelRange, strongestUnit } from "../lib/maps.mjs";
@@ -220,7 +220,8 @@ async function renderTop(box, layer, channel) {
         + `rows ${b.top}–${b.bottom - 1})`;
     }
     return el("div", { class: "patch", title: `held-out image ${entry.image}: ${entry.label}, max ${fmt(entry.activation)}${where}` },
-      frame, el("div", { class: "cap" }, el("span", { text: entry.label }), el("span", { class: "muted", text: fmt(entry.activation) })));
+      frame, el("div", { class: "cap" }, el("span", { text: entry.score != null ? `${entry.label} ${pct(entry.score)}` : entry.label }),
+        el("span", { class: "muted", text: fmt(entry.activation) })));
   }));
   const crops = body.top.filter((e) => e.crop).length, boxed = body.top.filter((e) => e.box && !e.crop).length;
   const view = state.meta.channel_view;
@@ -229,7 +230,7 @@ async function renderTop(box, layer, channel) {
     boxed ? `red box: the input pixels its strongest unit sees there (its receptive field${fieldAxes(layer)
       ? `, ${fieldAxes(layer)[0].rf}×${fieldAxes(layer)[1].rf} px, clipped at the edges` : ""})` : null,
     crops ? `${crops === body.top.length ? "each" : `${crops} of them`} stored as that patch alone (the field is small beside the image)` : null,
-    view.captions === "predictions" ? "captions: the model's own top class (the folder has no labels)" : null,
+    view.captions === "predictions" ? "captions: the model's own top class and its probability (the folder has no labels)" : null,
   ].filter(Boolean).join("; ") + ".";
   await Promise.all(loads);
 }

@@ -22,13 +22,23 @@ export function renderMethods() {
   const { notes, reason } = methodNotes(offered);
   const current = $("method").value;
   $("method").replaceChildren(
-    el("option", { value: "", text: offered.default_method ? methodLabel(offered.default_method, notes[offered.default_method], true) : "default" }),
-    ...offered.methods.filter((m) => m !== offered.default_method).map((m) => el("option", { value: m, text: methodLabel(m, notes[m]) })));
+    el("option", { value: "", text: offered.default_method ? methodLabel(offered.default_method, notes[offered.default_method], true) : "default",
+                   title: reason }),
+    ...offered.methods.filter((m) => m !== offered.default_method)
+      .map((m) => el("option", { value: m, text: methodLabel(m, notes[m]), title: notes[m]?.why })));
   if ([...$("method").options].some((o) => o.value === current)) $("method").value = current;
   $("method").disabled = !offered.methods.length;
   $("target").disabled = !offered.methods.length;
-  $("method-note").textContent = reason ?? "";
+  noteMethod();
   $("saliency-ramp").style.background = cssGradient(state.colormaps.saliency.stops);
+}
+
+/** Under the pickers: why the default is the default, or why the method chosen is not recommended. */
+function noteMethod() {
+  const { notes, reason } = methodNotes(explanations());
+  const chosen = $("method").value;
+  $("method-note").textContent = chosen ? (notes[chosen]?.why ?? (notes[chosen] && !notes[chosen].recommended
+    ? `${chosen} is not recommended for this model.` : "")) : (reason ?? "");
 }
 
 /** No class to pick while a new image is predicted. */
@@ -91,7 +101,7 @@ export async function explain() {
  * (paints the map on show again). */
 export function wire() {
   $("target").addEventListener("change", () => explain());
-  $("method").addEventListener("change", () => explain());
+  $("method").addEventListener("change", () => { noteMethod(); explain(); });
   $("opacity").value = String(Math.round(100 * DEFAULT_OPACITY));
   $("opacity").addEventListener("input", paintOverlay);
   opacityText();

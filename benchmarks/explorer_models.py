@@ -74,7 +74,7 @@ def photo_folder(cache: Path) -> Path:
         for n in range(PHOTO_CROPS):
             side = int(rng.integers(h // 2, h))
             top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-            crop = Image.fromarray(image[top:top + side, left:left + side]).resize((DEEP_SIZE, DEEP_SIZE), Image.BICUBIC)
+            crop = Image.fromarray(image[top:top + side, left:left + side]).resize((DEEP_SIZE, DEEP_SIZE), Image.Resampling.BICUBIC)
             crop.save(folder / f"{n}.jpg", quality=90)
     return root
 

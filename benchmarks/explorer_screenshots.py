@@ -252,18 +252,18 @@ def scroll_through(page: Any) -> None:
     page.evaluate("window.scrollTo(0, 0)")
 
 
-def open_rows(page: Any, layer: str) -> Any:
+def open_rows(page: Any, layer: str) -> list[Any]:
     """Opens the rows that hold a layer (a stage, then its block) and waits for the maps of
-    the cards on screen; the innermost row's locator."""
-    row = None
+    the cards on screen; the rows' locators, outermost first."""
+    rows = []
     for row_id in page.evaluate("(layer) => window.convscope.rowPath(layer)", layer):
-        row = page.locator(f'.block[data-block="{row_id}"]')
-        row.locator(".block-toggle").first.click()
-    assert row is not None, f"no row holds {layer}"
-    row.scroll_into_view_if_needed()
+        rows.append(page.locator(f'.block[data-block="{row_id}"]'))
+        rows[-1].locator(".block-toggle").first.click()
+    assert rows, f"no row holds {layer}"
+    rows[-1].scroll_into_view_if_needed()
     page.wait_for_function(MAPS_DONE, timeout=WAIT_MS)
     page.wait_for_timeout(200)
-    return row
+    return rows
 
 
 def channel_layer(meta: dict[str, Any]) -> str:
@@ -288,11 +288,12 @@ def zoo_shots(browser: Any, url: str, model: str, meta: dict[str, Any], out: Pat
     page.screenshot(path=str(out / f"explorer-zoo-{model}-overview.png"), full_page=True)
     page.locator(".explain-card").screenshot(path=str(out / f"explorer-zoo-{model}-explanation.png"))
     layer = channel_layer(meta)
-    block = open_rows(page, layer)
-    shot["block"] = block.get_attribute("data-block")
+    rows = open_rows(page, layer)
+    block = rows[-1]
+    shot["block"] = " > ".join(str(row.get_attribute("data-block")) for row in rows)
     shot["opened_height"] = page.evaluate("document.documentElement.scrollHeight")
     page.mouse.move(0, 0)  # no tile under the pointer (its number shows on hover)
-    block.screenshot(path=str(out / f"explorer-zoo-{model}-block.png"))
+    rows[0].screenshot(path=str(out / f"explorer-zoo-{model}-block.png"))  # a stage with its block open
     shot["channel_layer"] = layer
     block.locator(f'.layer.card[data-layer="{layer}"] .tile').first.click()
     page.wait_for_function(TOP_IMAGES, timeout=WAIT_MS)
@@ -330,7 +331,7 @@ def time_deep(browser: Any, url: str, model: str, rounds: int, block_layer: str)
                        "explain_passes": explain and explain["passes"]})
     height = page.evaluate("document.documentElement.scrollHeight")
     since = page.evaluate("performance.now()")
-    block = open_rows(page, block_layer)
+    block = open_rows(page, block_layer)[-1]
     opened = page.evaluate(PAGE_REQUESTS, since)
     result = {"model": model, "images": images[1:], "page_height": height, "errors": errors,
               "block": {"name": block.get_attribute("data-block"), "requests": len(opened),

@@ -1,7 +1,19 @@
-"""Screenshots of the explorer and the time its own requests take (issue 13).
+"""Screenshots of the explorer and the time its own requests take (issues 13 and 21).
 
     python -m benchmarks.explorer_screenshots                 # models in benchmarks/out/explorer-models
     python -m benchmarks.explorer_screenshots --models DIR --rounds 10
+    python -m benchmarks.explorer_screenshots --zoo           # the zoo's deep nets (issue 21)
+
+`--zoo` (issue 21): imports three zoo models and a ResNet-50 at 224 px into
+benchmarks/out/explorer-zoo-models (benchmarks/explorer_models.py; the zoo's training and
+files cached in benchmarks/out/zoo-cache), serves them, and for each zoo model (resnet18,
+mobilenet-v3-small, densenet121) saves explorer-zoo-<model>-{overview,block,channel,
+explanation}.png: the whole page with a sample looked at, a block opened (a DenseNet's
+stage, then a dense layer in it), a channel of a conv layer in that block with its top
+images and their receptive-field boxes, and the explanation card. On resnet50-224 it times
+the page's requests per image with the Resource Timing API (click -> the last map of the
+rows on screen; the explanation apart), opening a block, and the page's height, with the
+load average; explorer-zoo-timings.json has every figure.
 
 Exports what is missing with the issue's commands (digits-tinyvgg: `python -m model_export`;
 Fashion-MNIST alexnet-small: `--dataset fashion-mnist --arch alexnet-small --epochs 2
@@ -201,6 +213,187 @@ def time_page(browser: Any, url: str, rounds: int) -> list[dict[str, Any]]:
     return results[1:]
 
 
+# --- issue 21: the zoo's deep nets ------------------------------------------------------------
+
+ZOO_MODELS = OUT / "explorer-zoo-models"
+ZOO_CACHE = OUT / "zoo-cache"
+MAPS_DONE = ("window.convscope.mapsPending() === 0 && "
+             "![...document.querySelectorAll('#layers .layer.waiting')].some((c) => !c.closest('[hidden]') && "
+             "c.getBoundingClientRect().top < innerHeight && c.getBoundingClientRect().bottom > 0)")
+TOP_IMAGES = ("document.querySelectorAll('.detail .patch img').length > 0 && "
+              "[...document.querySelectorAll('.detail .patch img')].every((i) => i.complete && i.naturalWidth > 0)")
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def open_page(browser: Any, url: str, model: str) -> tuple[Any, list[str]]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_function("window.convscope.ready", timeout=WAIT_MS)
+    page.select_option("#model", model)
+    page.wait_for_selector(".sample img", timeout=WAIT_MS)
+    return page, errors
+
+
+def scroll_through(page: Any) -> None:
+    """Scrolls down the page a screen at a time, each row's maps asked for and drawn as it
+    comes into view, then back to the top: a whole-page screenshot then shows every row."""
+    y = 0
+    while y < page.evaluate("document.documentElement.scrollHeight"):
+        page.evaluate(f"window.scrollTo(0, {y})")
+        page.wait_for_timeout(50)  # the observer reports a frame later
+        page.wait_for_function(MAPS_DONE, timeout=WAIT_MS)
+        y += 800
+    page.evaluate("window.scrollTo(0, 0)")
+
+
+def open_rows(page: Any, layer: str) -> list[Any]:
+    """Opens the rows that hold a layer (a stage, then its block) and waits for the maps of
+    the cards on screen; the rows' locators, outermost first."""
+    rows = []
+    for row_id in page.evaluate("(layer) => window.convscope.rowPath(layer)", layer):
+        rows.append(page.locator(f'.block[data-block="{row_id}"]'))
+        rows[-1].locator(".block-toggle").first.click()
+    assert rows, f"no row holds {layer}"
+    rows[-1].scroll_into_view_if_needed()
+    page.wait_for_function(MAPS_DONE, timeout=WAIT_MS)
+    page.wait_for_timeout(200)
+    return rows
+
+
+def channel_layer(meta: dict[str, Any]) -> str:
+    """The deepest conv layer whose receptive field is at most half the image: its boxes say
+    something on the top images (deeper ones see the whole of a 64 px image)."""
+    side = min(meta["input"]["size"])
+    convs = [layer for layer in meta["layers"] if layer["kind"] == "conv" and layer["op"] == "Conv"
+             and layer.get("receptive_field") and layer["receptive_field"] <= side // 2]
+    return str(convs[-1]["name"])
+
+
+def zoo_shots(browser: Any, url: str, model: str, meta: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The overview, an opened block, a channel in it and the explanation of one sample."""
+    page, errors = open_page(browser, url, model)
+    page.click(".sample >> nth=4")
+    done(page, "image", 1)
+    explains(page)
+    page.wait_for_timeout(300)
+    shot: dict[str, Any] = {"overview_height": page.evaluate("document.documentElement.scrollHeight"),
+                            "explain_status": page.inner_text("#explain-status")}
+    scroll_through(page)
+    page.screenshot(path=str(out / f"explorer-zoo-{model}-overview.png"), full_page=True)
+    page.locator(".explain-card").screenshot(path=str(out / f"explorer-zoo-{model}-explanation.png"))
+    layer = channel_layer(meta)
+    rows = open_rows(page, layer)
+    block = rows[-1]
+    shot["block"] = " > ".join(str(row.get_attribute("data-block")) for row in rows)
+    shot["opened_height"] = page.evaluate("document.documentElement.scrollHeight")
+    page.mouse.move(0, 0)  # no tile under the pointer (its number shows on hover)
+    rows[0].screenshot(path=str(out / f"explorer-zoo-{model}-block.png"))  # a stage with its block open
+    shot["channel_layer"] = layer
+    block.locator(f'.layer.card[data-layer="{layer}"] .tile').first.click()
+    page.wait_for_function(TOP_IMAGES, timeout=WAIT_MS)
+    page.wait_for_timeout(300)
+    page.mouse.move(0, 0)
+    page.locator(".detail").screenshot(path=str(out / f"explorer-zoo-{model}-channel.png"))
+    shot["boxes"] = page.locator(".detail .patch .box").count()
+    shot["console_errors"] = errors
+    page.close()
+    return shot
+
+
+def time_deep(browser: Any, url: str, model: str, rounds: int, block_layer: str) -> dict[str, Any]:
+    """Per image on a deep net: the page's requests from the click until the rows on screen
+    have their maps (Resource Timing), its drawing, the explanation apart; then opening a block."""
+    page, errors = open_page(browser, url, model)
+    samples = page.locator(".sample").count()
+    images = []
+    for i in range(rounds + 1):  # the first one warms up
+        since, before = page.evaluate("[performance.now(), window.convscope.timings.length]")
+        page.click(f".sample >> nth={i % samples}")
+        done(page, "image", i + 1)
+        marks = page.evaluate("(from) => window.convscope.timings.slice(from)", before)
+        mark = next(t for t in marks if t["what"] == "image")
+        decoding = [t for t in marks if t["what"] == "maps"]
+        requests = [r for r in page.evaluate(PAGE_REQUESTS, since) if "/predict" in r["name"]]
+        explains(page)
+        explain = page.evaluate("window.convscope.timings.filter((t) => t.what === 'explain').at(-1)")
+        images.append({"sample": i, "requests": len(requests), "bytes": sum(r["bytes"] for r in requests),
+                       "maps_ms": max(r["end"] for r in requests) - since, "shown_ms": mark["shown_ms"],
+                       "first_predict_ms": requests[0]["ms"], "layers": mark["layers"],
+                       "decode_ms": sum(d["decode_ms"] for d in decoding),
+                       "server_ms": max(d["server_ms"] for d in decoding),
+                       "explain_ms": explain["ms"] if explain else None, "explain_method": explain and explain["method"],
+                       "explain_passes": explain and explain["passes"]})
+    height = page.evaluate("document.documentElement.scrollHeight")
+    since = page.evaluate("performance.now()")
+    block = open_rows(page, block_layer)[-1]
+    opened = page.evaluate(PAGE_REQUESTS, since)
+    result = {"model": model, "images": images[1:], "page_height": height, "errors": errors,
+              "block": {"name": block.get_attribute("data-block"), "requests": len(opened),
+                        "bytes": sum(r["bytes"] for r in opened),
+                        "ms": (max(r["end"] for r in opened) - since) if opened else 0,
+                        "page_height": page.evaluate("document.documentElement.scrollHeight")}}
+    page.close()
+    return result
+
+
+def main_zoo(args: argparse.Namespace) -> int:
+    from playwright.sync_api import sync_playwright
+
+    from benchmarks import explorer_models
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    explorer_models.prepare(args.zoo_models, args.zoo_cache)
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONVSCOPE_")}, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+               "--model-repository", str(args.zoo_models)]
+    report: dict[str, Any] = {"load_average_before": load_average(), "cpus": os.cpu_count()}
+    with ServerProcess(command, port=port, env=env, cwd=ROOT, log=args.out / "explorer-zoo-server.log", timeout=300) as server:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            report["deep"] = time_deep(browser, server.url, explorer_models.DEEP, args.rounds, "layer3.0.conv2")
+            report["load_average_after_timing"] = load_average()
+            report["screenshots"] = {}
+            for model in explorer_models.ZOO:
+                meta = httpx.get(f"{server.url}/v1/models/{model}").json()
+                report["screenshots"][model] = zoo_shots(browser, server.url, model, meta, args.out)
+            browser.close()
+    report["load_average_after"] = load_average()
+    (args.out / "explorer-zoo-timings.json").write_text(json.dumps(report, indent=2))
+    print_zoo(report, args.out)
+    return 0
+
+
+def print_zoo(report: dict[str, Any], out: Path) -> None:
+    deep = report["deep"]
+    rows = deep["images"]
+    print(f"\n{deep['model']} ({report['cpus']} CPUs, load average before {report['load_average_before']}, "
+          f"after timing {report['load_average_after_timing']}), per image, median (max) over {len(rows)}:")
+    labels = {"maps_ms": "click -> last map of the rows on screen (Resource Timing)",
+              "first_predict_ms": "first predict (classes + first rows' maps)",
+              "shown_ms": "click -> those rows drawn", "requests": "map requests", "bytes": "bytes",
+              "decode_ms": "decoding the maps in the page (all requests)",
+              "server_ms": "the server's own time (slowest request)",
+              "layers": "layers fetched", "explain_ms": "explanation request (apart)"}
+    for key, label in labels.items():
+        print(f"  {label:60} {median(rows, key)}")
+    print(f"  explanation: {rows[0]['explain_method']}, {rows[0]['explain_passes']} passes")
+    print(f"  page height {deep['page_height']} px; opening {deep['block']['name']}: {deep['block']['requests']} requests, "
+          f"{deep['block']['bytes']:,} bytes, {deep['block']['ms']:.0f} ms; then {deep['block']['page_height']} px")
+    for model, shot in report["screenshots"].items():
+        print(f"\n{model}: overview {shot['overview_height']} px, opened {shot['block']} -> {shot['opened_height']} px, "
+              f"channel of {shot['channel_layer']} ({shot['boxes']} boxes), console errors {len(shot['console_errors'])}")
+        print(f"  {shot['explain_status']}")
+        print("  " + "  ".join(str(out / f"explorer-zoo-{model}-{part}.png")
+                               for part in ("overview", "block", "channel", "explanation")))
+
+
 def median(rows: list[dict[str, Any]], key: str) -> str:
     values = [r[key] for r in rows if r[key] is not None]
     return f"{statistics.median(values):.0f} (max {max(values):.0f})" if values else "-"
@@ -210,8 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, default=OUT / "explorer-models")
     parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--rounds", type=int, default=10, help="samples timed on the AlexNet-small model")
+    parser.add_argument("--rounds", type=int, default=10, help="samples timed on the AlexNet-small model "
+                                                                 "(--zoo: on resnet50-224)")
+    parser.add_argument("--zoo", action="store_true", help="the zoo's deep nets and a ResNet-50 at 224 px (issue 21)")
+    parser.add_argument("--zoo-models", type=Path, default=ZOO_MODELS)
+    parser.add_argument("--zoo-cache", type=Path, default=ZOO_CACHE)
     args = parser.parse_args(argv)
+    if args.zoo:
+        return main_zoo(args)
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 // The form controls' own values (#shared, #order, #method, #target) stay in the controls,
 // which the browser may restore on a reload; the views read them there.
 
+import { blockRows, hasBlocks, stageRows } from "./lib/blocks.mjs";
 import { colormapsFrom } from "./lib/colormap.mjs";
 
 export const state = {
@@ -28,6 +29,11 @@ export const state = {
   models: [],
   /** A version the user chose in the picker: shown until it stops serving; null: the default. */
   pinned: null,
+  /** The overview's rows (lib/blocks.mjs): one per block, or per layer of a chain; a deep
+   * net's blocks in stages (rows with `children`). */
+  rows: [],
+  /** Whether the model has blocks (layers with a `group`): the overview shows block rows. */
+  blocks: false,
 
   // ---- the image being looked at (look) ----
   /** The Blob sent to the server, and what to call it. */
@@ -37,7 +43,8 @@ export const state = {
   input: null,
   /** [{label, index, probability}], best first, every class. */
   probabilities: [],
-  /** layer -> its feature maps on this image (lib/maps.mjs featureMap: {c, h, w, data, min, max}). */
+  /** layer -> its feature maps on this image (lib/maps.mjs featureMap: {c, h, w, data, min, max}):
+   * only the layers shown so far, asked for as rows need them (lib/plan.mjs). */
   maps: {},
   /** layer -> a promise of the twin version's maps of that layer on this image, fetched when a
    * channel of it is opened (views/channel.mjs). */
@@ -50,16 +57,22 @@ export const state = {
   silent: {},
   /** The channel opened in the detail view: {layer, channel}, or null. */
   selected: null,
+  /** row id -> true: the block is open, its layers shown (view: blocks). */
+  open: {},
 
   // ---- explanations (view: explanation) ----
   /** The AbortController of the explanation in flight: a newer one aborts it. */
   explainRun: null,
+  /** The last explanation's map: {h, w, data (0..1, row-major), label, method}, painted over
+   * the input again when the opacity changes; null when none. */
+  explained: null,
 };
 
 /** A new model version: its metadata, and nothing left of the one before. */
 export function showModel(meta, base) {
   Object.assign(state, { meta, base, catalogue: null, colormaps: null, maps: {}, twinMaps: {}, pages: {}, silent: {},
-    selected: null, twin: null, quantization: null });
+                         selected: null, twin: null, quantization: null,
+                         rows: stageRows(blockRows(meta.layers)), blocks: hasBlocks(meta.layers), open: {}, explained: null });
 }
 
 /** Its layer catalogue, and the colour maps the server paints with. */

@@ -1,21 +1,28 @@
 """The explorer page in a real headless Chromium (Debian's `chromium`, driven by Playwright
 for Python; nothing is downloaded), against a real server holding the digits model: pick a
 sample, see the prediction and the explanation, open a channel and its top images, with no
-console error. Skipped, saying why, where Chromium or Playwright is missing; .ci/run
-installs Chromium so CI always runs them."""
+console error; and against an imported net with blocks (tests/support/blocky.py): one row
+per block, the server asked only for their outputs, a block opened to its layers and closed.
+Skipped, saying why, where Chromium or Playwright is missing; .ci/run installs Chromium so
+CI always runs them."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
 
 from service.codecs import colormaps
+from tests.support import blocky
 from tests.support.exported import ExportedModel
 from tests.support.images import png_bytes
 from tests.support.live import LiveServer
@@ -62,6 +69,30 @@ class Page:
             }""", arg=[selector, count])
 
 
+def gradient(stops: Any) -> str:
+    return f"linear-gradient(90deg, {', '.join(f'rgb({r}, {g}, {b})' for r, g, b in stops)})"
+
+
+# A canvas's pixels, summed per channel (RGB), and the input's as the overlay draws it at opacity 0.
+PIXELS = """(selector) => {
+    const c = document.querySelector(selector), d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    const sum = [0, 0, 0];
+    for (let i = 0; i < d.length; i += 4) { sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2]; }
+    return sum;
+}"""
+PIXELS_OF_INPUT = """() => {
+    const overlay = document.querySelector("#overlay"), input = document.querySelector("#input");
+    const c = document.createElement("canvas");
+    c.width = overlay.width; c.height = overlay.height;
+    const ctx = c.getContext("2d");
+    ctx.imageSmoothingEnabled = overlay.width === input.width;
+    ctx.drawImage(input, 0, 0, c.width, c.height);
+    const d = ctx.getImageData(0, 0, c.width, c.height).data, sum = [0, 0, 0];
+    for (let i = 0; i < d.length; i += 4) { sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2]; }
+    return sum;
+}"""
+
+
 @pytest.fixture
 def page(browser: Any) -> Iterator[Page]:
     opened = Page(browser)
@@ -79,18 +110,25 @@ def test_a_sample_its_prediction_explanation_and_a_channel(page: Page, server: L
     best = p.locator("#predictions tr.best td").first
     best.wait_for()
     assert best.inner_text() in digits_artifact.classes
-    # The explanation for the top class, with its faithfulness numbers.
-    page.images_decoded("#overlay", 1)
+    # The explanation for the top class, with its faithfulness numbers, painted over the
+    # input in the server's saliency colours (the legend), as opaque as the control says.
+    p.wait_for_selector("#overlay[data-method]:not([hidden])")
     p.wait_for_selector("#faithfulness table")
     assert "deletion" in p.inner_text("#faithfulness")
+    saliency = colormaps.COLORMAP_STOPS[colormaps.SALIENCY_COLORMAP]
+    assert p.evaluate("getComputedStyle(document.querySelector('#saliency-ramp')).backgroundImage") == gradient(saliency)
+    shown = p.evaluate(PIXELS, "#overlay")
+    p.fill("#opacity", "0")  # no heat: the input as the model saw it, enlarged
+    bare = p.evaluate(PIXELS, "#overlay")
+    assert p.inner_text("#opacity-value") == "0%" and bare != shown
+    assert bare == p.evaluate(PIXELS_OF_INPUT)
     # Every layer drawn; open a channel of a deep conv layer.
     layers = [layer["name"] for layer in digits_artifact.metadata["layers"]]
     p.wait_for_selector(f'.layer[data-layer="{layers[-1]}"] .tile')
     assert p.locator(".layer").count() == len(layers)
     # The legend in the server's feature map colours, read from the layer catalogue.
-    stops = colormaps.COLORMAP_STOPS[colormaps.FEATURE_COLORMAP]
     ramp = p.evaluate("getComputedStyle(document.querySelector('#feature-ramp')).backgroundImage")
-    assert ramp == f"linear-gradient(90deg, {', '.join(f'rgb({r}, {g}, {b})' for r, g, b in stops)})"
+    assert ramp == gradient(colormaps.COLORMAP_STOPS[colormaps.FEATURE_COLORMAP])
     p.click('.layer[data-layer="features.8"] .tile >> nth=0')
     top_k = digits_artifact.metadata["channel_view"]["top_k"]
     page.images_decoded(".detail .patch img", top_k)
@@ -196,4 +234,110 @@ def test_an_int8_version_beside_its_float_version(page: Page, start_server: Call
     p.select_option("#version", "1")
     p.wait_for_function("!document.querySelector('#summary').textContent.includes('int8')")
     p.wait_for_function("document.querySelector('#quantization-summary').textContent.includes('shows the float version')")
+    assert page.errors == []
+
+
+# --- a net with blocks ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def blocky_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """tests/support/blocky.py's net imported with a channel view: its repository and metadata."""
+    from model_export.cli import main
+
+    root = tmp_path_factory.mktemp("blocky")
+    onnx_file = blocky.export_blocky(root / "blocky.onnx")
+    images = blocky.image_folder(root / "images")
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(["import", str(onnx_file), "--name", "blocky", "--data-dir", str(images), "--out", str(root / "models"),
+                   "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25", "--quiet"])
+    assert rc == 0
+    (metadata,) = (root / "models").glob("blocky/*/metadata.json")
+    return {"repository": root / "models", "metadata": json.loads(metadata.read_text())}
+
+
+@pytest.fixture(scope="module")
+def blocky_server(blocky_model: dict[str, Any], start_server: Callable[..., LiveServer]) -> LiveServer:
+    return start_server(blocky_model["repository"])
+
+
+def runs(layers: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """The catalogue's blocks: consecutive layers of one group, (group, layer names)."""
+    out: list[tuple[str, list[str]]] = []
+    for layer in layers:
+        if out and out[-1][0] == layer["group"]:
+            out[-1][1].append(layer["name"])
+        else:
+            out.append((layer["group"], [layer["name"]]))
+    return out
+
+
+# The layers each predict the page made asked for, in order.
+ASKED = """() => performance.getEntriesByType("resource").filter((e) => e.name.includes("/predict?"))
+    .map((e) => e.name)"""
+
+
+def asked_layers(urls: list[str]) -> list[set[str]]:
+    return [set(",".join(parse_qs(urlsplit(url).query).get("layers", [""])).split(",")) - {""} for url in urls]
+
+
+def look_at_a_sample(page: Page, url: str, samples: int) -> None:
+    p = page.page
+    p.goto(url + "/")
+    page.images_decoded(".sample img", samples)
+    p.click(".sample >> nth=1")
+    p.wait_for_function("window.convscope.timings.some((t) => t.what === 'image') && window.convscope.mapsPending() === 0")
+
+
+def test_a_net_with_blocks_shows_one_row_per_block_and_asks_only_for_their_outputs(
+        page: Page, blocky_server: LiveServer, blocky_model: dict[str, Any]) -> None:
+    p, meta = page.page, blocky_model["metadata"]
+    look_at_a_sample(page, blocky_server.url, meta["samples"]["count"])
+    blocks = runs(meta["layers"])
+    assert [group for group, _ in blocks] == ["stem", "act", "block1", "block2", "mixed", "pool"]
+    rows = p.locator("#layers > .block")
+    assert [rows.nth(i).get_attribute("data-block") for i in range(rows.count())] == [group for group, _ in blocks]
+    assert "block by block" in p.inner_text("#inside-h")
+    # closed: each row shows its output's channels on one line, no layer inside has a card
+    for group, names in blocks:
+        row = p.locator(f'.block[data-block="{group}"]')
+        assert row.locator(".block-toggle").get_attribute("aria-expanded") == "false"
+        assert row.locator(f'.strip[data-layer="{names[-1]}"] .tile').count() >= 1
+    assert p.locator("#layers .layer.card").count() == 0
+    assert "3 layers: 2 conv · 1 merge" in p.inner_text('.block[data-block="mixed"] .block-info')
+    # the server was asked for the outputs only (the classes with the first of them)
+    asked = asked_layers(p.evaluate(ASKED))
+    assert set().union(*asked) == {names[-1] for _, names in blocks}
+    assert page.errors == []
+
+
+def test_a_block_opens_to_its_layers_and_closes(page: Page, blocky_server: LiveServer,
+                                                 blocky_model: dict[str, Any]) -> None:
+    p, meta = page.page, blocky_model["metadata"]
+    look_at_a_sample(page, blocky_server.url, meta["samples"]["count"])
+    (names,) = [names for group, names in runs(meta["layers"]) if group == "block1"]
+    before = len(p.evaluate(ASKED))
+    block = p.locator('.block[data-block="block1"]')
+    block.locator(".block-toggle").click()
+    assert block.locator(".block-toggle").get_attribute("aria-expanded") == "true"
+    p.wait_for_function("window.convscope.mapsPending() === 0 && !document.querySelector('.block-layers .layer.waiting')")
+    cards = block.locator(".block-layers .layer.card")
+    assert [cards.nth(i).get_attribute("data-layer") for i in range(cards.count())] == names
+    assert all(cards.nth(i).locator(".tile").count() >= 1 for i in range(cards.count()))
+    assert block.locator(".strip").is_hidden()
+    # opening asked for the block's inner layers, once, and nothing else
+    opened = asked_layers(p.evaluate(ASKED)[before:])
+    assert set().union(*opened) == set(names[:-1])
+    # a channel of an inner conv layer: its card under that layer, its top images boxed
+    p.click('.layer.card[data-layer="block1.conv2"] .tile >> nth=0')
+    top_k = meta["channel_view"]["top_k"]
+    page.images_decoded(".detail .patch img", top_k)
+    assert p.locator(".detail .patch .box").count() == top_k
+    assert p.evaluate("document.querySelector('.detail').previousElementSibling.dataset.layer") == "block1.conv2"
+    assert "receptive field" in p.inner_text(".detail .top-note")
+    # closing the block takes its layers and the channel's card away; its strip is back
+    block.locator(".block-toggle").click()
+    p.wait_for_selector(".detail", state="detached")
+    assert cards.count() == 0
+    assert block.locator(".strip .tile").count() >= 1
+    assert block.locator(".block-toggle").get_attribute("aria-expanded") == "false"
     assert page.errors == []

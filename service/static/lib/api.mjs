@@ -72,9 +72,9 @@ export const paths = {
   // The layer catalogue: layers, explanation methods and the colour maps (see colormap.mjs).
   catalogue: (model, version) => `/v1/models/${name(model)}/layers?version=${version}`,
   samples: (base) => `${base}/samples`,
-  predict: (base, topK) => `${base}/predict?top_k=${topK}&layers=all&encoding=npy&dtype=float16`,
-  // One layer's maps only (the other precision's version of a channel, side by side).
-  predictLayer: (base, layer) => `${base}/predict?top_k=1&layers=${name(layer)}&encoding=npy&dtype=float16`,
+  // The class scores and the maps of the named layers only (comma separated; none: no maps).
+  predict: (base, topK, layers = []) => `${base}/predict?top_k=${topK}`
+    + (layers.length ? `&layers=${layers.map(name).join(",")}` : "") + "&encoding=npy&dtype=float16",
   // An int8 version's record: the gate's figures and every layer's error (404 for float32).
   quantization: (base) => `${base}/quantization`,
   explain: (base, query) => `${base}/explain?${new URLSearchParams(query)}`,

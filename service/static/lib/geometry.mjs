@@ -59,3 +59,13 @@ export function receptiveBox(layer, y, x, [H, W]) {
   };
   return box.right > box.left && box.bottom > box.top ? box : null;
 }
+
+/** The same, short, for a row: "128×8×8 · field 99 px · stride 8". */
+export function shortGeometryText(layer) {
+  const [c, h, w] = dims(layer);
+  const parts = [spatial(layer) ? `${c}×${h}×${w}` : `${c} units`];
+  const axes = spatial(layer) ? fieldAxes(layer) : null;
+  if (axes) parts.push(`field ${pair(axes[0].rf, axes[1].rf)} px`, `stride ${pair(axes[0].stride, axes[1].stride)}`);
+  else if (layer.receptive_field != null) parts.push(`field ${layer.receptive_field} px`);
+  return parts.join(" · ");
+}

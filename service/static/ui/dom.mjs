@@ -30,5 +30,7 @@ export const guarded = (fn) => (...args) => Promise.resolve().then(() => fn(...a
 /** Resolves once the browser has laid out and painted what the page just drew. */
 export const painted = () => new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
 
-/** The layer's card in the overview (section 3). */
-export const layerCard = (layer) => document.querySelector(`.layer[data-layer="${CSS.escape(layer)}"]`);
+/** The layer's card in the overview (section 3) that is on show: its card in an open block
+ * (or a chain), else a closed block's strip of it; undefined when neither is. */
+export const layerCard = (layer) => [...document.querySelectorAll(`.layer[data-layer="${CSS.escape(layer)}"]`)]
+  .find((card) => !card.closest("[hidden]"));

@@ -6,8 +6,9 @@
 
 import { paths } from "../lib/api.mjs";
 import { divergingLevel, fraction, level, put } from "../lib/colormap.mjs";
-import { fmt } from "../lib/format.mjs";
+import { fmt, pct } from "../lib/format.mjs";
 import { fieldAxes, receptiveBox, spatial } from "../lib/geometry.mjs";
+import { boxPercent, upscale } from "../lib/layout.mjs";
 import { channelRange, featureMaps, strongestUnit } from "../lib/maps.mjs";
 import { severity, sqnr } from "../lib/quantization.mjs";
 import { paint } from "../ui/canvas.mjs";
@@ -20,12 +21,14 @@ let detail = null;  // the card, made from #detail-template on first use, kept w
 
 const stillSelected = (layer, channel) => state.selected?.channel === channel && state.selected?.layer === layer.name;
 
-/** Puts the card under its layer's card. Moving a node that holds the focus would drop it:
- * it moves only when it must. */
+/** Puts the card under its layer's card (or a closed block's strip of it), and closes it
+ * when neither is on show (its block was closed). Moving a node that holds the focus would
+ * drop it: it moves only when it must. */
 export function place() {
   if (!detail || !state.selected) return;
   const card = layerCard(state.selected.layer);
-  if (card && card.nextElementSibling !== detail) card.after(detail);
+  if (!card) { close(); return; }
+  if (card.nextElementSibling !== detail) card.after(detail);
 }
 
 /** Closes the card and gives the focus back to the channel's tile. */
@@ -83,7 +86,7 @@ export async function show(layerName, channel, focus) {
 function twinMaps(layer) {
   if (!state.twinMaps[layer]) {
     const image = state.image;
-    const made = client.request(paths.predictLayer(state.twin.base, layer),
+    const made = client.request(paths.predict(state.twin.base, 1, [layer]),
       { method: "POST", body: image, headers: { "Content-Type": image.type || "application/octet-stream" } })
       .then((response) => response.json())
       .then((body) => featureMaps(body.feature_maps, state.meta.layers)[layer]);
@@ -135,7 +138,7 @@ function drawOnImage(layer, map, channel) {
   const table = state.colormaps.feature_maps.table;
   paint(detail.querySelector(".map"), values, map.h, map.w, lo, hi, table);
   const [H, W] = state.meta.input.size;
-  const scale = Math.max(1, Math.ceil(224 / Math.max(H, W)));
+  const scale = upscale(H, W);
   const canvas = detail.querySelector(".map-overlay");
   canvas.width = W * scale; canvas.height = H * scale;
   const ctx = canvas.getContext("2d");
@@ -247,6 +250,7 @@ async function renderTop(box, layer, channel) {
   if (!state.meta.channel_view) {
     box.replaceChildren(el("div", { class: "muted filter-note", text: "Not computed for this model version. Export it again "
       + "(python -m model_export … ranks held-out images by default), or import it with --data-dir DIR." }));
+    detail.querySelector(".top-note").textContent = "";
     return;
   }
   const body = await getJSON(paths.channel(state.base, layer.name, channel));
@@ -258,14 +262,29 @@ async function renderTop(box, layer, channel) {
     loads.push(picture(entry.image_url).then((url) => new Promise((resolve) => {
       img.onload = resolve; img.onerror = resolve; img.src = url;
     })));
-    const frame = el("div", { class: "frame" }, img);
-    if (entry.box && !entry.crop) {
-      const b = entry.box;
-      frame.append(el("div", { class: "box", style: `left:${100 * b.left / W}%;top:${100 * b.top / H}%;`
-        + `width:${100 * (b.right - b.left) / W}%;height:${100 * (b.bottom - b.top) / H}%` }));
+    const frame = el("div", { class: `frame${entry.crop ? " crop" : ""}` }, img);
+    const b = entry.box;
+    let where = "";
+    if (b && !entry.crop) {  // the whole image, its unit's receptive field boxed (rows and columns may differ)
+      const p = boxPercent(b, [H, W]);
+      frame.append(el("div", { class: "box", style: `left:${p.left}%;top:${p.top}%;width:${p.width}%;height:${p.height}%` }));
+      where = `: its strongest unit sees columns ${b.left}–${b.right - 1}, rows ${b.top}–${b.bottom - 1} (the box)`;
+    } else if (b) {  // stored as the patch itself: the picture is the receptive field
+      where = `: the ${b.right - b.left}×${b.bottom - b.top} px patch its strongest unit sees (columns ${b.left}–${b.right - 1}, `
+        + `rows ${b.top}–${b.bottom - 1})`;
     }
-    return el("div", { class: "patch", title: `held-out image ${entry.image}: ${entry.label}, max ${fmt(entry.activation)}` },
-      frame, el("div", { class: "cap" }, el("span", { text: entry.label }), el("span", { class: "muted", text: fmt(entry.activation) })));
+    return el("div", { class: "patch", title: `held-out image ${entry.image}: ${entry.label}, max ${fmt(entry.activation)}${where}` },
+      frame, el("div", { class: "cap" }, el("span", { text: entry.score != null ? `${entry.label} ${pct(entry.score)}` : entry.label }),
+        el("span", { class: "muted", text: fmt(entry.activation) })));
   }));
+  const crops = body.top.filter((e) => e.crop).length, boxed = body.top.filter((e) => e.box && !e.crop).length;
+  const view = state.meta.channel_view;
+  detail.querySelector(".top-note").textContent = [
+    `The ${body.top.length} of ${body.images} ${view.captions === "predictions" ? "images" : "held-out images"} where it fires most, strongest first`,
+    boxed ? `red box: the input pixels its strongest unit sees there (its receptive field${fieldAxes(layer)
+      ? `, ${fieldAxes(layer)[0].rf}×${fieldAxes(layer)[1].rf} px, clipped at the edges` : ""})` : null,
+    crops ? `${crops === body.top.length ? "each" : `${crops} of them`} stored as that patch alone (the field is small beside the image)` : null,
+    view.captions === "predictions" ? "captions: the model's own top class and its probability (the folder has no labels)" : null,
+  ].filter(Boolean).join("; ") + ".";
   await Promise.all(loads);
 }

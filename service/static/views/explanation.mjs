@@ -1,30 +1,44 @@
-// Section 2, right, "Where the network looked": the explanation overlay for a class, by a
-// method the server offers for this model (the catalogue's `explanations`), with its
-// faithfulness scores and curves.
+// Section 2, right, "Where the network looked": the explanation for a class, by a method the
+// server offers for this model (the catalogue's `explanations`, with what it measured of each
+// method where it says), painted here over the input in the server's saliency colours (the
+// map comes as numbers, `encoding=npy`): an opacity control, a legend, and the faithfulness
+// scores and curves.
 
 import { paths } from "../lib/api.mjs";
+import { cssGradient, put } from "../lib/colormap.mjs";
 import { pct } from "../lib/format.mjs";
+import { DEFAULT_OPACITY, overlayAlpha, upscale } from "../lib/layout.mjs";
+import { methodLabel, methodNotes } from "../lib/methods.mjs";
+import { parseNpyBase64 } from "../lib/npy.mjs";
 import { $, el } from "../ui/dom.mjs";
 import { client } from "../ui/server.mjs";
 import { explanations, state } from "../state.mjs";
 
-// Occlusion's default is 13 x 13 window positions (228 passes with faithfulness's 59). The
-// page asks for at most 160: 10 x 10 positions, the same window, a third fewer passes (on the
-// Fashion-MNIST AlexNet-small as faithful by the deletion score, benchmarks/README.md), so
-// an explanation follows its image in well under a second. The API's default is unchanged.
-const PAGE_PASSES = { occlusion: 160 };
-
-/** The methods this model allows, from its catalogue: none when its graph could not be
+/** The methods this model allows, from its catalogue (with each one's measured share of
+ * maps that beat a random map, where the catalogue has it): none when its graph could not be
  * analysed, with the reason, and then no explanation is asked for. */
 export function renderMethods() {
   const offered = explanations();
+  const { notes, reason } = methodNotes(offered);
   const current = $("method").value;
   $("method").replaceChildren(
-    el("option", { value: "", text: offered.default_method ? `${offered.default_method} (default)` : "default" }),
-    ...offered.methods.filter((m) => m !== offered.default_method).map((m) => el("option", { value: m, text: m })));
+    el("option", { value: "", text: offered.default_method ? methodLabel(offered.default_method, notes[offered.default_method], true) : "default",
+                   title: reason }),
+    ...offered.methods.filter((m) => m !== offered.default_method)
+      .map((m) => el("option", { value: m, text: methodLabel(m, notes[m]), title: notes[m]?.why })));
   if ([...$("method").options].some((o) => o.value === current)) $("method").value = current;
   $("method").disabled = !offered.methods.length;
   $("target").disabled = !offered.methods.length;
+  noteMethod();
+  $("saliency-ramp").style.background = cssGradient(state.colormaps.saliency.stops);
+}
+
+/** Under the pickers: why the default is the default, or why the method chosen is not recommended. */
+function noteMethod() {
+  const { notes, reason } = methodNotes(explanations());
+  const chosen = $("method").value;
+  $("method-note").textContent = chosen ? (notes[chosen]?.why ?? (notes[chosen] && !notes[chosen].recommended
+    ? `${chosen} is not recommended for this model.` : "")) : (reason ?? "");
 }
 
 /** No class to pick while a new image is predicted. */
@@ -41,6 +55,7 @@ export async function explain() {
   const offered = explanations();
   if (!offered.methods.length) {
     state.explainRun = null;
+    state.explained = null;
     $("overlay").hidden = true; $("faithfulness").replaceChildren();
     $("explain-status").textContent = `This model cannot be explained${offered.unavailable ? `: ${offered.unavailable}` : "."}`;
     return;
@@ -48,13 +63,14 @@ export async function explain() {
   const run = new AbortController();
   state.explainRun = run;
   const method = $("method").value, target = $("target").value;
-  const query = new URLSearchParams({ encoding: "png" });
+  // the server's own defaults for the method (its cost and layer), which it chooses per model
+  const query = new URLSearchParams({ encoding: "npy" });
   if (method) query.set("method", method);
-  const passes = PAGE_PASSES[method || offered.default_method];
-  if (passes) query.set("passes", passes);
   if (target !== "") query.set("target", target);
   const started = performance.now();
   $("explain-status").textContent = `computing ${method || "the default method"}…`;
+  state.explained = null;  // the map on show is another image's or class's: dimmed until this one comes
+  $("overlay").classList.add("stale");
   try {
     const response = await client.request(paths.explain(state.base, query), {
       method: "POST", body: state.image, signal: run.signal,
@@ -63,9 +79,9 @@ export async function explain() {
     const body = await response.json();
     if (run !== state.explainRun) return;
     const ms = performance.now() - started;
-    $("overlay").src = `data:image/png;base64,${body.map.data}`;
-    $("overlay").hidden = false;
-    $("overlay").alt = `where the network found evidence for ${body.target.label} (${body.method})`;
+    const { shape, data } = parseNpyBase64(body.map.data);
+    state.explained = { h: shape[0], w: shape[1], data, label: body.target.label, method: body.method };
+    paintOverlay();
     renderFaithfulness(body);
     const grid = body.parameters?.positions ? ` (${body.parameters.window.join("×")} px windows at ${body.parameters.positions} positions)` : "";
     $("explain-status").textContent = `${body.method}${grid}${body.layer ? ` on ${body.layer}` : ""} · evidence for “${body.target.label}” `
@@ -73,6 +89,7 @@ export async function explain() {
     window.convscope.timings.push({ what: "explain", model: state.meta.name, method: body.method, ms, passes: body.forward_passes });
   } catch (error) {
     if (error.name === "AbortError" || run !== state.explainRun) return;
+    state.explained = null;
     $("overlay").hidden = true;
     $("faithfulness").replaceChildren();
     $("explain-status").textContent = error.status === 404 && /no route/.test(error.detail)
@@ -80,10 +97,44 @@ export async function explain() {
   }
 }
 
-/** Wires the class and method pickers: each change explains again. */
+/** Wires the class and method pickers (each change explains again) and the opacity control
+ * (paints the map on show again). */
 export function wire() {
   $("target").addEventListener("change", () => explain());
-  $("method").addEventListener("change", () => explain());
+  $("method").addEventListener("change", () => { noteMethod(); explain(); });
+  $("opacity").value = String(Math.round(100 * DEFAULT_OPACITY));
+  $("opacity").addEventListener("input", paintOverlay);
+  opacityText();
+}
+
+const opacity = () => Number($("opacity").value) / 100;
+const opacityText = () => { $("opacity-value").textContent = `${$("opacity").value}%`; };
+
+/** The map on show as heat over the input the model saw, at the control's opacity: each
+ * pixel's heat as opaque as overlayAlpha says (none where there is no evidence). */
+export function paintOverlay() {
+  opacityText();
+  const shown = state.explained, canvas = $("overlay");
+  if (!shown || !state.input) return;  // none yet, or one on its way: the control applies to it
+  const { h, w, data } = shown;
+  const scale = upscale(h, w);
+  canvas.width = w * scale; canvas.height = h * scale;
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = scale === 1;
+  ctx.drawImage(state.input, 0, 0, canvas.width, canvas.height);
+  const heat = el("canvas", { width: w, height: h }), hctx = heat.getContext("2d");
+  const image = hctx.createImageData(w, h), table = state.colormaps.saliency.table, a = opacity();
+  for (let i = 0; i < h * w; i++) {
+    const v = Math.min(1, Math.max(0, data[i] || 0));
+    put(image.data, i * 4, table, Math.round(v * 255), Math.round(255 * overlayAlpha(v, a)));
+  }
+  hctx.putImageData(image, 0, 0);
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(heat, 0, 0, canvas.width, canvas.height);
+  canvas.hidden = false;
+  canvas.classList.remove("stale");
+  canvas.setAttribute("aria-label", `where the network found evidence for ${shown.label} (${shown.method}), heat at ${$("opacity").value}% opacity`);
+  canvas.dataset.method = shown.method;
 }
 
 function renderFaithfulness(body) {

@@ -1,11 +1,13 @@
-// Section 3, "Inside": every layer shallow to deep, one tile per channel, its channels paged
-// and ordered by the controls (#shared: one colour range per layer; #order: most active
-// first or by index). A click on a tile opens the channel (views/channel.mjs, through the
-// handler given to `wire`).
+// Section 3's pictures of one layer: its card (every channel as a tile, paged and ordered by
+// the controls: #shared, one colour range per layer; #order, most active first or by index)
+// and a closed block's strip (its output's strongest channels, one line). The rows that hold
+// them are views/blocks.mjs's. A click on a tile opens the channel (views/channel.mjs,
+// through the handler given to `wire`).
 
-import { cssGradient, level, put } from "../lib/colormap.mjs";
+import { level, put } from "../lib/colormap.mjs";
 import { fmt } from "../lib/format.mjs";
 import { geometryText } from "../lib/geometry.mjs";
+import { sampleIndex, samples, STRIP_TILE, stripCount, tileSize } from "../lib/layout.mjs";
 import { channelOrder, firing, layerRange, pageOf } from "../lib/maps.mjs";
 import { $, el, guarded, layerCard } from "../ui/dom.mjs";
 import { layerInfo, state } from "../state.mjs";
@@ -21,25 +23,37 @@ export const sharedRange = () => $("shared").checked;
 export const channels = (layer) => channelOrder(state.maps[layer],
   { silent: Boolean(state.silent[layer]), byActivity: $("order").value === "active" });
 
-function tileSize(h) { return h === 1 ? 22 : h >= 24 ? 56 : h >= 12 ? 46 : 38; }
+/** A layer's card, empty: `fill` draws it once it is in the page. */
+export const card = (layer) => el("div", { class: "layer card waiting", "data-layer": layer.name });
 
-/** Every layer's card, and the legend in the server's feature map colours. */
-export function render() {
-  $("inside").hidden = false;
-  $("feature-ramp").style.background = cssGradient(state.colormaps.feature_maps.stops);
-  $("layers").replaceChildren(...state.meta.layers.map((layer) => {
-    const card = el("div", { class: "layer card", "data-layer": layer.name });
-    fillLayer(card, layer);
-    return card;
-  }));
+/** A closed block's strip of its output layer's strongest channels, on one line; empty:
+ * `fill` draws it once it is in the page (it holds as many as its width allows). */
+export const strip = (layer) => el("div", { class: "layer strip waiting", "data-layer": layer.name });
+
+/** Draws a card or strip from the maps there are now: a placeholder (about its height, so
+ * the page does not jump when they come) until its layer's are here. */
+export function fill(target) {
+  const layer = layerInfo(target.dataset.layer);
+  if (!state.maps[layer.name]) {
+    target.classList.add("waiting");
+    if (target.querySelector(".tiles")) return;  // the last image's, dimmed, until this one's come
+    target.replaceChildren(target.classList.contains("strip") ? el("span", { class: "muted small", text: "…" })
+      : el("div", { class: "layer-head" }, el("b", { text: layer.name }), el("span", { class: "geo", text: geometryText(layer) }),
+        el("span", { class: "muted", text: "loading…" })));
+    return;
+  }
+  target.classList.remove("waiting");
+  if (target.classList.contains("strip")) fillStrip(target, layer);
+  else fillCard(target, layer);
 }
 
 /** Shows the page of `layer` that holds `channel`, redrawing the card if that page is new. */
 export function showPageOf(layer, channel) {
   const index = channels(layer).indexOf(channel);
-  if (index >= 0 && Math.floor(index / PAGE) !== (state.pages[layer] || 0)) {
+  const target = layerCard(layer);
+  if (target?.classList.contains("card") && index >= 0 && Math.floor(index / PAGE) !== (state.pages[layer] || 0)) {
     state.pages[layer] = Math.floor(index / PAGE);
-    fillLayer(layerCard(layer), layerInfo(layer));
+    fill(target);
   }
 }
 
@@ -53,13 +67,11 @@ export function markSelected() {
   }
 }
 
-function fillLayer(card, layer) {
+function fillCard(target, layer) {
   const map = state.maps[layer.name];
   const ordered = channels(layer.name);
   const { page, pages, shown } = pageOf(ordered, state.pages[layer.name], PAGE);
   const fired = firing(map);
-  const shared = sharedRange() || map.h * map.w === 1;
-  const [lo, hi] = layerRange(map);
   const size = tileSize(map.h);
   const head = el("div", { class: "layer-head" },
     el("b", { text: layer.name }), el("span", { text: `${layer.op}${layer.kind && layer.kind !== "other" ? ` (${layer.kind})` : ""}` }),
@@ -68,19 +80,34 @@ function fillLayer(card, layer) {
   if (fired < map.c) {
     const showing = Boolean(state.silent[layer.name]);
     head.append(el("button", { class: "silent-toggle", type: "button", "aria-pressed": String(showing),
-      onclick: () => { state.silent[layer.name] = !showing; state.pages[layer.name] = 0; fillLayer(card, layer); } },
+      onclick: () => { state.silent[layer.name] = !showing; state.pages[layer.name] = 0; fill(target); } },
     showing ? `hide the ${map.c - fired} silent` : `show the ${map.c - fired} silent`));
   }
   if (ordered.length > PAGE) {
-    const go = (to) => () => { state.pages[layer.name] = to; fillLayer(card, layer); card.querySelector(".tile")?.focus(); };
+    const go = (to) => () => { state.pages[layer.name] = to; fill(target); target.querySelector(".tile")?.focus(); };
     head.append(el("span", { class: "pager" },
       el("button", { type: "button", disabled: page === 0, "aria-label": `${layer.name}: previous channels`, onclick: go(page - 1) }, "‹"),
       el("span", { text: `${page * PAGE + 1}–${Math.min(ordered.length, (page + 1) * PAGE)} of ${ordered.length}` }),
       el("button", { type: "button", disabled: page === pages - 1, "aria-label": `${layer.name}: next channels`, onclick: go(page + 1) }, "›")));
   }
-  const url = sprite(map, shown, shared ? [lo, hi] : null);
+  target.replaceChildren(head, shown.length ? tiles(layer, map, shown, size)
+    : el("div", { class: "muted small", text: "No channel fires on this image." }));
+}
+
+function fillStrip(target, layer) {
+  const map = state.maps[layer.name];
+  const ordered = channels(layer.name);
+  // as many as fit the strip's width (its column of the row; a guess before it is laid out)
+  const shown = ordered.slice(0, stripCount(target.clientWidth || 900));
+  target.replaceChildren(shown.length ? tiles(layer, map, shown, STRIP_TILE)
+    : el("span", { class: "muted small", text: "No channel fires on this image." }));
+}
+
+function tiles(layer, map, shown, size) {
+  const shared = sharedRange() || map.h * map.w === 1;
+  const url = sprite(map, shown, shared ? layerRange(map) : null, size);
   const height = size * map.h / map.w;
-  const tiles = el("div", { class: "tiles" }, ...shown.map((channel, i) => {
+  return el("div", { class: "tiles" }, ...shown.map((channel, i) => {
     const silent = map.max[channel] <= 0;
     const selected = state.selected && state.selected.layer === layer.name && state.selected.channel === channel;
     const picture = el("span", { class: "tile-img", style: `width:${size}px;height:${height}px;background-image:url(${url});`
@@ -92,22 +119,28 @@ function fillLayer(card, layer) {
       onclick: guarded(() => pick(layer.name, channel, true)),
     }, picture, el("span", { class: "n", text: channel }));
   }));
-  card.replaceChildren(head, shown.length ? tiles : el("div", { class: "muted small", text: "No channel fires on this image." }));
 }
 
 // The page's tiles are painted side by side into one small picture, and each button shows
 // its part of it: one image per layer to decode and composite instead of one canvas per
-// channel (a third of the drawing time on AlexNet-small).
-function sprite(map, shown, range) {
+// channel (a third of the drawing time on AlexNet-small). Each tile is painted at the size
+// it is shown (nearest value, as the pixelated full map would look): a 112 x 112 map in a
+// 40 px tile costs an eighth of the pixels to paint and encode.
+function sprite(map, shown, range, size) {
   if (!shown.length) return "";
+  const ratio = window.devicePixelRatio || 1;
+  const tw = samples(map.w, size, ratio), th = samples(map.h, size * map.h / map.w, ratio);
+  const xs = sampleIndex(map.w, tw), ys = sampleIndex(map.h, th);
   const canvas = el("canvas");
-  canvas.width = shown.length * map.w; canvas.height = map.h;
+  canvas.width = shown.length * tw; canvas.height = th;
   const ctx = canvas.getContext("2d"), table = state.colormaps.feature_maps.table;
-  const image = ctx.createImageData(canvas.width, map.h);
+  const image = ctx.createImageData(canvas.width, th);
   shown.forEach((channel, i) => {
     const [lo, hi] = range ?? [map.min[channel], map.max[channel]];
-    for (let y = 0; y < map.h; y++) for (let x = 0; x < map.w; x++) {
-      put(image.data, (y * canvas.width + i * map.w + x) * 4, table, level(map.data[(channel * map.h + y) * map.w + x], lo, hi));
+    const base = channel * map.h * map.w;
+    for (let y = 0; y < th; y++) {
+      const row = base + ys[y] * map.w;
+      for (let x = 0; x < tw; x++) put(image.data, (y * canvas.width + i * tw + x) * 4, table, level(map.data[row + xs[x]], lo, hi));
     }
   });
   ctx.putImageData(image, 0, 0);

@@ -5,24 +5,38 @@ import { paths } from "../lib/api.mjs";
 import { dims, spatial } from "../lib/geometry.mjs";
 import { $, el, showError } from "../ui/dom.mjs";
 import { picture } from "../ui/server.mjs";
-import { state } from "../state.mjs";
+import { layerInfo, state } from "../state.mjs";
 
 export function render() {
   const m = state.meta;
   $("network").hidden = false;
   const maxH = Math.max(...m.layers.map((l) => dims(l)[1]));
   const maxC = Math.max(...m.layers.map((l) => dims(l)[0]));
-  const head = el("tr", {}, ...["layer", "op", "C × H × W", "resolution", "channels", "receptive field", "stride", "params"]
+  const head = (first) => el("tr", {}, ...[first, "op", "C × H × W", "resolution", "channels", "receptive field", "stride", "params"]
     .map((t) => el("th", { text: t })));
-  $("geometry").replaceChildren(head, ...m.layers.map((l) => {
+  const row = (name, l, params) => {
     const [c, h, w] = dims(l);
-    return el("tr", {}, el("td", { text: l.name }), el("td", { text: l.op }),
+    return el("tr", {}, el("td", { text: name }), el("td", { text: l.op }),
       el("td", { text: spatial(l) ? `${c} × ${h} × ${w}` : `${c}` }),
       el("td", {}, el("span", { class: "mini", style: `width:${Math.max(2, 60 * h / maxH)}px`, title: `${h}×${w}` })),
       el("td", {}, el("span", { class: "mini c", style: `width:${Math.max(2, 60 * c / maxC)}px`, title: `${c} channels` })),
       el("td", { text: l.receptive_field != null ? `${l.receptive_field} px` : "—" }),
-      el("td", { text: l.stride ?? "—" }), el("td", { text: (l.params ?? 0).toLocaleString() }));
-  }));
+      el("td", { text: l.stride ?? "—" }), el("td", { text: (params ?? 0).toLocaleString() }));
+  };
+  const everyLayer = [head("layer"), ...m.layers.map((l) => row(l.name, l, l.params))];
+  // A network with blocks: one row per block (its output's shape, all its layers' parameters),
+  // every layer on demand; a chain: every layer.
+  $("geometry-title").textContent = state.blocks ? "Blocks: output shape, receptive field, stride" : "Layers: shape, receptive field, stride";
+  $("geometry-details").hidden = !state.blocks;
+  if (state.blocks) {
+    $("geometry").replaceChildren(head("block"), ...state.rows.map((r) => row(r.title, layerInfo(r.output),
+      r.layers.reduce((sum, n) => sum + (layerInfo(n).params ?? 0), 0))));
+    $("geometry-summary").textContent = `every layer (${m.layers.length})`;
+    $("geometry-layers").replaceChildren(...everyLayer);
+  } else {
+    $("geometry").replaceChildren(...everyLayer);
+    $("geometry-layers").replaceChildren();
+  }
   renderParams(m.params || {});
   renderFirstFilters();
 }
@@ -31,6 +45,7 @@ function renderParams(p) {
   if (!p.total) {
     $("split").replaceChildren(el("div", { class: "muted", text: "No parameter counts recorded for this model." }));
     $("params").replaceChildren();
+    $("params-details").hidden = true;
     return;
   }
   const share = (n) => (100 * (n || 0) / p.total);
@@ -43,6 +58,10 @@ function renderParams(p) {
       + (p.other ? ` · other ${p.other.toLocaleString()}` : "") }),
     el("div", { class: "muted small", text: "A dense layer connects every input to every unit; a convolution reuses "
       + "one small filter over the whole image, so most weights sit in the dense layers." }));
+  const modules = p.per_module || [];
+  $("params-details").hidden = !modules.length;
+  $("params-details").open = modules.length <= 16;  // a deep net's hundreds of modules on demand
+  $("params-summary").textContent = `per module (${modules.length})`;
   $("params").replaceChildren(el("tr", {}, ...["module", "type", "params", "share"].map((t) => el("th", { text: t }))),
     ...(p.per_module || []).map((r) => el("tr", {}, el("td", { text: r.name }), el("td", { text: r.type }),
       el("td", { text: r.params.toLocaleString() }), el("td", { text: `${share(r.params).toFixed(1)}%` }))));

@@ -20,8 +20,12 @@ export async function modelView(blob, input) {
   return canvas;
 }
 
+/** Shows the section before the first answer: the rows below it are where they will stay
+ * when the page works out which of them are on screen. */
+export const reveal = () => { $("result").hidden = false; };
+
 /** The input, its name and size, and the top five classes with the time it took. */
-export function render(timings, ms) {
+export function render(timings, ms, layers) {
   $("result").hidden = false;
   const canvas = $("input"), source = state.input;
   canvas.width = source.width; canvas.height = source.height;
@@ -32,6 +36,7 @@ export function render(timings, ms) {
   $("predictions").replaceChildren(...top.map((p, i) => el("tr", { class: i === 0 ? "best" : "" },
     el("td", { text: p.label }), el("td", { class: "p", text: pct(p.probability) }),
     el("td", {}, el("div", { class: "bar", style: `width:${Math.max(1, 120 * p.probability)}px` })))));
-  $("predict-timing").textContent = `class scores and all ${state.meta.layers.length} layers' maps: ${ms.toFixed(0)} ms `
-    + `(server ${timings.total.toFixed(0)} ms)`;
+  const all = state.meta.layers.length;
+  $("predict-timing").textContent = `class scores and ${layers === all ? `all ${all}` : `${layers} of ${all}`} layers' maps: `
+    + `${ms.toFixed(0)} ms (server ${timings.total.toFixed(0)} ms)${layers < all ? "; the others as they come into view" : ""}`;
 }

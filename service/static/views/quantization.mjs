@@ -65,7 +65,7 @@ function bar(row) {
   const figures = el("span", { class: "q-figs", text: `${db} · ${(100 * row.relative).toFixed(2)}% error` });
   const note = el("span", { class: "q-worst muted", text: worst });
   const title = `${row.name}: SQNR ${db}, relative error ${(100 * row.relative).toFixed(3)}% (${row.severity})`;
-  if (layer && row.worstChannel !== null && row.worstChannel !== undefined && state.maps[row.name]) {
+  if (layer && row.worstChannel !== null && row.worstChannel !== undefined && state.image) {
     return el("button", { type: "button", class: "q-row", title: `${title}; opens channel ${row.worstChannel}`,
       "data-layer": row.name, onclick: guarded(() => open(row.name, row.worstChannel, true)) },
     label, track, figures, note);

@@ -2,6 +2,7 @@
 // Whatever is picked goes to `look(blob, name)` (explorer.mjs).
 
 import { paths } from "../lib/api.mjs";
+import { pct } from "../lib/format.mjs";
 import { $, el, guarded, showError } from "../ui/dom.mjs";
 import { getJSON, picture } from "../ui/server.mjs";
 import { state } from "../state.mjs";
@@ -23,7 +24,8 @@ export async function renderSamples(look) {
   box.replaceChildren(...samples.map((s) => {
     const img = el("img", { alt: "" });
     const button = el("button", { class: "sample", type: "button", "aria-pressed": "false", "data-sample": s.id,
-      title: `sample ${s.id}: ${s.label}`, "aria-label": `sample ${s.id}, class ${s.label}`,
+      title: `sample ${s.id}: ${s.label}${s.score != null ? ` (the model's ${pct(s.score)})` : ""}`,
+      "aria-label": `sample ${s.id}, class ${s.label}`,
       onclick: guarded(async () => {
         press(button);
         const blob = await (await fetch(await picture(s.image_url))).blob();

@@ -312,6 +312,6 @@ def test_explorer_page_is_served(client: TestClient) -> None:
     assert client.get("/explorer/explorer.css").headers["content-type"].startswith("text/css")
     # the page drives the same public API a program would use: every path it asks for is in lib/api.mjs
     api = client.get("/explorer/lib/api.mjs").text
-    for path in ("/v1/models", "/predict?top_k=", "&layers=all&encoding=npy&dtype=float16", "/samples",
+    for path in ("/v1/models", "/predict?top_k=", "&layers=", "&encoding=npy&dtype=float16", "/samples",
                  "/channels/", "/filter`", "/explain?", "/layers?version=", "filters.png?version="):
         assert path in api, path

@@ -76,7 +76,9 @@ test("paths: names are escaped; a version pins the immutable base", () => {
   const base = paths.versionPath("m", 3);
   assert.equal(base, "/v1/models/m/versions/3");
   assert.equal(paths.catalogue("m", 3), "/v1/models/m/layers?version=3");
-  assert.equal(paths.predict(base, 10), "/v1/models/m/versions/3/predict?top_k=10&layers=all&encoding=npy&dtype=float16");
+  assert.equal(paths.predict(base, 10), "/v1/models/m/versions/3/predict?top_k=10&encoding=npy&dtype=float16");
+  assert.equal(paths.predict(base, 2, ["layer1.0", "features.denseblock1.denselayer2.conv#2"]),
+    "/v1/models/m/versions/3/predict?top_k=2&layers=layer1.0,features.denseblock1.denselayer2.conv%232&encoding=npy&dtype=float16");
   assert.equal(paths.channel(base, "layer1.0.conv#1", 7), "/v1/models/m/versions/3/layers/layer1.0.conv%231/channels/7");
   assert.equal(paths.filter(base, "features.3", 0), "/v1/models/m/versions/3/layers/features.3/channels/0/filter");
   assert.equal(paths.filtersPng("m", 3, "features.0", "initial"), "/v1/models/m/layers/features.0/filters.png?version=3&state=initial");

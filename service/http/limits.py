@@ -8,7 +8,8 @@ httptools grows a header value in memory until its line ends (32 MB of headers c
 a header byte a second, is held forever; and it accepts every connection (uvicorn's
 ``limit_concurrency`` answers 503 only once a whole head has been parsed, and counts no
 silent socket). h11's ``h11_max_incomplete_event_size`` bounds the head only under h11.
-So the limits live here, in a subclass of the protocol that every worker serves with:
+So the limits live here, in a subclass of the protocol that every worker serves with
+(which also writes each answer's head with its body: service/http/writes.py):
 
 * **head size**: the request line and headers are counted as they arrive, before the
   parser sees them; past ``max_header_bytes`` the client gets 414 (still in the URL) or
@@ -48,6 +49,8 @@ from typing import Any, ClassVar, cast
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from service.http.writes import HeadWithBody
 
 log = logging.getLogger("convscope.http")
 
@@ -278,7 +281,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not before:  # a new request (not an upgrade)
+            self.cycle.transport = HeadWithBody(self.transport, self.cycle, self.loop)  # type: ignore[assignment]
         self.body_deadline = self.loop.time() + self.bounds.body_timeout_s
         self.body_timer = self.loop.call_at(self.body_deadline, self._body_timed_out)
 

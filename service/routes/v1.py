@@ -23,10 +23,11 @@ from service.http.requests import RequestReader, unless_client_gone
 from service.http.responses import FastJSONResponse as JSONResponse
 from service.routes import schemas
 from service.routes.deps import HandlersDep, WorkersDep, answered_by, note_model, server_timing
+from service.routes.direct import DirectRoute
 from service.routes.params import LayerName, ModelName, Version, VersionQuery
 from service.routes.table import ModelRoutes, VersionParameter
 
-router = APIRouter(tags=["v1"], dependencies=[auth.INFER])
+router = APIRouter(tags=["v1"], dependencies=[auth.INFER], route_class=DirectRoute)
 models = ModelRoutes(router, "/v1/models/{name}", VersionParameter(Version), alias=VersionQuery)
 
 

@@ -50,6 +50,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from service.http.hangup import HANGUP, Hangup
 from service.http.writes import HeadWithBody
 
 log = logging.getLogger("convscope.http")
@@ -209,6 +210,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.counted_linger = False
             type(self).lingering -= 1
         super().connection_lost(exc)
+        for cycle in [self.cycle, *(queued for queued, _ in self.pipeline)]:
+            if cycle is not None and not cycle.response_complete:
+                _hang_up(cycle.scope)
         self._report_connections()
 
     def _report_connections(self) -> None:
@@ -285,6 +289,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None and self.cycle is not before:  # a new request (not an upgrade)
             self.cycle.transport = HeadWithBody(self.transport, self.cycle, self.loop)  # type: ignore[assignment]
+            cast(dict[str, Any], self.cycle.scope)[HANGUP] = Hangup()
         self.body_deadline = self.loop.time() + self.bounds.body_timeout_s
         self.body_timer = self.loop.call_at(self.body_deadline, self._body_timed_out)
 
@@ -346,6 +351,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if running:
             cycle.disconnected = True  # the app learns at once that nobody will read its answer
             cycle.message_event.set()
+            _hang_up(cycle.scope)
         self.refused = True
         for timer in (self.head_timer, self.body_timer):
             if timer is not None:
@@ -367,3 +373,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.counted_linger = True
         type(self).lingering += 1
         self.linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def _hang_up(scope: Any) -> None:
+    hangup = scope.get(HANGUP)
+    if isinstance(hangup, Hangup):
+        hangup.fire()

@@ -81,19 +81,24 @@ IDLE = ("epoll_wait", "epoll_pwait", "pthread_cond_wait", "pthread_cond_timedwai
 ORT_NATIVE = "onnxruntime (its own threads, invisible to py-spy)"
 # The event loop's CPU under a frame, whatever it calls (a stage above counts only the
 # leaf-most named frame): what a layer of the request path costs in all.
-INCLUSIVE: list[tuple[str, tuple[str, ...]]] = [
-    ("HTTP protocol: bytes in, parse, request cycle set-up", ("HttpToolsProtocol.data_received (",)),
-    ("FastAPI route (dependencies + endpoint + response)", ("request_response.<locals>.app.<locals>.app (",)),
-    ("FastAPI dependency solving (params, validation, deps)", ("solve_dependencies (fastapi",)),
-    ("route table wrapper and all under it", ("_bind.<locals>.endpoint (service/routes/table.py",)),
-    ("request reader: body read", ("RequestReader.images (", "read_body (service/http")),
-    ("client-gone watcher (task, wait, cancel)", ("unless_client_gone (", "_disconnected (")),
-    ("handler (predict / infer) and all under it", ("(service/handlers/",)),
-    ("data plane run (admit, decode, batcher, check)", ("DataPlane.run (",)),
-    ("answer render (codec + orjson)", ("predictions (service/codecs/v1.py", "FastJSONResponse.render (")),
-    ("response send (headers + body, socket writes)", ("Response.__call__ (starlette/responses.py",)),
-    ("socket write syscalls", ("write (libc",)),
-    ("garbage collection", ("gc_collect",)),
+INCLUSIVE: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
+    # (what, frames any of which puts a sample under it, frames any of which keeps it out)
+    ("HTTP protocol: bytes in, parse, request cycle set-up", ("HttpToolsProtocol.data_received (",), ()),
+    ("FastAPI route (dependencies + endpoint + response)", ("request_response.<locals>.app.<locals>.app (",), ()),
+    ("FastAPI dependency solving (params, validation, deps)", ("solve_dependencies (fastapi",), ()),
+    ("direct route plan (params, deps) and all under it", ("Plan.run (service/routes/direct.py",), ()),
+    ("route table wrapper and all under it", ("_bind.<locals>.endpoint (service/routes/table.py",), ()),
+    ("request reader: body read", ("RequestReader.images (", "read_body (service/http"), ()),
+    # The watcher task and asyncio.wait; not the work it awaits, which (since the protocol's
+    # hang-up notice) runs inside unless_client_gone.
+    ("client-gone watcher (task, wait, cancel)", ("unless_client_gone (", "_disconnected (", "_watching ("),
+     ("(service/handlers/",)),
+    ("handler (predict / infer) and all under it", ("(service/handlers/",), ()),
+    ("data plane run (admit, decode, batcher, check)", ("DataPlane.run (",), ()),
+    ("answer render (codec + orjson)", ("predictions (service/codecs/v1.py", "FastJSONResponse.render ("), ()),
+    ("response send (headers + body, socket writes)", ("Response.__call__ (starlette/responses.py",), ()),
+    ("socket write syscalls", ("write (libc", "writev (libc"), ()),
+    ("garbage collection", ("gc_collect",), ()),
 ]
 
 
@@ -155,8 +160,9 @@ def parse_raw(path: Path) -> tuple[dict[int, collections.Counter[str]], dict[int
             continue
         by_thread[tid][stage_of(frames[1:])] += int(count)
         under[tid]["(busy)"] += int(count)
-        for name, patterns in INCLUSIVE:
-            if any(p in frame for frame in frames[1:] for p in patterns):
+        for name, patterns, unless in INCLUSIVE:
+            if (any(p in frame for frame in frames[1:] for p in patterns)
+                    and not any(p in frame for frame in frames[1:] for p in unless)):
                 under[tid][name] += int(count)
     return by_thread, under
 
@@ -287,7 +293,7 @@ def inclusive(under: collections.Counter[str] | None, cpu0: dict[int, float], cp
     if not under or not under["(busy)"]:
         return {}
     spent = (cpu1.get(pid, 0.0) - cpu0.get(pid, 0.0)) * 1000.0 / max(images, 1)
-    return {name: round(spent * under[name] / under["(busy)"], 3) for name, _ in INCLUSIVE}
+    return {name: round(spent * under[name] / under["(busy)"], 3) for name, _, _ in INCLUSIVE}
 
 
 def render(s: dict[str, object]) -> str:

@@ -118,8 +118,8 @@ async def predict(request: Request, handlers: HandlersDep, workers: WorkersDep, 
     body = await workers.offload(v1.predictions, result, query.top_k, query.encoding, query.dtype,
                                  size=sum(m.size for m in result.maps.values()))
     result.timings.encode = time.perf_counter() - started
-    body["timings_ms"] = result.timings.as_ms()
-    return JSONResponse(body, headers={"Server-Timing": server_timing(result.timings)})
+    body["timings_ms"] = timings = result.timings.as_ms()
+    return JSONResponse(body, headers={"Server-Timing": server_timing(timings)})
 
 
 models.default("POST", "/predict", summary="Classify with the default model", **PREDICT_DOC)(predict)

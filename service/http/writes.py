@@ -9,8 +9,8 @@ benchmarks/peers/FINDINGS.md): on loopback the sender's ``write`` also runs the 
 TCP input path.
 
 ``HeadWithBody`` is the transport as one request's cycle sees it: it holds the head and
-writes it together with the body's first piece (``writelines``: one vectored write, no
-copy of the body). A head whose body does not follow at once (a streamed answer) goes out
+writes it together with the body's first piece (joined when small; ``writelines``, one
+vectored write without a copy, when large). A head whose body does not follow at once (a streamed answer) goes out
 on its own at the event loop's next turn, so nothing waits longer than that.
 """
 
@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any, Protocol
+
+# A body up to this size is joined to its head (a copy of microseconds, and the transport's
+# plain write); a larger one goes out with it as a vectored write.
+JOIN_BYTES = 64 * 1024
 
 
 class Cycle(Protocol):
@@ -43,10 +47,10 @@ class HeadWithBody:
         if self.head is not None:
             head, self.head = self.head, None
             self._cancel_flush()
-            if data:
-                self.transport.writelines((head, data))
+            if len(data) > JOIN_BYTES:
+                self.transport.writelines((head, data))  # one vectored write, no copy of the body
             else:
-                self.transport.write(head)
+                self.transport.write(head + bytes(data))
             return
         # The first write once the response has started is its head ("100 Continue",
         # written while the request is still being read, goes straight out).

@@ -13,6 +13,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from service.http.limits import HttpLimits, bound_protocol
+from service.http.writes import JOIN_BYTES
 
 
 class Transport(asyncio.Transport):
@@ -65,9 +66,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextlib.contextmanager
-def connection() -> Iterator[tuple[Any, Transport]]:
-    """A connection as uvicorn opens one (inside the running loop)."""
-    config = Config(app, http=bound_protocol(HttpLimits()))
+def connection(served: Any = None) -> Iterator[tuple[Any, Transport]]:
+    """A connection to ``served`` (default: ``app``) as uvicorn opens one (inside the running loop)."""
+    config = Config(served or app, http=bound_protocol(HttpLimits()))
     config.load()
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
     transport = Transport()
@@ -124,3 +125,18 @@ async def test_a_head_request_is_answered_with_its_head_once() -> None:
         await asyncio.sleep(0.05)
         assert len(transport.writes) == 1 and transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
         assert transport.writes[0].endswith(b"\r\n\r\n")
+
+
+@pytest.mark.anyio
+async def test_a_large_body_goes_out_with_its_head_in_one_call_too() -> None:
+    big = b"x" * (JOIN_BYTES + 1)
+
+    async def large(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(big))]})
+        await send({"type": "http.response.body", "body": big})
+
+    with connection(large) as (protocol, transport):
+        protocol.data_received(request())
+        await asyncio.sleep(0.05)
+        assert len(transport.writes) == 1 and transport.writes[0].endswith(b"\r\n\r\n" + big)

@@ -5,8 +5,8 @@ the same wrk load, for changes whose effect is smaller than the machine's drift.
         --a-dir /path/to/base-checkout --b-dir . -c 16 -c 1 --rounds 3
 
 Each round starts A fresh, measures every concurrency (a warm-up run, then a measured run),
-stops it, then does the same for B; rounds alternate A,B,A,B,... so a slow stretch of the
-machine hits both. ``--a-env`` / ``--b-env KEY=VALUE`` give one side its own settings (the
+stops it, then does the same for B; rounds alternate A,B,B,A,A,B,... so a slow stretch of
+the machine hits both, and neither always goes second. ``--a-env`` / ``--b-env KEY=VALUE`` give one side its own settings (the
 same checkout twice compares settings). Every answer is checked for ``--expect``.
 
 Prints one line per server and concurrency per round, then per concurrency the median of
@@ -33,9 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LUA = ROOT / "benchmarks" / "peers" / "post_png.lua"
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz
 
 
 def batch_counts(url: str) -> tuple[float, float]:
@@ -74,17 +76,19 @@ def measure(side: str, checkout: Path, extra_env: list[str], args: argparse.Name
             cpu1 = cpu_seconds(server.pid)
             i1, r1 = batch_counts(server.url)
             ips = w["ok"] / w["duration_s"]
+            per_image = 1000 / max(w["ok"], 1)
             rows.append({
                 "side": side, "round": round_no, "concurrency": c, "images_per_s": round(ips, 2),
                 "p50_ms": w["lat_p50_ms"], "p99_ms": w["lat_p99_ms"],
-                "cpu_ms_per_image": round((cpu1 - cpu0) * 1000 / max(w["ok"], 1), 3),
+                "cpu_ms_per_image": round((sum(cpu1) - sum(cpu0)) * per_image, 3),
+                "sys_ms_per_image": round((cpu1[1] - cpu0[1]) * per_image, 3),
                 "mean_batch": round((i1 - i0) / max(r1 - r0, 1), 2),
                 "bad": w["wrong_body"] + w["non2xx"] + w["err_timeout"],
                 "load_1m": round(os.getloadavg()[0], 2),
             })
             r = rows[-1]
             print(f"round {round_no} {side} c={c}: {r['images_per_s']} img/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-                  f"CPU {r['cpu_ms_per_image']} ms/img, mean batch {r['mean_batch']}, bad {r['bad']}, "
+                  f"CPU {r['cpu_ms_per_image']} ms/img (sys {r['sys_ms_per_image']}), mean batch {r['mean_batch']}, bad {r['bad']}, "
                   f"load {r['load_1m']}", flush=True)
     return rows
 
@@ -111,22 +115,33 @@ def main(argv: list[str] | None = None) -> int:
     args.repository, args.body = args.repository.resolve(), args.body.resolve()
     rows: list[dict] = []
     print(f"A = {args.a_dir} {' '.join(args.a_env)}\nB = {args.b_dir} {' '.join(args.b_env)}", flush=True)
+    sides = {"A": (args.a_dir, args.a_env), "B": (args.b_dir, args.b_env)}
     for n in range(1, args.rounds + 1):
-        rows += measure("A", args.a_dir, args.a_env, args, n)
-        rows += measure("B", args.b_dir, args.b_env, args, n)
+        # A,B then B,A: the one measured second in a round (after a server stopped, later in
+        # a drifting stretch) is not always the same one.
+        for side in ("AB" if n % 2 else "BA"):
+            rows += measure(side, *sides[side], args, n)
     print()
     for c in args.concurrency:
         med = {}
         for side in "AB":
             mine = [r for r in rows if r["side"] == side and r["concurrency"] == c]
             med[side] = {k: statistics.median(r[k] for r in mine)
-                         for k in ("images_per_s", "p50_ms", "cpu_ms_per_image", "mean_batch")}
+                         for k in ("images_per_s", "p50_ms", "cpu_ms_per_image", "sys_ms_per_image", "mean_batch")}
         a, b = med["A"], med["B"]
         print(f"c={c} medians over {args.rounds} rounds: A {a['images_per_s']:.1f} img/s, p50 {a['p50_ms']:.2f} ms, "
-              f"CPU {a['cpu_ms_per_image']:.3f} ms/img, batch {a['mean_batch']:.1f} | B {b['images_per_s']:.1f} img/s, "
-              f"p50 {b['p50_ms']:.2f} ms, CPU {b['cpu_ms_per_image']:.3f} ms/img, batch {b['mean_batch']:.1f} | "
+              f"CPU {a['cpu_ms_per_image']:.3f} ms/img (sys {a['sys_ms_per_image']:.3f}), batch {a['mean_batch']:.1f} | "
+              f"B {b['images_per_s']:.1f} img/s, p50 {b['p50_ms']:.2f} ms, CPU {b['cpu_ms_per_image']:.3f} ms/img "
+              f"(sys {b['sys_ms_per_image']:.3f}), batch {b['mean_batch']:.1f} | "
               f"B/A img/s {b['images_per_s'] / a['images_per_s']:.3f}, p50 {b['p50_ms'] / a['p50_ms']:.3f}, "
               f"CPU {b['cpu_ms_per_image'] / a['cpu_ms_per_image']:.3f}")
+        pairs = [(ra, rb) for ra in rows for rb in rows if ra["concurrency"] == rb["concurrency"] == c
+                 and ra["side"] == "A" and rb["side"] == "B" and ra["round"] == rb["round"]]
+        loads = [r["load_1m"] for r in rows if r["concurrency"] == c]
+        print(f"c={c} per round: B faster in {sum(rb['images_per_s'] > ra['images_per_s'] for ra, rb in pairs)}"
+              f"/{len(pairs)}, B less CPU per image in "
+              f"{sum(rb['cpu_ms_per_image'] < ra['cpu_ms_per_image'] for ra, rb in pairs)}/{len(pairs)}; "
+              f"load average {min(loads):.1f}-{max(loads):.1f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))

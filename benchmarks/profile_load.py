@@ -49,22 +49,26 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("garbage collection", ("gc_collect", "(gcmodule.c")),
     ("read/write syscalls (sockets, wake-up pipes)", ("write (libc", "read (libc", "writev (libc", "sendmsg (libc",
                                                      "recv (libc", "send (libc")),
-    ("onnxruntime run", ("(service/runtime.py", "onnxruntime/")),
+    ("onnxruntime run", ("(service/models/runtime.py", "onnxruntime/")),
     ("image headers + decode budget (admit)", ("open_checked (", "reduce_on_decode (", "decode_cost (", "admit (",
-                                               "_reserve (", "(service/image_preparation.py:")),
-    ("decode + preprocess (pixels)", ("(service/preprocessing.py", "_finish (service/image_preparation")),
-    ("answer: softmax, top-k, dict", ("(service/api/predictions.py",)),
-    ("answer: JSON render (orjson)", ("(service/api/responses.py",)),
+                                               "_reserve (", "(service/inference/image_preparation.py:")),
+    ("decode + preprocess (pixels)", ("(service/inference/preprocessing.py", "_finish (service/inference/image_prep")),
+    ("answer: softmax, top-k, dict (codec)", ("(service/codecs/v1.py", "(service/models/scores.py")),
+    ("answer: JSON render (orjson)", ("(service/http/responses.py",)),
     ("metrics (middleware, prometheus)", ("prometheus_client/", "(service/metrics.py", "(service/app.py")),
-    ("auth", ("(service/auth.py",)),
-    ("drain / in-flight middleware", ("(service/drain.py",)),
-    ("route: body read, timings header", ("(service/api/",)),
-    ("batcher (queue, concat, futures)", ("(service/batching.py",)),
-    ("data plane (limits, finite check)", ("(service/dataplane.py",)),
-    ("registry lease", ("(service/registry.py",)),
+    ("auth", ("(service/http/auth.py",)),
+    ("drain / in-flight middleware", ("(service/http/drain.py",)),
+    ("client-gone watcher (unless_client_gone)", ("unless_client_gone (", "_disconnected (")),
+    ("body read (request reader)", ("(service/http/requests.py",)),
+    ("route table wrapper (routes/table.py)", ("(service/routes/table.py",)),
+    ("route (routes/, deps, timings header)", ("(service/routes/",)),
+    ("handler (handlers/)", ("(service/handlers/",)),
+    ("batcher (queue, concat, futures)", ("(service/inference/batching.py",)),
+    ("data plane (finite check, offload)", ("(service/inference/dataplane.py", "(service/inference/workers.py")),
+    ("registry lease", ("(service/models/registry.py",)),
     ("FastAPI: params, validation, deps", ("fastapi/dependencies", "fastapi/_compat", "pydantic")),
     ("FastAPI/Starlette routing + response", ("fastapi/", "starlette/")),
-    ("uvicorn HTTP protocol (httptools)", ("uvicorn/", "(service/http_limits.py", "httptools")),
+    ("uvicorn HTTP protocol (httptools)", ("uvicorn/", "(service/http/limits.py", "httptools")),
     ("asyncio loop, sockets", ("asyncio/", "uvloop", "selectors.py", "socket.py")),
     ("thread pool hand-off (futures, anyio, wake-ups)", ("concurrent/futures", "threading.py", "queue.py", "anyio/",
                                                         "call_soon_threadsafe", "run_in_executor")),
@@ -75,6 +79,27 @@ IDLE = ("epoll_wait", "epoll_pwait", "pthread_cond_wait", "pthread_cond_timedwai
         "sem_clockwait", "do_futex_wait", "futex_abstimed_wait", "take_gil", "PyThread_acquire_lock", "poll (libc",
         "select (libc", "nanosleep")
 ORT_NATIVE = "onnxruntime (its own threads, invisible to py-spy)"
+# The event loop's CPU under a frame, whatever it calls (a stage above counts only the
+# leaf-most named frame): what a layer of the request path costs in all.
+INCLUSIVE: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
+    # (what, frames any of which puts a sample under it, frames any of which keeps it out)
+    ("HTTP protocol: bytes in, parse, request cycle set-up", ("HttpToolsProtocol.data_received (",), ()),
+    ("FastAPI route (dependencies + endpoint + response)", ("request_response.<locals>.app.<locals>.app (",), ()),
+    ("FastAPI dependency solving (params, validation, deps)", ("solve_dependencies (fastapi",), ()),
+    ("direct route plan (params, deps) and all under it", ("Plan.run (service/routes/direct.py",), ()),
+    ("route table wrapper and all under it", ("_bind.<locals>.endpoint (service/routes/table.py",), ()),
+    ("request reader: body read", ("RequestReader.images (", "read_body (service/http"), ()),
+    # The watcher task and asyncio.wait; not the work it awaits, which (since the protocol's
+    # hang-up notice) runs inside unless_client_gone.
+    ("client-gone watcher (task, wait, cancel)", ("unless_client_gone (", "_disconnected (", "_watching ("),
+     ("(service/handlers/",)),
+    ("handler (predict / infer) and all under it", ("(service/handlers/",), ()),
+    ("data plane run (admit, decode, batcher, check)", ("DataPlane.run (",), ()),
+    ("answer render (codec + orjson)", ("predictions (service/codecs/v1.py", "FastJSONResponse.render ("), ()),
+    ("response send (headers + body, socket writes)", ("Response.__call__ (starlette/responses.py",), ()),
+    ("socket write syscalls", ("write (libc", "writev (libc"), ()),
+    ("garbage collection", ("gc_collect",), ()),
+]
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -120,9 +145,11 @@ def stage_of(frames: list[str]) -> str:
     return OTHER
 
 
-def parse_raw(path: Path) -> dict[int, collections.Counter[str]]:
-    """py-spy raw (collapsed) stacks recorded with --threads -> stage counts per thread id."""
+def parse_raw(path: Path) -> tuple[dict[int, collections.Counter[str]], dict[int, collections.Counter[str]]]:
+    """py-spy raw (collapsed) stacks recorded with --threads -> stage counts per thread id,
+    and per thread id the busy samples under each INCLUSIVE frame (key "(busy)": all)."""
     by_thread: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    under: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
@@ -132,7 +159,12 @@ def parse_raw(path: Path) -> dict[int, collections.Counter[str]]:
             by_thread[tid]["(idle)"] += int(count)
             continue
         by_thread[tid][stage_of(frames[1:])] += int(count)
-    return by_thread
+        under[tid]["(busy)"] += int(count)
+        for name, patterns, unless in INCLUSIVE:
+            if (any(p in frame for frame in frames[1:] for p in patterns)
+                    and not any(p in frame for frame in frames[1:] for p in unless)):
+                under[tid][name] += int(count)
+    return by_thread, under
 
 
 def counts(url: str) -> tuple[float, float]:
@@ -206,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result = json.loads((args.out / f"{args.label}.wrk.json").read_text())
     images = images1 - images0
-    summary = breakdown(parse_raw(raw), cpu0, cpu1, names, server.pid, images)
+    stacks, under = parse_raw(raw)
+    summary = breakdown(stacks, cpu0, cpu1, names, server.pid, images)
+    summary["event_loop_inclusive_ms"] = inclusive(under.get(server.pid), cpu0, cpu1, server.pid, images)
     summary.update(label=args.label, model=args.model, concurrency=args.concurrency, seconds=round(wall, 2),
                    images=images, mean_batch=round(images / max(runs1 - runs0, 1), 2),
                    images_per_s=round(result["ok"] / result["duration_s"], 2), wrong=result["wrong_body"],
@@ -252,6 +286,16 @@ def breakdown(stacks: dict[int, collections.Counter[str]], cpu0: dict[int, float
     }
 
 
+def inclusive(under: collections.Counter[str] | None, cpu0: dict[int, float], cpu1: dict[int, float], pid: int,
+              images: float) -> dict[str, float]:
+    """The event loop's CPU ms per image under each INCLUSIVE frame (its CPU split by its
+    busy samples; layers nest, so these do not add up)."""
+    if not under or not under["(busy)"]:
+        return {}
+    spent = (cpu1.get(pid, 0.0) - cpu0.get(pid, 0.0)) * 1000.0 / max(images, 1)
+    return {name: round(spent * under[name] / under["(busy)"], 3) for name, _, _ in INCLUSIVE}
+
+
 def render(s: dict[str, object]) -> str:
     lines = [f"{s['label']}: {s['images_per_s']} img/s, p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, mean batch "
              f"{s['mean_batch']}, wrong {s['wrong']}, non-2xx {s['non2xx']}; server CPU {s['cpu_ms_per_image']} ms "
@@ -270,6 +314,10 @@ def render(s: dict[str, object]) -> str:
     by_stage = s["by_stage_ms"]
     assert isinstance(by_stage, dict)
     lines += [f"| {stage} | {v} |" for stage, v in by_stage.items() if v >= 0.005]
+    nested = s.get("event_loop_inclusive_ms")
+    if isinstance(nested, dict) and nested:
+        lines += ["", "| event loop, under this frame (nested, do not add up) | CPU ms / image |", "|---|---|"]
+        lines += [f"| {name} | {v} |" for name, v in nested.items()]
     return "\n".join(lines)
 
 

@@ -82,9 +82,11 @@ class Settings(BaseSettings):
     """Threads onnxruntime uses across independent operators (0: onnxruntime's default)."""
 
     ort_allow_spinning: bool = False
-    """Let onnxruntime's idle threads spin for work instead of sleeping. Off: a spinning
-    pool burns the cores that decoding and HTTP need between runs (measured in
-    benchmarks/RESULTS.md); on a dedicated many-core box it can shave tens of microseconds."""
+    """Let onnxruntime's threads spin for work between the parallel sections of a run
+    instead of sleeping; they stop spinning as soon as the run returns
+    (``session.force_spinning_stop``). Off: on a small box the spinning competes with the
+    decoding and HTTP of the requests around the run (measured in benchmarks/RESULTS.md);
+    on a quiet or many-core one it can cut a lone request's latency (issue 23)."""
 
     max_batch_size: int = Field(32, ge=1, le=1024)
     """Most images the dynamic batcher puts into one onnxruntime run."""

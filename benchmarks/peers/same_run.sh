@@ -14,6 +14,8 @@
 # ceiling), then each server alone:
 #
 #   convscope        (this project: python -m service, max batch MAX_BATCH, otherwise defaults)
+#   convscope-spin   (the same with CONVSCOPE_ORT_ALLOW_SPINNING=true: onnxruntime's threads spin
+#                     inside a run; shown, not ranked and not the target row, issue 23's c=1 lever)
 #   torchserve-onnx  (TorchServe, custom handler on onnxruntime, frontend batching)
 #   litserve-w1/-w2  (LitServe LitAPI, max_batch_size, batch_timeout; 1 / 2 worker processes)
 #   pytriton         (nvidia-pytriton: tritonserver + python backend, dynamic batching)
@@ -37,7 +39,7 @@
 #                                  reference.py / raw_ort.py (needs torch, torchvision, onnx, onnxruntime)
 #   VENV_DIR=${TMPDIR:-/tmp}/peer-venvs  peer venvs: litserve/, pytriton/, torchserve/, bentoml/
 #   MODELS="alexnet tinyvgg"
-#   SYSTEMS="convscope torchserve-onnx litserve-w1 litserve-w2 pytriton bentoml"
+#   SYSTEMS="convscope convscope-spin torchserve-onnx litserve-w1 litserve-w2 pytriton bentoml"
 #   CONCURRENCY="1 16"  DURATION=10  WARMUP=3  WRK_THREADS=2  WRK_TIMEOUT=30s
 #   MAX_BATCH=16  BATCH_DELAY_MS=5  (peers' max batch and batch wait; convscope gets MAX_BATCH
 #                                  as CONVSCOPE_MAX_BATCH_SIZE and otherwise its defaults)
@@ -58,7 +60,7 @@ PROJECT="${PROJECT:-$PWD}"
 CS_PY="${CS_PY:-$PROJECT/.venv/bin/python}"
 VENV_DIR="${VENV_DIR:-${TMPDIR:-/tmp}/peer-venvs}"
 MODELS="${MODELS:-alexnet tinyvgg}"
-SYSTEMS="${SYSTEMS:-convscope torchserve-onnx litserve-w1 litserve-w2 pytriton bentoml}"
+SYSTEMS="${SYSTEMS:-convscope convscope-spin torchserve-onnx litserve-w1 litserve-w2 pytriton bentoml}"
 CONCURRENCY="${CONCURRENCY:-1 16}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-3}"
@@ -318,21 +320,21 @@ prepare_model() {
 }
 
 # ------------------------------------------------------------------ the servers, one at a time
-run_convscope() {
-  local port
+run_convscope() {  # $1 the row's name, $2 extra settings for this row (on top of CONVSCOPE_ENV)
+  local name="${1:-convscope}" extra="${2:-}" port
   port=$(free_port)
   # shellcheck disable=SC2086
-  start_bg convscope "$WORK/convscope.log" env -C "$PROJECT" CONVSCOPE_MODEL_REPOSITORY="$MDIR/models" \
-    CONVSCOPE_MAX_BATCH_SIZE="$MAX_BATCH" CONVSCOPE_LOG_LEVEL=warning $CONVSCOPE_ENV \
+  start_bg "$name" "$WORK/$name.log" env -C "$PROJECT" CONVSCOPE_MODEL_REPOSITORY="$MDIR/models" \
+    CONVSCOPE_MAX_BATCH_SIZE="$MAX_BATCH" CONVSCOPE_LOG_LEVEL=warning $CONVSCOPE_ENV $extra \
     "$CS_PY" -m service --host 127.0.0.1 --port "$port"
-  wait_ready "http://127.0.0.1:$port/readyz" || { tail -n 30 "$WORK/convscope.log" >&2; die "convscope did not become ready"; }
-  local url="http://127.0.0.1:$port/v1/models/$CS_MODEL/predict"
-  sample convscope convscope "$url" "$PNG" image/png ""
-  meta convscope "$(jq -nc --argjson v "$(pyver "$CS_PY" onnxruntime numpy pillow fastapi uvicorn)" \
+  wait_ready "http://127.0.0.1:$port/readyz" || { tail -n 30 "$WORK/$name.log" >&2; die "$name did not become ready"; }
+  local url="http://127.0.0.1:$port/v1/models/$CS_MODEL/predict" settings="$CONVSCOPE_ENV${extra:+ $extra}"
+  sample "$name" convscope "$url" "$PNG" image/png ""
+  meta "$name" "$(jq -nc --argjson v "$(pyver "$CS_PY" onnxruntime numpy pillow fastapi uvicorn)" \
     --arg rev "$(git -C "$PROJECT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
-    --arg b "max_batch_size $MAX_BATCH (CONVSCOPE_MAX_BATCH_SIZE), otherwise its defaults${CONVSCOPE_ENV:+; $CONVSCOPE_ENV}" \
+    --arg b "max_batch_size $MAX_BATCH (CONVSCOPE_MAX_BATCH_SIZE), otherwise its defaults${settings:+; $settings}" \
     '{versions: ($v + {convscope: $rev}), batching: $b, body: "raw PNG, Content-Type image/png", processes: 1}')"
-  DRIVE_METRICS="http://127.0.0.1:$port/metrics" drive convscope "$url" "$PNG" image/png "" "$EXPECT"
+  DRIVE_METRICS="http://127.0.0.1:$port/metrics" drive "$name" "$url" "$PNG" image/png "" "$EXPECT"
   stop_server
 }
 
@@ -457,7 +459,8 @@ run_system() {  # in its own subshell: a failing peer is recorded and the run go
   trap 'stop_server' EXIT
   trap 'exit 143' TERM INT
   case "$1" in
-    convscope) run_convscope ;;
+    convscope) run_convscope convscope ;;
+    convscope-spin) run_convscope convscope-spin CONVSCOPE_ORT_ALLOW_SPINNING=true ;;
     torchserve-onnx) run_torchserve_onnx ;;
     litserve-w[0-9]*) run_litserve "${1#litserve-w}" ;;
     pytriton) run_pytriton ;;

@@ -8,7 +8,8 @@ httptools grows a header value in memory until its line ends (32 MB of headers c
 a header byte a second, is held forever; and it accepts every connection (uvicorn's
 ``limit_concurrency`` answers 503 only once a whole head has been parsed, and counts no
 silent socket). h11's ``h11_max_incomplete_event_size`` bounds the head only under h11.
-So the limits live here, in a subclass of the protocol that every worker serves with:
+So the limits live here, in a subclass of the protocol that every worker serves with
+(which also writes each answer's head with its body: service/http/writes.py):
 
 * **head size**: the request line and headers are counted as they arrive, before the
   parser sees them; past ``max_header_bytes`` the client gets 414 (still in the URL) or
@@ -48,6 +49,9 @@ from typing import Any, ClassVar, cast
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from service.http.hangup import HANGUP, Hangup
+from service.http.writes import HeadWithBody
 
 log = logging.getLogger("convscope.http")
 
@@ -206,6 +210,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.counted_linger = False
             type(self).lingering -= 1
         super().connection_lost(exc)
+        for cycle in [self.cycle, *(queued for queued, _ in self.pipeline)]:
+            if cycle is not None and not cycle.response_complete:
+                _hang_up(cycle.scope)
         self._report_connections()
 
     def _report_connections(self) -> None:
@@ -278,7 +285,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not before:  # a new request (not an upgrade)
+            self.cycle.transport = HeadWithBody(self.transport, self.cycle, self.loop)  # type: ignore[assignment]
+            cast(dict[str, Any], self.cycle.scope)[HANGUP] = Hangup()
         self.body_deadline = self.loop.time() + self.bounds.body_timeout_s
         self.body_timer = self.loop.call_at(self.body_deadline, self._body_timed_out)
 
@@ -340,6 +351,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if running:
             cycle.disconnected = True  # the app learns at once that nobody will read its answer
             cycle.message_event.set()
+            _hang_up(cycle.scope)
         self.refused = True
         for timer in (self.head_timer, self.body_timer):
             if timer is not None:
@@ -361,3 +373,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.counted_linger = True
         type(self).lingering += 1
         self.linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def _hang_up(scope: Any) -> None:
+    hangup = scope.get(HANGUP)
+    if isinstance(hangup, Hangup):
+        hangup.fire()

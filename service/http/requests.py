@@ -4,6 +4,7 @@ work for a client who has gone away is dropped."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -12,6 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.codecs.wire import decode_base64
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from service.http.hangup import HANGUP, Hangup
 from service.http.json_bounds import JsonBounds, loads
 from service.inference.limits import RequestLimits
 from service.inference.workers import Workers
@@ -148,8 +150,39 @@ async def unless_client_gone(request: Request, work: Awaitable[T]) -> T:
     """Await ``work``, but cancel it (leaving the model's queue) if the client disconnects.
 
     Call only after the body has been read: from then on the only message the server
-    can receive is the disconnect.
+    can receive is the disconnect. Under the service's own HTTP protocol the work runs in
+    the request's task and the protocol's ``Hangup`` cancels it; elsewhere (another server,
+    a test client) a second task waits for ``http.disconnect``.
     """
+    hangup = request.scope.get(HANGUP)
+    if not isinstance(hangup, Hangup):
+        return await _watching(request, work)
+    if hangup.happened:
+        if inspect.iscoroutine(work):
+            work.close()
+        raise ClientGone()
+    task = asyncio.current_task()
+    assert task is not None
+    cancelled = False
+
+    def hang_up() -> None:
+        nonlocal cancelled
+        cancelled = True
+        task.cancel()
+
+    hangup.listen(hang_up)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        # Ours (and nobody else's, such as the server shutting down): the client has gone.
+        if cancelled and task.uncancel() == 0:
+            raise ClientGone() from None
+        raise
+    finally:
+        hangup.forget()
+
+
+async def _watching(request: Request, work: Awaitable[T]) -> T:
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:

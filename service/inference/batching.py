@@ -22,8 +22,12 @@ cost (``BatchCosts``, timed at load, issue 23): a run of b images takes about
 - ``BatchPolicy.HOLD`` (the fixed cost is large: AlexNet's dense layers read ~200 MB of
   weights per run, ~7 ms): full batches. When a run ends, the batcher expects back the
   clients it answered plus the requests that queued during it, and holds the next batch
-  for them (up to ``max_batch_size``), up to ``arrival_wait_ms`` and never longer than half
-  the last run. At 16 clients this turns two alternating half batches (the other half is
+  for them (up to ``max_batch_size``), never longer than half the last run. How long is
+  learnt: at least ``arrival_wait_ms``, and ``HOLD_MARGIN`` times as long as recent holds
+  took to gather what they expected; a hold that ran out first lets the next wait
+  ``HOLD_GROWTH`` times as long. (A fixed 15 ms was too short once the server had less
+  than a core: 16 AlexNet requests need ~20 ms of decoding and HTTP to come back even on
+  a quiet 2-core machine, and batches fell back to 8-10, benchmarks/peers/FINDINGS.md.) At 16 clients this turns two alternating half batches (the other half is
   queued when a run ends, so the old rule ran it at once) into one full batch: what the
   hold costs is time in which the cores decode and answer those very requests, which on a
   small box would otherwise run beside onnxruntime and slow it down. (Holding for as long
@@ -136,6 +140,12 @@ class BatchPolicy(enum.Enum):
 # costs its HTTP path on the event loop, ~0.6-1 ms of CPU on the 2-core benchmark machine
 # (benchmarks/peers/FINDINGS.md). Holding batches pays when the saving is at least that.
 HOLD_MIN_FIXED_SECONDS = 0.001
+# A hold waits up to this many times as long as recent holds took to fill (returns vary);
+# after one ran out before its batch filled, the next may wait this many times as long.
+HOLD_MARGIN = 1.5
+HOLD_GROWTH = 1.5
+# How much of the smoothed fill time one hold's fill time makes up.
+HOLD_SMOOTHING = 0.25
 
 
 @dataclass(frozen=True)
@@ -227,6 +237,7 @@ class DynamicBatcher:
         self._last_run_images = 0
         self._last_run_seconds = 0.0
         self._queued_at_run_end = 0  # predictions that queued while the last prediction run ran
+        self._fill_seconds: float | None = None  # how long holds take to gather what they expect (HOLD)
         self._last_prediction_end = -math.inf  # perf_counter() when the last prediction run ended
         self._explain_image_seconds: float | None = None  # compute per image of explanation runs, smoothed
         self.observer = observer
@@ -436,8 +447,11 @@ class DynamicBatcher:
         expected = self._last_run_images
         if self.policy is BatchPolicy.HOLD:
             expected = min(self.max_batch_size, self._queued_at_run_end + self._last_run_images)
+        holding = self.policy is BatchPolicy.HOLD and images < expected
+        bound = self.hold_bound()
+        filled_after: float | None = None
         while images < self.max_batch_size:
-            deadline = self._deadline(now, images, expected)
+            deadline = self._deadline(now, images, expected, bound)
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -447,15 +461,37 @@ class DynamicBatcher:
             except TimeoutError:
                 break
             images = self._take_matching(group, images)
+            if filled_after is None and images >= expected:
+                filled_after = time.perf_counter() - now
+        if holding:
+            self._learn_fill(filled_after, bound)
 
-    def _deadline(self, now: float, images: int, expected: int) -> float:
+    def hold_bound(self) -> float:
+        """How long the next prediction batch may wait for clients only likely to come
+        back: never more than half the last run (the model would idle longer than it ran)."""
+        half_run = self._last_run_seconds / 2
+        if self.policy is BatchPolicy.HOLD and self._fill_seconds is not None:
+            return min(half_run, max(self.arrival_wait, HOLD_MARGIN * self._fill_seconds))
+        return min(self.arrival_wait, half_run)
+
+    def _learn_fill(self, filled_after: float | None, bound: float) -> None:
+        """A hold is over: it gathered what it expected after ``filled_after`` seconds, or
+        (None) ran out after ``bound``, and the next may wait ``HOLD_GROWTH`` times as long."""
+        if filled_after is None:
+            self._fill_seconds = HOLD_GROWTH * bound / HOLD_MARGIN
+        elif self._fill_seconds is None:
+            self._fill_seconds = filled_after
+        else:
+            self._fill_seconds += HOLD_SMOOTHING * (filled_after - self._fill_seconds)
+
+    def _deadline(self, now: float, images: int, expected: int, bound: float) -> float:
         """Until when a prediction batch of ``images``, begun at ``now``, waits for more."""
         deadline = now + self.max_queue_delay
         if self._arriving:  # known to be on their way: worth the whole bound
-            deadline = max(deadline, now + self.arrival_wait)
+            deadline = max(deadline, now + max(self.arrival_wait, bound))
         if self.policy is not BatchPolicy.OVERLAP and images < expected:
-            # Only likely to come back: never idle the model longer than half a run.
-            deadline = max(deadline, now + min(self.arrival_wait, self._last_run_seconds / 2))
+            # Only likely to come back: never idle the model longer than the hold bound.
+            deadline = max(deadline, now + bound)
         return deadline
 
     async def _loop(self) -> None:

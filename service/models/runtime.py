@@ -121,10 +121,13 @@ class RuntimeOptions:
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if layout else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         )
         # Spinning threads keep a core busy after each run; on a small box that core is the
-        # one decoding the next request.
+        # one decoding the next request. Allowed, they spin only inside a run (between its
+        # parallel sections) and stop as soon as it returns.
         spin = "1" if self.allow_spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        if self.allow_spinning:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
         if self.inter_op_threads:

@@ -23,10 +23,11 @@ from service.http.requests import RequestReader, unless_client_gone
 from service.http.responses import FastJSONResponse as JSONResponse
 from service.routes import schemas
 from service.routes.deps import HandlersDep, WorkersDep, answered_by, note_model, server_timing
+from service.routes.direct import DirectRoute
 from service.routes.params import LayerName, ModelName, Version, VersionQuery
 from service.routes.table import ModelRoutes, VersionParameter
 
-router = APIRouter(tags=["v1"], dependencies=[auth.INFER])
+router = APIRouter(tags=["v1"], dependencies=[auth.INFER], route_class=DirectRoute)
 models = ModelRoutes(router, "/v1/models/{name}", VersionParameter(Version), alias=VersionQuery)
 
 
@@ -117,8 +118,8 @@ async def predict(request: Request, handlers: HandlersDep, workers: WorkersDep, 
     body = await workers.offload(v1.predictions, result, query.top_k, query.encoding, query.dtype,
                                  size=sum(m.size for m in result.maps.values()))
     result.timings.encode = time.perf_counter() - started
-    body["timings_ms"] = result.timings.as_ms()
-    return JSONResponse(body, headers={"Server-Timing": server_timing(result.timings)})
+    body["timings_ms"] = timings = result.timings.as_ms()
+    return JSONResponse(body, headers={"Server-Timing": server_timing(timings)})
 
 
 models.default("POST", "/predict", summary="Classify with the default model", **PREDICT_DOC)(predict)

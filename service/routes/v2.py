@@ -21,11 +21,12 @@ from service.http.requests import unless_client_gone
 from service.http.responses import FastJSONResponse as JSONResponse
 from service.routes import schemas
 from service.routes.deps import HandlersDep, WorkersDep, answered_by, note_model, server_timing
+from service.routes.direct import DirectRoute
 from service.routes.params import ModelName, ProtocolVersion
 from service.routes.table import ModelRoutes, VersionParameter
 from service.routes.v1 import Reader
 
-router = APIRouter(tags=["v2"], dependencies=[auth.INFER])
+router = APIRouter(tags=["v2"], dependencies=[auth.INFER], route_class=DirectRoute)
 health = APIRouter(tags=["v2"], dependencies=[auth.PROBE])  # probes: no key, answered while draining
 models = ModelRoutes(router, "/v2/models/{name}", VersionParameter(ProtocolVersion, oip.parse_version))
 

@@ -13,6 +13,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from service.http.hangup import HANGUP, Hangup
 from service.http.limits import REFUSALS, HttpLimits, LimitedHttpToolsProtocol, bound_protocol
 
 
@@ -170,3 +171,34 @@ async def test_at_the_connection_cap_the_idle_one_makes_room_and_a_busy_server_s
     assert status == 503 and headers["retry-after"] == "1"
     assert body == {"error": "the server holds 2 connections (CONVSCOPE_MAX_CONNECTIONS); retry shortly"}
     assert connections.refusals.count("too_many_connections") == 1
+
+
+@pytest.mark.anyio
+async def test_each_request_hears_its_client_hang_up_and_only_its_own(limits: HttpLimits) -> None:
+    scopes: list[dict[str, Any]] = []
+
+    async def answer_second(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scopes.append(scope)
+        await receive()
+        if len(scopes) == 1:  # the first is answered; the second never is
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await asyncio.Event().wait()
+
+    config = Config(answer_second, http=bound_protocol(limits))
+    config.load()
+    protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
+    transport = Transport()
+    transport.protocol = protocol
+    protocol.connection_made(transport)
+    protocol.data_received(head())
+    await asyncio.sleep(0.05)
+    protocol.data_received(head())
+    await asyncio.sleep(0.05)
+    first, second = (scope[HANGUP] for scope in scopes)
+    assert isinstance(first, Hangup) and first is not second and not second.happened
+    transport.close()
+    assert second.happened and not first.happened  # the first was answered before
+    for task in list(protocol.tasks):
+        task.cancel()

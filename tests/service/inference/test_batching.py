@@ -255,6 +255,38 @@ async def test_overlapping_never_waits_for_returning_clients() -> None:
     assert max(batches) <= 8 and sum(batches) == 64
 
 
+async def slow_returns_closed_loop(spread_seconds: float, rounds: int) -> tuple[list[int], DynamicBatcher]:
+    """16 clients that come back one after the other over ``spread_seconds`` after their
+    answers: longer than the 15 ms arrival wait, as when the server has less than a core to
+    read and decode them with."""
+    model = CountingModel(delay=0.2)
+    batcher = make(model, max_batch_size=16, arrival_wait_ms=15, policy=BatchPolicy.HOLD)
+
+    async def client(i: int) -> None:
+        for _ in range(rounds):
+            await batcher.infer(inputs(i), ("double",))
+            await asyncio.sleep(0.001 + spread_seconds * i / 15)
+
+    await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(16))), HANG_GUARD)
+    await batcher.stop()
+    return [n for n, _ in model.batches], batcher
+
+
+async def test_a_hold_learns_to_wait_as_long_as_returning_clients_take() -> None:
+    batches, batcher = await slow_returns_closed_loop(0.04, 12)
+    # The first holds run out at 15 ms and split the clients; then the hold grows past the
+    # 40 ms they take to come back, and the batches are whole again (until clients finish).
+    assert batches[0] == 16 and min(batches[1:3]) < 16
+    assert any(batches[i:i + 5] == [16] * 5 for i in range(2, len(batches)))
+    assert 0.04 < batcher.hold_bound() <= 0.1 * 1.05  # at most half a 0.2 s run
+
+
+async def test_a_hold_never_waits_longer_than_half_a_run() -> None:
+    batches, batcher = await slow_returns_closed_loop(0.15, 5)  # they need 150 ms; half a run is 100
+    assert batcher.hold_bound() == pytest.approx(0.1, rel=0.1)
+    assert sum(batches) == 80 and batches.count(16) < 5  # no hold waits until they are all back
+
+
 async def test_holding_never_makes_a_lone_client_wait() -> None:
     model = CountingModel(delay=0)
     batcher = make(model, arrival_wait_ms=FOREVER_MS, policy=BatchPolicy.HOLD)

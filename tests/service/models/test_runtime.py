@@ -144,3 +144,11 @@ def test_a_fixed_batch_graph_runs_any_batch_in_runs_of_its_size(tmp_path: Path) 
     for got, want in zip(fixed.run(batch, names), free.run(batch, names)):
         assert got.shape == want.shape and np.allclose(got, want, atol=1e-6)
     assert fixed.run(batch[:2], ("logits",))[0].shape == (2, 3)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_spinning_when_allowed_stops_as_each_run_returns(allow: bool) -> None:
+    options = RuntimeOptions(providers=[CPU], allow_spinning=allow).session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if allow else "0")
+    if allow:  # never left spinning between runs, where decoding and HTTP need the cores
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"

@@ -38,6 +38,13 @@ def test_predict_raw_png(client: TestClient, random_png: Callable[..., bytes]) -
     assert response.headers["x-convscope-replica"]
 
 
+def test_server_timing_and_the_bodys_timings_are_the_same_figures(client: TestClient,
+                                                                   random_png: Callable[..., bytes]) -> None:
+    response = client.post("/predict", content=random_png(), headers=PNG)
+    header = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+    assert {k: float(v) for k, v in header.items()} == response.json()["timings_ms"]
+
+
 def test_predictions_equal_onnxruntime_run_directly(client: TestClient, repository: Path,
                                                      random_png: Callable[..., bytes]) -> None:
     data = random_png(13)

@@ -77,11 +77,13 @@ def write_artifact(
     views: bool = False,
     output_kind: str = "logits",
     fixed_batch: int | None = None,
+    explanations: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``root/name/version/`` per docs/artifact.md and return its directory
     (``views``: with a channel view and samples of random images, by the export stage's
     own writer; ``output_kind``: what metadata says the class output is, whatever it holds;
-    ``fixed_batch``: a graph that takes exactly that many images a run)."""
+    ``fixed_batch``: a graph that takes exactly that many images a run; ``explanations``: the
+    export's record of every explanation method measured, docs/artifact.md)."""
     model, weights = build_model(channels, size, classes, seed=seed, faulty=faulty)
     if fixed_batch is not None:
         for value in [*model.graph.input, *model.graph.output]:
@@ -124,6 +126,8 @@ def write_artifact(
         "parity": None,
         "versions": {"onnx": onnx.__version__, "opset": 17},
     }
+    if explanations is not None:
+        metadata["explanations"] = explanations
     if views:
         stored = _write_views(directory, metadata, seed)
         metadata.update(channel_view=stored.channel_view.to_json(), samples=stored.samples.to_json())

@@ -72,7 +72,7 @@ async def test_every_method_is_measured_on_the_images_with_its_default_settings(
     assert by_method["occlusion"].passes == 1 + 169 + 58 and by_method["occlusion"].layer is None
     assert by_method["score-cam"].layer == "features.4" and by_method["score-cam"].passes == 1 + 2 + 58
     assert result.images == 2 and result.default_method in by_method
-    assert result.reason == survey.choose(result.methods)[1]
+    assert result.reason == survey.choose(result.methods, result.load_average, result.cpus)[1]
     assert len(seen) == 6 * 2 and seen[-1][1:] == (2, 2)
 
 
@@ -119,3 +119,12 @@ def test_without_measurements_or_with_a_default_the_model_cannot_run_occlusion_i
     strange = km.metadata(proto).model_copy(update={"layers": km.metadata(proto).layers[:1], "explanations": record(
         measured("grad-cam", 30), default="grad-cam")})
     assert default_method(describe("known", strange, proto)) is Method.OCCLUSION
+
+
+def test_on_a_loaded_machine_the_time_limit_grows_with_the_load() -> None:
+    assert survey.time_limit(None, None) == survey.time_limit(1.0, 2) == survey.FAST_SECONDS
+    assert survey.time_limit(8.0, 2) == pytest.approx(4 * survey.FAST_SECONDS)
+    methods = [measured("occlusion", 30, seconds=2.0, deletion=0.1), measured("score-cam", 29, seconds=1.4)]
+    assert survey.choose(methods)[0] == "score-cam"  # occlusion's 2 s is over 1.5 s on an idle machine
+    method, why = survey.choose(methods, load_average=8.0, cpus=2)
+    assert method == "occlusion" and "(6.0 s at this machine's load, 8 on 2 CPUs)" in why

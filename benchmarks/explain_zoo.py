@@ -104,13 +104,13 @@ def held_out(cache: Path, count: int) -> list[np.ndarray]:
     return [data.images[i] for i in order[:count]]
 
 
-def measure(path: Path, images: list[np.ndarray], seconds: float) -> dict[str, Any]:
+def measure(path: Path, images: list[np.ndarray], seconds: float, methods: list[str] | None = None) -> dict[str, Any]:
     import onnx
 
     from artifact import read_metadata
     from model_export.explanations import OrtForward
     from model_export.preprocessing import InputSpec, preprocess
-    from service.explain import Explainer, ExplainOptions, describe, survey
+    from service.explain import Explainer, ExplainOptions, Method, describe, survey
 
     metadata = read_metadata(path)
     proto = onnx.load(str(path / metadata.model_file))
@@ -124,14 +124,36 @@ def measure(path: Path, images: list[np.ndarray], seconds: float) -> dict[str, A
         print(f"\r{metadata.name}: {method} {done}/{offered}   ", end="", file=sys.stderr, flush=True)
 
     load_before = os.getloadavg()[0]
+    only = [Method(m) for m in methods] if methods else None
     record = asyncio.run(survey.measure(explainer, [batch[i : i + 1] for i in range(len(batch))],
                                         OrtForward(proto, metadata), survey.SurveyLimits(len(batch), seconds),
-                                        progress))
+                                        progress, only=only))
     print(file=sys.stderr)
     return {"model": metadata.name, "size": list(inp.size), "accuracy": (metadata.training.accuracy
                                                                          if metadata.training else None),
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
             **record.to_json()}
+
+
+def merged(files: list[Path]) -> list[dict[str, Any]]:
+    """Rows of several runs' JSON, per model: a later file's method replaces an earlier one's;
+    the default chosen again from the merged methods (``survey.choose``, the export's rule)."""
+    from artifact import MethodMeasurement
+    from service.explain import Method, survey
+
+    rows: dict[str, dict[str, Any]] = {}
+    for path in files:
+        for row in json.loads(path.read_text()):
+            old = rows.get(row["model"])
+            methods = {m["method"]: m for m in (old["methods"] if old else [])}
+            methods.update({m["method"]: m for m in row["methods"]})
+            rows[row["model"]] = {**(old or {}), **row, "methods": list(methods.values())}
+    for row in rows.values():
+        order = [m.value for m in Method]
+        row["methods"].sort(key=lambda m: order.index(m["method"]))
+        measured = [MethodMeasurement.model_validate(m) for m in row["methods"]]
+        row["default_method"], row["reason"] = survey.choose(measured, row.get("load_average"), row.get("cpus"))
+    return list(rows.values())
 
 
 def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
@@ -175,9 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=900.0,
                         help="time per model, all methods together (default: 900)")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    parser.add_argument("--methods", help="measure only these methods (comma separated; default: every one)")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON")
+    parser.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
+                        help="measure nothing: the table from these runs' JSON (per model, a later file's methods "
+                             "replace an earlier one's; defaults chosen again)")
     parser.add_argument("--write", type=Path, help="put the table into this markdown file (between markers)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        table = markdown(merged(args.from_json), machine_info())
+        print(table)
+        if args.write:
+            write_table(args.write, table)
+        return 0
     cache = cache_dir()
     images = held_out(cache, args.images)
     rows = []
@@ -185,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         path = alexnet_model(args.repository) if name == "alexnet" else zoo_model(name, cache, args.repository)
         print(f"{name}: {path} ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        rows.append(measure(path, images, args.seconds))
+        rows.append(measure(path, images, args.seconds, args.methods.split(",") if args.methods else None))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))
     table = markdown(rows, machine_info())

@@ -125,14 +125,20 @@ class OcclusionGrid:
     def default(cls, size: tuple[int, int], window: tuple[int, int]) -> OcclusionGrid:
         """Half-window stride, the last window flush with the far edge; at most OCCLUSION_GRID
         windows per axis (the stride then grows a little past half a window)."""
-        starts = []
+        windows, starts = [], []
         for side, w in zip(size, window, strict=True):
             step = max(1, w // 2)
             half = np.unique(np.append(np.arange(0, side - w + 1, step), side - w))
             if len(half) > OCCLUSION_GRID:
-                half = np.unique(np.round(np.linspace(0, side - w, OCCLUSION_GRID)).astype(np.int64))
+                while True:
+                    half = np.unique(np.round(np.linspace(0, side - w, OCCLUSION_GRID)).astype(np.int64))
+                    gap = int(np.diff(half).max())
+                    if gap <= w:
+                        break
+                    w = gap  # never a gap between windows: widen them, place them again
+            windows.append(w)
             starts.append(half)
-        return cls(window, starts[0], starts[1])
+        return cls((windows[0], windows[1]), starts[0], starts[1])
 
     @classmethod
     def within(cls, size: tuple[int, int], window: tuple[int, int], passes: int) -> OcclusionGrid:

@@ -59,16 +59,18 @@ def order(explainer: Explainer) -> list[Method]:
 
 async def measure(explainer: Explainer, images: Sequence[np.ndarray], forward: Forward,
                   limits: SurveyLimits = SurveyLimits(), progress: Progress | None = None,
-                  clock: Callable[[], float] = time.perf_counter) -> ExplanationsRecord:
-    """Every method the model allows on ``images`` (each [1, C, H, W], preprocessed), within
-    ``limits``; the record, with the default chosen (``choose``)."""
+                  clock: Callable[[], float] = time.perf_counter,
+                  only: Sequence[Method] | None = None) -> ExplanationsRecord:
+    """Every method the model allows (or those of ``only`` it allows) on ``images`` (each
+    [1, C, H, W], preprocessed), within ``limits``; the record, with the default chosen
+    (``choose``)."""
     images = list(images)[: limits.images]
     if not images:
         raise ValueError("measuring explanations needs at least one image")
     load = _load_average()
     started = clock()
     deadline = started + limits.seconds
-    methods = order(explainer)
+    methods = [m for m in order(explainer) if only is None or m in only]
     measured = []
     for i, method in enumerate(methods):
         stop_at = clock() + max(0.0, deadline - clock()) / (len(methods) - i)

@@ -156,6 +156,18 @@ def test_occlusion_windows_cover_the_image_within_the_budget(size: tuple[int, in
         assert grid.stride == [window[0] // 2, window[1] // 2]
 
 
+@pytest.mark.parametrize("size, window", [((224, 224), (16, 16)), ((224, 160), (8, 8)), ((40, 32), (4, 4))])
+def test_the_default_grid_leaves_no_pixel_unoccluded(size: tuple[int, int], window: tuple[int, int]) -> None:
+    """A small window on a large image: 13 starts per axis spaced wider than the window
+    would leave strips no window covers; the windows widen to the spacing instead."""
+    grid = OcclusionGrid.default(size, window)
+    covered = np.zeros(size, dtype=bool)
+    for r in grid.rows:
+        for c in grid.cols:
+            covered[r : r + grid.window[0], c : c + grid.window[1]] = True
+    assert covered.all() and grid.positions <= 13 * 13
+
+
 async def test_score_cam_scores_the_most_active_channels_when_the_budget_is_short(model: tuple) -> None:
     proto, described = model
     explainer = Explainer(described, max_passes=2000)

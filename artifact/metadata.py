@@ -189,6 +189,9 @@ class Versions(Record):
     convscope: str | None = None
 
 
+Captions = Literal["labels", "predictions"]
+
+
 class ChannelViewRecord(Record):
     file: str
     images: int
@@ -196,12 +199,16 @@ class ChannelViewRecord(Record):
     layers: list[str] = Field(default_factory=list)
     pictures: dict[str, int] = Field(default_factory=dict)
     seconds: float | None = None
+    captions: Captions = Field(
+        "labels", description="labels: each image's class is its folder's (an ImageFolder); predictions: the "
+                              "model's own top-1 and its probability (a flat folder of images)")
 
 
 class SamplesRecord(Record):
     file: str
     count: int
     per_class: int
+    captions: Captions = Field("labels", description="As the channel view's: labels or predictions")
 
 
 class Precision(StrEnum):
@@ -274,6 +281,46 @@ class Source(Record):
     rewrites: list[str] = Field(default_factory=list, description="What the import changed at the graph's edges")
 
 
+class MethodMeasurement(Record):
+    """One explanation method measured on a model's held-out images (the service's engine,
+    its default settings and layer, faithfulness on): how often its map beat a random map,
+    what it cost."""
+
+    method: str = Field(description="occlusion | rise | score-cam | grad-cam | hires-cam | eigen-cam")
+    layer: str | None = Field(None, description="The layer it ran at (the CAM family's default layer); null: none")
+    images: int = Field(description="Images explained (fewer than offered where the time ran out)")
+    beats_random: int = Field(description="Of which the map beat a random map (deletion below the random map's)")
+    share: float = Field(description="beats_random / images")
+    passes: int = Field(description="Forward passes per explanation, faithfulness included (the most of any image)")
+    median_seconds: float = Field(description="Median seconds per explanation on the machine that measured")
+    deletion: float | None = Field(None, description="Mean deletion area (lower: the map's top pixels matter more)")
+    random_deletion: float | None = Field(None, description="Mean deletion area of a random map (chance)")
+
+
+class ExplanationsRecord(Record):
+    """Every explanation method measured at export on held-out images, and the default
+    method chosen from those measurements (why, in words): the service's default for this
+    model, and the methods it lists as not recommended for it."""
+
+    images: int = Field(description="Held-out images offered to each method")
+    seconds: float = Field(description="What measuring cost, all methods")
+    cpus: int | None = Field(None, description="CPUs of the machine that measured")
+    load_average: float | None = Field(None, description="Its 1-minute load average when measuring began")
+    methods: list[MethodMeasurement] = Field(default_factory=list)
+    default_method: str = Field(description="The method chosen as this model's default")
+    reason: str = Field(description="Why, from the measurements")
+
+
+class DerivedFrom(Record):
+    """A version made from another of the same model by adding what it lacked
+    (`python -m model_export channel-view`): the same model.onnx, new views."""
+
+    version: int = Field(description="The version whose model (and other files) this one copies")
+    data_dir: str | None = Field(None, description="The folder of images the additions were computed from")
+    added: list[str] = Field(default_factory=list, description="What this version adds: channel_view, samples, "
+                                                               "explanations")
+
+
 class FileRecord(Record):
     sha256: str
     bytes: int | None = None
@@ -302,6 +349,8 @@ class Metadata(Record):
     precision: Precision = Precision.FLOAT32
     quantization: QuantizationRecord | None = None  # int8 versions only
     source: Source | None = None
+    explanations: ExplanationsRecord | None = None
+    derived_from: DerivedFrom | None = None
     files: Annotated[dict[str, FileRecord], Field(min_length=1)]
 
     @model_validator(mode="after")

@@ -21,6 +21,11 @@ The pixels are stored with it, so the service can show it without the data set:
 Whole images are stored once however many channels rank them, so the addition is
 bounded by `images` whole images plus the crops of the shallow layers of large inputs.
 Also `samples.npz`: a few held-out images per class for a user to start from.
+
+The images may be labelled (a training export's held-out split, an ImageFolder) or not (a
+flat folder of images): then the model itself captions them, each with its top-1 class
+and that class's probability (read by the class output's kind, as the service reads it),
+and the samples are a few images per class it predicts.
 Format: docs/artifact.md. Torch-free (numpy, Pillow, onnxruntime).
 """
 
@@ -37,7 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from artifact import CHANNEL_VIEW_FILE, SAMPLES_FILE, ChannelViewRecord, Layer, SamplesRecord
+from artifact import CHANNEL_VIEW_FILE, SAMPLES_FILE, ChannelViewRecord, Layer, OutputKind, SamplesRecord
+from service.models.scores import probabilities
 
 from .datasets import Split, subset_indices
 from .errors import ExportError
@@ -55,6 +61,8 @@ CROP_RATIO = 4  # large inputs: a layer's pictures are crops when rf <= min(H, W
 SAMPLES_PER_CLASS = 3
 MAX_SAMPLES = 60
 BATCH_BYTES = 16 << 20  # input bytes per onnxruntime run
+# A flat folder without a channel view: images the model captions to pick samples from.
+SAMPLE_CANDIDATES = 256
 
 
 def default_images(size: tuple[int, int]) -> int:
@@ -156,6 +164,57 @@ def _session(model_path: Path, size: tuple[int, int]) -> Any:
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """How the model captions images that have no labels (a flat folder): its class
+    output, what that output holds, and its labels."""
+
+    output: str
+    kind: OutputKind
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class Captioned:
+    """Images with a class each: the folder's (labels), or the model's top-1 (predictions)."""
+
+    images: Split  # labels: class indices into `classes`
+    index: np.ndarray  # (N,) each image's index in the folder or held-out split
+    classes: list[str]
+    scores: np.ndarray | None  # (N,) the model's probability of its top-1; None for labels
+
+    @property
+    def kind(self) -> str:
+        return "labels" if self.scores is None else "predictions"
+
+
+def _batch(spec: InputSpec) -> int:
+    return max(1, min(256, BATCH_BYTES // (spec.channels * spec.size[0] * spec.size[1] * 4)))
+
+
+def predict(model_path: Path, images: Split, spec: InputSpec, predictions: Predictions,
+            progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(top-1 class index, its probability) of every image, by the model itself."""
+    from tqdm import tqdm
+
+    session = _session(model_path, spec.size)
+    input_name = session.get_inputs()[0].name
+    pixels = model_view(images.images, spec)
+    top = np.zeros(len(pixels), dtype=np.int64)
+    score = np.zeros(len(pixels), dtype=np.float32)
+    step = _batch(spec)
+    with tqdm(total=len(pixels), desc="captions", unit="img", disable=not progress, file=sys.stderr,
+              dynamic_ncols=True, mininterval=0.5) as bar:
+        for start in range(0, len(pixels), step):
+            chunk = preprocess(pixels[start : start + step], spec)
+            (values,) = session.run([predictions.output], {input_name: chunk})
+            probs = probabilities(values, predictions.kind)
+            top[start : start + len(chunk)] = probs.argmax(axis=1)
+            score[start : start + len(chunk)] = probs.max(axis=1)
+            bar.update(len(chunk))
+    return top, score
+
+
 def _rank(
     model_path: Path,
     layers: list[Layer],
@@ -171,8 +230,7 @@ def _rank(
     input_name = session.get_inputs()[0].name
     names = [layer.name for layer in layers]
     tops = [_LayerTop.empty(layer, layer.output_shape[1], top_k) for layer in layers]
-    image_bytes = spec.channels * spec.size[0] * spec.size[1] * 4
-    batch = max(1, min(256, BATCH_BYTES // image_bytes))
+    batch = _batch(spec)
     with tqdm(
         total=len(pixels),
         desc="channel view",
@@ -243,15 +301,35 @@ def write_views(
     held_out: Split,
     classes: list[str],
     options: ViewOptions,
+    predictions: Predictions | None = None,
 ) -> Stored:
-    """channel_view.npz and samples.npz from held-out images, next to model.onnx."""
+    """channel_view.npz and samples.npz from held-out images, next to model.onnx.
+
+    ``predictions``: the images have no labels (a flat folder, ``classes`` empty); the model
+    captions the ones it ranks (or, without a channel view, up to SAMPLE_CANDIDATES of them)
+    with its top-1 class and probability."""
     count = default_images(spec.size) if options.images is None else options.images
+    if len(held_out) == 0:
+        return Stored()
+    indices = subset_indices(len(held_out), count, options.seed) if count > 0 else None
+    if predictions is None:
+        every = Captioned(held_out, np.arange(len(held_out)), classes, None)
+    else:
+        chosen = indices if indices is not None else subset_indices(len(held_out), SAMPLE_CANDIDATES, options.seed)
+        images = held_out.subset(chosen)
+        top, score = predict(model_path, images, spec, predictions, options.progress)
+        every = Captioned(Split(images.images, top), chosen, list(predictions.labels), score)
+        indices = np.arange(len(chosen)) if indices is not None else None  # now into `every`
     view = None
-    if count > 0 and len(held_out) > 0:
-        indices = subset_indices(len(held_out), count, options.seed)
-        table = _Table(layers, classes, indices, held_out.subset(indices))
+    if indices is not None:
+        table = _Table(layers, _subset(every, indices))
         view = _write_channel_view(directory / CHANNEL_VIEW_FILE, model_path, spec, table, options)
-    return Stored(view, write_samples(directory, spec, held_out, classes))
+    return Stored(view, write_samples(directory, spec, every))
+
+
+def _subset(captioned: Captioned, indices: np.ndarray) -> Captioned:
+    scores = None if captioned.scores is None else captioned.scores[indices]
+    return Captioned(captioned.images.subset(indices), captioned.index[indices], captioned.classes, scores)
 
 
 def check_options(images: int | None, top_k: int) -> None:
@@ -266,9 +344,7 @@ class _Table:
     """What is ranked: the tapped layers, over which held-out images."""
 
     layers: list[Layer]
-    classes: list[str]
-    indices: np.ndarray  # held-out indices of the ranked images
-    ranked: Split
+    ranked: Captioned
 
 
 def _write_channel_view(
@@ -276,18 +352,21 @@ def _write_channel_view(
 ) -> ChannelViewRecord:
     """Rank, store the tables and pictures at `path`; returns metadata `channel_view`."""
     started = time.perf_counter()
-    layers, ranked = table.layers, table.ranked
+    layers, captioned = table.layers, table.ranked
+    ranked = captioned.images
     pixels = model_view(ranked.images, spec)
     top_k = min(options.top_k, len(ranked))
     tops = _rank(model_path, layers, pixels, spec, top_k, options.progress)
     pictures = _Pictures(spec.size, pixels)
     arrays: dict[str, np.ndarray] = {
         "layers": np.array([layer.name for layer in layers]),
-        "classes": np.array(table.classes),
-        "image_index": table.indices.astype(np.int64),
+        "classes": np.array(captioned.classes),
+        "image_index": captioned.index.astype(np.int64),
         "image_label": ranked.labels.astype(np.int64),
         "size": np.array(spec.size, dtype=np.int32),
     }
+    if captioned.scores is not None:
+        arrays["image_score"] = captioned.scores.astype(np.float32)
     for j, (top, layer) in enumerate(zip(tops, layers, strict=True)):
         for key, value in _layer_arrays(top, layer.output_shape, pictures).items():
             arrays[f"{j}.{key}"] = value
@@ -304,11 +383,14 @@ def _write_channel_view(
         layers=[layer.name for layer in layers],
         pictures={kind: pictures.kinds.count(kind) for kind in ("whole", "crop")},
         seconds=round(time.perf_counter() - started, 3),
+        captions=captioned.kind,
     )
 
 
-def write_samples(directory: Path, spec: InputSpec, held_out: Split, classes: list[str]) -> SamplesRecord | None:
-    """samples.npz: the first few held-out images of each class, as the model sees them."""
+def write_samples(directory: Path, spec: InputSpec, captioned: Captioned) -> SamplesRecord | None:
+    """samples.npz: the first few held-out images of each class, as the model sees them
+    (for images the model captioned: of each class it predicts, with its probability)."""
+    held_out, classes = captioned.images, captioned.classes
     per_class = max(1, min(SAMPLES_PER_CLASS, MAX_SAMPLES // max(len(classes), 1)))
     chosen: list[int] = []
     for label in range(len(classes)):
@@ -317,13 +399,14 @@ def write_samples(directory: Path, spec: InputSpec, held_out: Split, classes: li
     if not chosen:
         return None
     blobs = [png(p) for p in model_view([held_out.images[i] for i in chosen], spec)]
-    np.savez(
-        directory / SAMPLES_FILE,
-        allow_pickle=False,
-        classes=np.array(classes),
-        index=np.array(chosen, dtype=np.int64),
-        label=held_out.labels[chosen].astype(np.int64),
-        data=np.frombuffer(b"".join(blobs), dtype=np.uint8),
-        offsets=np.cumsum([0, *[len(b) for b in blobs]], dtype=np.int64),
-    )
-    return SamplesRecord(file=SAMPLES_FILE, count=len(chosen), per_class=per_class)
+    arrays: dict[str, np.ndarray] = {
+        "classes": np.array(classes),
+        "index": captioned.index[chosen].astype(np.int64),
+        "label": held_out.labels[chosen].astype(np.int64),
+        "data": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+        "offsets": np.cumsum([0, *[len(b) for b in blobs]], dtype=np.int64),
+    }
+    if captioned.scores is not None:
+        arrays["score"] = captioned.scores[chosen].astype(np.float32)
+    np.savez(directory / SAMPLES_FILE, allow_pickle=False, **arrays)
+    return SamplesRecord(file=SAMPLES_FILE, count=len(chosen), per_class=per_class, captions=captioned.kind)

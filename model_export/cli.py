@@ -3,6 +3,7 @@
     convscope-export [--arch tinyvgg] [--dataset digits] [--out models] ...
     convscope-export import FILE.onnx --name NAME [--labels FILE] ...
     convscope-export quantize models/NAME [--version N] [--method minmax] ...
+    convscope-export channel-view MODELS/NAME --data-dir DIR [--version N] ...
 
 Errors the user can fix print one `error: ...` line on stderr and exit with 2. Heavy
 libraries (torch, onnx) are imported only once a command runs, so `--help` is quick.
@@ -22,6 +23,7 @@ from .architectures import REGISTRY
 from .channel_view import DEFAULT_IMAGES, DEFAULT_IMAGES_LARGE, DEFAULT_TOP_K
 from .datasets import DATASETS
 from .errors import ExportError
+from .explanations import MeasureOptions
 from .parity import DEFAULT_TOLERANCE
 
 PRECISIONS = ("float32", "int8")
@@ -49,6 +51,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 OUTPUT_KINDS = tuple(OutputKind)
+MEASURED_IMAGES = MeasureOptions.images
+MEASURED_SECONDS = MeasureOptions.seconds
 
 
 def _positive_int(text: str) -> int:
@@ -119,6 +123,32 @@ def _channel_view(parser: argparse.ArgumentParser, source: str) -> None:
     )
 
 
+def _explanations(parser: argparse.ArgumentParser, source: str) -> None:
+    parser.add_argument(
+        "--explain-images",
+        type=_count,
+        default=MEASURED_IMAGES,
+        metavar="N",
+        help=f"{source} images each explanation method is measured on (how often its map beats a random map, "
+        f"its passes and time); the default method is chosen from that (default: {MEASURED_IMAGES}; 0: none)",
+    )
+    parser.add_argument(
+        "--explain-seconds",
+        type=_positive_float,
+        default=MEASURED_SECONDS,
+        metavar="S",
+        help=f"time for measuring the explanation methods, all together; each gets at least one image "
+        f"(default: {MEASURED_SECONDS:g})",
+    )
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
 def train_parser() -> argparse.ArgumentParser:
     archs = "\n".join(
         f"  {spec.name:14} {spec.size[0]}x{spec.size[1]}x{spec.channels}  {spec.description}"
@@ -134,7 +164,10 @@ def train_parser() -> argparse.ArgumentParser:
             "  (see convscope-export import --help)\n\n"
             "an int8 version of a model (the next version):\n"
             "  convscope-export quantize models/NAME [--version N] ...\n"
-            "  (see convscope-export quantize --help)"
+            "  (see convscope-export quantize --help)\n\n"
+            "a channel view, samples and measured explanations for an existing model (its next version):\n"
+            "  convscope-export channel-view MODELS/NAME --data-dir DIR\n"
+            "  (see convscope-export channel-view --help)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -199,6 +232,7 @@ def train_parser() -> argparse.ArgumentParser:
     )
     _quantize_options(parser)
     _channel_view(parser, "held-out")
+    _explanations(parser, "held-out")
     measured = "measured on the training set; ImageNet's for an ImageNet checkpoint"
     _common(parser, measured, measured)
     return parser
@@ -252,6 +286,7 @@ def quantize_parser() -> argparse.ArgumentParser:
         "(required): images it did not learn from, an ImageFolder tree of labelled ones or a flat folder",
     )
     _quantize_options(parser)
+    _explanations(parser, "held-out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -290,14 +325,40 @@ def import_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--data-dir",
-        help="images the model did not learn from, ImageFolder layout (<class>/<image>; its val/ when it "
-        "has train/ and val/): a channel view and samples are stored from them (default: neither)",
+        help="images the model did not learn from: an ImageFolder (<class>/<image>; its val/ when it has "
+        "train/ and val/) or a flat folder of images (captioned with the model's own top-1): a channel view "
+        "and samples are stored from them, and the explanation methods measured on them (default: none of it)",
     )
     _channel_view(parser, "--data-dir")
+    _explanations(parser, "--data-dir")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     # An import has no training set to measure statistics on: without these flags the
     # model gets pixel * scale as it is, and the run says so on stderr.
     _common(parser, "0, no centring; a warning says so", "1, no rescaling; a warning says so")
+    return parser
+
+
+def derive_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="convscope-export channel-view",
+        description="Give an existing model a channel view, samples and measured explanations from a folder of "
+        "images: writes the model's NEXT version with the same model.onnx (published versions never change) "
+        "and records which version it came from.",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="the model's directory, models/<name>")
+    parser.add_argument(
+        "--data-dir",
+        required=True,
+        help="images the model did not learn from: an ImageFolder (<class>/<image>; its val/ when it has "
+        "train/ and val/) or a flat folder of images (captioned with the model's own top-1 and its probability)",
+    )
+    parser.add_argument(
+        "--version", type=_positive_int, help="the version to start from (default: the newest complete one)"
+    )
+    _channel_view(parser, "--data-dir")
+    _explanations(parser, "--data-dir")
+    parser.add_argument("--seed", type=int, default=0, help="seeds which images are used (default: 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -346,6 +407,8 @@ def _run_train(argv: Sequence[str]) -> Path | None:
             threads=args.threads,
             channel_images=args.channel_images,
             channel_top_k=args.channel_top_k,
+            explain_images=args.explain_images,
+            explain_seconds=args.explain_seconds,
         )
     )
     if args.precision == "int8":
@@ -369,6 +432,8 @@ def _quantize(args: argparse.Namespace, model_dir: str, version: int | None, dat
             evaluation_images=args.evaluation_images,
             min_agreement=args.min_agreement,
             progress=not args.quiet,
+            explain_images=args.explain_images,
+            explain_seconds=args.explain_seconds,
         )
     )
 
@@ -403,7 +468,28 @@ def _run_import(argv: Sequence[str]) -> Path | None:
             data_dir=args.data_dir,
             channel_images=args.channel_images,
             channel_top_k=args.channel_top_k,
+            explain_images=args.explain_images,
+            explain_seconds=args.explain_seconds,
             progress=not args.quiet,
+        )
+    )
+
+
+def _run_derive(argv: Sequence[str]) -> Path | None:
+    args = derive_parser().parse_args(argv)
+    from .derive import DeriveOptions, add_views
+
+    return add_views(
+        DeriveOptions(
+            model_dir=args.model_dir,
+            data_dir=args.data_dir,
+            version=args.version,
+            channel_images=args.channel_images,
+            channel_top_k=args.channel_top_k,
+            explain_images=args.explain_images,
+            explain_seconds=args.explain_seconds,
+            progress=not args.quiet,
+            seed=args.seed,
         )
     )
 
@@ -416,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             written = _run_import(argv[1:])
         elif argv and argv[0] == "quantize":
             written = _run_quantize(argv[1:])
+        elif argv and argv[0] == "channel-view":
+            written = _run_derive(argv[1:])
         else:
             written = _run_train(argv[1:] if argv and argv[0] == "train" else argv)
     except ExportError as exc:

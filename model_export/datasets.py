@@ -68,6 +68,7 @@ class Dataset:
     classes: list[str]
     train: Split
     val: Split
+    labelled: bool = True  # False: a flat folder of images, no classes (labels are -1)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,20 +224,40 @@ def load_imagefolder(data_dir: str | os.PathLike[str] | None, seed: int) -> Data
 
 
 def load_images(data_dir: str | os.PathLike[str]) -> Dataset:
-    """An ImageFolder tree of images a model did not learn from (for an imported model's
-    channel view): its `val/` when it has `train/` and `val/`, else every image. The
-    whole set comes back as `val`; `train` is empty."""
+    """Images a model did not learn from (for a channel view, samples and the measurement
+    of explanations), in either layout, the whole set as `val` (`train` is empty):
+
+    - an ImageFolder tree (<class>/<image>; its `val/` when it has `train/` and `val/`):
+      labelled, each image's class is its folder's;
+    - a flat folder of images (no class subfolders): unlabelled (`labelled` False, labels
+      -1); the channel view then captions each image with the model's own top-1.
+
+    Class subfolders win: images lying beside them are not read.
+    """
     root = Path(data_dir)
     if not root.is_dir():
         raise ExportError(f"data directory {root} does not exist")
     if (root / "train").is_dir() and (root / "val").is_dir():
         root = root / "val"
+    empty = Split(np.zeros((0, 1, 1), dtype=np.uint8), np.zeros(0, dtype=np.int64))
     classes = _scan_classes(root)
     names = sorted(classes)
-    if not names:
-        raise ExportError(f"{root} holds no class subfolders with images (ImageFolder layout: <class>/<image>)")
-    empty = Split(np.zeros((0, 1, 1), dtype=np.uint8), np.zeros(0, dtype=np.int64))
-    return Dataset("imagefolder", names, empty, _load_tree(classes, names))
+    if names:
+        return Dataset("imagefolder", names, empty, _load_tree(classes, names))
+    files = _image_files(root)
+    if not files:
+        raise ExportError(
+            f"{root} holds no images: give an ImageFolder (<class>/<image>) or a folder of images "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    images = [_read_image(path) for path in files]
+    return Dataset("folder", [], empty, Split(images, np.full(len(images), -1, dtype=np.int64)), labelled=False)
+
+
+def _image_files(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 UNLABELLED = "(unlabelled)"

@@ -18,6 +18,7 @@ from artifact import (
     MODEL_FILE,
     SCHEMA_VERSION,
     ClassOutput,
+    ExplanationsRecord,
     FileRecord,
     Layer,
     Metadata,
@@ -113,6 +114,13 @@ class ModelFacts:
     output_logits: str | None = None  # the graph output with the scores before a final Softmax
     fixed_batch: int | None = None  # an import whose graph runs only batches of this size
     source: Source | None = None  # an import: the file as it came and what was rewritten
+    explanations: ExplanationsRecord | None = None  # every explanation method measured (explanations.py)
+
+
+def provisional(facts: ModelFacts) -> Metadata:
+    """The metadata as it will be, before the version's number and files are known: what
+    measuring explanations reads (the input, the class output, the layers)."""
+    return build(facts, 1, {MODEL_FILE: FileRecord(sha256="")})
 
 
 def build(facts: ModelFacts, version: int, files: dict[str, FileRecord]) -> Metadata:
@@ -138,5 +146,6 @@ def build(facts: ModelFacts, version: int, files: dict[str, FileRecord]) -> Meta
         channel_view=facts.views.channel_view,
         samples=facts.views.samples,
         source=facts.source,
+        explanations=facts.explanations,
         files=files,
     )

@@ -33,7 +33,7 @@ import numpy as np
 
 from artifact import MODEL_FILE, Layer, OutputKind, Params, Parity, Source
 
-from . import channel_view, graph_geometry, metadata
+from . import channel_view, explanations, graph_geometry, metadata
 from .datasets import load_images
 from .errors import ExportError
 from .graph_names import fallback_name, groups, module_path
@@ -77,9 +77,11 @@ class ImportOptions:
     input_layout: Layout | None = None  # None: decided from the graph
     layers: list[str] | None = None  # glob (or re:regex) patterns; None: every tap
     tolerance: float = 1e-3
-    data_dir: str | None = None  # ImageFolder images for the channel view and samples
+    data_dir: str | None = None  # images (ImageFolder or flat) for the channel view, samples, explanations
     channel_images: int | None = None  # None: channel_view.default_images(size); 0: none
     channel_top_k: int = channel_view.DEFAULT_TOP_K
+    explain_images: int = explanations.MeasureOptions.images  # with data_dir; 0: do not measure
+    explain_seconds: float = explanations.MeasureOptions.seconds
     progress: bool = True
 
 
@@ -265,8 +267,10 @@ def import_onnx(opts: ImportOptions) -> Path:
         views = channel_view.Stored()
         if images is not None:  # --data-dir: images to rank and to sample
             options = channel_view.ViewOptions(opts.channel_images, opts.channel_top_k, opts.progress)
+            captions = None if images.labelled else channel_view.Predictions(
+                imported.boundary.output_name, kind, labels)
             views = channel_view.write_views(
-                staging.path, model_path, layers, input_spec, images.val, images.classes, options
+                staging.path, model_path, layers, input_spec, images.val, images.classes, options, captions
             )
         facts = metadata.ModelFacts(
             name=name,
@@ -288,6 +292,10 @@ def import_onnx(opts: ImportOptions) -> Path:
             fixed_batch=imported.boundary.fixed_batch,
             source=_source(original, opts.file, signature, imported.boundary, external),
         )
+        if images is not None:
+            measuring = explanations.MeasureOptions(opts.explain_images, opts.explain_seconds, opts.progress)
+            facts.explanations = explanations.measure(model_path, metadata.provisional(facts), images.val,
+                                                      input_spec, measuring)
         return staging.commit(lambda version, files: metadata.build(facts, version, files))
 
 
@@ -300,6 +308,7 @@ def _check_options(opts: ImportOptions) -> str:
     if not opts.scale > 0:
         raise ExportError("--scale must be positive")
     channel_view.check_options(opts.channel_images, opts.channel_top_k)
+    explanations.check_options(opts.explain_images, opts.explain_seconds)
     if opts.data_dir is None and opts.channel_images:
         raise ExportError("--channel-images needs --data-dir: the images to rank")
     return name

@@ -11,7 +11,7 @@ import numpy as np
 
 from artifact import INITIAL_WEIGHTS_FILE, MODEL_FILE, EpochRecord, Layer, Params, Parity, Training
 
-from . import channel_view, metadata
+from . import channel_view, explanations, metadata
 from .architectures import ArchSpec, get_arch, imagenet_labels
 from .datasets import Dataset, limit, load_dataset
 from .errors import ExportError
@@ -59,6 +59,8 @@ class TrainOptions:
     threads: int | None = None
     channel_images: int | None = None  # None: channel_view.default_images(size); 0: no view
     channel_top_k: int = channel_view.DEFAULT_TOP_K
+    explain_images: int = explanations.MeasureOptions.images  # 0: do not measure explanations
+    explain_seconds: float = explanations.MeasureOptions.seconds
 
 
 def _load_weights(path: str) -> dict[str, Any]:
@@ -192,6 +194,9 @@ def export_trained(opts: TrainOptions) -> Path:
             training=training,
             views=views,
         )
+        measuring = explanations.MeasureOptions(opts.explain_images, opts.explain_seconds, opts.progress, opts.seed)
+        facts.explanations = explanations.measure(model_path, metadata.provisional(facts), data.val, input_spec,
+                                                  measuring)
         return staging.commit(lambda version, files: metadata.build(facts, version, files))
 
 
@@ -210,6 +215,7 @@ def _check_options(opts: TrainOptions) -> str:
     if not opts.tolerance > 0:
         raise ExportError("--tolerance must be positive")
     channel_view.check_options(opts.channel_images, opts.channel_top_k)
+    explanations.check_options(opts.explain_images, opts.explain_seconds)
     return name
 
 

@@ -47,6 +47,7 @@ from artifact import (
     INITIAL_WEIGHTS_FILE,
     MODEL_FILE,
     CalibrationMethod,
+    ExplanationsRecord,
     Layer,
     LayerError,
     Metadata,
@@ -58,7 +59,7 @@ from artifact import (
     verify_files,
 )
 
-from . import channel_view
+from . import channel_view, explanations
 from .datasets import DATASETS, Dataset, Split, limit, load_any_images, load_dataset
 from .errors import ExportError
 from .metadata import opset_of, package_versions
@@ -103,6 +104,10 @@ class QuantizeOptions:
     evaluation_images: int | None = None
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     progress: bool = True
+    # The explanation methods measured again on the int8 version (model_export/explanations.py):
+    # its figures are its own, not its float version's.
+    explain_images: int = 30
+    explain_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,9 @@ def quantize(opts: QuantizeOptions) -> Path:
         _copy_initial_weights(source, staging.path, weights)
         speed = time_versions(source.model_path, model_path, spec, metadata.input.fixed_batch, metadata.output.name)
         views = _views(source, staging.path, model_path, layers, spec, held_out, opts.progress)
+        measuring = explanations.MeasureOptions(opts.explain_images, opts.explain_seconds, opts.progress)
+        explained = explanations.measure(model_path, metadata.model_copy(update={"layers": layers}), held_out.images,
+                                         spec, measuring)
         record = QuantizationRecord(
             quantized_from=source.version,
             method=opts.method,
@@ -242,7 +250,7 @@ def quantize(opts: QuantizeOptions) -> Path:
         )
         opset = _opset(model_path)
         return staging.commit(lambda version, files: int8_metadata(
-            metadata, version, files, layers, record, views, opset))
+            metadata, version, files, layers, record, views, opset, explained))
 
 
 def _rounded(value: float | None) -> float | None:
@@ -718,7 +726,8 @@ def _opset(path: Path) -> int | None:
 
 
 def int8_metadata(source: Metadata, version: int, files: dict[str, Any], layers: list[Layer],
-                  record: QuantizationRecord, views: channel_view.Stored, opset: int | None) -> Metadata:
+                  record: QuantizationRecord, views: channel_view.Stored, opset: int | None,
+                  explained: ExplanationsRecord | None = None) -> Metadata:
     """The float version's metadata, as the int8 version's: same labels, input, output and
     layers (their kernels now int8 initializers), its own files, views and record."""
     from .staging import utc_now
@@ -732,6 +741,6 @@ def int8_metadata(source: Metadata, version: int, files: dict[str, Any], layers:
     document = source.model_copy(update={
         "version": version, "created": utc_now(), "description": description, "layers": layers,
         "parity": None, "versions": versions, "channel_view": views.channel_view, "samples": views.samples,
-        "precision": Precision.INT8, "quantization": record, "files": files,
+        "precision": Precision.INT8, "quantization": record, "files": files, "explanations": explained,
     })
     return Metadata.model_validate(document.to_json())

@@ -188,7 +188,8 @@ def top_sheet(pictures: Sequence[StoredPicture]) -> bytes:
         y = GAP + (i // columns) * cell_h + (TILE - tile.height) // 2
         sheet.paste(tile, (x, y))
         entry = picture.entry
-        caption = _fit(draw, f"{entry.label}  {entry.activation:.3g}", font, TILE)
+        said = entry.label if entry.score is None else f"{entry.label} {entry.score:.0%}"  # the model's own caption
+        caption = _fit(draw, f"{said}  {entry.activation:.3g}", font, TILE)
         draw.text((GAP + (i % columns) * cell_w, GAP + (i // columns) * cell_h + TILE + 2), caption,
                   fill=TEXT_COLOUR, font=font)
     buffer = io.BytesIO()

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from artifact import QuantizationRecord
+from artifact import ExplanationsRecord, QuantizationRecord
 from service.codecs import colormaps
 from service.codecs.arrays import Encoding, MapEncoding, NpyDtype, encode_feature_map, encode_saliency
 from service.codecs.pictures import input_image, png_bytes, saliency_overlay
@@ -102,6 +102,7 @@ def layer_catalogue(result: LayerCatalogue) -> dict[str, Any]:
         for layer in layers:
             layer["explain_methods"] = []
         body["explanations"] = {"methods": [], "default_method": None, "default_layer": None,
+                                "default_reason": None, "not_recommended": [], "measured": None,
                                 "unavailable": result.unexplainable}
         return body
     rows = {row.name: row for row in catalogue.layers}
@@ -114,9 +115,18 @@ def layer_catalogue(result: LayerCatalogue) -> dict[str, Any]:
         "methods": [m.value for m in catalogue.methods],
         "default_method": catalogue.default_method.value,
         "default_layer": catalogue.default_layer,
+        "default_reason": catalogue.default_reason,
+        "not_recommended": [{"method": m.method.value, "beats_random_share": m.share, "images": m.images,
+                             "why": m.why} for m in catalogue.not_recommended],
+        "measured": _measured(catalogue.measured),
         "unavailable": None,
     }
     return body
+
+
+def _measured(record: ExplanationsRecord | None) -> dict[str, Any] | None:
+    """The export's measurements of each method, as the artifact records them."""
+    return None if record is None else record.to_json()
 
 
 # -- int8 versions ----------------------------------------------------------------------------
@@ -171,6 +181,7 @@ def channel(result: ChannelTop, links: Links) -> dict[str, Any]:
                 "position": _named(("y", "x"), entry.position),
                 "box": _named(("left", "top", "right", "bottom"), entry.box),
                 "crop": entry.crop,
+                "score": entry.score,
                 "image_url": links.top_image(layer, index, entry.rank),
             }
             for entry in result.top
@@ -180,8 +191,9 @@ def channel(result: ChannelTop, links: Links) -> dict[str, Any]:
 
 
 def samples(result: Samples, links: Links) -> dict[str, Any]:
-    return {"samples": [{"id": i, "label": label, "image_url": links.sample(i)}
-                        for i, label in enumerate(result.labels)]}
+    scores: list[float | None] = list(result.scores) if result.scores is not None else [None] * len(result.labels)
+    return {"samples": [{"id": i, "label": label, "score": score, "image_url": links.sample(i)}
+                        for i, (label, score) in enumerate(zip(result.labels, scores, strict=True))]}
 
 
 def _rounded(kernel: NDArray[np.float32]) -> list[list[list[float]]]:

@@ -62,7 +62,9 @@ from service.explain.model import (
     LayerInfo,
     LayerMethods,
     Method,
+    NotRecommended,
     default_method,
+    default_reason,
     describe,
 )
 from service.explain.passes import Forward
@@ -82,8 +84,10 @@ __all__ = [
     "LayerInfo",
     "LayerMethods",
     "Method",
+    "NotRecommended",
     "Target",
     "default_method",
+    "default_reason",
     "describe",
     "method_cost",
 ]

@@ -23,12 +23,13 @@ from service.explain.head import NotExact
 from service.explain.maps import evidence
 from service.explain.methods import (
     METHOD_FNS,
-    OCCLUSION_GRID,
     OCCLUSION_MIN_GRID,
     RISE_MASKS,
     RISE_MIN_MASKS,
+    SCORE_CAM_CHANNELS,
     Context,
-    occlusion_geometry,
+    OcclusionGrid,
+    occlusion_window,
 )
 from service.explain.model import METHODS, ExplainableModel, LayerInfo, Method, default_method
 from service.explain.passes import BatchImages, Forward, Passes
@@ -108,14 +109,14 @@ class Cost:
 def method_cost(model: ExplainableModel, method: Method, layer: LayerInfo | None) -> Cost:
     if method is Method.OCCLUSION:
         h, w = model.input_shape[1:]
-        (wh, ww), _ = occlusion_geometry((h, w), OCCLUSION_GRID**2)
-        default = min(OCCLUSION_GRID, h - wh + 1) * min(OCCLUSION_GRID, w - ww + 1)
+        wh, ww = occlusion_window(model)
+        default = OcclusionGrid.default((h, w), (wh, ww)).positions
         return Cost(OCCLUSION_MIN_GRID**2, default, (h - wh + 1) * (w - ww + 1))
     if method is Method.RISE:
         return Cost(RISE_MIN_MASKS, RISE_MASKS, 10**9)
     if method is Method.SCORE_CAM:
         assert layer is not None
-        return Cost(1, layer.shape[0], layer.shape[0])
+        return Cost(1, min(layer.shape[0], SCORE_CAM_CHANNELS), layer.shape[0])
     return Cost(0, 0, 0)
 
 
@@ -144,7 +145,7 @@ class Explainer:
         layer = self._layer(method, request.layer)
         target = None if request.target is None else self._target(request.target)
         cost = method_cost(self.model, method, layer)
-        extra = faith.PASSES if request.faithfulness else (1 if method is Method.SCORE_CAM else 0)
+        extra = faith.PASSES if request.faithfulness else 0
         least = 1 + cost.minimum + extra
         limit = "CONVSCOPE_MAX_EXPLAIN_PASSES"
         if request.seed < 0:
@@ -177,7 +178,7 @@ class Explainer:
     def _why(extra: int) -> str:
         if extra == faith.PASSES:
             return f" (1 for the image, {faith.PASSES} for faithfulness)"
-        return " (1 for the image)" if extra == 0 else " (1 for the image, 1 for the baseline)"
+        return " (1 for the image)"
 
     def _method(self, name: str | None) -> Method:
         valid = self.model.methods()

@@ -25,11 +25,19 @@ from service.explain.maps import blend, upsample
 from service.explain.model import ExplainableModel, LayerInfo, Method
 from service.explain.passes import Passes
 
-# Occlusion (Zeiler & Fergus 2014): a window of side/7 of the image (4 px at 28, 32 px at
-# 224), slid with half its side as stride, gives 13 x 13 = 169 positions.
+# Occlusion (Zeiler & Fergus 2014): a square of the baseline slid over the image at half its
+# side. Its side is the stride of the model's deepest spatial layer (the grid on which the
+# net's last map says where: 32 px for AlexNet or a ResNet at 224, 4 px for TinyVGG at 28),
+# kept within 1/8..1/4 of the image (a 64 px input whose last map is 2 x 2 gets 16 px, not
+# half the image); 1/7 of the side where no stride is known.
 OCCLUSION_FRACTION = 1 / 7
-OCCLUSION_GRID = 13
+OCCLUSION_SMALLEST = 1 / 8
+OCCLUSION_LARGEST = 1 / 4
 OCCLUSION_MIN_GRID = 2
+OCCLUSION_GRID = 13  # at most 13 x 13 positions by default: 169 passes, whatever the image
+# Score-CAM scores at most this many channels by default (those that fire most): one pass
+# each, and a 1280-channel layer took 1339 passes, 27 s (issue 21). More with `passes`.
+SCORE_CAM_CHANNELS = 128
 # RISE (Petsiuk et al. 2018): 7 x 7 cells, each kept with probability 0.5, upsampled
 # bilinearly with a random sub-cell shift; 1000 masks by default.
 RISE_CELLS = 7
@@ -63,7 +71,7 @@ class Context:
         return self.model.baseline
 
     async def baseline_probability(self) -> float:
-        """P(target | baseline image): one pass, shared by Score-CAM and faithfulness."""
+        """P(target | baseline image): one pass, where the faithfulness curves end."""
         if self._baseline_probability is None:
             image = np.broadcast_to(self.baseline, self.image.shape).astype(np.float32)[None]
             (probability,) = await self.passes.probabilities(1, lambda a, b: image, self.target)
@@ -83,30 +91,87 @@ def cam_to_input(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 # ---- occlusion -------------------------------------------------------------------------
 
-def occlusion_geometry(size: tuple[int, int], passes: int) -> tuple[tuple[int, int], list[np.ndarray]]:
-    """(window [h, w], window starts per axis) for at most ``passes`` positions.
-
-    The default is a 13 x 13 grid of windows of 1/7 of the side at half-window stride.
-    A smaller budget makes the grid coarser (never below 2 x 2), widening the window so
-    the windows still cover the image; a larger one refines the stride, down to 1 px.
-    """
-    per_axis = max(OCCLUSION_MIN_GRID, math.isqrt(max(passes, 0)))
+def occlusion_window(model: ExplainableModel) -> tuple[int, int]:
+    """The occluder's side, rows and columns (see OCCLUSION_FRACTION above)."""
+    size = model.input_shape[1:]
+    strides = [layer.stride for layer in model.layers if layer.spatial and layer.stride]
     window = []
-    starts = []
     for side in size:
-        w = max(1, round(side * OCCLUSION_FRACTION))
-        n = min(per_axis, side - w + 1)
-        if n > 1 and (side - w) / (n - 1) > w:  # a stride wider than the window leaves gaps
-            w = math.ceil(side / n)
-        n = min(n, side - w + 1)
-        window.append(w)
-        starts.append(np.unique(np.round(np.linspace(0, side - w, n)).astype(np.int64)))
-    return (window[0], window[1]), starts
+        if strides:
+            lo, hi = math.ceil(side * OCCLUSION_SMALLEST), max(1, side // round(1 / OCCLUSION_LARGEST))
+            window.append(int(min(max(strides[-1], lo), max(hi, lo))))
+        else:
+            window.append(max(1, round(side * OCCLUSION_FRACTION)))
+    return window[0], window[1]
+
+
+@dataclass(frozen=True)
+class OcclusionGrid:
+    """Where the occluder goes: its side and its starts along each axis."""
+
+    window: tuple[int, int]
+    rows: np.ndarray
+    cols: np.ndarray
+
+    @property
+    def positions(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def stride(self) -> list[int]:
+        return [int(np.diff(s).max()) if len(s) > 1 else 0 for s in (self.rows, self.cols)]
+
+    @classmethod
+    def default(cls, size: tuple[int, int], window: tuple[int, int]) -> OcclusionGrid:
+        """Half-window stride, the last window flush with the far edge; at most OCCLUSION_GRID
+        windows per axis (the stride then grows a little past half a window)."""
+        windows, starts = [], []
+        for side, w in zip(size, window, strict=True):
+            step = max(1, w // 2)
+            half = np.unique(np.append(np.arange(0, side - w + 1, step), side - w))
+            if len(half) > OCCLUSION_GRID:
+                while True:
+                    half = np.unique(np.round(np.linspace(0, side - w, OCCLUSION_GRID)).astype(np.int64))
+                    gap = int(np.diff(half).max())
+                    if gap <= w:
+                        break
+                    w = gap  # never a gap between windows: widen them, place them again
+            windows.append(w)
+            starts.append(half)
+        return cls((windows[0], windows[1]), starts[0], starts[1])
+
+    @classmethod
+    def within(cls, size: tuple[int, int], window: tuple[int, int], passes: int) -> OcclusionGrid:
+        """The grid for at most ``passes`` positions: the default one, coarser for fewer (never
+        below 2 x 2; the window widens so the windows still cover the image), finer for more
+        (down to a 1 px stride)."""
+        default = cls.default(size, window)
+        if passes == default.positions:
+            return default
+        scale = math.sqrt(max(passes, 0) / default.positions)
+        windows, starts = [], []
+        for side, w, base in zip(size, window, (len(default.rows), len(default.cols)), strict=True):
+            n = max(OCCLUSION_MIN_GRID, min(side - w + 1, math.floor(base * scale + 1e-9)))
+            if n > 1 and (side - w) / (n - 1) > w:  # a stride wider than the window leaves gaps
+                w = math.ceil(side / n)
+            n = max(1, min(n, side - w + 1))
+            windows.append(w)
+            starts.append(np.unique(np.round(np.linspace(0, side - w, n)).astype(np.int64)))
+        return cls((windows[0], windows[1]), starts[0], starts[1])
+
+
+def _tent(width: int) -> np.ndarray:
+    """Weights across a window, highest at its centre and never 0 inside it: windows half a
+    window apart then blend linearly from one centre to the next instead of in steps."""
+    i = np.arange(width)
+    weights: np.ndarray = np.minimum(i + 1, width - i).astype(np.float64)
+    return weights
 
 
 async def occlusion(ctx: Context) -> MethodResult:
-    (wh, ww), (rows, cols) = occlusion_geometry(ctx.size, ctx.method_passes)
-    positions = [(r, c) for r in rows for c in cols]
+    grid = OcclusionGrid.within(ctx.size, occlusion_window(ctx.model), ctx.method_passes)
+    wh, ww = grid.window
+    positions = [(r, c) for r in grid.rows for c in grid.cols]
     image, baseline = ctx.image, ctx.baseline
 
     def make(start: int, stop: int) -> np.ndarray:
@@ -116,14 +181,16 @@ async def occlusion(ctx: Context) -> MethodResult:
         return batch
 
     scores = await ctx.passes.probabilities(len(positions), make, ctx.target)
+    # Each pixel: the drop in P(target) of the windows that covered it, weighted by how near
+    # their centres it lies (a tent), so the map has no steps at the window edges.
+    tent = np.outer(_tent(wh), _tent(ww))
     drop = np.zeros(ctx.size, dtype=np.float64)
-    covered = np.zeros(ctx.size, dtype=np.float64)
-    for (r, c), score in zip(positions, scores):
-        drop[r : r + wh, c : c + ww] += ctx.probability - score
-        covered[r : r + wh, c : c + ww] += 1
-    raw = np.divide(drop, covered, out=np.zeros_like(drop), where=covered > 0)
-    strides = [int(np.diff(s).max()) if len(s) > 1 else 0 for s in (rows, cols)]
-    return raw, {"window": [wh, ww], "stride": strides, "positions": len(positions)}
+    weight = np.zeros(ctx.size, dtype=np.float64)
+    for (r, c), score in zip(positions, scores, strict=True):
+        drop[r : r + wh, c : c + ww] += tent * (ctx.probability - score)
+        weight[r : r + wh, c : c + ww] += tent
+    raw = np.divide(drop, weight, out=np.zeros_like(drop), where=weight > 0)
+    return raw, {"window": [wh, ww], "stride": grid.stride, "positions": grid.positions}
 
 
 # ---- RISE ------------------------------------------------------------------------------
@@ -197,14 +264,24 @@ def _activations(ctx: Context) -> np.ndarray:
 
 async def score_cam(ctx: Context) -> MethodResult:
     """Score-CAM (Wang et al. 2020): each channel, upsampled and scaled to 0..1, keeps the
-    input where it fires; the rise in P(target) over the baseline image weighs it (their
-    channel-wise increase of confidence, f(X o H_k) - f(X_b), with f the target's softmax
-    probability; a multi-label model's sigmoid score for the target)."""
+    input where it fires (the rest becomes the baseline image); the target's probability
+    for that image weighs the channel, as the authors' implementation does:
+    sum_k P(target | image kept by channel k) * A_k, never negative.
+
+    Not the increase over the baseline image (the paper's CIC, P_k - P(target | baseline)):
+    that subtracts P(target | baseline) * sum_k A_k everywhere, and on a net that needs the
+    whole object, where one part alone looks more like another class than the blank image
+    does (a pagoda's roof alone is a "roof" to a 1000-class net), every weight is negative
+    and the ReLU leaves an empty map on an image the model names with confidence (issue 21;
+    tests/support/explain_models.py ``build_parts``). Measured on the zoo, the two rank the
+    same maps alike where the CIC is positive (benchmarks/RESULTS-explain.md).
+
+    More channels than passes (by default at most SCORE_CAM_CHANNELS): those that fire
+    most (mean activation); a weak channel's mask keeps little of the image and weighs
+    little in the sum anyway."""
     acts = _activations(ctx)
     flat = acts.reshape(acts.shape[0], -1)
     informative = np.flatnonzero(flat.max(axis=1) > flat.min(axis=1))  # a flat channel masks nothing
-    # More channels than passes: score those that fire most (mean activation); a weak
-    # channel's mask keeps little of the image and weighs little in the sum anyway.
     order = informative[np.argsort(-flat[informative].mean(axis=1), kind="stable")]
     chosen = np.sort(order[: ctx.method_passes])
     image, baseline, size = ctx.image, ctx.baseline, ctx.size
@@ -218,9 +295,13 @@ async def score_cam(ctx: Context) -> MethodResult:
         return blend(image, baseline, masks)
 
     scores = await ctx.passes.probabilities(len(chosen), make, ctx.target)
-    weights = scores - await ctx.baseline_probability() if len(chosen) else scores
-    cam = np.tensordot(weights.astype(np.float32), acts[chosen], axes=1) if len(chosen) else acts[0] * 0
-    return cam_to_input(cam, ctx.size), {"channels_scored": int(len(chosen)), "channels": int(acts.shape[0])}
+    # Scaled by the largest: only their ratios matter (the map is scaled to 0..1), and a
+    # 1000-class model's probabilities of 1e-30 stay representable in float32.
+    peak = float(scores.max()) if len(chosen) else 0.0
+    weights = (scores / peak if peak > 0 else scores).astype(np.float32)
+    cam = np.tensordot(weights, acts[chosen], axes=1) if len(chosen) else acts[0] * 0
+    return cam_to_input(cam, ctx.size), {"channels_scored": int(len(chosen)), "channels": int(acts.shape[0]),
+                                         "weights": "P(target | the image kept where the channel fires)"}
 
 
 def grad_cam_map(acts: np.ndarray, gradient: np.ndarray) -> np.ndarray:

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from artifact import InputRecipe, Metadata, OutputKind
+from artifact import ExplanationsRecord, InputRecipe, Metadata, OutputKind
 from service.explain.head import GradHead, HeadAnalysis, NotExact
+
+# The CAM family's default layer has at least this many positions where one can (4 x 4).
+CAM_POSITIONS = 16
 
 
 class Method(str, Enum):
@@ -48,11 +51,16 @@ class LayerInfo:
     shape: tuple[int, ...]
     receptive_field: int | None = None
     stride: int | None = None
+    group: str | None = None  # the block it belongs to (an import's residual, dense, inception block)
 
     @property
     def spatial(self) -> bool:
         """[C, h, w] with more than one position: a map of where, which the CAMs need."""
-        return len(self.shape) == 3 and self.shape[1] * self.shape[2] > 1
+        return self.positions > 1
+
+    @property
+    def positions(self) -> int:
+        return self.shape[1] * self.shape[2] if len(self.shape) == 3 else 0
 
 
 @dataclass(frozen=True)
@@ -66,13 +74,34 @@ class LayerMethods:
 
 
 @dataclass(frozen=True)
+class NotRecommended:
+    """A method offered for a model whose map, measured at export, beat a random map on
+    fewer than RECOMMENDED of its held-out images."""
+
+    method: Method
+    share: float  # of the images measured, those where the map beat a random map
+    images: int
+
+    @property
+    def why(self) -> str:
+        return (f"its map beat a random map on {round(self.share * self.images)} of {self.images} held-out images "
+                f"({self.share:.0%}) when measured at export, under the {RECOMMENDED:.0%} a method needs to be "
+                "recommended")
+
+
+@dataclass(frozen=True)
 class Catalogue:
     """Which methods and layers a model allows, for ``GET /v1/models/{name}/layers`` and errors."""
 
     methods: tuple[Method, ...]  # every method valid for this model
     default_method: Method
-    default_layer: str | None  # the deepest spatial layer (CAM methods' default)
+    default_layer: str | None  # the deepest spatial block output (CAM methods' default)
     layers: tuple[LayerMethods, ...]  # every tapped layer, shallow to deep
+    default_reason: str = ""  # why the default method is the default, in words
+    measured: ExplanationsRecord | None = None  # every method measured at export; None: not measured
+    # The measured methods whose map beat a random map on fewer than RECOMMENDED of
+    # the held-out images: offered, but not recommended for this model.
+    not_recommended: tuple[NotRecommended, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,9 @@ class ExplainableModel:
     # What the class output holds (service.models.scores.probabilities reads it accordingly):
     # perturbation methods and faithfulness score P(target) from it, never a second softmax.
     output_kind: OutputKind = OutputKind.LOGITS
+    # Every method measured on held-out images at export (artifact `explanations`): the
+    # default method and the methods not recommended come from it; None: not measured.
+    measured: ExplanationsRecord | None = None
 
     def layer(self, name: str) -> LayerInfo:
         for layer in self.layers:
@@ -116,10 +148,33 @@ class ExplainableModel:
         return tuple(layer.name for layer in self.layers if method in self.layer_methods(layer))
 
     def default_layer(self, method: Method = Method.SCORE_CAM) -> str | None:
-        """The deepest spatial layer where ``method`` is valid: the most semantic map that
-        still says where (the Grad-CAM paper's choice, and pytorch-grad-cam's)."""
+        """The deepest spatial block output where ``method`` is valid whose map has at least
+        CAM_POSITIONS positions: the most semantic map that still says where (the Grad-CAM
+        paper's choice, pytorch-grad-cam's `layer4` of a ResNet at 224 px: 7 x 7).
+
+        - Blocks: in a net with blocks (an import's residual, dense, inception blocks: the
+          layers' `group`) the last layer of a block, never a conv inside one, whose map is
+          half of a residual sum; in a chain, any layer.
+        - Positions: a 2 x 2 map (a ResNet's `layer4` at 64 px) upsampled is a single blob;
+          on the zoo at 64 px score-cam and eigen-cam beat a random map far more often one
+          block earlier, at 4 x 4 (benchmarks/RESULTS-explain.md). Where no valid layer has
+          that many (grad-cam is exact only after the last merge of a residual net), the
+          deepest valid one.
+        """
         valid = self.layers_for(method)
-        return valid[-1] if valid else None
+        ends = self.block_outputs()
+        outputs = [name for name in valid if name in ends] if ends else list(valid)
+        fine = [name for name in outputs if self.layer(name).positions >= CAM_POSITIONS]
+        chosen = fine or outputs or list(valid)
+        return chosen[-1] if chosen else None
+
+    def block_outputs(self) -> frozenset[str]:
+        """The last layer of each block (``group``), where the model has blocks."""
+        last: dict[str, str] = {}
+        for layer in self.layers:
+            if layer.group is not None:
+                last[layer.group] = layer.name
+        return frozenset(last.values())
 
     def methods(self) -> tuple[Method, ...]:
         return tuple(m for m in Method if not m.uses_layer or self.layers_for(m))
@@ -139,23 +194,50 @@ class ExplainableModel:
             else:
                 why = None
             rows.append(LayerMethods(layer.name, layer.shape, self.layer_methods(layer), why))
-        return Catalogue(self.methods(), default_method(self), self.default_layer(), tuple(rows))
+        valid = {m.value for m in self.methods()}
+        shy = tuple(NotRecommended(Method(m.method), m.share, m.images) for m in self.measured.methods
+                    if m.method in valid and m.share < RECOMMENDED) if self.measured is not None else ()
+        return Catalogue(self.methods(), default_method(self), self.default_layer(), tuple(rows),
+                         default_reason=default_reason(self), measured=self.measured, not_recommended=shy)
+
+
+# A method whose map beat a random map on fewer than this share of a model's held-out
+# images is listed as not recommended for it (issue 21); service/explain/survey.py measures.
+RECOMMENDED = 0.8
+# The default of a model without measurements. Occlusion needs no layer and no exact head,
+# so every model allows it, and it was the most faithful on the digits models: on 30
+# held-out digits (trained tinyvgg; deletion area, lower is better / insertion, higher is
+# better / passes with faithfulness) occlusion 0.076 / 0.934 / 228, RISE 0.080 / 0.935 /
+# 1059, score-cam 0.31 / 0.88 / 69, hires-cam 0.34 / 0.90 / 59, eigen-cam 0.57 / 0.69 / 59,
+# classic grad-cam 0.81 / 0.83 / 59 (an empty map on all 30); the trained LeNet ranks them
+# the same (docs/explain.md).
+UNMEASURED_DEFAULT = Method.OCCLUSION
 
 
 def default_method(model: ExplainableModel) -> Method:
-    """The most faithful method a model allows at a moderate cost: occlusion, on every model.
+    """The model's default method: the one chosen from its measurements at export
+    (artifact `explanations`, service/explain/survey.py ``choose``) where it has them and
+    the method is valid here; otherwise UNMEASURED_DEFAULT."""
+    measured = _measured_default(model)
+    return measured if measured is not None else UNMEASURED_DEFAULT
 
-    Measured on 30 held-out digits (benchmarks/explain.py, trained tinyvgg; deletion area,
-    lower is better / insertion, higher is better / passes with faithfulness): occlusion
-    0.076 / 0.934 / 228, RISE 0.080 / 0.935 / 1059, score-cam 0.31 / 0.88 / 69, hires-cam
-    0.34 / 0.90 / 59, eigen-cam 0.57 / 0.69 / 59, classic grad-cam 0.81 / 0.83 / 59 (an
-    empty map on all 30; trained LeNet: the same order, grad-cam 0.43 / 0.78 there). RISE
-    matches occlusion at almost five times the passes; the CAMs are cheaper, but their maps
-    come from a 7 x 7 layer and, for eigen-cam, are not about the target at all. Occlusion
-    needs no layer and no exact head, so every model allows it, and its cost (169 passes)
-    does not grow with the image or the model.
-    """
-    return Method.OCCLUSION
+
+def default_reason(model: ExplainableModel) -> str:
+    """Why ``default_method`` chose what it chose, in words."""
+    if _measured_default(model) is not None:
+        assert model.measured is not None
+        return f"measured at export on {model.measured.images} held-out images: {model.measured.reason}"
+    return ("not measured (the artifact records no explanation measurements: export or import the model with "
+            "held-out images, or add them with `python -m model_export channel-view MODEL_DIR --data-dir DIR`); "
+            "occlusion needs no layer and no exact gradient, so every model allows it, and it was the most "
+            "faithful method on the digits models")
+
+
+def _measured_default(model: ExplainableModel) -> Method | None:
+    if model.measured is None or model.measured.default_method not in METHODS:
+        return None
+    method = Method(model.measured.default_method)
+    return method if method in model.methods() else None
 
 
 def describe(name: str, metadata: Metadata, model: onnx.ModelProto | str | Path,
@@ -177,7 +259,8 @@ def describe(name: str, metadata: Metadata, model: onnx.ModelProto | str | Path,
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     inp = metadata.input
     layers = tuple(
-        LayerInfo(name=layer.name, shape=layer.map_shape, receptive_field=layer.receptive_field, stride=layer.stride)
+        LayerInfo(name=layer.name, shape=layer.map_shape, receptive_field=layer.receptive_field, stride=layer.stride,
+                  group=layer.group)
         for layer in metadata.layers
     )
     # One image's input shape, for the graph's dimensions left open (a head may read the
@@ -199,6 +282,7 @@ def describe(name: str, metadata: Metadata, model: onnx.ModelProto | str | Path,
         heads=heads,
         baseline=baseline_image(inp),
         output_kind=metadata.output.kind,
+        measured=metadata.explanations,
     )
 
 

@@ -124,7 +124,7 @@ class IntrospectionHandler(Handler):
 
     def samples(self, name: str, version: int | None) -> Samples:
         with self.holding(name, version) as model:
-            return Samples(ref(model), model.channel_view.samples())
+            return Samples(ref(model), model.channel_view.samples(), model.channel_view.sample_scores())
 
     def sample(self, name: str, version: int | None, sample_id: int) -> Picture:
         with self.holding(name, version) as model:

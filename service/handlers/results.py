@@ -147,6 +147,7 @@ class Samples:
 
     model: ModelRef
     labels: list[str]
+    scores: list[float] | None = None  # the model's probability of each label, where it captioned them
 
 
 @dataclass(frozen=True)

@@ -60,12 +60,13 @@ class TopImage:
 
     rank: int  # 0 = the strongest
     activation: float  # the channel's maximum over this image
-    label: str  # the image's class in the held-out set
+    label: str  # the image's class in the held-out set, or the model's top-1 (score set)
     image: int  # its index in the held-out split the export ranked
     position: tuple[int, int] | None  # (y, x) of the maximum in the layer's map; None: flat layer
     box: tuple[int, int, int, int] | None  # (left, top, right, bottom) input pixels it sees
     crop: bool  # the stored picture is the box's pixels only (else the whole input)
     picture: int  # which stored picture shows it
+    score: float | None = None  # the model's probability of `label`, where the model captioned it (a flat folder)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class _Ranking:
     classes: list[str]
     image_index: np.ndarray  # (N,) held-out index of each ranked image
     image_label: np.ndarray  # (N,) its class, into `classes`
+    image_score: np.ndarray | None  # (N,) the model's probability of that class (a flat folder); None: labels
 
     @classmethod
     def load(cls, path: Path, known_layers: set[str]) -> _Ranking:
@@ -157,13 +159,16 @@ class _Ranking:
         images = len(arrays["image_index"])
         if arrays["image_label"].shape != (images,):
             raise ArtifactError(f"{path.name}: one label per ranked image expected")
+        scores = arrays.get("image_score")
+        if scores is not None and scores.shape != (images,):
+            raise ArtifactError(f"{path.name}: one score per ranked image expected")
         tables: dict[str, _LayerTable] = {}
         for j, name in enumerate(str(n) for n in arrays["layers"]):
             if name not in known_layers:
                 raise ArtifactError(f"{path.name} ranks layer {name!r}, which metadata does not list")
             tables[name] = _table(arrays, j, name, images, len(pictures), path.name)
         classes = [str(c) for c in arrays["classes"]]
-        return cls(tables, pictures, classes, arrays["image_index"], arrays["image_label"])
+        return cls(tables, pictures, classes, arrays["image_index"], arrays["image_label"], scores)
 
     def label(self, image: int) -> str:
         index = int(self.image_label[image])
@@ -260,6 +265,11 @@ class ChannelView:
         """The sample images' labels, by id."""
         return list(self._sample_set().labels)
 
+    def sample_scores(self) -> list[float] | None:
+        """The model's probability of each sample's label, where the model captioned them
+        (samples from a flat folder); None where the labels are the images' own."""
+        return self._sample_set().scores
+
     def sample_image(self, sample_id: int) -> bytes:
         """One sample as stored (PNG, the model's size and mode)."""
         samples = self._sample_set()
@@ -307,6 +317,7 @@ class ChannelView:
             box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])) if box[0] >= 0 else None,
             crop=bool(ranking.pictures.crop[picture]),
             picture=picture,
+            score=None if ranking.image_score is None else float(ranking.image_score[image]),
         )
 
     def _sample_set(self) -> _Samples:
@@ -341,6 +352,7 @@ class _Samples:
 
     labels: list[str]
     pictures: _Pictures
+    scores: list[float] | None = None  # the model's probability of each label, where it captioned them
 
     @classmethod
     def load(cls, path: Path) -> _Samples:
@@ -351,6 +363,9 @@ class _Samples:
         pictures = _Pictures(arrays["data"], arrays["offsets"], path.name)
         if len(pictures) != len(labels):
             raise ArtifactError(f"{path.name}: {len(labels)} labels for {len(pictures)} images")
-        return cls(labels, pictures)
+        scores = arrays.get("score")
+        if scores is not None and scores.shape != (len(labels),):
+            raise ArtifactError(f"{path.name}: {len(scores)} scores for {len(labels)} images")
+        return cls(labels, pictures, None if scores is None else [float(v) for v in scores])
 
 

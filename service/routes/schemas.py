@@ -95,10 +95,48 @@ class LayerInfo(BaseModel):
                           "over the held-out images the export judged it on (higher is closer; null: identical).")
 
 
+class NotRecommendedMethod(BaseModel):
+    method: str
+    beats_random_share: float = Field(description="Of the held-out images it was measured on at export, the share "
+                                                  "where its map beat a random map (below 0.8).")
+    images: int = Field(description="How many images it was measured on.")
+    why: str
+
+
+class MethodMeasured(BaseModel):
+    method: str
+    layer: str | None = Field(None, description="The layer it ran at (the CAM family's default); null: none.")
+    images: int = Field(description="Held-out images it explained.")
+    beats_random: int = Field(description="Of which its map beat a random map.")
+    share: float = Field(description="beats_random / images.")
+    passes: int = Field(description="Forward passes per explanation, faithfulness included.")
+    median_seconds: float = Field(description="Median seconds per explanation on the machine that measured.")
+    deletion: float | None = Field(None, description="Mean deletion area (lower: more faithful).")
+    random_deletion: float | None = Field(None, description="Mean deletion area of a random map.")
+
+
+class ExplanationsMeasured(BaseModel):
+    images: int = Field(description="Held-out images offered to each method.")
+    seconds: float = Field(description="What measuring cost, all methods.")
+    cpus: int | None = None
+    load_average: float | None = Field(None, description="The measuring machine's 1-minute load average.")
+    methods: list[MethodMeasured]
+    default_method: str = Field(description="The default chosen from these measurements.")
+    reason: str
+
+
 class ExplainCatalogue(BaseModel):
     methods: list[str] = Field(description="Every explanation method this model allows.")
-    default_method: str | None = Field(description="The method a request without `method=` gets.")
-    default_layer: str | None = Field(description="The CAM family's default layer: the deepest spatial one.")
+    default_method: str | None = Field(description="The method a request without `method=` gets: the one chosen from "
+                                                   "the model's measurements at export where it has them.")
+    default_layer: str | None = Field(description="The CAM family's default layer: the deepest spatial block output.")
+    default_reason: str | None = Field(None, description="Why the default method is the default.")
+    not_recommended: list[NotRecommendedMethod] = Field(
+        default_factory=list, description="Methods offered but not recommended for this model: measured at export, "
+                                          "their map beat a random map on fewer than 80% of the held-out images.")
+    measured: ExplanationsMeasured | None = Field(
+        None, description="Every method as measured at export on held-out images (docs/artifact.md, `explanations`); "
+                          "null: not measured.")
     unavailable: str | None = Field(None, description="Why this model cannot be explained at all, if so.")
 
 
@@ -245,12 +283,15 @@ class Box(BaseModel):
 class TopEntry(BaseModel):
     rank: int = Field(description="0 = the strongest.")
     activation: float = Field(description="The channel's maximum over this image.")
-    label: str = Field(description="The image's class in the held-out set.")
+    label: str = Field(description="The image's class in the held-out set; for images from a flat folder, the "
+                                   "model's own top-1 class (then `score` is its probability).")
     image: int = Field(description="The image's index in the held-out split the export ranked.")
     position: Position | None = Field(description="Where the maximum is in the layer's map; null for a flat layer.")
     box: Box | None = Field(description="The input pixels that unit sees (its receptive field, clipped to the "
                                         "image); null where the geometry is unknown.")
     crop: bool = Field(description="true: the picture is the box's pixels only; false: the whole input.")
+    score: float | None = Field(None, description="The model's probability of `label` where the model captioned "
+                                                  "the image (a flat folder of images); null: a true label.")
     image_url: str = Field(description="The stored picture (PNG, the model's input size and colour mode).")
 
 
@@ -264,7 +305,9 @@ class ChannelAnswer(BaseModel):
 
 class Sample(BaseModel):
     id: int
-    label: str
+    label: str = Field(description="The image's class; for samples from a flat folder, the model's own top-1.")
+    score: float | None = Field(None, description="The model's probability of `label` where the model captioned "
+                                                  "the image; null: a true label.")
     image_url: str
 
 

@@ -104,7 +104,8 @@ def test_metadata_lists_the_new_files_and_their_size_is_bounded(digits_artifact:
     assert section["file"] == "channel_view.npz" and section["images"] == len(digits_artifact.labels)
     assert section["layers"] == [layer["name"] for layer in meta["layers"]]
     assert section["pictures"]["crop"] == 0 and 0 < section["pictures"]["whole"] <= section["images"]
-    assert meta["samples"] == {"file": "samples.npz", "count": 30, "per_class": 3}
+    assert meta["samples"] == {"file": "samples.npz", "count": 30, "per_class": 3, "captions": "labels"}
+    assert section["captions"] == "labels"  # the held-out split's own classes
     files = meta["files"]
     # Small next to what it explains: whole 28 px PNGs, each stored once.
     assert 0 < files["channel_view.npz"]["bytes"] < 256 * 1024

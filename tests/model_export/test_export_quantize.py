@@ -60,6 +60,18 @@ def test_an_int8_version_is_the_next_version_with_the_float_versions_names(tmp_p
     assert [s.batch for s in after.quantization.speed] == [1, 16]
 
 
+def test_the_int8_version_measures_its_own_explanations(tmp_path: Path) -> None:
+    """The float version's figures (its passes, times, beats-random shares) are not the int8
+    version's: quantize measures the methods again, on the int8 graph."""
+    root = tmp_path / "models"
+    write_artifact(root, "synthetic", 1)
+    before = read_metadata(write_int8(root)).explanations
+    after = read_metadata(write_int8(root, explain_images=3)).explanations
+    assert before is None  # not asked for: none, rather than the float version's
+    assert after is not None and after.images == 3 and after.methods
+    assert after.default_method in {m.method for m in after.methods}
+
+
 def test_the_outputs_are_the_dequantized_values_close_to_the_float_ones(tmp_path: Path) -> None:
     root = tmp_path / "models"
     source = write_artifact(root, "synthetic", 1)

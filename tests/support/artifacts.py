@@ -77,11 +77,13 @@ def write_artifact(
     views: bool = False,
     output_kind: str = "logits",
     fixed_batch: int | None = None,
+    explanations: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``root/name/version/`` per docs/artifact.md and return its directory
     (``views``: with a channel view and samples of random images, by the export stage's
     own writer; ``output_kind``: what metadata says the class output is, whatever it holds;
-    ``fixed_batch``: a graph that takes exactly that many images a run)."""
+    ``fixed_batch``: a graph that takes exactly that many images a run; ``explanations``: the
+    export's record of every explanation method measured, docs/artifact.md)."""
     model, weights = build_model(channels, size, classes, seed=seed, faulty=faulty)
     if fixed_batch is not None:
         for value in [*model.graph.input, *model.graph.output]:
@@ -124,6 +126,8 @@ def write_artifact(
         "parity": None,
         "versions": {"onnx": onnx.__version__, "opset": 17},
     }
+    if explanations is not None:
+        metadata["explanations"] = explanations
     if views:
         stored = _write_views(directory, metadata, seed)
         metadata.update(channel_view=stored.channel_view.to_json(), samples=stored.samples.to_json())
@@ -181,9 +185,11 @@ def calibration_images(directory: Path, count: int = 60, size: int = 8, channels
 
 
 def write_int8(root: Path, name: str = "synthetic", float_version: int = 1, *, images: Path | None = None,
-               min_agreement: float = 0.0) -> Path:
+               min_agreement: float = 0.0, explain_images: int = 0) -> Path:
     """The int8 version of ``root/name/float_version`` as the export stage writes it (the next
-    version number), calibrated and judged on random images; returns its directory."""
+    version number), calibrated and judged on random images; returns its directory. Its
+    explanation methods are measured on ``explain_images`` (0 by default: tests that serve it
+    do not need the record, and measuring costs seconds)."""
     from model_export.quantize import QuantizeOptions, quantize
 
     meta = json.loads((root / name / str(float_version) / "metadata.json").read_text())
@@ -191,4 +197,4 @@ def write_int8(root: Path, name: str = "synthetic", float_version: int = 1, *, i
     # A hidden directory of the repository: not a model name, so the service never lists it.
     folder = images or calibration_images(root / f".calibration-{name}", size=size, channels=channels)
     return quantize(QuantizeOptions(model_dir=str(root / name), version=float_version, data_dir=str(folder),
-                                    min_agreement=min_agreement, progress=False))
+                                    min_agreement=min_agreement, progress=False, explain_images=explain_images))

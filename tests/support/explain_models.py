@@ -125,3 +125,69 @@ class OrtForward:
     @property
     def images(self) -> int:
         return sum(n for n, _ in self.calls)
+
+
+# ---- a model whose evidence is two parts together ---------------------------------------
+#
+# "parts": 16 x 16 grey input; features.1 = relu(input) * a fixed mask per channel, so
+# channel 0 sees only the top-left quadrant and channel 1 only the bottom-right one. A and B
+# are the mean of channel 0 over PART_A and of channel 1 over PART_B. Class 0 ("whole")
+# needs both parts, z0 = 4 min(A, B); class 1 ("part") answers to either, z1 = A + B;
+# class 2 is constant, z2 = 0. PARTS_IMAGE shows both parts (A = B = 1): class 0 with P =
+# 0.87. The blank baseline (A = B = 0) gives P(class 0) = 1/3, and an image that keeps one
+# part only gives 0.21: less than the blank image, because one part alone looks like class
+# 1, as a blob of a pagoda alone looks like a roof to an ImageNet net.
+
+PART_A = (slice(2, 6), slice(2, 6))
+PART_B = (slice(10, 14), slice(10, 14))
+PARTS_LABELS = ["whole", "part", "none"]
+
+
+def build_parts() -> onnx.ModelProto:
+    mask = np.zeros((2, SIZE, SIZE), dtype=np.float32)
+    mask[0, :8, :8] = 1
+    mask[1, 8:, 8:] = 1
+    pooling = np.zeros((2, 2, SIZE, SIZE), dtype=np.float32)
+    pooling[0, 0][PART_A] = 1 / 16
+    pooling[1, 1][PART_B] = 1 / 16
+    w = {"conv1.weight": np.ones((2, 1, 1, 1), np.float32), "conv1.bias": np.zeros(2, np.float32),
+         "mask": mask, "pool.weight": pooling.reshape(2, -1), "four": np.array(4.0, np.float32),
+         "zero": np.array(0.0, np.float32), "a_index": np.array([0], np.int64), "b_index": np.array([1], np.int64)}
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["c1"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Mul", ["r1", "mask"], ["features.1"]),
+        helper.make_node("Flatten", ["features.1"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "pool.weight"], ["ab"], transB=1),
+        helper.make_node("Gather", ["ab", "a_index"], ["a"], axis=1),
+        helper.make_node("Gather", ["ab", "b_index"], ["b"], axis=1),
+        helper.make_node("Min", ["a", "b"], ["both"]),
+        helper.make_node("Mul", ["both", "four"], ["z0"]),
+        helper.make_node("Add", ["a", "b"], ["z1"]),
+        helper.make_node("Mul", ["a", "zero"], ["z2"]),
+        helper.make_node("Concat", ["z0", "z1", "z2"], ["logits"], axis=1),
+    ]
+    outputs = [("logits", [3]), ("features.1", [2, SIZE, SIZE])]
+    graph = helper.make_graph(
+        nodes, "parts",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *shape]) for name, shape in outputs],
+        initializer=[numpy_helper.from_array(v, k) for k, v in w.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def parts_metadata(model: onnx.ModelProto) -> Metadata:
+    metadata = globals()["metadata"](model, name="parts")
+    return metadata.model_copy(update={"labels": list(PARTS_LABELS)})
+
+
+def parts_image() -> np.ndarray:
+    """[1, 1, 16, 16]: both parts of class 0, nothing else."""
+    x = np.zeros((1, 1, SIZE, SIZE), dtype=np.float32)
+    x[0, 0][PART_A] = 1.0
+    x[0, 0][PART_B] = 1.0
+    return x

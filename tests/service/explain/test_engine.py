@@ -48,7 +48,7 @@ async def test_every_pass_is_counted_and_the_budget_holds(explainer: Explainer, 
 
 
 @pytest.mark.parametrize("method, passes", [
-    ("occlusion", 1 + 169), ("rise", 1 + 1000), ("score-cam", 1 + 2 + 1), ("grad-cam", 1), ("hires-cam", 1),
+    ("occlusion", 1 + 169), ("rise", 1 + 1000), ("score-cam", 1 + 2), ("grad-cam", 1), ("hires-cam", 1),
     ("eigen-cam", 1),
 ])
 async def test_without_faithfulness_only_the_method_runs(proto: object, method: str, passes: int) -> None:
@@ -57,7 +57,8 @@ async def test_without_faithfulness_only_the_method_runs(proto: object, method: 
     forward = km.OrtForward(proto)
     result = await explainer.run(plan, km.image(), forward)
     assert result.faithfulness is None
-    assert result.forward_passes == forward.images == passes == plan.budget  # score-cam: + its baseline
+    # score-cam weighs channels by their masked images' scores alone: no baseline pass (issue 21)
+    assert result.forward_passes == forward.images == passes == plan.budget
 
 
 async def test_rise_spends_the_budget_it_is_given(explainer: Explainer, proto: object) -> None:
@@ -300,3 +301,28 @@ async def test_a_slow_forward_gets_small_batches(proto: object) -> None:
     result = await explainer.run(plan, km.image(), slow)
     assert result.forward_passes == sum(sizes) == 17
     assert max(sizes[1:]) <= 2  # at most 50 ms of model time per call, not all 16 positions at once
+
+
+def test_the_cam_default_layer_is_the_deepest_block_output_with_a_4x4_map() -> None:
+    """On a residual net the CAMs' default is where a block ends (never a conv inside one, half
+    of a residual sum), and of those the deepest whose map is at least 4 x 4: at 64 px a
+    ResNet's last block is 2 x 2, one blob once upsampled (issue 21)."""
+    from service.explain import ExplainableModel, LayerInfo
+
+    def layer(name: str, side: int, group: str | None) -> LayerInfo:
+        return LayerInfo(name, (8, side, side) if side else (8,), group=group)
+
+    blocks = ExplainableModel("res", (3, 64, 64), "logits", ("a", "b"), (
+        layer("conv1", 32, "conv1"),
+        layer("layer1.0.conv1", 16, "layer1.0"), layer("layer1.0", 16, "layer1.0"),
+        layer("layer3.0.conv1", 4, "layer3.0"), layer("layer3.0.conv2", 4, "layer3.0"), layer("layer3.0", 4, "layer3.0"),
+        layer("layer4.0.conv1", 2, "layer4.0"), layer("layer4.0", 2, "layer4.0"),
+        layer("avgpool", 0, "avgpool"),
+    ))
+    assert blocks.block_outputs() == {"conv1", "layer1.0", "layer3.0", "layer4.0", "avgpool"}
+    assert blocks.default_layer(Method.SCORE_CAM) == blocks.default_layer(Method.EIGEN_CAM) == "layer3.0"
+    coarse = ExplainableModel("res", (3, 64, 64), "logits", ("a", "b"), blocks.layers[-3:])
+    assert coarse.default_layer(Method.SCORE_CAM) == "layer4.0"  # nothing at 4 x 4: the deepest block output
+    chain = ExplainableModel("chain", (3, 64, 64), "logits", ("a", "b"), tuple(
+        LayerInfo(x.name, x.shape) for x in blocks.layers))  # no blocks: any layer
+    assert chain.default_layer(Method.SCORE_CAM) == "layer3.0"

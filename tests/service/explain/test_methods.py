@@ -7,13 +7,14 @@ import pytest
 
 from service.explain import Explainer, ExplainRequest, Method, describe
 from service.explain.methods import (
-    OCCLUSION_GRID,
+    OcclusionGrid,
     RiseMasks,
     eigen_cam_map,
     grad_cam_map,
     hires_cam_map,
-    occlusion_geometry,
+    occlusion_window,
 )
+from service.explain.model import ExplainableModel, LayerInfo
 from tests.support import explain_models as km
 
 pytestmark = pytest.mark.anyio
@@ -117,23 +118,54 @@ def test_rise_masks_are_smooth_binary_grids_kept_half_the_time() -> None:
     np.testing.assert_array_equal(RiseMasks.make(400, (28, 28), seed=0).slice(10, 20), masks[10:20])
 
 
-@pytest.mark.parametrize("size, passes, window, positions", [
-    ((28, 28), 169, (4, 4), 169),       # the default: a 13 x 13 grid of side/7 windows
-    ((224, 224), 169, (32, 32), 169),
-    ((28, 28), 16, (7, 7), 16),          # a small budget: a coarser grid of wider windows
-    ((28, 28), 4, (14, 14), 4),
-    ((28, 28), 10_000, (4, 4), 625),     # a large one: down to a 1 px stride
+@pytest.mark.parametrize("size, stride, window", [
+    ((28, 28), 4, (4, 4)),       # TinyVGG's last map: 7 x 7, 4 px apart
+    ((224, 224), 32, (32, 32)),  # AlexNet's, a ResNet's: 7 x 7, 32 px apart
+    ((64, 64), 32, (16, 16)),    # the zoo at 64 px: a 2 x 2 map, but never over 1/4 of the image
+    ((224, 224), 8, (28, 28)),   # a fine last map: never under 1/8 of the image
+    ((48, 192), 16, (12, 24)),   # per axis: rows at most 48 / 4, columns at least 192 / 8
+    ((28, 28), None, (4, 4)),    # no stride known: 1/7 of the side
 ])
-def test_occlusion_windows_cover_the_image_within_the_budget(size: tuple[int, int], passes: int,
-                                                              window: tuple[int, int], positions: int) -> None:
-    (wh, ww), (rows, cols) = occlusion_geometry(size, passes)
-    assert (wh, ww) == window and len(rows) * len(cols) == positions <= passes
+def test_the_occluder_is_the_deepest_maps_cell_within_an_eighth_to_a_quarter_of_the_image(
+        size: tuple[int, int], stride: int | None, window: tuple[int, int]) -> None:
+    model = ExplainableModel("m", (1, *size), "logits", ("a", "b"), (
+        LayerInfo("early", (4, size[0], size[1]), 3, 1), LayerInfo("last", (4, 2, 2), 99, stride),
+        LayerInfo("flat", (8,))))
+    assert occlusion_window(model) == window
+
+
+@pytest.mark.parametrize("size, window, passes, used, positions", [
+    ((28, 28), (4, 4), 169, (4, 4), 169),          # the default: half-window stride, 13 x 13
+    ((224, 224), (32, 32), 169, (32, 32), 169),
+    ((64, 64), (16, 16), 49, (16, 16), 49),         # the zoo's 16 px occluder: 7 x 7
+    ((28, 28), (4, 4), 16, (7, 7), 16),             # a small budget: a coarser grid of wider windows
+    ((28, 28), (4, 4), 4, (14, 14), 4),
+    ((28, 28), (4, 4), 10_000, (4, 4), 625),        # a large one: down to a 1 px stride
+])
+def test_occlusion_windows_cover_the_image_within_the_budget(size: tuple[int, int], window: tuple[int, int],
+                                                              passes: int, used: tuple[int, int],
+                                                              positions: int) -> None:
+    grid = OcclusionGrid.within(size, window, passes)
+    assert grid.window == used and grid.positions == positions <= passes
     covered = np.zeros(size, dtype=bool)
-    for r in rows:
-        for c in cols:
-            covered[r : r + wh, c : c + ww] = True
+    for r in grid.rows:
+        for c in grid.cols:
+            covered[r : r + used[0], c : c + used[1]] = True
     assert covered.all()
-    assert OCCLUSION_GRID**2 == 169
+    if passes == OcclusionGrid.default(size, window).positions:
+        assert grid.stride == [window[0] // 2, window[1] // 2]
+
+
+@pytest.mark.parametrize("size, window", [((224, 224), (16, 16)), ((224, 160), (8, 8)), ((40, 32), (4, 4))])
+def test_the_default_grid_leaves_no_pixel_unoccluded(size: tuple[int, int], window: tuple[int, int]) -> None:
+    """A small window on a large image: 13 starts per axis spaced wider than the window
+    would leave strips no window covers; the windows widen to the spacing instead."""
+    grid = OcclusionGrid.default(size, window)
+    covered = np.zeros(size, dtype=bool)
+    for r in grid.rows:
+        for c in grid.cols:
+            covered[r : r + grid.window[0], c : c + grid.window[1]] = True
+    assert covered.all() and grid.positions <= 13 * 13
 
 
 async def test_score_cam_scores_the_most_active_channels_when_the_budget_is_short(model: tuple) -> None:
@@ -141,8 +173,28 @@ async def test_score_cam_scores_the_most_active_channels_when_the_budget_is_shor
     explainer = Explainer(described, max_passes=2000)
     plan = explainer.plan(ExplainRequest(method="score-cam", layer="features.4", passes=1 + 1 + 58))
     result = await explainer.run(plan, km.image(), km.OrtForward(proto))
-    assert result.parameters == {"channels_scored": 1, "channels": 2}
+    assert (result.parameters["channels_scored"], result.parameters["channels"]) == (1, 2)
     assert mass_inside(result.map) >= 0.7  # channel 0 (the bright square) fires most
+
+
+async def test_score_cam_finds_an_object_whose_parts_alone_score_below_the_blank_image() -> None:
+    """Issue 21: Score-CAM returned an empty map on an image the model names with confidence.
+    Weighing each channel by the rise of P(target) over the blank baseline image (the
+    paper's increase of confidence) makes every weight negative where each channel keeps
+    one part of an object and one part alone looks like another class: here P(whole) is
+    0.87 for the image, 1/3 for the blank image and 0.21 for either part alone, so the
+    weighted sum was negative everywhere. Weighed by P(target) itself, as the authors'
+    implementation does, the map covers both parts."""
+    proto = km.build_parts()
+    explainer = Explainer(describe("parts", km.parts_metadata(proto), proto), max_passes=2000)
+    result = await explainer.run(explainer.plan(ExplainRequest(method="score-cam")), km.parts_image(),
+                                 km.OrtForward(proto))
+    assert result.target.label == "whole" and result.target.probability == pytest.approx(0.867, abs=1e-3)
+    assert result.note is None and result.map.max() == pytest.approx(1.0)
+    inside = result.map[km.PART_A].sum() + result.map[km.PART_B].sum()
+    assert inside / result.map.sum() >= 0.7
+    assert result.map[km.PART_A].mean() == pytest.approx(result.map[km.PART_B].mean(), rel=1e-5)  # both parts
+    assert result.faithfulness is not None and result.faithfulness.beats_random
 
 
 def test_grad_cam_weighs_channels_by_the_mean_gradient_and_hires_cam_each_position() -> None:

@@ -62,8 +62,9 @@ def test_channel_json_is_the_top_k_activation_descending(view: ChannelView, digi
     layer = next(x for x in digits_artifact.metadata["layers"] if x["name"] == "features.4")
     height, width = layer["output_shape"][2:]
     for entry in top:
-        assert set(entry) == {"rank", "activation", "label", "image", "position", "box", "crop", "image_url"}
+        assert set(entry) == {"rank", "activation", "label", "image", "position", "box", "crop", "score", "image_url"}
         assert entry["label"] == digits_artifact.classes[digits_artifact.labels[entry["image"]]]
+        assert entry["score"] is None  # a true label: the model did not caption it
         assert 0 <= entry["position"]["y"] < height and 0 <= entry["position"]["x"] < width
         box = entry["box"]
         assert 0 <= box["left"] < box["right"] <= 28 and 0 <= box["top"] < box["bottom"] <= 28
@@ -101,7 +102,7 @@ def test_top_png_shows_k_patches_with_boxes(view: ChannelView) -> None:
 
 def test_samples(view: ChannelView) -> None:
     samples = v1.samples(Samples(MODEL, view.samples()), Links())["samples"]
-    assert len(samples) == 30 and samples[0] == {"id": 0, "label": "0", "image_url": f"{BASE}/samples/0"}
+    assert len(samples) == 30 and samples[0] == {"id": 0, "label": "0", "score": None, "image_url": f"{BASE}/samples/0"}
     assert Image.open(io.BytesIO(view.sample_image(29))).size == (28, 28)
 
 

@@ -56,7 +56,7 @@ def test_caching_immutable_where_the_version_is_named_and_revalidated_where_not(
 
 def test_samples_and_a_channels_filter(client: TestClient) -> None:
     samples = client.get(f"{NEWEST}/samples").json()["samples"]
-    assert samples[0] == {"id": 0, "label": "class_0", "image_url": f"{V2}/samples/0"}
+    assert samples[0] == {"id": 0, "label": "class_0", "score": None, "image_url": f"{V2}/samples/0"}  # a true label
     assert client.get(samples[-1]["image_url"]).content.startswith(b"\x89PNG")
     kernel = client.get(f"{V2}/layers/features.1/channels/3/filter").json()
     assert kernel["shape"] == [1, 3, 3] and kernel["conv"] == "conv" and kernel["reads_image"] is True

@@ -77,3 +77,53 @@ def test_one_image_only(client: TestClient) -> None:
     body = {"images": [base64.b64encode(IMAGE).decode()] * 2}
     response = client.post("/explain", json=body)
     assert response.status_code == 400 and response.json() == {"error": "send exactly one image to explain, not 2"}
+
+
+# ---- the default method and the methods not recommended, from the export's measurements --------
+
+def _measured(method: str, wins: int, deletion: float, seconds: float = 0.05) -> dict[str, object]:
+    return {"method": method, "layer": None if method in ("occlusion", "rise") else "features.2", "images": 30,
+            "beats_random": wins, "share": wins / 30, "passes": 59, "median_seconds": seconds,
+            "deletion": deletion, "random_deletion": 0.5}
+
+
+MEASURED = {
+    "images": 30, "seconds": 12.5, "cpus": 2, "load_average": 0.4,
+    "methods": [_measured("grad-cam", 12, 0.45), _measured("hires-cam", 30, 0.2), _measured("eigen-cam", 25, 0.3),
+                _measured("score-cam", 28, 0.25), _measured("occlusion", 29, 0.22, 0.3),
+                _measured("rise", 30, 0.1, 4.0)],
+    "default_method": "hires-cam",
+    "reason": "hires-cam beat a random map on 30 of 30 held-out images (100%; ...)",
+}
+
+
+@pytest.fixture(scope="module")
+def measured_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    root = tmp_path_factory.mktemp("models")
+    write_artifact(root, "measured", 1, seed=0, explanations=MEASURED)
+    write_artifact(root, "older", 1, seed=0)
+    with serving(model_repository=root) as c:
+        yield c
+
+
+def test_the_catalogue_gives_the_measured_default_why_and_the_methods_not_recommended(
+        measured_client: TestClient) -> None:
+    body = measured_client.get("/v1/models/measured/layers").json()["explanations"]
+    assert body["default_method"] == "hires-cam"
+    assert body["default_reason"] == f"measured at export on 30 held-out images: {MEASURED['reason']}"
+    assert body["not_recommended"] == [{
+        "method": "grad-cam", "beats_random_share": 0.4, "images": 30,
+        "why": "its map beat a random map on 12 of 30 held-out images (40%) when measured at export, under the "
+               "80% a method needs to be recommended"}]  # eigen-cam's 25 of 30 (83%) is recommended
+    assert body["measured"] == MEASURED
+    assert body["methods"] == ["occlusion", "rise", "score-cam", "grad-cam", "hires-cam", "eigen-cam"]  # all offered
+    answer = measured_client.post("/v1/models/measured/explain?faithfulness=false", content=IMAGE, headers=PNG)
+    assert answer.status_code == 200 and answer.json()["method"] == "hires-cam"  # a request without method=
+
+
+def test_an_artifact_without_measurements_keeps_todays_default(measured_client: TestClient) -> None:
+    body = measured_client.get("/v1/models/older/layers").json()["explanations"]
+    assert body["default_method"] == "occlusion" and body["measured"] is None and body["not_recommended"] == []
+    assert body["default_reason"].startswith("not measured") and "channel-view" in body["default_reason"]
+    answer = measured_client.post("/v1/models/older/explain?faithfulness=false", content=IMAGE, headers=PNG)
+    assert answer.json()["method"] == "occlusion"

@@ -27,6 +27,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from benchmarks import served
 from service.testing import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,11 +96,7 @@ def measure(side: str, checkout: Path, extra_env: list[str], args: argparse.Name
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repository", type=Path, required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--body", type=Path, required=True)
-    ap.add_argument("--content-type", default="image/png")
-    ap.add_argument("--expect", default='"predictions":[', help="substring every answer must hold")
+    served.add_arguments(ap)
     ap.add_argument("--a-dir", type=Path, required=True, help="checkout that serves A")
     ap.add_argument("--b-dir", type=Path, default=ROOT, help="checkout that serves B (default: this one)")
     ap.add_argument("--a-env", action="append", default=[], help="KEY=VALUE for A, repeatable")

@@ -24,11 +24,11 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import uvloop
 
+from benchmarks import served
 from service.app import create_app
 from service.settings import Settings
 
@@ -112,10 +112,7 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repository", type=Path, required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--body", type=Path, required=True)
-    ap.add_argument("--content-type", default="image/png")
+    served.add_arguments(ap, expect=False)
     ap.add_argument("--query", default="", help="query string of every request, e.g. top_k=3")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=3000)

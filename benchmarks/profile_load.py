@@ -37,6 +37,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchmarks import served
 from service.testing import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,11 +188,7 @@ def wrk(url: str, body: Path, content_type: str, expect: str, concurrency: int, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repository", type=Path, required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--body", type=Path, required=True)
-    ap.add_argument("--content-type", default="image/png")
-    ap.add_argument("--expect", default='"predictions":[', help="substring every answer must hold")
+    served.add_arguments(ap)
     ap.add_argument("-c", "--concurrency", type=int, default=16)
     ap.add_argument("--duration", type=int, default=15, help="seconds of each recording")
     ap.add_argument("--warmup", type=int, default=3)

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from artifact import ExplanationsRecord
 from service.models.registry import ModelState
 
 
@@ -103,28 +104,6 @@ class NotRecommendedMethod(BaseModel):
     why: str
 
 
-class MethodMeasured(BaseModel):
-    method: str
-    layer: str | None = Field(None, description="The layer it ran at (the CAM family's default); null: none.")
-    images: int = Field(description="Held-out images it explained.")
-    beats_random: int = Field(description="Of which its map beat a random map.")
-    share: float = Field(description="beats_random / images.")
-    passes: int = Field(description="Forward passes per explanation, faithfulness included.")
-    median_seconds: float = Field(description="Median seconds per explanation on the machine that measured.")
-    deletion: float | None = Field(None, description="Mean deletion area (lower: more faithful).")
-    random_deletion: float | None = Field(None, description="Mean deletion area of a random map.")
-
-
-class ExplanationsMeasured(BaseModel):
-    images: int = Field(description="Held-out images offered to each method.")
-    seconds: float = Field(description="What measuring cost, all methods.")
-    cpus: int | None = None
-    load_average: float | None = Field(None, description="The measuring machine's 1-minute load average.")
-    methods: list[MethodMeasured]
-    default_method: str = Field(description="The default chosen from these measurements.")
-    reason: str
-
-
 class ExplainCatalogue(BaseModel):
     methods: list[str] = Field(description="Every explanation method this model allows.")
     default_method: str | None = Field(description="The method a request without `method=` gets: the one chosen from "
@@ -134,7 +113,7 @@ class ExplainCatalogue(BaseModel):
     not_recommended: list[NotRecommendedMethod] = Field(
         default_factory=list, description="Methods offered but not recommended for this model: measured at export, "
                                           "their map beat a random map on fewer than 80% of the held-out images.")
-    measured: ExplanationsMeasured | None = Field(
+    measured: ExplanationsRecord | None = Field(
         None, description="Every method as measured at export on held-out images (docs/artifact.md, `explanations`); "
                           "null: not measured.")
     unavailable: str | None = Field(None, description="Why this model cannot be explained at all, if so.")

@@ -43,6 +43,22 @@ def _weights() -> dict[str, np.ndarray]:
             "conv2.bias": np.zeros(2, np.float32), "fc.weight": dense.reshape(3, -1), "fc.bias": bias}
 
 
+def _model(name: str, nodes: list[onnx.NodeProto], outputs: list[tuple[str, list[int]]],
+           w: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A checked opset-17 model of ``nodes``: one [batch, 1, SIZE, SIZE] input, ``outputs``
+    (name, shape after the batch), the weights ``w`` as initializers."""
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", *shape]) for out, shape in outputs],
+        initializer=[numpy_helper.from_array(v, k) for k, v in w.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
 def build(head: str = "flatten") -> onnx.ModelProto:
     """``head="flatten"``: as described above. ``head="gap"``: global average pooling
     instead of the flatten (a ResNet-style head), weights averaged to match."""
@@ -70,16 +86,7 @@ def build(head: str = "flatten") -> onnx.ModelProto:
             helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
             helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
         ]
-    graph = helper.make_graph(
-        nodes, "known-answer",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, SIZE, SIZE])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *shape]) for name, shape in outputs],
-        initializer=[numpy_helper.from_array(v, k) for k, v in w.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _model("known-answer", nodes, outputs, w)
 
 
 def metadata(model: onnx.ModelProto, name: str = "known") -> Metadata:
@@ -168,16 +175,7 @@ def build_parts() -> onnx.ModelProto:
         helper.make_node("Concat", ["z0", "z1", "z2"], ["logits"], axis=1),
     ]
     outputs = [("logits", [3]), ("features.1", [2, SIZE, SIZE])]
-    graph = helper.make_graph(
-        nodes, "parts",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, SIZE, SIZE])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *shape]) for name, shape in outputs],
-        initializer=[numpy_helper.from_array(v, k) for k, v in w.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _model("parts", nodes, outputs, w)
 
 
 def parts_metadata(model: onnx.ModelProto) -> Metadata:

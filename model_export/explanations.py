@@ -13,10 +13,12 @@ Torch-free (numpy, onnx, onnxruntime).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,6 +27,8 @@ from artifact import ExplanationsRecord, Metadata
 from .datasets import Split, subset_indices
 from .errors import ExportError
 from .preprocessing import InputSpec, preprocess
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,7 +73,7 @@ def measure(model_path: Path, metadata: Metadata, held_out: Split, spec: InputSp
             bar.update(1)
 
         images = [batch[i : i + 1] for i in range(len(batch))]
-        record = asyncio.run(survey.measure(explainer, images, forward, limits, progress))
+        record = _run(survey.measure(explainer, images, forward, limits, progress))
         bar.total = bar.n  # methods the time bound stopped early skipped their other images
         bar.refresh()
     return record
@@ -108,3 +112,14 @@ class OrtForward:
             parts.append([value[: len(chunk)] for value in session.run(list(outputs), {self.input: padded})])
         return [np.concatenate([part[i] for part in parts]) for i in range(len(outputs))]
 
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The coroutine run to its end, also when the caller is inside a running event loop (a
+    notebook, a program driving a browser) where asyncio.run refuses: in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

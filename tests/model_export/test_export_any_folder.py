@@ -155,3 +155,21 @@ def test_channel_view_refusals_name_what_is_there(tmp_path: Path, small: Path, a
     result = run_cli(["channel-view", *given])
     assert result.rc == 2 and message in result.stderr, result.stderr
     assert sorted(p.name for p in (models / "small").iterdir()) == ["1"]  # nothing half-written
+
+
+def test_measuring_explanations_works_inside_a_running_event_loop(tmp_path: Path) -> None:
+    """A notebook or a program driving a browser calls the export from inside a running
+    event loop, where asyncio.run refuses: the measurement runs in a thread of its own."""
+    import asyncio
+
+    from model_export.explanations import _run
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def caller() -> int:
+        return _run(answer())
+
+    assert _run(answer()) == 42
+    assert asyncio.run(caller()) == 42

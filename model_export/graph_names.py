@@ -3,8 +3,7 @@
 Where it comes from, best first:
 
 - the dynamo exporter (`torch.onnx.export(..., dynamo=True)`) stores the module path of
-  every node in its metadata (read first: it may share one initializer between modules
-  whose weights are equal): `pkg.torch.onnx.name_scopes` = ['', 'features',
+  every node in its metadata: `pkg.torch.onnx.name_scopes` = ['', 'features',
   'features.1', ..., '<fx node name>'];
 - the TorchScript exporter (`dynamo=False`) names nodes `/features/features.1/block/
   block.0/block.0.2/Relu`: each scope is a module's name relative to its parent, with the
@@ -12,7 +11,9 @@ Where it comes from, best first:
   joining them (`features.1.block.0.2`);
 - a Conv or Gemm whose weight initializer is named `<path>.weight` (both torch
   exporters keep parameter names) is named after that module, so a conv reads the same
-  whichever torch exporter wrote it;
+  whichever torch exporter wrote it (and a Conv with its BatchNorm folded in keeps the
+  conv's name, not the BatchNorm's scope); unless several nodes read that weight (the
+  dynamo exporter gives equal weights one initializer): then their scopes name them;
 - any other exporter's node name (tf2onnx `model/conv1/Relu`), else its output's name,
   sanitised to [A-Za-z0-9._-].
 
@@ -25,31 +26,39 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from .onnx_graph import sanitise
 
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _TORCHSCRIPT = re.compile(r"^/(?:[^/]+/)*[A-Za-z]+(?:_\d+)?$")
 
 
-def module_path(node: Any, constants: Iterable[str], op: str | None = None) -> str | None:
+def module_path(node: Any, constants: Iterable[str], op: str | None = None, shared: Collection[str] = ()) -> str | None:
     """The torch module path that made ``node``, or None where the file does not say; a
     torch op outside every module (a functional relu in forward) is named by its op (``op``:
-    the activation a few ops spell out, where they do)."""
-    # The node's own scope first: the dynamo exporter shares one initializer between
-    # modules whose weights are equal, so a weight's name can be another module's.
+    the activation a few ops spell out, where they do). ``shared``: weights that several
+    nodes read, whose names name none of them."""
+    if node.op_type in WEIGHTED and len(node.input) > 1:
+        weight = str(node.input[1])
+        if weight in constants and weight not in shared and weight.endswith(".weight") and not weight.startswith("onnx::"):
+            return weight[: -len(".weight")]
     for prop in node.metadata_props:
         if prop.key == NAME_SCOPES:
             return _from_name_scopes(prop.value) or (op or str(node.op_type))
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.input) > 1:
-        weight = str(node.input[1])
-        if weight in constants and weight.endswith(".weight") and not weight.startswith("onnx::"):
-            return weight[: -len(".weight")]
     if node.name and _TORCHSCRIPT.match(node.name):
         return _from_torchscript(node.name) or (op or str(node.op_type))
     return None
+
+
+def shared_weights(nodes: Iterable[Any]) -> set[str]:
+    """The weights more than one Conv / Gemm / MatMul reads: the dynamo exporter gives
+    modules whose weights are equal one initializer (named after the first module)."""
+    readers = Counter(str(n.input[1]) for n in nodes if n.op_type in WEIGHTED and len(n.input) > 1)
+    return {weight for weight, count in readers.items() if count > 1}
 
 
 def _from_name_scopes(text: str) -> str | None:

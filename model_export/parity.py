@@ -25,7 +25,7 @@ DEFAULT_TOLERANCE = 1e-3
 CRITERION = "max_abs_diff <= tolerance * max(1, max_abs_reference)"
 
 
-def session(path: str | os.PathLike[str]) -> Any:
+def session(path: str | os.PathLike[str] | bytes) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -35,7 +35,8 @@ def session(path: str | os.PathLike[str]) -> Any:
     # One thread: parity runs a few dozen images, and spinning worker threads slow a
     # busy 2-core machine far more than they help.
     options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(

@@ -650,18 +650,10 @@ def _logits_only(path: Path, output: str) -> bytes:
     """The graph with its class output alone, as the service's fast path runs it."""
     import onnx
 
+    from service.models.runtime import class_output_only
+
     model = onnx.load(str(path))
-    keep = [o for o in model.graph.output if o.name == output]
-    del model.graph.output[:]
-    model.graph.output.extend(keep)
-    # And the nodes only a tap needed (a view pair): service/models/runtime.py's _prune.
-    needed, kept = {output}, []
-    for node in reversed(model.graph.node):
-        if any(value in needed for value in node.output):
-            kept.append(node)
-            needed.update(value for value in node.input if value)
-    del model.graph.node[:]
-    model.graph.node.extend(reversed(kept))
+    class_output_only(model, output)
     data: bytes = model.SerializeToString()
     return data
 

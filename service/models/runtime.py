@@ -289,10 +289,7 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
     own = {name: array for name, array in dense.items() if array.dtype in (np.int8, np.uint8)}
     _reattach(proto, own)
     # The fast path: the same graph with the class output alone.
-    keep = [o for o in proto.graph.output if o.name == output_name]
-    del proto.graph.output[:]
-    proto.graph.output.extend(keep)
-    _prune(proto)
+    class_output_only(proto, output_name)
     logits_graph = proto.SerializeToString()
     del proto  # the parsed protobuf holds a copy of every weight
 
@@ -352,11 +349,16 @@ def _describe(name: str, metadata: Metadata, proto: onnx.ModelProto,
         return None, f"the model's graph could not be analysed for explanations ({type(exc).__name__}: {exc})"
 
 
-def _prune(proto: onnx.ModelProto) -> None:
-    """Drop the nodes no graph output needs any more (what only a removed tap read): an
-    int8 version's view pair of a tapped layer, left in the logits graph, would give its
-    Conv's output two readers, and onnxruntime fuses a Conv into an integer kernel only when
-    one QuantizeLinear reads it."""
+def class_output_only(proto: onnx.ModelProto, output_name: str) -> None:
+    """The graph as the predictions run it: the class output its only output, and only the
+    nodes it needs. What only a tap read goes: an int8 version's view pair of a tapped
+    layer, left in, would give its Conv's output two readers (onnxruntime fuses a Conv into
+    an integer kernel only when one QuantizeLinear reads it); and without the taps a float16
+    graph rounds where the original file does (a tap rounds its value to float16, where
+    onnxruntime's CPU provider otherwise goes on in float32 between the Casts it inserts)."""
+    keep = [o for o in proto.graph.output if o.name == output_name]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
     graph = proto.graph
     needed = {output.name for output in graph.output}
     kept = []

@@ -150,14 +150,7 @@ def explains(page: Any) -> bool:
 
 
 def shoot(browser: Any, url: str, model: str, out: Path) -> dict[str, Any]:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url + "/")
-    page.wait_for_function("window.convscope.ready", timeout=WAIT_MS)
-    page.select_option("#model", model)
-    page.wait_for_selector(".sample img", timeout=WAIT_MS)
+    page, errors = open_page(browser, url, model)
     page.click(".sample >> nth=4")
     done(page, "image", 1)
     explains(page)

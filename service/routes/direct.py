@@ -129,20 +129,14 @@ class Plan:
         validate (FastAPI's own handler then answers)."""
         path = request.path_params
         query = request.query_params if request.scope.get("query_string") else None
-        own: dict[str, Any] = {}
-        for parameter in self.parameters:
-            valid, value = parameter.read(path, query)
-            if not valid:
-                return None
-            own[parameter.field.name] = value
+        own = _read(self.parameters, path, query)
+        if own is None:
+            return None
         given: list[dict[str, Any]] = []
         for dependency in self.dependencies:
-            arguments: dict[str, Any] = {}
-            for parameter in dependency.query:
-                valid, value = parameter.read(path, query)
-                if not valid:
-                    return None
-                arguments[parameter.field.name] = value
+            arguments = _read(dependency.query, path, query)
+            if arguments is None:
+                return None
             given.append(arguments)
         values: dict[str, Any] = {}
         for dependency, arguments in zip(self.dependencies, given):
@@ -158,6 +152,18 @@ class Plan:
         if not isinstance(response, Response):
             raise TypeError(f"{self.endpoint.__name__} must return a Response to be a DirectRoute")
         return response
+
+
+def _read(parameters: tuple[Parameter, ...], path: dict[str, Any],
+          query: QueryParams | None) -> dict[str, Any] | None:
+    """Each parameter's value by its name; None when one does not validate."""
+    values: dict[str, Any] = {}
+    for parameter in parameters:
+        valid, value = parameter.read(path, query)
+        if not valid:
+            return None
+        values[parameter.field.name] = value
+    return values
 
 
 class DirectRoute(APIRoute):

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from artifact import ExplanationsRecord
+from artifact import ExplanationsRecord, LayerError
 from service.models.registry import ModelState
 
 
@@ -136,15 +136,6 @@ class SpeedRow(BaseModel):
     speedup: float | None = Field(None, description="float_seconds / int8_seconds (quantization answer only).")
 
 
-class LayerErrorRow(BaseModel):
-    name: str = Field(description="A tapped layer, or (last) the class output.")
-    sqnr_db: float | None = Field(description="10 log10(sum float^2 / sum (float - int8)^2) over the evaluation "
-                                              "images; null: no difference.")
-    relative_error: float = Field(description="||float - int8|| / ||float||.")
-    worst_channel: int | None = Field(description="The channel with the lowest SQNR (null: a flat output).")
-    worst_channel_sqnr_db: float | None
-
-
 class QuantizationSummary(BaseModel):
     quantized_from: int = Field(description="The float32 version this int8 version was made from.")
     method: str = Field(description="Calibration: minmax | entropy | percentile.")
@@ -175,7 +166,7 @@ class QuantizationAnswer(QuantizationSummary):
     model: str
     version: int
     precision: str = Field(description="int8.")
-    layers: list[LayerErrorRow] = Field(description="Every tapped layer, shallow to deep, then the class output.")
+    layers: list[LayerError] = Field(description="Every tapped layer, shallow to deep, then the class output.")
     worst_layers: list[str] = Field(description="The (at most) three tapped layers with the lowest SQNR, worst first.")
     float_version: FloatVersion
 

@@ -395,7 +395,7 @@ def _build(original: Any, signature: Signature, kind: OutputKind, pre_logits: st
                     [boundary.fixed_batch or 2, signature.channels, *signature.size])
     view = GraphView(graph, boundary.input_name, shapes, consts, data_values(graph, boundary.input_name, shapes))
     excluded = {boundary.input_name, boundary.output_name, boundary.logits_name or boundary.output_name}
-    layers = _name(choose(view, excluded), consts, excluded)
+    layers = _name(choose(view, excluded), consts, excluded, shared_weights(graph.node))
     if patterns:
         chosen = select([layer.name for layer in layers], {layer.name: layer.group for layer in layers}, patterns)
         layers = [layer for layer in layers if layer.name in chosen]
@@ -406,9 +406,8 @@ def _build(original: Any, signature: Signature, kind: OutputKind, pre_logits: st
     return imported
 
 
-def _name(taps: list[Tap], consts: dict[str, np.ndarray], reserved: set[str]) -> list[_Layer]:
+def _name(taps: list[Tap], consts: dict[str, np.ndarray], reserved: set[str], shared: set[str]) -> list[_Layer]:
     """Each tap named from the exporter's scopes, unique, and its block."""
-    shared = shared_weights(tap.node for tap in taps)
     paths = [module_path(tap.node, consts, tap.op, shared) for tap in taps]
     bases = _bases(taps, paths)
     taken = set(reserved)

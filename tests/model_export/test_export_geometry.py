@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -118,16 +119,22 @@ def test_boxes_from_the_trace_are_the_pixels_a_unit_reads(name: str, size: tuple
     assert sum(_check_units(seen[layer["name"]].numpy(), layer, size) for layer in layers) > 100
 
 
+def _imported(net: nn.Module, size: tuple[int, int], name: str, tmp_path: Path) -> tuple[Any, dict]:
+    """``net`` exported by the dynamo exporter for one grey image of ``size``, then imported
+    as ``name``: the CLI's result and the artifact's metadata."""
+    source = tmp_path / f"{name}.onnx"
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(net, (torch.zeros(1, 1, *size),), str(source), dynamo=True, external_data=False)
+    result = run_cli(["import", source, "--name", name, "--out", tmp_path / "models", "--mean", "0", "--std", "1"])
+    assert result.rc == 0, result.stderr
+    return result, json.loads((result.written / "metadata.json").read_text())
+
+
 def test_boxes_from_an_imported_graph_are_the_pixels_a_unit_reads(tmp_path: Path) -> None:
     """The same check on the ONNX graph walk of `model_export import`."""
     size = (21, 21)
     net = _ones(_Odd())
-    source = tmp_path / "odd.onnx"
-    with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(net, (torch.zeros(1, 1, *size),), str(source), dynamo=True, external_data=False)
-    result = run_cli(["import", source, "--name", "odd", "--out", tmp_path / "models", "--mean", "0", "--std", "1"])
-    assert result.rc == 0, result.stderr
-    meta = json.loads((result.written / "metadata.json").read_text())
+    result, meta = _imported(net, size, "odd", tmp_path)
     traced = {layer["name"]: layer for layer in _traced_layers(net, 1, size)}
     imported = [layer for layer in meta["layers"] if layer["op"] == "Relu"]
     # Same net, two derivations: the graph walk agrees with the trace on every ReLU.
@@ -167,12 +174,7 @@ class _Gated(nn.Module):
 def test_an_imported_residual_net_with_a_gate_has_every_box(tmp_path: Path) -> None:
     size = (18, 18)
     net = _ones(_Gated())
-    source = tmp_path / "gated.onnx"
-    with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(net, (torch.zeros(1, 1, *size),), str(source), dynamo=True, external_data=False)
-    result = run_cli(["import", source, "--name", "gated", "--out", tmp_path / "models", "--mean", "0", "--std", "1"])
-    assert result.rc == 0, result.stderr
-    meta = json.loads((result.written / "metadata.json").read_text())
+    result, meta = _imported(net, size, "gated", tmp_path)
     maps = [layer for layer in meta["layers"] if len(layer["output_shape"]) == 4 and layer["output_shape"][2] > 1]
     # Every activation and merge is tapped: the gated product and the residual sum too.
     assert [layer["name"] for layer in maps] == [

@@ -81,12 +81,16 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(0, ge=0, le=256)
     """Threads onnxruntime uses across independent operators (0: onnxruntime's default)."""
 
-    ort_allow_spinning: bool = False
+    ort_allow_spinning: bool | Literal["auto"] = "auto"
     """Let onnxruntime's threads spin for work between the parallel sections of a run
     instead of sleeping; they stop spinning as soon as the run returns
-    (``session.force_spinning_stop``). Off: on a small box the spinning competes with the
-    decoding and HTTP of the requests around the run (measured in benchmarks/RESULTS.md);
-    on a quiet or many-core one it can cut a lone request's latency (issue 23)."""
+    (``session.force_spinning_stop``). ``auto``: per model, from its run costs timed at
+    load: on for a model whose runs cost less than a request's HTTP path (the batcher's
+    overlap policy; waking a sleeping thread for each short section costs more than the
+    work: the 28 px TinyVGG served 1.7x the images at 16 clients), off for larger ones, where
+    a spinning thread takes the core that decodes and answers the requests around the run
+    (AlexNet at 224: 0.77x). ``true`` / ``false``: for every model (benchmarks/RESULTS.md).
+    The log line of each loaded version says which."""
 
     max_batch_size: int = Field(32, ge=1, le=1024)
     """Most images the dynamic batcher puts into one onnxruntime run."""

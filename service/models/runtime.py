@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import enum
 import logging
 import tempfile
 import time
@@ -59,7 +60,7 @@ from onnx import numpy_helper
 from artifact import Layer, Metadata, Precision
 from service.errors import NoFilters, UnknownLayer
 from service.explain import ExplainableModel, describe
-from service.inference.batching import BatchCosts
+from service.inference.batching import BatchCosts, BatchPolicy
 from service.inference.preprocessing import REDUCING_GAP, InputSpec
 from service.models.repository import Artifact
 from service.models.signature import ModelSignature
@@ -94,6 +95,27 @@ def choose_providers(requested: list[str] | None) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
+class Spinning(enum.Enum):
+    """Whether onnxruntime's threads spin between a run's parallel sections (then stop:
+    ``session.force_spinning_stop``) or sleep and are woken for each one."""
+
+    ON = "on"
+    OFF = "off"
+    # Per model, from the run costs timed at load: on for a model whose run costs less than
+    # a request's HTTP path (the batcher's OVERLAP policy): there a run is a handful of
+    # microsecond-long sections and waking a sleeping thread for each costs more than the
+    # work (the 28 px TinyVGG: 1.7x the images/s at 16 clients, less CPU per image); off for
+    # larger ones, where a spinning thread takes the core that decodes the next requests
+    # (AlexNet: 0.77x). benchmarks/RESULTS.md.
+    AUTO = "auto"
+
+    @classmethod
+    def from_setting(cls, value: bool | str) -> Spinning:
+        if isinstance(value, bool):
+            return cls.ON if value else cls.OFF
+        return cls(value)
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     """How onnxruntime runs every model of this process."""
@@ -101,7 +123,7 @@ class RuntimeOptions:
     providers: list[str]
     intra_op_threads: int = 0
     inter_op_threads: int = 0
-    allow_spinning: bool = False
+    spinning: Spinning = Spinning.AUTO
     # onnxruntime's CPU arena keeps the largest batch's buffers (rounded up to powers of
     # two) for the life of the session: every feature map of a batch of 32 AlexNet images
     # is ~110 MB. Without it, freed buffers go back to the system (benchmarks/README.md).
@@ -113,9 +135,12 @@ class RuntimeOptions:
         return self.providers == [CPU]
 
     def session_options(self, shared: dict[str, ort.OrtValue] | None = None,
-                        placeholder_dir: Path | None = None, *, layout: bool = True) -> ort.SessionOptions:
+                        placeholder_dir: Path | None = None, *, layout: bool = True,
+                        spin: bool | None = None) -> ort.SessionOptions:
         """``layout``: the CPU provider's layout optimizations (ORT_ENABLE_ALL), which read
-        conv weights' values and so must not meet a shared (placeholder) one."""
+        conv weights' values and so must not meet a shared (placeholder) one. ``spin``:
+        whether threads spin (None: only when ``spinning`` is ON; AUTO decides per model
+        in ``load_model``)."""
         options = ort.SessionOptions()
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if layout else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -123,10 +148,10 @@ class RuntimeOptions:
         # Spinning threads keep a core busy after each run; on a small box that core is the
         # one decoding the next request. Allowed, they spin only inside a run (between its
         # parallel sections) and stop as soon as it returns.
-        spin = "1" if self.allow_spinning else "0"
-        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        if self.allow_spinning:
+        spinning = self.spinning is Spinning.ON if spin is None else spin
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+        if spinning:
             options.add_session_config_entry("session.force_spinning_stop", "1")
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
@@ -205,6 +230,8 @@ class ModelRuntime:
     """Why ``explainable`` is None."""
     batch_costs: BatchCosts | None = None
     """Seconds of a predictions run at a few batch sizes, timed at load."""
+    spinning: bool = False
+    """Whether the predictions session's threads spin (RuntimeOptions.spinning)."""
     load_seconds: float = 0.0
 
     @cached_property
@@ -263,79 +290,134 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
     metadata = artifact.metadata
     InputSpec.from_recipe(metadata.input)  # a bad recipe fails before the heavy work
     proto = onnx.load(str(artifact.model_path))
-    output_name = metadata.output.name
-    input_name = metadata.input.name
-
-    graph_outputs = [o.name for o in proto.graph.output]
-    layer_names = metadata.layer_names
-    missing = [n for n in [output_name, *layer_names] if n not in graph_outputs]
-    if missing:
-        raise ValueError(f"the ONNX graph lacks output(s) named in metadata: {', '.join(missing)}")
-    graph_inputs = [i.name for i in proto.graph.input]
-    if input_name not in graph_inputs:
-        raise ValueError(f"the ONNX graph has no input {input_name!r} (it has {graph_inputs})")
-
+    _check_names(proto, metadata)
     sharing = options.share_weights and options.cpu_only
     dense = _detach_shared_weights(proto, DENSE_WEIGHTS) if sharing else {}
     convs = _detach_shared_weights(proto, CONV_WEIGHTS) if sharing else {}
     filters = _conv_filters(proto, metadata.layers, convs)
     # The explanation heads read the same arrays the sessions share: no second copy.
     explainable, explain_unavailable = _describe(artifact.name, metadata, proto, {**dense, **convs})
-    features_graph = proto.SerializeToString()
-    _reattach(proto, convs)  # the logits session's layout optimizer reads them
-    with_convs = proto.SerializeToString() if convs else features_graph
-    # int8 dense weights stay in the logits graph: its fused integer Gemms prepack them,
-    # which sharing forbids (unpacked, AlexNet's int8 predictions ran 20x slower at batch 1).
-    own = {name: array for name, array in dense.items() if array.dtype in (np.int8, np.uint8)}
-    _reattach(proto, own)
-    # The fast path: the same graph with the class output alone.
-    class_output_only(proto, output_name)
-    logits_graph = proto.SerializeToString()
+    graphs = _Graphs.serialize(proto, metadata, dense, convs)
     del proto  # the parsed protobuf holds a copy of every weight
 
-    with tempfile.TemporaryDirectory(prefix="convscope-weights-") as placeholder_dir:
-        folder = Path(placeholder_dir)
-        if dense or convs:
-            with (folder / _PLACEHOLDER).open("wb") as placeholder:
-                placeholder.truncate(max(a.nbytes for a in [*dense.values(), *convs.values()]))  # sparse
-        values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in {**dense, **convs}.items()}
-        dense_values = {name: values[name] for name in dense}
-        logits_values = {name: values[name] for name in dense if name not in own}
-        logits_session = ort.InferenceSession(logits_graph, sess_options=options.session_options(logits_values, folder),
-                                              providers=options.providers)
-        features_session = ort.InferenceSession(
-            features_graph, sess_options=options.session_options(values, folder, layout=not convs),
-            providers=options.providers)
+    with _SessionOpener(graphs, options) as opener:
+        logits_session, features_session = opener.logits(), opener.features()
         tolerance = INT8_AGREEMENT if metadata.precision is Precision.INT8 else FLOAT_AGREEMENT
-        if convs and not _agree(logits_session, features_session, input_name, output_name, tolerance):
+        if graphs.convs and not _agree(logits_session, features_session, metadata.input.name, metadata.output.name,
+                                       tolerance):
             log.warning("%s version %d: the features session with shared conv weights disagrees with the "
                         "logits session; rebuilding it with its own conv weights", artifact.name, artifact.version)
-            features_session = ort.InferenceSession(with_convs, sess_options=options.session_options(dense_values, folder),
-                                                    providers=options.providers)
-    del features_graph, with_convs, logits_graph, own
-    spec = InputSpec.from_recipe(metadata.input, reducing_gap=reducing_gap)
-
-    model = ModelRuntime(
-        artifact=artifact,
-        spec=spec,
-        logits_session=logits_session,
-        features_session=features_session,
-        provider=logits_session.get_providers()[0],
-        input_name=input_name,
-        output_name=output_name,
-        layer_names=layer_names,
-        filters=filters,
-        # Read once here, not per request: filters.png?state=initial is a page's first view.
-        initial_filters=load_initial_filters(artifact),
-        shared_weights={**dense, **convs},
-        explainable=explainable,
-        explain_unavailable=explain_unavailable,
-    )
-    _warm_up(model)
-    model.batch_costs = time_batches(model)
+            features_session = opener.features(own_convs=True)
+        model = ModelRuntime(
+            artifact=artifact,
+            spec=InputSpec.from_recipe(metadata.input, reducing_gap=reducing_gap),
+            logits_session=logits_session,
+            features_session=features_session,
+            provider=logits_session.get_providers()[0],
+            input_name=metadata.input.name,
+            output_name=metadata.output.name,
+            layer_names=metadata.layer_names,
+            filters=filters,
+            # Read once here, not per request: filters.png?state=initial is a page's first view.
+            initial_filters=load_initial_filters(artifact),
+            shared_weights=graphs.shared,
+            explainable=explainable,
+            explain_unavailable=explain_unavailable,
+        )
+        _warm_up(model)
+        model.batch_costs = time_batches(model)
+        if options.spinning is Spinning.AUTO and options.cpu_only and model.batch_costs.policy() is BatchPolicy.OVERLAP:
+            # A small model (see Spinning.AUTO): its predictions session again, spinning.
+            model.logits_session = opener.logits(spin=True)
+            model.batch_costs = time_batches(model)
+        model.spinning = opener.spun
+    del graphs
     _release_free_memory()
     model.load_seconds = time.perf_counter() - started
     return model
+
+
+def _check_names(proto: onnx.ModelProto, metadata: Metadata) -> None:
+    """The graph has the input and every output the metadata names."""
+    graph_outputs = [o.name for o in proto.graph.output]
+    missing = [n for n in [metadata.output.name, *metadata.layer_names] if n not in graph_outputs]
+    if missing:
+        raise ValueError(f"the ONNX graph lacks output(s) named in metadata: {', '.join(missing)}")
+    graph_inputs = [i.name for i in proto.graph.input]
+    if metadata.input.name not in graph_inputs:
+        raise ValueError(f"the ONNX graph has no input {metadata.input.name!r} (it has {graph_inputs})")
+
+
+@dataclass
+class _Graphs:
+    """The graphs the sessions open, serialized, and the weights they share (detached from
+    the graphs, each array held once in this process)."""
+
+    features: bytes
+    """Every output, dense and conv weights shared."""
+    features_own_convs: bytes
+    """Every output, dense weights shared, conv weights its own (the fallback)."""
+    logits: bytes
+    """The class output alone (the fast path), its layout optimizer reading its own conv weights."""
+    dense: dict[str, np.ndarray]
+    convs: dict[str, np.ndarray]
+    logits_own: frozenset[str]
+    """Dense weights the logits graph keeps (int8: see ``split``)."""
+
+    @classmethod
+    def serialize(cls, proto: onnx.ModelProto, metadata: Metadata, dense: dict[str, np.ndarray],
+                  convs: dict[str, np.ndarray]) -> _Graphs:
+        """Each graph from ``proto``, whose ``dense`` and ``convs`` weights are detached;
+        ``proto`` is changed on the way (a copy would double the memory a load needs)."""
+        features = proto.SerializeToString()
+        _reattach(proto, convs)  # the logits session's layout optimizer reads them
+        features_own_convs = proto.SerializeToString() if convs else features
+        # int8 dense weights stay in the logits graph: its fused integer Gemms prepack them,
+        # which sharing forbids (unpacked, AlexNet's int8 predictions ran 20x slower at batch 1).
+        own = {name: array for name, array in dense.items() if array.dtype in (np.int8, np.uint8)}
+        _reattach(proto, own)
+        class_output_only(proto, metadata.output.name)
+        return cls(features, features_own_convs, proto.SerializeToString(), dense, convs, frozenset(own))
+
+    @property
+    def shared(self) -> dict[str, np.ndarray]:
+        return {**self.dense, **self.convs}
+
+
+class _SessionOpener:
+    """Opens onnxruntime sessions over ``_Graphs``: the shared weights as OrtValues, and the
+    sparse placeholder file their graphs point at, which exists only while it is open."""
+
+    def __init__(self, graphs: _Graphs, options: RuntimeOptions) -> None:
+        self.graphs, self.options = graphs, options
+        self.spun = options.spinning is Spinning.ON  # whether the last logits session spins
+        self._folder = tempfile.TemporaryDirectory(prefix="convscope-weights-")
+        shared = graphs.shared
+        self.values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in shared.items()}
+
+    def __enter__(self) -> _SessionOpener:
+        if self.graphs.shared:
+            with (Path(self._folder.name) / _PLACEHOLDER).open("wb") as placeholder:
+                placeholder.truncate(max(a.nbytes for a in self.graphs.shared.values()))  # sparse
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._folder.cleanup()
+
+    def logits(self, spin: bool | None = None) -> ort.InferenceSession:
+        values = {name: self.values[name] for name in self.graphs.dense if name not in self.graphs.logits_own}
+        self.spun = self.options.spinning is Spinning.ON if spin is None else spin
+        return self._open(self.graphs.logits, values, spin=spin)
+
+    def features(self, own_convs: bool = False) -> ort.InferenceSession:
+        if own_convs:
+            return self._open(self.graphs.features_own_convs, {name: self.values[name] for name in self.graphs.dense})
+        return self._open(self.graphs.features, self.values, layout=not self.graphs.convs)
+
+    def _open(self, graph: bytes, values: dict[str, ort.OrtValue], *, layout: bool = True,
+              spin: bool | None = None) -> ort.InferenceSession:
+        options = self.options.session_options(values, Path(self._folder.name), layout=layout, spin=spin)
+        return ort.InferenceSession(graph, sess_options=options, providers=self.options.providers)
 
 
 def _describe(name: str, metadata: Metadata, proto: onnx.ModelProto,

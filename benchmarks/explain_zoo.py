@@ -65,13 +65,15 @@ def _cli(args: list[str]) -> Path:
     return Path(lines[-1]) if lines and Path(lines[-1]).is_dir() else Path()
 
 
-def zoo_model(arch: str, cache: Path, repository: Path) -> Path:
-    """The zoo's arch imported with its held-out folder (built and imported once)."""
+def zoo_model(arch: str, cache: Path, repository: Path, steps: int) -> Path:
+    """The zoo's arch trained for ``steps``, imported with its held-out folder (built and
+    imported once; each training budget has its own folder of the repository)."""
     entry = zoo.Entry(arch, "torchscript", 17)
+    repository = repository / f"zoo-{steps}-steps"
     found = _newest(repository / entry.name)
     if found is not None:
         return found
-    source = zoo.build(arch, entry.exporter, entry.opset, entry.variant, cache)
+    source = zoo.build(arch, entry.exporter, entry.opset, entry.variant, cache, steps)
     mean, std = zoo.normalisation()
     labels = cache / f"labels-{zoo.data().name}.json"
     labels.write_text(json.dumps(zoo.data().classes))
@@ -163,19 +165,23 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "Load average: the 1-minute figure before and after each model (seconds scale with it; shares and passes do "
         "not).",
         "",
-        "| model | input | load | method | layer | images | beats random | passes | median s | deletion / random |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---|",
+        "| model | held-out accuracy | input | load | method | layer | images | beats random | passes | median s | deletion / random |",
+        "|---|---:|---|---|---|---|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         for m in row["methods"]:
             chosen = " **(default)**" if m["method"] == row["default_method"] else ""
             lines.append(
-                f"| {row['model']} | {row['size'][0]} px | {row['load_before']:.1f}-{row['load_after']:.1f} "
+                f"| {row['model']} | {_share(row.get('accuracy'))} | {row['size'][0]} px | {row['load_before']:.1f}-{row['load_after']:.1f} "
                 f"| {m['method']}{chosen} | {m['layer'] or '-'} | {m['images']} | {m['share']:.0%} "
                 f"| {m['passes']} | {m['median_seconds']:.2f} | {m['deletion']:.3f} / {m['random_deletion']:.3f} |")
     lines += ["", "Defaults chosen (service/explain/survey.py `choose`) and why:", ""]
     lines += [f"- **{row['model']}**: {row['reason']}" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def write_table(path: Path, table: str) -> None:
@@ -197,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=900.0,
                         help="time per model, all methods together (default: 900)")
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
+    parser.add_argument("--brief", action="store_true",
+                        help="the zoo as the tests train it (seconds; default: trained until it has learned, "
+                             "benchmarks/zoo.py Arch.learned_steps)")
     parser.add_argument("--methods", help="measure only these methods (comma separated; default: every one)")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON")
     parser.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
@@ -212,12 +221,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cache = cache_dir()
     images = held_out(cache, args.images)
+
+    def steps(arch: str) -> int:
+        return zoo.ARCHS[arch].steps if args.brief else zoo.ARCHS[arch].learned_steps
+
     rows = []
     for name in args.models.split(","):
         started = time.monotonic()
-        path = alexnet_model(args.repository) if name == "alexnet" else zoo_model(name, cache, args.repository)
+        path = (alexnet_model(args.repository) if name == "alexnet"
+                else zoo_model(name, cache, args.repository, steps(name)))
         print(f"{name}: {path} ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        rows.append(measure(path, images, args.seconds, args.methods.split(",") if args.methods else None))
+        row = measure(path, images, args.seconds, args.methods.split(",") if args.methods else None)
+        if name != "alexnet":
+            row["accuracy"] = zoo.training_record(name, cache, steps(name)).get("accuracy")
+        rows.append(row)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))
     table = markdown(rows, machine_info())

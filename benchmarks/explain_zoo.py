@@ -1,6 +1,7 @@
 """Explanations on real architectures (issue 21): every method measured on the zoo's trained
-torchvision nets (benchmarks/zoo.py, Fashion-MNIST at 64 px) and on AlexNet at 224 px trained
-briefly on a Fashion-MNIST subset, 30 held-out images each.
+torchvision nets (benchmarks/zoo.py, Fashion-MNIST at 64 px, trained until they have learned:
+``Arch.learned_steps``, 1-4 minutes each on 2 cores; `--brief` for the tests' seconds) and on
+AlexNet at 224 px trained briefly on a Fashion-MNIST subset, 30 held-out images each.
 
     python -m benchmarks.explain_zoo --write benchmarks/RESULTS-explain.md   # the whole table
     python -m benchmarks.explain_zoo --models resnet18,alexnet --images 10   # a part of it

@@ -197,9 +197,11 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def zoo_accuracy(cache: Path, archs: list[str], per_class: int, env: dict[str, str]) -> list[dict[str, Any]]:
-    """The import issue's zoo (benchmarks/zoo.py: torchvision CNNs trained briefly on
-    Fashion-MNIST at 64 px, the dynamo exporter at opset 18), each imported and quantized with
+def zoo_accuracy(cache: Path, archs: list[str], per_class: int, env: dict[str, str],
+                 brief: bool = False) -> list[dict[str, Any]]:
+    """The import issue's zoo (benchmarks/zoo.py: torchvision CNNs trained on Fashion-MNIST
+    at 64 px until they have learned, ``Arch.learned_steps``, or for the tests' seconds when
+    ``brief``; the dynamo exporter at opset 18), each imported and quantized with
     ``--data-dir`` a labelled held-out ImageFolder of ``per_class`` images a class; the gate's
     figures for each, gate or not (``--min-agreement 0``: every figure is reported)."""
     from benchmarks import zoo
@@ -212,7 +214,8 @@ def zoo_accuracy(cache: Path, archs: list[str], per_class: int, env: dict[str, s
     rows = []
     for arch in archs:
         entry = zoo.Entry(arch, "dynamo", 18)
-        source = zoo.build(arch, "dynamo", 18, "plain", cache)
+        steps = zoo.ARCHS[arch].steps if brief else zoo.ARCHS[arch].learned_steps
+        source = zoo.build(arch, "dynamo", 18, "plain", cache, steps)
         model = repository / entry.name
         if model.exists():
             import shutil
@@ -285,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                              "agreement and accuracy of each int8 version")
     parser.add_argument("--zoo-cache", type=Path, default=Path(".pytest_cache") / "d" / "convscope-zoo",
                         help="the zoo's cache (trained weights, exported files): as benchmarks/zoo_table.py")
+    parser.add_argument("--zoo-brief", action="store_true",
+                        help="the zoo as the tests train it (seconds; default: until it has learned)")
     parser.add_argument("--zoo-per-class", type=int, default=100, help="held-out images a class for the zoo")
     parser.add_argument("--models-none", action="store_true", help="skip the speed and memory runs (zoo only)")
     parser.add_argument("--json", type=Path, default=OUT / "quantize.json")
@@ -315,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.zoo is not None:
         from benchmarks import zoo
 
-        results["zoo"] = zoo_accuracy(args.zoo_cache.resolve(), args.zoo or list(zoo.ARCHS), args.zoo_per_class, env)
+        results["zoo"] = zoo_accuracy(args.zoo_cache.resolve(), args.zoo or list(zoo.ARCHS), args.zoo_per_class, env,
+                                      args.zoo_brief)
     results["loadavg_end"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))

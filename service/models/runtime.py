@@ -331,7 +331,7 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
             model.logits_session = opener.logits(spin=True)
             model.batch_costs = time_batches(model)
         model.spinning = opener.spun
-    del graphs
+    del graphs, opener  # the serialized graphs: before the heap is trimmed
     _release_free_memory()
     model.load_seconds = time.perf_counter() - started
     return model
@@ -392,6 +392,7 @@ class _SessionOpener:
         self.graphs, self.options = graphs, options
         self.spun = options.spinning is Spinning.ON  # whether the last logits session spins
         self._folder = tempfile.TemporaryDirectory(prefix="convscope-weights-")
+        self._opened = 0
         shared = graphs.shared
         self.values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in shared.items()}
 
@@ -416,8 +417,20 @@ class _SessionOpener:
 
     def _open(self, graph: bytes, values: dict[str, ort.OrtValue], *, layout: bool = True,
               spin: bool | None = None) -> ort.InferenceSession:
-        options = self.options.session_options(values, Path(self._folder.name), layout=layout, spin=spin)
-        return ort.InferenceSession(graph, sess_options=options, providers=self.options.providers)
+        folder = Path(self._folder.name)
+        options = self.options.session_options(values, folder, layout=layout, spin=spin)
+        if not self.options.cpu_only:  # the provider fallback reopens the session from these bytes
+            return ort.InferenceSession(graph, sess_options=options, providers=self.options.providers)
+        # From a file: a session opened from bytes keeps them for its life (onnxruntime's
+        # InferenceSession._model_bytes), and an int8 logits graph holds its 54 MB of dense
+        # weights (AlexNet). The CPU provider has nothing to fall back to.
+        self._opened += 1
+        path = folder / f"graph-{self._opened}.onnx"
+        path.write_bytes(graph)
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=self.options.providers)
+        finally:
+            path.unlink()
 
 
 def _describe(name: str, metadata: Metadata, proto: onnx.ModelProto,

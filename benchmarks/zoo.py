@@ -1,9 +1,12 @@
 """The zoo: real torchvision CNNs as users bring them, for the import tests and docs/models.md.
 
 Each architecture (torchvision's own code, `weights=None`, nothing downloaded) is trained
-briefly on Fashion-MNIST (Debian's dataset-fashion-mnist; scikit-learn's digits where it
-is absent) upscaled to 64 px RGB, so its maps mean something, then exported the ways users
-export:
+on Fashion-MNIST (Debian's dataset-fashion-mnist; scikit-learn's digits where it is absent)
+upscaled to 64 px RGB, then exported the ways users export. Two budgets: the tests' brief
+one (`Arch.steps`, seconds: a net that runs and tells classes apart), and
+`Arch.learned_steps` (1-4 minutes: held-out accuracy 73-83%) for what measures the nets'
+answers, explanations (benchmarks/explain_zoo.py) and int8 agreement (benchmarks/quantize.py).
+The ways:
 
 - both torch.onnx exporters at two opsets each: TorchScript (`dynamo=False`) at 11 and 17,
   dynamo at 18 and 23, with a dynamic batch;
@@ -16,7 +19,7 @@ export:
 
 Everything is cached in ``cache_dir``: trained weights per architecture (so a test session
 trains each once), exported files per entry, and a small labelled held-out ImageFolder.
-Use ``build(arch, exporter, opset, variant, cache_dir)``, ``trained(arch, cache_dir)``,
+Use ``build(arch, exporter, opset, variant, cache_dir[, steps])``, ``trained(arch, cache_dir[, steps])``,
 ``heldout(cache_dir)``; ``ENTRIES`` lists the zoo, ``QUICK`` the part `make test` runs.
 """
 

@@ -18,7 +18,7 @@ import json
 import os
 import re
 
-PREF = ["convscope", "convscope-spin", "torchserve-onnx", "litserve-w1", "litserve-w2", "pytriton", "bentoml"]
+PREF = ["convscope", "convscope-spin", "convscope-nospin", "torchserve-onnx", "litserve-w1", "litserve-w2", "pytriton", "bentoml"]
 MODEL_TITLES = {
     "alexnet": "AlexNet-224 (torchvision, 10 classes, ONNX 228 MB), 224x224 RGB PNG",
     "tinyvgg": "TinyVGG on digits (python -m model_export), 28x28 greyscale PNG",
@@ -53,6 +53,8 @@ def ranked_peer(name):
 def label(name):
     if name == "convscope-spin":
         return "convscope-spin (CONVSCOPE_ORT_ALLOW_SPINNING=true; not ranked)"
+    if name == "convscope-nospin":
+        return "convscope-nospin (CONVSCOPE_ORT_ALLOW_SPINNING=false; not ranked)"
     return name if instances(name) == 1 else f"{name} ({instances(name)} model instances, not ranked)"
 
 

@@ -1,6 +1,6 @@
 """Explanations on real architectures (issue 21): every method measured on the zoo's trained
 torchvision nets (benchmarks/zoo.py, Fashion-MNIST at 64 px, trained until they have learned:
-``Arch.learned_steps``, 1-4 minutes each on 2 cores; `--brief` for the tests' seconds) and on
+``Arch.budget(learned=True)``, 1-4 minutes each on 2 cores; `--brief` for the tests' seconds) and on
 AlexNet at 224 px trained briefly on a Fashion-MNIST subset, 30 held-out images each.
 
     python -m benchmarks.explain_zoo --write benchmarks/RESULTS-explain.md   # the whole table
@@ -66,15 +66,16 @@ def _cli(args: list[str]) -> Path:
     return Path(lines[-1]) if lines and Path(lines[-1]).is_dir() else Path()
 
 
-def zoo_model(arch: str, cache: Path, repository: Path, steps: int) -> Path:
-    """The zoo's arch trained for ``steps``, imported with its held-out folder (built and
-    imported once; each training budget has its own folder of the repository)."""
+def zoo_model(arch: str, cache: Path, repository: Path, learned: bool) -> Path:
+    """The zoo's arch trained until it has learned (or for the tests' seconds), imported with
+    its held-out folder (built and imported once; each budget in its own folder)."""
     entry = zoo.Entry(arch, "torchscript", 17)
-    repository = repository / f"zoo-{steps}-steps"
+    spec = zoo.ARCHS[arch].budget(learned)
+    repository = repository / f"zoo-{spec.steps}-steps-lr{spec.lr:g}"
     found = _newest(repository / entry.name)
     if found is not None:
         return found
-    source = zoo.build(arch, entry.exporter, entry.opset, entry.variant, cache, steps)
+    source = zoo.build(arch, entry.exporter, entry.opset, entry.variant, cache, learned)
     mean, std = zoo.normalisation()
     labels = cache / f"labels-{zoo.data().name}.json"
     labels.write_text(json.dumps(zoo.data().classes))
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=REPOSITORY)
     parser.add_argument("--brief", action="store_true",
                         help="the zoo as the tests train it (seconds; default: trained until it has learned, "
-                             "benchmarks/zoo.py Arch.learned_steps)")
+                             "benchmarks/zoo.py Arch.budget)")
     parser.add_argument("--methods", help="measure only these methods (comma separated; default: every one)")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON")
     parser.add_argument("--from-json", type=Path, nargs="+", metavar="JSON",
@@ -223,18 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     cache = cache_dir()
     images = held_out(cache, args.images)
 
-    def steps(arch: str) -> int:
-        return zoo.ARCHS[arch].steps if args.brief else zoo.ARCHS[arch].learned_steps
-
     rows = []
     for name in args.models.split(","):
         started = time.monotonic()
         path = (alexnet_model(args.repository) if name == "alexnet"
-                else zoo_model(name, cache, args.repository, steps(name)))
+                else zoo_model(name, cache, args.repository, not args.brief))
         print(f"{name}: {path} ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
         row = measure(path, images, args.seconds, args.methods.split(",") if args.methods else None)
         if name != "alexnet":
-            row["accuracy"] = zoo.training_record(name, cache, steps(name)).get("accuracy")
+            row["accuracy"] = zoo.training_record(name, cache, not args.brief).get("accuracy")
         rows.append(row)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))

@@ -200,7 +200,7 @@ def markdown(results: dict[str, Any]) -> str:
 def zoo_accuracy(cache: Path, archs: list[str], per_class: int, env: dict[str, str],
                  brief: bool = False) -> list[dict[str, Any]]:
     """The import issue's zoo (benchmarks/zoo.py: torchvision CNNs trained on Fashion-MNIST
-    at 64 px until they have learned, ``Arch.learned_steps``, or for the tests' seconds when
+    at 64 px until they have learned, ``Arch.budget(learned=True)``, or for the tests' seconds when
     ``brief``; the dynamo exporter at opset 18), each imported and quantized with
     ``--data-dir`` a labelled held-out ImageFolder of ``per_class`` images a class; the gate's
     figures for each, gate or not (``--min-agreement 0``: every figure is reported)."""
@@ -214,8 +214,7 @@ def zoo_accuracy(cache: Path, archs: list[str], per_class: int, env: dict[str, s
     rows = []
     for arch in archs:
         entry = zoo.Entry(arch, "dynamo", 18)
-        steps = zoo.ARCHS[arch].steps if brief else zoo.ARCHS[arch].learned_steps
-        source = zoo.build(arch, "dynamo", 18, "plain", cache, steps)
+        source = zoo.build(arch, "dynamo", 18, "plain", cache, learned=not brief)
         model = repository / entry.name
         if model.exists():
             import shutil

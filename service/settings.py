@@ -85,12 +85,12 @@ class Settings(BaseSettings):
     """Let onnxruntime's threads spin for work between the parallel sections of a run
     instead of sleeping; they stop spinning as soon as the run returns
     (``session.force_spinning_stop``). ``auto``: per model, from its run costs timed at
-    load: on for a model whose runs cost less than a request's HTTP path (the batcher's
-    overlap policy; waking a sleeping thread for each short section costs more than the
-    work: the 28 px TinyVGG served 1.7x the images at 16 clients), off for larger ones, where
-    a spinning thread takes the core that decodes and answers the requests around the run
-    (AlexNet at 224: 0.77x). ``true`` / ``false``: for every model (benchmarks/RESULTS.md).
-    The log line of each loaded version says which."""
+    load: on for a model whose whole run costs less than a request's HTTP path (1 ms: waking
+    a sleeping thread for each of its microsecond-long sections costs more than the work;
+    the 28 px TinyVGG served 1.18x the images at 16 clients and 1.23x at one), off for
+    larger ones (AlexNet, ResNet-50), where a spinning thread takes the core that decodes
+    and answers the requests around the run (AlexNet: 0.77x). ``true`` / ``false``: for
+    every model (benchmarks/RESULTS.md). Each loaded version's log line says which."""
 
     max_batch_size: int = Field(32, ge=1, le=1024)
     """Most images the dynamic batcher puts into one onnxruntime run."""

@@ -60,7 +60,7 @@ from onnx import numpy_helper
 from artifact import Layer, Metadata, Precision
 from service.errors import NoFilters, UnknownLayer
 from service.explain import ExplainableModel, describe
-from service.inference.batching import BatchCosts, BatchPolicy
+from service.inference.batching import HOLD_MIN_FIXED_SECONDS, BatchCosts
 from service.inference.preprocessing import REDUCING_GAP, InputSpec
 from service.models.repository import Artifact
 from service.models.signature import ModelSignature
@@ -95,18 +95,23 @@ def choose_providers(requested: list[str] | None) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
+# A run shorter than a request's HTTP path on the event loop (the batcher's measure of a
+# small cost too): Spinning.AUTO spins such a model's threads.
+SPIN_BELOW_SECONDS = HOLD_MIN_FIXED_SECONDS
+
+
 class Spinning(enum.Enum):
     """Whether onnxruntime's threads spin between a run's parallel sections (then stop:
     ``session.force_spinning_stop``) or sleep and are woken for each one."""
 
     ON = "on"
     OFF = "off"
-    # Per model, from the run costs timed at load: on for a model whose run costs less than
-    # a request's HTTP path (the batcher's OVERLAP policy): there a run is a handful of
-    # microsecond-long sections and waking a sleeping thread for each costs more than the
-    # work (the 28 px TinyVGG: 1.7x the images/s at 16 clients, less CPU per image); off for
-    # larger ones, where a spinning thread takes the core that decodes the next requests
-    # (AlexNet: 0.77x). benchmarks/RESULTS.md.
+    # Per model, from the run costs timed at load: on for a model whose whole run (at the
+    # smallest batch timed) costs less than a request's HTTP path, SPIN_BELOW_SECONDS: there
+    # a run is a handful of microsecond-long sections and waking a sleeping thread for each
+    # costs more than the work (the 28 px TinyVGG: 1.18x the images/s at 16 clients, 1.23x
+    # at one, less CPU per image); off for larger ones, where a spinning thread takes the
+    # core that decodes the next requests (AlexNet: 0.77x). benchmarks/RESULTS.md.
     AUTO = "auto"
 
     @classmethod
@@ -326,7 +331,7 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
         )
         _warm_up(model)
         model.batch_costs = time_batches(model)
-        if options.spinning is Spinning.AUTO and options.cpu_only and model.batch_costs.policy() is BatchPolicy.OVERLAP:
+        if options.spinning is Spinning.AUTO and options.cpu_only and model.batch_costs.shortest_run < SPIN_BELOW_SECONDS:
             # A small model (see Spinning.AUTO): its predictions session again, spinning.
             model.logits_session = opener.logits(spin=True)
             model.batch_costs = time_batches(model)

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.inference.batching import BatchCosts, BatchPolicy
+from service.inference.batching import BatchCosts
 from service.models import runtime
 from service.models.repository import load_artifact, scan
 from service.models.runtime import CPU, RuntimeOptions, Spinning, load_model
@@ -163,16 +163,22 @@ def test_spinning_from_the_setting(setting: bool | str, expected: Spinning) -> N
     assert Spinning.from_setting(setting) is expected
 
 
-@pytest.mark.parametrize(("spinning", "policy", "spins"), [
-    (Spinning.AUTO, BatchPolicy.OVERLAP, True), (Spinning.AUTO, BatchPolicy.HOLD, False),
-    (Spinning.OFF, BatchPolicy.OVERLAP, False), (Spinning.ON, BatchPolicy.HOLD, True),
+# (batch 1, batch 8) seconds: a 28 px net; AlexNet at 224 (a large fixed cost); ResNet-50 at
+# 224 (no fixed cost, 24 ms a run: the batcher overlaps its runs, yet spinning would take
+# the decoding core for as long as AlexNet's).
+TINY, ALEXNET, RESNET50 = (0.00008, 0.0004), (0.0125, 0.030), (0.0237, 0.2222)
+
+
+@pytest.mark.parametrize(("spinning", "costs", "spins"), [
+    (Spinning.AUTO, TINY, True), (Spinning.AUTO, ALEXNET, False), (Spinning.AUTO, RESNET50, False),
+    (Spinning.OFF, TINY, False), (Spinning.ON, ALEXNET, True),
 ])
 def test_auto_spins_for_a_model_whose_runs_cost_less_than_a_request(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spinning: Spinning, policy: BatchPolicy, spins: bool) -> None:
-    """AUTO reopens the predictions session spinning when the timed costs give the overlap
-    policy (a run cheaper than a request's HTTP path), and keeps it sleeping otherwise."""
-    fixed = 0.0 if policy is BatchPolicy.OVERLAP else 0.01
-    monkeypatch.setattr(runtime, "time_batches", lambda model: BatchCosts({1: fixed + 0.001, 8: fixed + 0.008}))
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spinning: Spinning, costs: tuple[float, float],
+        spins: bool) -> None:
+    """AUTO reopens the predictions session spinning when a whole run (timed at load) costs
+    less than a request's HTTP path, and keeps it sleeping otherwise."""
+    monkeypatch.setattr(runtime, "time_batches", lambda model: BatchCosts({1: costs[0], 8: costs[1]}))
     model = load_model(artifact(tmp_path / "m"), RuntimeOptions(providers=[CPU], spinning=spinning))
     assert model.spinning is spins
     configured = model.logits_session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")

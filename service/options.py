@@ -18,7 +18,7 @@ from service.inference.batching import BatchingOptions, BatchingPolicy
 from service.inference.image_preparation import PreparationOptions
 from service.inference.limits import RequestLimits
 from service.models.repository import DefaultPrecision, RepositoryOptions
-from service.models.runtime import RuntimeOptions, Spinning, choose_providers
+from service.models.runtime import RuntimeOptions, choose_providers
 from service.settings import BatchingOverride, LogLevel, Settings
 
 
@@ -70,7 +70,7 @@ class ServiceOptions:
                 providers=choose_providers(settings.providers),
                 intra_op_threads=settings.intra_op_threads,
                 inter_op_threads=settings.inter_op_threads,
-                spinning=Spinning.from_setting(settings.ort_allow_spinning),
+                allow_spinning=settings.ort_allow_spinning,
             ),
             preparation=PreparationOptions(
                 threads=settings.preprocess_threads,

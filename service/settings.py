@@ -81,16 +81,14 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(0, ge=0, le=256)
     """Threads onnxruntime uses across independent operators (0: onnxruntime's default)."""
 
-    ort_allow_spinning: bool | Literal["auto"] = "auto"
-    """Let onnxruntime's threads spin for work between the parallel sections of a run
-    instead of sleeping; they stop spinning as soon as the run returns
-    (``session.force_spinning_stop``). ``auto``: per model, from its run costs timed at
-    load: on for a model whose whole run costs less than a request's HTTP path (1 ms: waking
-    a sleeping thread for each of its microsecond-long sections costs more than the work;
-    the 28 px TinyVGG served 1.18x the images at 16 clients and 1.23x at one), off for
-    larger ones (AlexNet, ResNet-50), where a spinning thread takes the core that decodes
-    and answers the requests around the run (AlexNet: 0.77x). ``true`` / ``false``: for
-    every model (benchmarks/RESULTS.md). Each loaded version's log line says which."""
+    ort_allow_spinning: bool = True
+    """Let onnxruntime's threads spin between the parallel sections of a run instead of
+    sleeping and being woken for each; they stop as soon as the run returns
+    (``session.force_spinning_stop``), so decoding and HTTP have the cores between runs.
+    On: interleaved A/Bs on the 2-core machine (benchmarks/RESULTS.md) gave 1.18x the
+    images/s for the 28 px TinyVGG at 16 clients and 1.23x at one, 1.08x for AlexNet at 224
+    at both, with less CPU per image. Off: for a box whose other processes need every core
+    during runs."""
 
     max_batch_size: int = Field(32, ge=1, le=1024)
     """Most images the dynamic batcher puts into one onnxruntime run."""

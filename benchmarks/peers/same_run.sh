@@ -14,10 +14,10 @@
 # ceiling), then each server alone:
 #
 #   convscope        (this project: python -m service, max batch MAX_BATCH, otherwise defaults:
-#                     onnxruntime's threads spin inside a run for small models, CONVSCOPE_ORT_ALLOW_SPINNING=auto)
-#   convscope-spin   (the same with CONVSCOPE_ORT_ALLOW_SPINNING=true: spinning for every model)
-#   convscope-nospin (the same with CONVSCOPE_ORT_ALLOW_SPINNING=false: for none; these two show
-#                     what auto chose, and are neither ranked nor the target row)
+#                     onnxruntime's threads spin inside a run and stop when it returns)
+#   convscope-nospin (the same with CONVSCOPE_ORT_ALLOW_SPINNING=false: threads sleep between a
+#                     run's sections; shown, neither ranked nor the target row; convscope-spin,
+#                     CONVSCOPE_ORT_ALLOW_SPINNING=true, is the default's twin, run when named)
 #   torchserve-onnx  (TorchServe, custom handler on onnxruntime, frontend batching)
 #   litserve-w1/-w2  (LitServe LitAPI, max_batch_size, batch_timeout; 1 / 2 worker processes)
 #   pytriton         (nvidia-pytriton: tritonserver + python backend, dynamic batching)
@@ -41,7 +41,7 @@
 #                                  reference.py / raw_ort.py (needs torch, torchvision, onnx, onnxruntime)
 #   VENV_DIR=${TMPDIR:-/tmp}/peer-venvs  peer venvs: litserve/, pytriton/, torchserve/, bentoml/
 #   MODELS="alexnet tinyvgg"
-#   SYSTEMS="convscope convscope-spin convscope-nospin torchserve-onnx litserve-w1 litserve-w2 pytriton bentoml"
+#   SYSTEMS="convscope convscope-nospin torchserve-onnx litserve-w1 litserve-w2 pytriton bentoml"
 #   CONCURRENCY="1 16"  DURATION=10  WARMUP=3  WRK_THREADS=2  WRK_TIMEOUT=30s
 #   MAX_BATCH=16  BATCH_DELAY_MS=5  (peers' max batch and batch wait; convscope gets MAX_BATCH
 #                                  as CONVSCOPE_MAX_BATCH_SIZE and otherwise its defaults)
@@ -52,7 +52,7 @@
 #                       and reused (REFRESH=1 rebuilds them)
 #   RESULTS_DIR=$PROJECT/benchmarks/out/peers/results  KEEP_WORK=0 (1: keep the temp dir with every log)
 #   ORT_ALLOW_SPINNING=, ORT_THREADS=  read by the peers' sessions and raw_ort.py (common/ortpeer.py);
-#                   unset = onnxruntime's defaults (convscope keeps its own settings: spinning auto)
+#                   unset = onnxruntime's defaults (convscope keeps its own settings: spinning on, stopped after each run)
 #   SMOKE=0         1: no raw bench, no wrk: start each server, check one answer, stop it
 set -euo pipefail
 export PYTHONDONTWRITEBYTECODE=1
@@ -62,7 +62,7 @@ PROJECT="${PROJECT:-$PWD}"
 CS_PY="${CS_PY:-$PROJECT/.venv/bin/python}"
 VENV_DIR="${VENV_DIR:-${TMPDIR:-/tmp}/peer-venvs}"
 MODELS="${MODELS:-alexnet tinyvgg}"
-SYSTEMS="${SYSTEMS:-convscope convscope-spin convscope-nospin torchserve-onnx litserve-w1 litserve-w2 pytriton bentoml}"
+SYSTEMS="${SYSTEMS:-convscope convscope-nospin torchserve-onnx litserve-w1 litserve-w2 pytriton bentoml}"
 CONCURRENCY="${CONCURRENCY:-1 16}"
 DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-3}"

@@ -166,11 +166,6 @@ class BatchCosts:
         return max(0.0, (self.seconds[large] - self.seconds[small]) / (large - small))
 
     @property
-    def shortest_run(self) -> float:
-        """Seconds of a run at the smallest batch timed."""
-        return self.seconds[min(self.seconds)]
-
-    @property
     def fixed(self) -> float:
         small = min(self.seconds)
         return max(0.0, self.seconds[small] - small * self.per_image)

@@ -302,10 +302,9 @@ class ModelRegistry:
             # its model's default: the switch is this one step, with no await around it.
             entry.state = ModelState.READY
             runtime = entry.served.runtime
-            log.info("model %s version %d ready on %s (%.2f s)%s; onnxruntime threads %s", entry.name, entry.version,
+            log.info("model %s version %d ready on %s (%.2f s)%s", entry.name, entry.version,
                      runtime.provider, runtime.load_seconds,
-                     f"; {runtime.batch_costs.describe()}" if runtime.batch_costs is not None else "",
-                     "spin within a prediction run" if runtime.spinning else "sleep between parallel sections")
+                     f"; {runtime.batch_costs.describe()}" if runtime.batch_costs is not None else "")
         if entry.state is ModelState.READY:
             self._say_precision(entry)
         outcome = "success" if entry.state is ModelState.READY else "failure"

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import enum
 import logging
 import tempfile
 import time
@@ -60,7 +59,7 @@ from onnx import numpy_helper
 from artifact import Layer, Metadata, Precision
 from service.errors import NoFilters, UnknownLayer
 from service.explain import ExplainableModel, describe
-from service.inference.batching import HOLD_MIN_FIXED_SECONDS, BatchCosts
+from service.inference.batching import BatchCosts
 from service.inference.preprocessing import REDUCING_GAP, InputSpec
 from service.models.repository import Artifact
 from service.models.signature import ModelSignature
@@ -95,32 +94,6 @@ def choose_providers(requested: list[str] | None) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-# A run shorter than a request's HTTP path on the event loop (the batcher's measure of a
-# small cost too): Spinning.AUTO spins such a model's threads.
-SPIN_BELOW_SECONDS = HOLD_MIN_FIXED_SECONDS
-
-
-class Spinning(enum.Enum):
-    """Whether onnxruntime's threads spin between a run's parallel sections (then stop:
-    ``session.force_spinning_stop``) or sleep and are woken for each one."""
-
-    ON = "on"
-    OFF = "off"
-    # Per model, from the run costs timed at load: on for a model whose whole run (at the
-    # smallest batch timed) costs less than a request's HTTP path, SPIN_BELOW_SECONDS: there
-    # a run is a handful of microsecond-long sections and waking a sleeping thread for each
-    # costs more than the work (the 28 px TinyVGG: 1.18x the images/s at 16 clients, 1.23x
-    # at one, less CPU per image); off for larger ones, where a spinning thread takes the
-    # core that decodes the next requests (AlexNet: 0.77x). benchmarks/RESULTS.md.
-    AUTO = "auto"
-
-    @classmethod
-    def from_setting(cls, value: bool | str) -> Spinning:
-        if isinstance(value, bool):
-            return cls.ON if value else cls.OFF
-        return cls(value)
-
-
 @dataclass(frozen=True)
 class RuntimeOptions:
     """How onnxruntime runs every model of this process."""
@@ -128,7 +101,7 @@ class RuntimeOptions:
     providers: list[str]
     intra_op_threads: int = 0
     inter_op_threads: int = 0
-    spinning: Spinning = Spinning.AUTO
+    allow_spinning: bool = True
     # onnxruntime's CPU arena keeps the largest batch's buffers (rounded up to powers of
     # two) for the life of the session: every feature map of a batch of 32 AlexNet images
     # is ~110 MB. Without it, freed buffers go back to the system (benchmarks/README.md).
@@ -140,23 +113,20 @@ class RuntimeOptions:
         return self.providers == [CPU]
 
     def session_options(self, shared: dict[str, ort.OrtValue] | None = None,
-                        placeholder_dir: Path | None = None, *, layout: bool = True,
-                        spin: bool | None = None) -> ort.SessionOptions:
+                        placeholder_dir: Path | None = None, *, layout: bool = True) -> ort.SessionOptions:
         """``layout``: the CPU provider's layout optimizations (ORT_ENABLE_ALL), which read
-        conv weights' values and so must not meet a shared (placeholder) one. ``spin``:
-        whether threads spin (None: only when ``spinning`` is ON; AUTO decides per model
-        in ``load_model``)."""
+        conv weights' values and so must not meet a shared (placeholder) one."""
         options = ort.SessionOptions()
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if layout else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         )
-        # Spinning threads keep a core busy after each run; on a small box that core is the
-        # one decoding the next request. Allowed, they spin only inside a run (between its
-        # parallel sections) and stop as soon as it returns.
-        spinning = self.spinning is Spinning.ON if spin is None else spin
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
-        if spinning:
+        # Allowed, threads spin between a run's parallel sections instead of being woken for
+        # each, and stop as soon as the run returns, where decoding and HTTP need the cores
+        # (settings.ort_allow_spinning: measured faster for TinyVGG and AlexNet).
+        spin = "1" if self.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        if self.allow_spinning:
             options.add_session_config_entry("session.force_spinning_stop", "1")
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
@@ -235,8 +205,6 @@ class ModelRuntime:
     """Why ``explainable`` is None."""
     batch_costs: BatchCosts | None = None
     """Seconds of a predictions run at a few batch sizes, timed at load."""
-    spinning: bool = False
-    """Whether the predictions session's threads spin (RuntimeOptions.spinning)."""
     load_seconds: float = 0.0
 
     @cached_property
@@ -331,11 +299,6 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
         )
         _warm_up(model)
         model.batch_costs = time_batches(model)
-        if options.spinning is Spinning.AUTO and options.cpu_only and model.batch_costs.shortest_run < SPIN_BELOW_SECONDS:
-            # A small model (see Spinning.AUTO): its predictions session again, spinning.
-            model.logits_session = opener.logits(spin=True)
-            model.batch_costs = time_batches(model)
-        model.spinning = opener.spun
     del graphs, opener  # the serialized graphs: before the heap is trimmed
     _release_free_memory()
     model.load_seconds = time.perf_counter() - started
@@ -395,7 +358,6 @@ class _SessionOpener:
 
     def __init__(self, graphs: _Graphs, options: RuntimeOptions) -> None:
         self.graphs, self.options = graphs, options
-        self.spun = options.spinning is Spinning.ON  # whether the last logits session spins
         self._folder = tempfile.TemporaryDirectory(prefix="convscope-weights-")
         self._opened = 0
         shared = graphs.shared
@@ -410,20 +372,18 @@ class _SessionOpener:
     def __exit__(self, *exc: object) -> None:
         self._folder.cleanup()
 
-    def logits(self, spin: bool | None = None) -> ort.InferenceSession:
+    def logits(self) -> ort.InferenceSession:
         values = {name: self.values[name] for name in self.graphs.dense if name not in self.graphs.logits_own}
-        self.spun = self.options.spinning is Spinning.ON if spin is None else spin
-        return self._open(self.graphs.logits, values, spin=spin)
+        return self._open(self.graphs.logits, values)
 
     def features(self, own_convs: bool = False) -> ort.InferenceSession:
         if own_convs:
             return self._open(self.graphs.features_own_convs, {name: self.values[name] for name in self.graphs.dense})
         return self._open(self.graphs.features, self.values, layout=not self.graphs.convs)
 
-    def _open(self, graph: bytes, values: dict[str, ort.OrtValue], *, layout: bool = True,
-              spin: bool | None = None) -> ort.InferenceSession:
+    def _open(self, graph: bytes, values: dict[str, ort.OrtValue], *, layout: bool = True) -> ort.InferenceSession:
         folder = Path(self._folder.name)
-        options = self.options.session_options(values, folder, layout=layout, spin=spin)
+        options = self.options.session_options(values, folder, layout=layout)
         if not self.options.cpu_only:  # the provider fallback reopens the session from these bytes
             return ort.InferenceSession(graph, sess_options=options, providers=self.options.providers)
         # From a file: a session opened from bytes keeps them for its life (onnxruntime's

@@ -28,7 +28,7 @@ KEY = "0123456789abcdef-key"
 CHANGED: dict[str, Any] = {
     "model_repository": Path("/elsewhere"), "host": "0.0.0.0", "port": 9000, "workers": 2, "log_level": "debug",
     "default_model": "m", "default_precision": "float32", "providers": ["NoSuchExecutionProvider"], "intra_op_threads": 3, "inter_op_threads": 3,
-    "ort_allow_spinning": True, "max_batch_size": 7, "max_queue_delay_ms": 3.0, "batch_arrival_wait_ms": 1.0,
+    "ort_allow_spinning": False, "max_batch_size": 7, "max_queue_delay_ms": 3.0, "batch_arrival_wait_ms": 1.0,
     "max_queue_size": 9, "max_body_bytes": 4096, "max_image_pixels": 77, "max_images_per_request": 5,
     "max_feature_map_bytes": 8192, "preprocess_threads": 2, "decode_budget_bytes": 600_000_000,
     "decode_budget_wait_s": 1.0, "max_request_decode_bytes": 5_000_000, "max_connections": 10,

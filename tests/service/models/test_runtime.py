@@ -9,10 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.inference.batching import BatchCosts
 from service.models import runtime
 from service.models.repository import load_artifact, scan
-from service.models.runtime import CPU, RuntimeOptions, Spinning, load_model
+from service.models.runtime import CPU, RuntimeOptions, load_model
 from tests.support.artifacts import write_artifact, write_int8
 
 
@@ -147,44 +146,12 @@ def test_a_fixed_batch_graph_runs_any_batch_in_runs_of_its_size(tmp_path: Path) 
     assert fixed.run(batch[:2], ("logits",))[0].shape == (2, 3)
 
 
-@pytest.mark.parametrize("spinning", [Spinning.OFF, Spinning.ON, Spinning.AUTO])
-def test_spinning_when_allowed_stops_as_each_run_returns(spinning: Spinning) -> None:
-    options = RuntimeOptions(providers=[CPU], spinning=spinning).session_options()
-    allowed = spinning is Spinning.ON  # AUTO opens sessions sleeping, then decides per model
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if allowed else "0")
-    if allowed:  # never left spinning between runs, where decoding and HTTP need the cores
+@pytest.mark.parametrize("allow", [False, True])
+def test_spinning_when_allowed_stops_as_each_run_returns(allow: bool) -> None:
+    options = RuntimeOptions(providers=[CPU], allow_spinning=allow).session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if allow else "0")
+    if allow:  # never left spinning between runs, where decoding and HTTP need the cores
         assert options.get_session_config_entry("session.force_spinning_stop") == "1"
-    spun = RuntimeOptions(providers=[CPU], spinning=spinning).session_options(spin=True)
-    assert spun.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-
-
-@pytest.mark.parametrize(("setting", "expected"), [(True, Spinning.ON), (False, Spinning.OFF), ("auto", Spinning.AUTO)])
-def test_spinning_from_the_setting(setting: bool | str, expected: Spinning) -> None:
-    assert Spinning.from_setting(setting) is expected
-
-
-# (batch 1, batch 8) seconds: a 28 px net; AlexNet at 224 (a large fixed cost); ResNet-50 at
-# 224 (no fixed cost, 24 ms a run: the batcher overlaps its runs, yet spinning would take
-# the decoding core for as long as AlexNet's).
-TINY, ALEXNET, RESNET50 = (0.00008, 0.0004), (0.0125, 0.030), (0.0237, 0.2222)
-
-
-@pytest.mark.parametrize(("spinning", "costs", "spins"), [
-    (Spinning.AUTO, TINY, True), (Spinning.AUTO, ALEXNET, False), (Spinning.AUTO, RESNET50, False),
-    (Spinning.OFF, TINY, False), (Spinning.ON, ALEXNET, True),
-])
-def test_auto_spins_for_a_model_whose_runs_cost_less_than_a_request(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spinning: Spinning, costs: tuple[float, float],
-        spins: bool) -> None:
-    """AUTO reopens the predictions session spinning when a whole run (timed at load) costs
-    less than a request's HTTP path, and keeps it sleeping otherwise."""
-    monkeypatch.setattr(runtime, "time_batches", lambda model: BatchCosts({1: costs[0], 8: costs[1]}))
-    model = load_model(artifact(tmp_path / "m"), RuntimeOptions(providers=[CPU], spinning=spinning))
-    assert model.spinning is spins
-    configured = model.logits_session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-    assert configured == ("1" if spins else "0")
-    batch = np.random.default_rng(2).normal(size=(3, 1, 8, 8)).astype(np.float32)
-    assert np.allclose(model.run(batch, ("logits",))[0], model.run(batch, ("logits", "features.2"))[0], atol=1e-5)
 
 
 def test_cpu_sessions_do_not_keep_their_graphs_bytes(tmp_path: Path) -> None:

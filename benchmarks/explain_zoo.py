@@ -150,12 +150,14 @@ def merged(files: list[Path]) -> list[dict[str, Any]]:
         for row in json.loads(path.read_text()):
             old = rows.get(row["model"])
             methods = {m["method"]: m for m in (old["methods"] if old else [])}
-            methods.update({m["method"]: m for m in row["methods"]})
+            # Each method keeps the load of the run that measured it.
+            load = [row.get("load_before"), row.get("load_after")]
+            methods.update({m["method"]: {"load": load, **m} for m in row["methods"]})
             rows[row["model"]] = {**(old or {}), **row, "methods": list(methods.values())}
     for row in rows.values():
         order = [m.value for m in Method]
         row["methods"].sort(key=lambda m: order.index(m["method"]))
-        measured = [MethodMeasurement.model_validate(m) for m in row["methods"]]
+        measured = [MethodMeasurement.model_validate({k: v for k, v in m.items() if k != "load"}) for m in row["methods"]]
         row["default_method"], row["reason"] = survey.choose(measured, row.get("load_average"), row.get("cpus"))
     return list(rows.values())
 
@@ -174,12 +176,17 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         for m in row["methods"]:
             chosen = " **(default)**" if m["method"] == row["default_method"] else ""
             lines.append(
-                f"| {row['model']} | {_share(row.get('accuracy'))} | {row['size'][0]} px | {row['load_before']:.1f}-{row['load_after']:.1f} "
+                f"| {row['model']} | {_share(row.get('accuracy'))} | {row['size'][0]} px | {_load(m, row)} "
                 f"| {m['method']}{chosen} | {m['layer'] or '-'} | {m['images']} | {m['share']:.0%} "
                 f"| {m['passes']} | {m['median_seconds']:.2f} | {m['deletion']:.3f} / {m['random_deletion']:.3f} |")
     lines += ["", "Defaults chosen (service/explain/survey.py `choose`) and why:", ""]
     lines += [f"- **{row['model']}**: {row['reason']}" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def _load(method: dict[str, Any], row: dict[str, Any]) -> str:
+    before, after = method.get("load") or (row["load_before"], row["load_after"])
+    return f"{before:.1f}-{after:.1f}"
 
 
 def _share(value: float | None) -> str:

@@ -201,7 +201,9 @@ class ZooServer:
     def url_for(self, name: str, timeout: float = 120.0) -> str:
         """The server's URL once it serves ``name`` (started on first use)."""
         if self.server is None:
-            self.server = self._start(self.repository, repository_poll_seconds=0.5)
+            # Alive, not ready: readiness waits for every model already imported (72 in the
+            # whole zoo, about a second each), and each model's own readiness is awaited below.
+            self.server = self._start(self.repository, ready_path="/healthz", repository_poll_seconds=0.5)
         deadline = time.monotonic() + timeout
         url = str(self.server.url)
         while time.monotonic() < deadline:
@@ -241,7 +243,7 @@ def measure(entry: zoo.Entry, cache: Path, repository: Path, server: ZooServer) 
                grad_cam_offered(url, imported), gradient_error(imported, cache), None)
 
 
-def _start_server(repository: Path, **settings: object) -> Any:
+def _start_server(repository: Path, *, ready_path: str = "/readyz", **settings: object) -> Any:
     from service.testing import ServerProcess, free_port
 
     port = free_port()
@@ -249,7 +251,8 @@ def _start_server(repository: Path, **settings: object) -> Any:
     env.update({f"CONVSCOPE_{k.upper()}": str(v) for k, v in settings.items()})
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                "--model-repository", str(repository)]
-    return ServerProcess(command, port=port, env=env, log=repository.parent / "server.log", timeout=300)
+    return ServerProcess(command, port=port, env=env, log=repository.parent / "server.log", timeout=300,
+                         ready_path=ready_path)
 
 
 def table(rows: Sequence[Row], cache: Path) -> str:

@@ -20,18 +20,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ServerProcess]]:
-    """start_server(repository, **settings) -> a ready ServerProcess, stopped at the end of the session."""
+    """start_server(repository, **settings) -> a ready ServerProcess (``ready_path`` answers:
+    /readyz, every model loaded, unless told), stopped at the end of the session."""
     started: list[ServerProcess] = []
     blocker = torch_blocker(tmp_path_factory.mktemp("no-torch"))
 
-    def start(repository: Path, **settings: object) -> ServerProcess:
+    def start(repository: Path, *, ready_path: str = "/readyz", **settings: object) -> ServerProcess:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONVSCOPE_")}
         env.update({f"CONVSCOPE_{k.upper()}": str(v) for k, v in settings.items()})
         env["PYTHONPATH"] = os.pathsep.join([str(blocker), str(ROOT)])
         command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                    "--model-repository", str(repository)]
-        server = ServerProcess(command, port=port, env=env, log=tmp_path_factory.mktemp("server") / "server.log")
+        server = ServerProcess(command, port=port, env=env, log=tmp_path_factory.mktemp("server") / "server.log",
+                               ready_path=ready_path)
         started.append(server)
         return server
 

@@ -70,12 +70,13 @@ def zoo_model(arch: str, cache: Path, repository: Path, learned: bool) -> Path:
     """The zoo's arch trained until it has learned (or for the tests' seconds), imported with
     its held-out folder (built and imported once; each budget in its own folder)."""
     entry = zoo.Entry(arch, "torchscript", 17)
-    spec = zoo.ARCHS[arch].budget(learned)
-    repository = repository / f"zoo-{spec.steps}-steps-lr{spec.lr:g}"
+    source = zoo.build(arch, entry.exporter, entry.opset, entry.variant, cache, learned)
+    # The folder is the training run's cache key (budget, data, recipe, torch): a net trained
+    # anew is imported anew.
+    repository = repository / source.parent.name
     found = _newest(repository / entry.name)
     if found is not None:
         return found
-    source = zoo.build(arch, entry.exporter, entry.opset, entry.variant, cache, learned)
     mean, std = zoo.normalisation()
     labels = cache / f"labels-{zoo.data().name}.json"
     labels.write_text(json.dumps(zoo.data().classes))
@@ -230,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cache = cache_dir()
     images = held_out(cache, args.images)
-
     rows = []
     for name in args.models.split(","):
         started = time.monotonic()

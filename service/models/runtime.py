@@ -330,7 +330,7 @@ class _Graphs:
     dense: dict[str, np.ndarray]
     convs: dict[str, np.ndarray]
     logits_own: frozenset[str]
-    """Dense weights the logits graph keeps (int8: see ``split``)."""
+    """Dense weights the logits graph keeps (int8: see ``serialize``)."""
 
     @classmethod
     def serialize(cls, proto: onnx.ModelProto, metadata: Metadata, dense: dict[str, np.ndarray],

@@ -19,4 +19,3 @@ def test_the_learned_budget_trains_longer_under_its_own_key(name: str) -> None:
     brief, learned = zoo.ARCHS[name], zoo.ARCHS[name].budget(learned=True)
     assert learned.steps >= 10 * brief.steps and learned.lr > 0
     assert zoo._key(name, learned=True) != zoo._key(name)
-

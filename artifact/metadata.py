@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -246,6 +246,14 @@ class SpeedRecord(Record):
     int8_seconds: float
 
 
+class QuantizeAttempt(Record):
+    """One quantization the export tried: how many layers it kept float32, what it measured."""
+
+    float_layers: NonNegativeInt
+    agreement: float = Field(ge=0, le=1)
+    int8_accuracy: float | None = None
+
+
 class QuantizationRecord(Record):
     """How an int8 version was made from its float version, and what the gate measured."""
 
@@ -261,6 +269,12 @@ class QuantizationRecord(Record):
     int8_accuracy: float | None = None
     max_probability_difference: float = Field(ge=0, description="largest |p_float - p_int8| of any class, any image")
     layers: list[LayerError] = Field(default_factory=list)  # every tapped layer, then the class output
+    float_layers: list[str] = Field(
+        default_factory=list, description="Tapped layers (or the class output: the classifier after the last "
+                                          "tapped layer) whose nodes stayed float32: those adding the most "
+                                          "quantization noise, kept float when int8 everywhere missed the gate")
+    attempts: list[QuantizeAttempt] = Field(
+        default_factory=list, description="Every quantization tried, in order; the last one is this version")
     speed: list[SpeedRecord] = Field(default_factory=list)
     int8_faster: bool | None = None  # at the largest batch timed, on the exporting machine's CPU
     seconds: float | None = None  # what the step cost

@@ -30,6 +30,7 @@ PRECISIONS = ("float32", "int8")
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_METHOD = "minmax"  # = quantize.DEFAULT_METHOD (that module imports onnxruntime)
 DEFAULT_MIN_AGREEMENT = 0.99
+DEFAULT_MAX_FLOAT_LAYERS = 8  # = quantize.DEFAULT_MAX_FLOAT_LAYERS
 
 
 def _share(text: str) -> float:
@@ -266,6 +267,15 @@ def _quantize_options(parser: argparse.ArgumentParser) -> None:
         help="write the int8 version only if its top-1 class agrees with the float version's on at least "
         f"this share of the evaluation images (default: {DEFAULT_MIN_AGREEMENT}); else exit 2, nothing written",
     )
+    parser.add_argument(
+        "--max-float-layers",
+        type=_count,
+        default=DEFAULT_MAX_FLOAT_LAYERS,
+        metavar="N",
+        help="when int8 everywhere misses --min-agreement: try again keeping the layers that add the most "
+        "quantization noise in float32, 2, 4, ... at most N of them and a quarter of the layers (default: "
+        f"{DEFAULT_MAX_FLOAT_LAYERS}; 0: never); the artifact names them",
+    )
 
 
 def quantize_parser() -> argparse.ArgumentParser:
@@ -431,6 +441,7 @@ def _quantize(args: argparse.Namespace, model_dir: str, version: int | None, dat
             calibration_images=args.calibration_images,
             evaluation_images=args.evaluation_images,
             min_agreement=args.min_agreement,
+            max_float_layers=args.max_float_layers,
             progress=not args.quiet,
             explain_images=args.explain_images,
             explain_seconds=args.explain_seconds,

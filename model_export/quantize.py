@@ -54,12 +54,13 @@ from artifact import (
     OutputKind,
     Precision,
     QuantizationRecord,
+    QuantizeAttempt,
     SpeedRecord,
     read_metadata,
     verify_files,
 )
 
-from . import channel_view, explanations
+from . import channel_view, explanations, mixed_precision
 from .datasets import DATASETS, Dataset, Split, limit, load_any_images, load_dataset
 from .errors import ExportError
 from .metadata import opset_of, package_versions
@@ -71,6 +72,8 @@ from .staging import Staging, complete_versions
 # min-max is the one that never clips an activation the float version produces.
 DEFAULT_METHOD = CalibrationMethod.MINMAX
 DEFAULT_MIN_AGREEMENT = 0.99
+# Each further attempt costs a calibration and an evaluation: 2, 4, 8 layers at most.
+DEFAULT_MAX_FLOAT_LAYERS = 8
 # Held-out images calibrating the ranges, and judging the result, by input size (as the
 # channel view: a 224 px AlexNet pass costs ~20 ms a image on 2 cores, a 28 px one 0.1 ms).
 DEFAULT_CALIBRATION_IMAGES = 256
@@ -103,6 +106,8 @@ class QuantizeOptions:
     calibration_images: int | None = None  # None: by input size (above)
     evaluation_images: int | None = None
     min_agreement: float = DEFAULT_MIN_AGREEMENT
+    # When the gate would refuse: at most this many layers kept float32 (0: never).
+    max_float_layers: int = DEFAULT_MAX_FLOAT_LAYERS
     progress: bool = True
     # The explanation methods measured again on the int8 version (model_export/explanations.py):
     # its figures are its own, not its float version's.
@@ -220,9 +225,9 @@ def quantize(opts: QuantizeOptions) -> Path:
     with Staging(model_dir.parent, model_dir.name, None) as staging:
         assert staging.path is not None
         model_path = staging.path / MODEL_FILE
-        calibrate_and_quantize(source.model_path, model_path, calibration, spec, opts)
-        measured = evaluate(source.model_path, model_path, evaluation, held_out, metadata, opts.progress)
-        _gate(measured, metadata, source.version, opts)
+        measured, kept, attempts = _quantize_until_it_agrees(source, model_path, calibration, evaluation,
+                                                             held_out, spec, opts)
+        _gate(measured, metadata, source.version, opts, attempts)
         weights = weight_names(model_path, metadata.layers)
         layers = [layer.model_copy(update={"weight": weights.get(layer.weight) if layer.weight else None})
                   for layer in metadata.layers]
@@ -244,6 +249,8 @@ def quantize(opts: QuantizeOptions) -> Path:
             int8_accuracy=_rounded(measured.accuracy(measured.int8_correct)),
             max_probability_difference=round(measured.max_probability_difference, 6),
             layers=measured.layers(metadata),
+            float_layers=kept,
+            attempts=attempts,
             speed=speed,
             int8_faster=speed[-1].int8_seconds < speed[-1].float_seconds if speed else None,
             seconds=round(time.perf_counter() - started, 3),
@@ -251,6 +258,37 @@ def quantize(opts: QuantizeOptions) -> Path:
         opset = _opset(model_path)
         return staging.commit(lambda version, files: int8_metadata(
             metadata, version, files, layers, record, views, opset, explained))
+
+
+def _quantize_until_it_agrees(source: Source, model_path: Path, calibration: Images, evaluation: Images,
+                              held_out: HeldOut, spec: InputSpec, opts: QuantizeOptions
+                              ) -> tuple[Evaluation, list[str], list[QuantizeAttempt]]:
+    """Quantize every layer; while the gate would refuse, again with the layers adding the
+    most noise kept float (model_export/mixed_precision.py), a few more each time, within
+    ``opts.max_float_layers``. The last attempt's measurement, its float layers, every attempt."""
+    metadata = source.metadata
+    kept: list[str] = []
+    attempts: list[QuantizeAttempt] = []
+    graph = None
+    steps = iter(mixed_precision.float_layer_steps(len(metadata.layers), opts.max_float_layers))
+    while True:
+        excluded: list[str] = mixed_precision.excluded_nodes(graph, kept) if graph is not None else []
+        calibrate_and_quantize(source.model_path, model_path, calibration, spec, opts, excluded=excluded)
+        measured = evaluate(source.model_path, model_path, evaluation, held_out, metadata, opts.progress)
+        attempts.append(QuantizeAttempt(float_layers=len(kept), agreement=round(measured.agreement, 6),
+                                        int8_accuracy=_rounded(measured.accuracy(measured.int8_correct))))
+        count = next(steps, None) if measured.agreement < opts.min_agreement else None
+        if count is None:
+            return measured, kept, attempts
+        if graph is None:
+            graph = mixed_precision.layer_nodes(source.model_path, [*metadata.layer_names, metadata.output.name])
+        more = mixed_precision.most_hurt(measured.layers(metadata), graph, count, kept)
+        if len(more) == len(kept):
+            return measured, kept, attempts  # no layer left that adds noise of its own
+        kept = more
+        if opts.progress:
+            print(f"agreement {measured.agreement:.4f} < {opts.min_agreement}: again with {len(kept)} layer(s) "
+                  f"kept float32 ({', '.join(kept)})", file=sys.stderr)
 
 
 def _rounded(value: float | None) -> float | None:
@@ -429,7 +467,8 @@ def _quiet() -> Iterator[None]:
 
 
 def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec: InputSpec,
-                           opts: QuantizeOptions, input_name: str = "input") -> None:
+                           opts: QuantizeOptions, input_name: str = "input", excluded: Sequence[str] = ()) -> None:
+    """``excluded``: float graph nodes left in float32."""
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from tqdm import tqdm
@@ -443,6 +482,7 @@ def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec
                 str(source), str(target), _Reader(calibration, _input_name(source, input_name), bar),
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                nodes_to_exclude=list(excluded),
                 extra_options={"CalibStridedMinMax": 1, "WeightSymmetric": True, "ActivationSymmetric": False},
             )
         except Exception as exc:  # onnxruntime's own errors: a graph its quantizer cannot handle
@@ -624,9 +664,13 @@ def _tally(result: Evaluation, names: list[str], a: list[np.ndarray], b: list[np
         result.sums[name].add(x, y)
 
 
-def _gate(measured: Evaluation, metadata: Metadata, version: int, opts: QuantizeOptions) -> None:
+def _gate(measured: Evaluation, metadata: Metadata, version: int, opts: QuantizeOptions,
+          attempts: Sequence[QuantizeAttempt] = ()) -> None:
     if measured.agreement >= opts.min_agreement:
         return
+    tried = ""
+    if len(attempts) > 1:
+        tried = "; with " + ", ".join(f"{a.float_layers} layer(s) kept float32 {a.agreement:.4f}" for a in attempts[1:])
     accuracy = ""
     if measured.labelled:
         accuracy = (f"; accuracy float {measured.accuracy(measured.float_correct):.4f}, "
@@ -638,9 +682,10 @@ def _gate(measured: Evaluation, metadata: Metadata, version: int, opts: Quantize
     raise QuantizeRefused(
         f"the int8 version of {metadata.name} version {version} was not written: its top-1 class agrees with the "
         f"float version's on {measured.same} of {measured.images} held-out images ({measured.agreement:.4f}), "
-        f"below --min-agreement {opts.min_agreement}{accuracy}; largest probability difference "
+        f"below --min-agreement {opts.min_agreement}{accuracy}{tried}; largest probability difference "
         f"{measured.max_probability_difference:.3g}; lowest SQNR: {layers or 'none'}. Try {others}, more "
-        "--calibration-images, or, if that agreement is good enough for you, a lower --min-agreement"
+        "--calibration-images, a larger --max-float-layers, or, if that agreement is good enough for you, a lower "
+        "--min-agreement"
     )
 
 

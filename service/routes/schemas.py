@@ -136,6 +136,12 @@ class SpeedRow(BaseModel):
     speedup: float | None = Field(None, description="float_seconds / int8_seconds (quantization answer only).")
 
 
+class QuantizeAttemptRow(BaseModel):
+    float_layers: int = Field(description="How many layers that attempt kept float32.")
+    agreement: float
+    int8_accuracy: float | None = None
+
+
 class QuantizationSummary(BaseModel):
     quantized_from: int = Field(description="The float32 version this int8 version was made from.")
     method: str = Field(description="Calibration: minmax | entropy | percentile.")
@@ -153,6 +159,11 @@ class QuantizationSummary(BaseModel):
     speed: list[SpeedRow] = Field(description="Timed at export on the exporting machine's CPU.")
     int8_faster: bool | None = Field(description="At the largest batch timed.")
     seconds: float | None = Field(description="What quantizing cost.")
+    float_layers: list[str] = Field(
+        default_factory=list, description="Layers (or the class output) whose nodes stayed float32: those adding the "
+                                          "most quantization noise, kept float because int8 everywhere missed the gate.")
+    attempts: list[QuantizeAttemptRow] = Field(
+        default_factory=list, description="Every quantization the export tried, in order; the last one is this version.")
 
 
 class FloatVersion(BaseModel):

@@ -104,6 +104,30 @@ def test_the_gate_refuses_with_what_it_measured_and_writes_nothing(tmp_path: Pat
     assert sorted(p.name for p in (root / "synthetic").iterdir()) == ["1"]  # no version, no staging directory
 
 
+def test_where_int8_everywhere_misses_the_gate_the_noisiest_layers_stay_float(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same near-equal scores; the synthetic net has two tapped layers, under the quarter
+    that may stay float, so the share is lifted for it: int8 everywhere disagrees on one image,
+    the second attempt keeps the classifier and the conv float and agrees on all."""
+    from model_export import mixed_precision
+    from model_export.quantize import QuantizeOptions, quantize
+
+    monkeypatch.setattr(mixed_precision, "MAX_FLOAT_SHARE", 1.0)
+    root = tmp_path / "models"
+    write_artifact(root, "synthetic", 1, classes=10)
+    images = calibration_images(tmp_path / "images")
+    written = quantize(QuantizeOptions(model_dir=str(root / "synthetic"), version=1, data_dir=str(images),
+                                       min_agreement=1.0, progress=False, explain_images=0))
+    record = read_metadata(written).quantization
+    assert record is not None
+    assert [(a.float_layers, a.agreement < 1.0) for a in record.attempts] == [(0, True), (2, False)]
+    assert sorted(record.float_layers) == ["features.1", "logits"] and record.agreement == 1.0
+    initializers = {i.name for i in _graph(written).graph.initializer}
+    assert {"conv.weight", "fc.weight"} <= initializers and "conv.weight_quantized" not in initializers
+    # Judged against the version it was made from, as any int8 version.
+    assert record.layers[-1].name == "logits"
+
+
 def test_the_cli_writes_the_version_and_prints_its_directory(tmp_path: Path) -> None:
     root = tmp_path / "models"
     write_artifact(root, "synthetic", 1)

@@ -33,14 +33,17 @@ export function severity(db) {
 export const BAR_SCALE_DB = [60, 10];
 
 /** One bar per row of a quantization answer's `layers`: {name, db, relative, fraction (0..1 on
- * BAR_SCALE_DB: longer is worse), severity, worstChannel, worstDb, output (the class scores)}. */
-export function errorBars(rows) {
+ * BAR_SCALE_DB: longer is worse), severity, worstChannel, worstDb, output (the class scores),
+ * float (one of the answer's `float_layers`: its nodes stayed float32; its error is what it
+ * inherits)}. */
+export function errorBars(rows, floatLayers = []) {
   const [none, full] = BAR_SCALE_DB;
+  const kept = new Set(floatLayers);
   return rows.map((r, i) => ({
     name: r.name, db: r.sqnr_db, relative: r.relative_error,
     fraction: r.sqnr_db === null ? 0 : Math.min(1, Math.max(0, (none - r.sqnr_db) / (none - full))),
     severity: severity(r.sqnr_db), worstChannel: r.worst_channel, worstDb: r.worst_channel_sqnr_db,
-    output: i === rows.length - 1,
+    output: i === rows.length - 1, float: kept.has(r.name),
   }));
 }
 

@@ -30,7 +30,7 @@ export async function render() {
   if (meta !== state.meta) return;
   state.quantization = record;
   $("quantization-summary").replaceChildren(...summary(record));
-  $("quantization-bars").replaceChildren(...errorBars(record.layers).map(bar));
+  $("quantization-bars").replaceChildren(...errorBars(record.layers, record.float_layers).map(bar));
 }
 
 function summary(r) {
@@ -49,9 +49,20 @@ function summary(r) {
         ` on ${r.evaluation_images} other held-out images (the gate: ${pct(r.min_agreement)})`),
       el("li", { text: accuracy }),
       el("li", { text: `largest difference of any class probability: ${pct(r.max_probability_difference)}` }),
+      keptFloat(r),
       speedText(r.speed) ? el("li", { text: `int8 ran ${speedText(r.speed)} at export` }) : null,
       el("li", { class: "muted", text: r.data ?? "" })),
   ];
+}
+
+/** The layers the export kept float32 because int8 everywhere missed the gate, if any. */
+function keptFloat(r) {
+  const kept = r.float_layers ?? [];
+  if (!kept.length) return null;
+  const first = r.attempts?.[0];
+  const everywhere = first ? ` (int8 everywhere agreed on ${pct(first.agreement)})` : "";
+  return el("li", { text: `${kept.length} layer(s) kept float32, those adding the most quantization noise`
+    + `${everywhere}: ${kept.join(", ")}` });
 }
 
 function bar(row) {
@@ -63,7 +74,7 @@ function bar(row) {
   const track = el("span", { class: "q-track" },
     el("span", { class: `q-bar ${row.severity}`, style: `width:${Math.max(1, 100 * row.fraction)}%` }));
   const figures = el("span", { class: "q-figs", text: `${db} · ${(100 * row.relative).toFixed(2)}% error` });
-  const note = el("span", { class: "q-worst muted", text: worst });
+  const note = el("span", { class: "q-worst muted", text: row.float ? `kept float32${worst ? `; ${worst}` : ""}` : worst });
   const title = `${row.name}: SQNR ${db}, relative error ${(100 * row.relative).toFixed(3)}% (${row.severity})`;
   if (layer && row.worstChannel !== null && row.worstChannel !== undefined && state.image) {
     return el("button", { type: "button", class: "q-row", title: `${title}; opens channel ${row.worstChannel}`,
@@ -76,7 +87,8 @@ function bar(row) {
 /** Makes the bars clickable once an image is on show (they open a layer's worst channel). */
 export function redraw() {
   if (state.quantization && !$("quantization").hidden) {
-    $("quantization-bars").replaceChildren(...errorBars(state.quantization.layers).map(bar));
+    $("quantization-bars").replaceChildren(...errorBars(state.quantization.layers, state.quantization.float_layers)
+      .map(bar));
   }
 }
 

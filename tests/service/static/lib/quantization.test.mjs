@@ -46,6 +46,10 @@ test("bars grow as the SQNR falls, on one scale for every model; the last row is
     [["a", 0.4, "close", false], ["b", 0.8, "noticeable", false], ["c", 1, "large", false],
      ["d", 0, "identical", false], ["logits", 0, "close", true]]);
   assert.equal(bars[0].worstChannel, 3);
+  assert.deepEqual(bars.map((b) => b.float), [false, false, false, false, false]);
+  const kept = errorBars([{ name: "a", sqnr_db: 40, relative_error: 0.01 }, { name: "logits", sqnr_db: 30,
+    relative_error: 0.03 }], ["logits"]);
+  assert.deepEqual(kept.map((b) => [b.name, b.float]), [["a", false], ["logits", true]]);
 });
 
 test("sqnr: 20 dB for noise of a tenth of the signal's amplitude; null when equal", () => {

@@ -24,15 +24,15 @@ from enum import Enum
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from service.errors import Overloaded, PayloadTooLarge
 from service.inference.preprocessing import (
     REDUCING_GAP,
+    Header,
     InputSpec,
     decode_cost,
     load,
-    open_checked,
+    open_header,
     preprocess,
     reduce_on_decode,
 )
@@ -211,10 +211,10 @@ class ImagePreparer:
         """Read the images' headers and reserve the memory their decoding takes (waiting
         for it if need be). Use the answer as a context manager: what it did not hand to a
         decode is given back on leaving it, however it is left."""
-        opened: list[tuple[Image.Image, float]] = []
+        opened: list[tuple[Header, float]] = []
         for data in images:
             started = time.perf_counter()
-            image = open_checked(data, max_pixels=self.max_pixels)
+            image = open_header(data, max_pixels=self.max_pixels)
             reduce_on_decode(image, spec)  # first: the decode is counted at the size it will have
             opened.append((image, time.perf_counter() - started))
         costs = [decode_cost(image, spec.mode) for image, _ in opened]
@@ -243,7 +243,7 @@ class Admission:
     batcher's ``arriving()``, which should count only images being decoded."""
 
     def __init__(self, pool: ThreadPoolExecutor, budget: DecodeBudget, spec: InputSpec,
-                 opened: list[tuple[Image.Image, float]], costs: list[int]) -> None:
+                 opened: list[tuple[Header, float]], costs: list[int]) -> None:
         self.pool = pool
         self.budget = budget
         self.spec = spec
@@ -296,7 +296,7 @@ def _give_back(budget: DecodeBudget, cost: int, _: Future[_Prepared]) -> None:
     budget.release(cost)
 
 
-def _finish(image: Image.Image, spec: InputSpec, header_seconds: float) -> _Prepared:
+def _finish(image: Header, spec: InputSpec, header_seconds: float) -> _Prepared:
     """Decode the pixels of a header-checked image and preprocess them."""
     started = time.perf_counter()
     decoded = load(image)

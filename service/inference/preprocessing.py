@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,7 @@ def decode(data: bytes, *, max_pixels: int, spec: InputSpec | None = None) -> Im
     image = open_checked(data, max_pixels=max_pixels)
     if spec is not None:
         reduce_on_decode(image, spec)
-    return load(image)
+    return load_pillow(image)
 
 
 def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -119,16 +120,85 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadRequest(f"the image cannot be read: {exc}") from None
     # Image.open reads only the header: refuse a bomb before its pixels are allocated.
-    width, height = image.size
+    _check_pixels(*image.size, max_pixels)
+    return image
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks after which Pillow does more than decode the pixels: a palette image's colours
+# (PLTE with colour type 3 is refused anyway), a transparency colour, EXIF orientation, an
+# animation's first frame.
+_PILLOW_CHUNKS = frozenset({b"tRNS", b"eXIf", b"acTL"})
+_PLAIN_PNG_MODES = {0: "L", 2: "RGB"}  # colour type -> mode, 8 bits a sample
+
+
+@dataclass(frozen=True)
+class PlainPng:
+    """An 8-bit grey or RGB PNG with no transparency, EXIF or animation: all Pillow would do
+    is decode its pixels, which libspng (pyspng) does in one C call, without Pillow's
+    chunk reader in Python: 11 us instead of 47 for a 28 px digit, 0.72 ms instead of 1.0
+    for a 224 px photo (this project's 2-core machine). PNG is lossless, so the pixels are
+    the very ones Pillow gives (tests/service/inference/test_plain_png.py); every other
+    image, and anything this header reader does not recognise, goes to Pillow."""
+
+    data: bytes
+    width: int
+    height: int
+    mode: str  # "L" or "RGB"
+    format = "PNG"
+
+    @classmethod
+    def read(cls, data: bytes) -> PlainPng | None:
+        """The image, when ``data`` is a complete plain PNG's chunk list; else None."""
+        if len(data) < 33 or not data.startswith(PNG_SIGNATURE):
+            return None
+        length, kind, width, height, depth, colour = struct.unpack_from(">I4sIIBB", data, 8)
+        if kind != b"IHDR" or length != 13 or depth != 8 or colour not in _PLAIN_PNG_MODES or not width or not height:
+            return None
+        position, end = 8, len(data)
+        while position + 12 <= end:
+            length, kind = struct.unpack_from(">I4s", data, position)
+            if kind in _PILLOW_CHUNKS:
+                return None
+            position += 12 + length
+            if kind == b"IEND":
+                return cls(data, width, height, _PLAIN_PNG_MODES[colour])
+        return None  # truncated: Pillow says how
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def pixels(self) -> np.ndarray:
+        import pyspng
+
+        try:
+            return pyspng.load(self.data)  # type: ignore[no-any-return]
+        except RuntimeError as exc:  # a corrupt stream: libspng names what it found
+            raise BadRequest(f"the image is truncated or corrupt: {str(exc).removeprefix('pyspng: ')}") from None
+
+
+Header = Image.Image | PlainPng
+
+
+def open_header(data: bytes, *, max_pixels: int) -> Header:
+    """``open_checked``, but a plain PNG (``PlainPng``) is read without Pillow."""
+    plain = PlainPng.read(data)
+    if plain is None:
+        return open_checked(data, max_pixels=max_pixels)
+    _check_pixels(plain.width, plain.height, max_pixels)
+    return plain
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise PayloadTooLarge(
             f"the image is {width}x{height} = {width * height} pixels; the limit is "
             f"{max_pixels} (setting CONVSCOPE_MAX_IMAGE_PIXELS)"
         )
-    return image
 
 
-def reduce_on_decode(image: Image.Image, spec: InputSpec) -> None:
+def reduce_on_decode(image: Header, spec: InputSpec) -> None:
     """Before ``load``: where the spec's ``reducing_gap`` is set, have a JPEG much larger than
     the model's input decoded at 1/2, 1/4 or 1/8 scale, never below ``reducing_gap`` times
     the input in either direction (after EXIF rotation). Only the decoder is configured:
@@ -136,13 +206,21 @@ def reduce_on_decode(image: Image.Image, spec: InputSpec) -> None:
     from it. The header's full size has already been checked against the pixel limit."""
     # JPEG alone decodes at reduced scale; and only a JPEG's EXIF is in its header (a PNG's
     # getexif() would decode the whole image to look for one after the pixels).
-    if spec.reducing_gap is not None and image.format == "JPEG":
+    if spec.reducing_gap is not None and isinstance(image, Image.Image) and image.format == "JPEG":
         _draft(image, spec, spec.reducing_gap)
 
 
-def load(image: Image.Image) -> Image.Image:
-    """Decode the pixels of an image from ``open_checked`` (after ``reduce_on_decode``, if
-    at all): first frame, EXIF orientation."""
+def load(image: Header) -> Image.Image | np.ndarray:
+    """Decode the pixels of an image from ``open_header`` or ``open_checked`` (after
+    ``reduce_on_decode``, if at all): first frame, EXIF orientation. A plain PNG's are an
+    array ([H, W] or [H, W, 3] uint8)."""
+    if isinstance(image, PlainPng):
+        return image.pixels()
+    return load_pillow(image)
+
+
+def load_pillow(image: Image.Image) -> Image.Image:
+    """``load`` for an image Pillow opened."""
     try:
         image.seek(0)  # first frame of an animation
         image.load()
@@ -157,7 +235,7 @@ HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}  # else 4 (RGB padded)
 
 
-def decode_cost(image: Image.Image, mode: str) -> int:
+def decode_cost(image: Header, mode: str) -> int:
     """Bytes that ``load`` and ``to_mode(..., mode)`` need at their peak for an image from
     ``open_checked`` (and ``reduce_on_decode``: the size it will decode at), known from its
     header before any pixel is decoded: the decoded frame and, for an EXIF rotation, its
@@ -167,7 +245,8 @@ def decode_cost(image: Image.Image, mode: str) -> int:
     pixels = image.width * image.height
     stored = _BYTES_PER_PIXEL.get(image.mode, 4)
     cost = 2 * stored
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+        isinstance(image, Image.Image) and image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         cost += 3 * 4
     elif image.mode in HIGH_DEPTH_MODES:
@@ -214,15 +293,21 @@ def to_mode(image: Image.Image, mode: str) -> Image.Image:
     return image.convert(mode)
 
 
-def preprocess(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """A decoded image -> the model's CHW float32 input."""
-    image = to_mode(image, spec.mode)
-    if image.size != (spec.width, spec.height):
-        # reducing_gap: Pillow first box-reduces by the integer factor that leaves at least
-        # gap x the target (C, a few ms for 8 MP), then resamples with the recorded filter,
-        # whose kernel is then gap x wide instead of as wide as the whole reduction.
-        image = image.resize((spec.width, spec.height), spec.resample, reducing_gap=spec.reducing_gap)
-    pixels = np.asarray(image)
+def preprocess(image: Image.Image | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """A decoded image (or a plain PNG's pixels) -> the model's CHW float32 input."""
+    if isinstance(image, np.ndarray):
+        pixels = image
+        mode = "L" if pixels.ndim == 2 else "RGB"
+        if mode != spec.mode or pixels.shape[:2] != (spec.height, spec.width):
+            image = Image.fromarray(pixels, mode)  # to convert or resize, as any other image
+    if isinstance(image, Image.Image):
+        image = to_mode(image, spec.mode)
+        if image.size != (spec.width, spec.height):
+            # reducing_gap: Pillow first box-reduces by the integer factor that leaves at
+            # least gap x the target (C, a few ms for 8 MP), then resamples with the recorded
+            # filter, whose kernel is then gap x wide instead of as wide as the whole reduction.
+            image = image.resize((spec.width, spec.height), spec.resample, reducing_gap=spec.reducing_gap)
+        pixels = np.asarray(image)
     chw = pixels[None, :, :] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     # (p * scale - mean) / std as one multiply-add into a fresh buffer: a tenth of the
     # time of the three-temporary version for a 224 px RGB image.

@@ -275,7 +275,7 @@ class Admission:
                         self.budget.release(cost)
                     pending.append(done)
                 else:
-                    job = self.pool.submit(_finish, image, self.spec, header_seconds)
+                    job = self.pool.submit(_finish, image, self.spec, header_seconds, False)
                     self.handed += cost
                     job.add_done_callback(functools.partial(_give_back, self.budget, cost))
                     pending.append(asyncio.wrap_future(job))
@@ -296,10 +296,11 @@ def _give_back(budget: DecodeBudget, cost: int, _: Future[_Prepared]) -> None:
     budget.release(cost)
 
 
-def _finish(image: Header, spec: InputSpec, header_seconds: float) -> _Prepared:
-    """Decode the pixels of a header-checked image and preprocess them."""
+def _finish(image: Header, spec: InputSpec, header_seconds: float, on_loop: bool = True) -> _Prepared:
+    """Decode the pixels of a header-checked image and preprocess them (``on_loop``: here,
+    on the event loop; else on a worker thread, beside it)."""
     started = time.perf_counter()
-    decoded = load(image)
+    decoded = load(image, on_loop=on_loop)
     decoded_at = time.perf_counter()
     tensor = preprocess(decoded, spec)
     return _Prepared(tensor, header_seconds + decoded_at - started, time.perf_counter() - decoded_at)

@@ -26,6 +26,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from copy import deepcopy
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import fastapi.routing
@@ -38,6 +39,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+# Defaults that a request may share with the next (an Enum member is a singleton).
+_IMMUTABLE = (type(None), bool, int, float, str, bytes, Enum)
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,22 @@ class Parameter:
     field: ModelField
     location: str  # "path" or "query"
     sequence: bool  # a query parameter that may repeat (list[str])
+    required: bool
+    default: Any  # read from the field once: pydantic's get_default costs ~1 us a call
+    fresh_default: bool  # a mutable default, copied for each request as FastAPI does
 
     @classmethod
     def of(cls, field: ModelField, location: str) -> Parameter | None:
         info = field.field_info
         annotation = info.annotation
-        if (info.validation_alias is not None or info.validate_default
+        if (info.validation_alias is not None or info.validate_default or info.default_factory is not None
                 or (isinstance(annotation, type) and issubclass(annotation, BaseModel))
                 or any(type(item).__name__ == "Json" for item in info.metadata)):
             return None  # FastAPI reads these in ways the plan does not repeat
-        return cls(field, location, location == "query" and field_annotation_is_sequence(annotation))
+        required = info.is_required()
+        default = None if required else field.default
+        return cls(field, location, location == "query" and field_annotation_is_sequence(annotation), required,
+                   default, not isinstance(default, _IMMUTABLE))
 
     def read(self, path: dict[str, Any], query: QueryParams | None) -> tuple[bool, Any]:
         """(valid, value), as FastAPI's request_params_to_args reads and validates it."""
@@ -68,9 +77,9 @@ class Parameter:
         else:
             value = query.getlist(alias) if self.sequence else query.get(alias)
         if value is None or (self.sequence and len(value) == 0):
-            if self.field.field_info.is_required():
+            if self.required:
                 return False, None
-            return True, deepcopy(self.field.default)
+            return True, deepcopy(self.default) if self.fresh_default else self.default
         checked, errors = self.field.validate(value, {}, loc=(self.location, alias))
         return not errors, checked
 

@@ -166,3 +166,24 @@ def test_a_plan_is_made_only_for_the_shapes_it_repeats_exactly(dependency: Any, 
     with TestClient(app) as client:  # and either way the route answers as declared
         assert client.get("/x?size=4").json() == {"size": 4}
         assert client.get("/x?size=0").status_code == 422
+
+
+def test_a_mutable_default_is_fresh_for_every_request_as_fastapi_gives_it() -> None:
+    """Defaults are read once, when the plan is made; a list default is still copied per
+    request (an endpoint that appends to it must not see the last request's items)."""
+    app = FastAPI()
+    app.router.route_class = DirectRoute
+
+    async def endpoint(tags: list[str] = Query(["a"]), size: int = 3) -> Response:
+        tags.append("seen")
+        return JSONResponse({"tags": tags, "size": size})
+
+    app.add_api_route("/x", endpoint, methods=["GET"])
+    route = next(r for r in app.routes if isinstance(r, DirectRoute))
+    plan = Plan.of(route.dependant)
+    assert plan is not None
+    assert [(p.field.name, p.fresh_default) for p in plan.parameters] == [("tags", True), ("size", False)]
+    with TestClient(app) as client:
+        assert client.get("/x").json() == {"tags": ["a", "seen"], "size": 3}
+        assert client.get("/x").json() == {"tags": ["a", "seen"], "size": 3}
+        assert client.get("/x?tags=b&size=5").json() == {"tags": ["b", "seen"], "size": 5}

@@ -271,7 +271,9 @@ def _kept(row: dict[str, Any]) -> str:
     tried = ", ".join(f"{n}: {agreement:.3f}" for n, agreement in row.get("attempts", []))
     if row.get("refused"):
         found = re.search(r"; with (.*?); largest", row["refused"])
-        return f"refused (0: {row['agreement']:.3f}{', ' + found.group(1) if found else ''}); figures: int8 everywhere"
+        attempts = re.findall(r"(\d+) layer\(s\) kept float32 ([0-9.]+)", found.group(1)) if found else []
+        tried = "".join(f", {n}: {float(a):.3f}" for n, a in attempts)
+        return f"refused (0: {row['agreement']:.3f}{tried}); figures: int8 everywhere"
     names = ", ".join(row.get("float_layers", []))
     return f"{len(row.get('float_layers', []))}{f' ({names})' if names else ''}; {tried}"
 

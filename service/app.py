@@ -29,6 +29,7 @@ from service.handlers.introspection import IntrospectionHandler
 from service.handlers.repository import RepositoryHandler
 from service.http import auth
 from service.http.drain import Drain, InFlight, refuse_while_draining
+from service.http.hot_routes import HotRoutes, KnownPaths
 from service.http.limits import CONNECTIONS, PROTOCOL_STATUS, REFUSALS
 from service.http.requests import ClientGone, RequestReader
 from service.http.responses import FastJSONResponse as JSONResponse
@@ -137,6 +138,8 @@ def build_app(options: ServiceOptions, *, load_before_serving: bool = False) -> 
     docs.install(app)
     auth.install(app, options.access)
     _document(app, options.access, options.explanations.max_passes)
+    app.state.known_paths = KnownPaths()
+    app.add_middleware(HotRoutes, known=app.state.known_paths, application=app)  # innermost: inside the metrics
     app.add_middleware(RequestMetrics, metrics=metrics, models=handlers.repository)
     app.add_middleware(InFlight, drain=app.state.drain)  # outermost: counts every request
     return app

@@ -194,6 +194,11 @@ class DirectRoute(APIRoute):
             if overrides is None or not getattr(overrides, "dependency_overrides", None):
                 response = await plan.run(request)
                 if response is not None:
+                    # The next request to this method and path can skip the routing
+                    # (service/http/hot_routes.py), where the app has that middleware.
+                    known = getattr(request.app.state, "known_paths", None)
+                    if known is not None:
+                        known.remember(request.scope, plan)
                     return response
             return await fastapis(request)
 

@@ -1,19 +1,14 @@
-"""The garbage collector in a serving process (service/http/server.py, service/app.py): its
-thresholds raised and the heap frozen before serving and again once the models loaded,
-which holds only because a request's garbage is freed by reference counting: an answered
-error releases the frames of its traceback, so it leaves no cycle holding its body."""
+"""An answered error releases the frames of its traceback (service/app.py), so it leaves no
+reference cycle holding the request and its body for the garbage collector."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from service.app import _settle_heap
-from service.http.server import GC_THRESHOLDS, _freeze_heap
 from tests.support.services import serving
 
 PNG = {"content-type": "image/png"}
@@ -29,18 +24,6 @@ def collector() -> Iterator[None]:
     gc.unfreeze()
     gc.set_threshold(*thresholds)
     gc.enable()
-
-
-def test_a_serving_process_raises_the_thresholds_and_freezes_again_after_loading(collector: None) -> None:
-    app = SimpleNamespace(state=SimpleNamespace())
-    _settle_heap(app)  # type: ignore[arg-type]  # not serving: nothing frozen
-    assert gc.get_freeze_count() == 0
-    _freeze_heap(app)  # type: ignore[arg-type]
-    assert gc.get_threshold() == GC_THRESHOLDS and app.state.freeze_heap is True
-    frozen = gc.get_freeze_count()
-    kept = [[i] for i in range(1000)]  # what loading models leaves
-    _settle_heap(app)  # type: ignore[arg-type]
-    assert gc.get_freeze_count() >= frozen + len(kept)
 
 
 @pytest.mark.parametrize(("path", "body"), [

@@ -214,7 +214,9 @@ class ImagePreparer:
         opened: list[tuple[Header, float]] = []
         for data in images:
             started = time.perf_counter()
-            image = open_header(data, max_pixels=self.max_pixels)
+            # A larger image is never decoded on the loop: Pillow decodes it on the pool
+            # (preprocessing.load), so it is not read as a PlainPng at all.
+            image = open_header(data, max_pixels=self.max_pixels, plain_pixels=ALONE_INLINE_PIXELS)
             reduce_on_decode(image, spec)  # first: the decode is counted at the size it will have
             opened.append((image, time.perf_counter() - started))
         costs = [decode_cost(image, spec.mode) for image, _ in opened]

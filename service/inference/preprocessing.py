@@ -149,12 +149,16 @@ class PlainPng:
     format = "PNG"
 
     @classmethod
-    def read(cls, data: bytes) -> PlainPng | None:
-        """The image, when ``data`` is a complete plain PNG's chunk list; else None."""
+    def read(cls, data: bytes, up_to: int | None = None) -> PlainPng | None:
+        """The image, when ``data`` is a complete plain PNG's chunk list of at most
+        ``up_to`` pixels (None: any size); else None. The size comes first: a larger one is
+        not walked chunk by chunk (a 4K PNG has thousands)."""
         if len(data) < 33 or not data.startswith(PNG_SIGNATURE):
             return None
         length, kind, width, height, depth, colour = struct.unpack_from(">I4sIIBB", data, 8)
         if kind != b"IHDR" or length != 13 or depth != 8 or colour not in _PLAIN_PNG_MODES or not width or not height:
+            return None
+        if up_to is not None and width * height > up_to:
             return None
         position, end = 8, len(data)
         while position + 12 <= end:
@@ -182,9 +186,10 @@ class PlainPng:
 Header = Image.Image | PlainPng
 
 
-def open_header(data: bytes, *, max_pixels: int) -> Header:
-    """``open_checked``, but a plain PNG (``PlainPng``) is read without Pillow."""
-    plain = PlainPng.read(data)
+def open_header(data: bytes, *, max_pixels: int, plain_pixels: int | None = None) -> Header:
+    """``open_checked``, but a plain PNG (``PlainPng``) of at most ``plain_pixels`` (None:
+    any size) is read without Pillow."""
+    plain = PlainPng.read(data, plain_pixels)
     if plain is None:
         return open_checked(data, max_pixels=max_pixels)
     _check_pixels(plain.width, plain.height, max_pixels)
@@ -223,7 +228,8 @@ def load(image: Header, *, on_loop: bool = True) -> Image.Image | np.ndarray:
     if isinstance(image, PlainPng):
         if on_loop:
             return image.pixels()
-        return load_pillow(Image.open(io.BytesIO(image.data), formats=("PNG",)))
+        # Its size was checked when its header was read: the limit here is that size.
+        return load_pillow(open_checked(image.data, max_pixels=image.width * image.height))
     return load_pillow(image)
 
 

@@ -99,6 +99,15 @@ def test_anything_else_goes_to_pillow(data: bytes) -> None:
     assert not isinstance(header, PlainPng)
 
 
+def test_a_png_above_the_plain_bound_is_pillows_without_a_chunk_walk() -> None:
+    """Images the loop never decodes are not read as plain PNGs (they would be reopened by
+    Pillow on a worker thread anyway)."""
+    data = _png(COLOUR)  # 30 x 40 = 1200 pixels
+    assert isinstance(open_header(data, max_pixels=10**6, plain_pixels=1200), PlainPng)
+    header = open_header(data, max_pixels=10**6, plain_pixels=1199)
+    assert isinstance(header, Image.Image) and header.size == (30, 40)
+
+
 def test_the_pixel_limit_is_checked_from_the_header() -> None:
     with pytest.raises(PayloadTooLarge, match="28x28 = 784 pixels; the limit is 100"):
         open_header(_png(GREY), max_pixels=100)

@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from itertools import count
 from typing import Any, ClassVar, cast
 
 from uvicorn.config import Config
@@ -67,6 +68,11 @@ LINGER_S = 2.0  # how long a refused client's further bytes are read and dropped
 SLOW_HEAD_S = 1.0  # a head still incomplete after this may make room for a new connection
 RESERVED_FILES = 256  # open files kept for the service itself (models, logs, pipes, threads)
 MAX_LINGERING_REFUSALS = 64  # refused connections lingering at once (each holds a file)
+
+# Ranks connections by when they fell idle. A counter, not the clock: on a machine whose
+# monotonic clock ticks coarsely (a VM's jiffies clocksource: 1-4 ms) answers given one
+# after another can share a time, and the idlest would be picked at random among them.
+_IDLE_ORDER = count()
 
 
 class Refusal(StrEnum):
@@ -181,8 +187,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.line_done = False  # the request line of that head has ended
         self.heads = 0  # heads parsed on this connection
         self.refused = False  # answered and closing: further bytes are dropped
-        self.idle_since = self.loop.time()
-        self.head_started = self.idle_since  # the first byte of the head being read
+        self.idle_rank = next(_IDLE_ORDER)  # lower: idle for longer
+        self.head_started = self.loop.time()  # the first byte of the head being read
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
         self.body_deadline = 0.0
@@ -239,7 +245,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         ours = [c for c in self.connections if isinstance(c, LimitedHttpToolsProtocol)]
         idle = [c for c in ours if c.is_idle()]
         if idle:
-            min(idle, key=lambda c: c.idle_since).transport.close()
+            min(idle, key=lambda c: c.idle_rank).transport.close()
             return True
         now = self.loop.time()
         slow = [c for c in ours if c.is_slow_head(now)]
@@ -302,7 +308,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self.idle_since = self.loop.time()
+        self.idle_rank = next(_IDLE_ORDER)
 
     # -- timeouts ------------------------------------------------------------------------
 

@@ -174,6 +174,25 @@ async def test_at_the_connection_cap_the_idle_one_makes_room_and_a_busy_server_s
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("answered_first", [0, 1])
+async def test_the_connection_answered_first_makes_room_even_when_the_clock_stands_still(
+        connections: Connections, monkeypatch: pytest.MonkeyPatch, answered_first: int) -> None:
+    # A VM's coarse clock gives answers a few milliseconds apart the same time: the order in
+    # which connections fell idle must not depend on it (nor on the set they are kept in,
+    # hence both orders).
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: 1000.0)
+    opened = [connections.open(), connections.open()]
+    for protocol, transport in (opened[answered_first], opened[1 - answered_first]):
+        protocol.data_received(head())
+        for _ in range(20):  # the app's turns (no timers: the clock is stopped)
+            await asyncio.sleep(0)
+        assert bytes(transport.written).startswith(b"HTTP/1.1 200")
+    _, third_transport = connections.open()
+    assert [transport.closed for _, transport in opened] == [i == answered_first for i in range(2)]
+    assert not third_transport.written
+
+
+@pytest.mark.anyio
 async def test_each_request_hears_its_client_hang_up_and_only_its_own(limits: HttpLimits) -> None:
     scopes: list[dict[str, Any]] = []
 

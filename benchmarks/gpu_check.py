@@ -53,7 +53,7 @@ class CheckFailed(Exception):
 # (fastapi, uvicorn, pydantic-settings, ...): carry those as wheels and
 # `pip install --no-index --find-links DIR` them first (benchmarks/README.md).
 NEEDED = ("numpy", "PIL", "onnx", "onnxruntime", "fastapi", "uvicorn", "pydantic_settings", "prometheus_client",
-          "httpx", "orjson", "pyspng", "sklearn")
+          "httpx", "orjson", "imagecodecs", "sklearn")
 
 
 def missing_modules(exporting: bool) -> list[str]:

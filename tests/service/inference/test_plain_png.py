@@ -1,5 +1,5 @@
-"""A plain PNG (8-bit grey or RGB, no transparency, EXIF or animation) is decoded by libspng
-rather than Pillow: the same tensor, bit for bit, on every path the recipe may take; any
+"""A plain PNG (8-bit grey or RGB, no transparency, EXIF or animation) is decoded by libpng
+(imagecodecs) rather than Pillow: the same tensor, bit for bit, on every path the recipe may take; any
 other PNG, and anything the header reader does not recognise, stays Pillow's."""
 
 from __future__ import annotations
@@ -69,9 +69,6 @@ def test_the_tensor_is_pillows_bit_for_bit(pixels: np.ndarray, spec: InputSpec, 
     ours = preprocess(load(header), spec)
     pillows = preprocess(decode(data, max_pixels=10**6), spec)
     assert ours.dtype == np.float32 and np.array_equal(ours, pillows)
-    # On a worker thread the same PNG goes to Pillow (it lets the GIL go while it inflates).
-    assert isinstance(load(header, on_loop=False), Image.Image)
-    assert np.array_equal(preprocess(load(header, on_loop=False), spec), pillows)
 
 
 def test_colour_management_chunks_are_ignored_by_both() -> None:

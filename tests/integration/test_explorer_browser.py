@@ -62,11 +62,19 @@ class Page:
         self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
 
     def images_decoded(self, selector: str, count: int) -> None:
-        self.page.wait_for_function(
-            """([selector, count]) => {
-                const images = [...document.querySelectorAll(selector)];
-                return images.length === count && images.every((i) => i.complete && i.naturalWidth > 0);
-            }""", arg=[selector, count])
+        try:
+            self.page.wait_for_function(
+                """([selector, count]) => {
+                    const images = [...document.querySelectorAll(selector)];
+                    return images.length === count && images.every((i) => i.complete && i.naturalWidth > 0);
+                }""", arg=[selector, count])
+        except sync_api.TimeoutError:
+            # Say which pictures never arrived and what the console saw: a picture that
+            # failed once stays broken, and the wait alone only says it timed out.
+            images = self.page.eval_on_selector_all(
+                selector, "(images) => images.map((i) => [i.src.slice(0, 120), i.complete, i.naturalWidth])")
+            raise AssertionError(f"{selector}: wanted {count} decoded pictures; have {images}; "
+                                 f"console errors: {self.errors}") from None
 
 
 def gradient(stops: Any) -> str:

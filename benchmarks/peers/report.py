@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import re
+import statistics
 
 PREF = ["convscope", "convscope-spin", "convscope-nospin", "torchserve-onnx", "litserve-w1", "litserve-w2", "pytriton", "bentoml"]
 MODEL_TITLES = {
@@ -64,6 +65,20 @@ def bad(r):
     return r["wrong_body"] + r["non2xx"] + r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"]
 
 
+def median_round(by_round):
+    """Of one system's rounds at one concurrency, the result with the median images/s (the
+    lower of the two middle ones for an even count)."""
+    results = sorted(by_round.values(), key=lambda r: r["images_per_s"])
+    return results[(len(results) - 1) // 2]
+
+
+def round_ratios(rounds, system, peer, c=16):
+    """convscope's images/s over ``peer``'s, round by round (the rounds both finished)."""
+    ours, theirs = rounds.get(system, {}).get(c, {}), rounds.get(peer, {}).get(c, {})
+    return [ours[k]["images_per_s"] / theirs[k]["images_per_s"]
+            for k in sorted(set(ours) & set(theirs)) if theirs[k]["images_per_s"]]
+
+
 def model_section(d, key):
     raw = load(os.path.join(d, "raw.json"), [])
     prep = load(os.path.join(d, "prepare.json"), {})
@@ -73,14 +88,16 @@ def model_section(d, key):
         errors = [line.rstrip() for line in open(os.path.join(d, "errors.txt")) if line.strip()]
     best = max(raw, key=lambda r: r["images_per_s"]) if raw else None
     b1 = next((r for r in raw if r["batch"] == 1), None)
-    runs = {}
+    rounds = {}  # system -> concurrency -> round -> wrk result (round 1 when ROUNDS=1)
     for p in sorted(glob.glob(os.path.join(d, "wrk_*_c*.json"))):
-        m = re.match(r"wrk_(.+)_c(\d+)\.json$", os.path.basename(p))
-        runs.setdefault(m.group(1), {})[int(m.group(2))] = load(p)
+        m = re.match(r"wrk_(.+)_c(\d+)(?:\.r(\d+))?\.json$", os.path.basename(p))
+        if m:
+            rounds.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[int(m.group(3) or 1)] = load(p)
+    runs = {n: {c: median_round(by_round) for c, by_round in by_c.items()} for n, by_c in rounds.items()}
     order = sorted(runs, key=lambda n: (PREF.index(n) if n in PREF else 99, n))
     metas = {n: load(os.path.join(d, f"meta_{n}.json"), {}) for n in order}
     return {"key": key, "raw": raw, "raw_best": best, "raw_b1": b1, "prepare": prep, "reference": ref,
-            "runs": runs, "order": order, "systems": metas, "errors": errors}
+            "runs": runs, "rounds": rounds, "order": order, "systems": metas, "errors": errors}
 
 
 def table(sections):
@@ -133,6 +150,17 @@ def targets(sections):
             lines.append(f"- {s['key']} c=16: convscope {c16:.1f} img/s = {ratio:.2f}x the best peer "
                          f"({best_peer}, {img16(best_peer):.1f}); target >= {PEER_FACTOR}x: "
                          f"{'PASS' if ratio >= PEER_FACTOR else 'MISS'}")
+        paired = {n: round_ratios(s["rounds"], "convscope", n) for n in peers}
+        if any(len(v) > 1 for v in paired.values()):
+            for n, ratios in sorted(paired.items(), key=lambda kv: statistics.median(kv[1]) if kv[1] else 99):
+                if not ratios:
+                    continue
+                median = statistics.median(ratios)
+                ahead = sum(r > 1 for r in ratios)
+                lines.append(f"- {s['key']} c=16, round by round against {n}: convscope / {n} median {median:.2f}x "
+                             f"over {len(ratios)} rounds (per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+                             f"ahead in {ahead}/{len(ratios)}); target >= {PEER_FACTOR}x: "
+                             f"{'PASS' if median >= PEER_FACTOR else 'MISS'}")
         if s["key"] == "alexnet" and c16 is not None and s["raw_best"]:
             share = c16 / s["raw_best"]["images_per_s"]
             lines.append(f"- alexnet c=16: {share:.2f} of raw onnxruntime's best batch "
@@ -175,6 +203,9 @@ def main() -> None:
         f"{meta.get('batch_delay_ms', '?')} ms where they have one; peers' onnxruntime sessions: CPU EP, "
         f"{meta.get('peer_ort', '?')}",
     ]
+    if (meta.get("rounds") or 1) > 1:
+        lines.append(f"rounds: {meta['rounds']}, a fresh server each, the systems in order then in reverse; "
+                     "each point is the round with the median images/s at that concurrency")
     for s in sections:
         ref, best = s["reference"], s["raw_best"]
         lines.append(f"- {s['key']}: {MODEL_TITLES.get(s['key'], s['key'])}, image {s['prepare'].get('png_bytes', '?')} B; "

@@ -54,6 +54,11 @@
 #   ORT_ALLOW_SPINNING=, ORT_THREADS=  read by the peers' sessions and raw_ort.py (common/ortpeer.py);
 #                   unset = onnxruntime's defaults (convscope keeps its own settings: spinning on, stopped after each run)
 #   SMOKE=0         1: no raw bench, no wrk: start each server, check one answer, stop it
+#   ROUNDS=1        N > 1: the systems N times, a fresh server each time, in order on odd rounds
+#                   and in reverse on even ones (A B, B A, A B, ...): this VM's speed drifts by
+#                   +-20% within minutes, so one start per system is a sample of its minute.
+#                   Each row is then the round with the median images/s, and the targets compare
+#                   convscope with each peer round by round (the median of the per-round ratios)
 set -euo pipefail
 export PYTHONDONTWRITEBYTECODE=1
 
@@ -79,6 +84,8 @@ REFRESH="${REFRESH:-0}"
 RESULTS_DIR="${RESULTS_DIR:-$PROJECT/benchmarks/out/peers/results}"
 KEEP_WORK="${KEEP_WORK:-0}"
 SMOKE="${SMOKE:-0}"
+ROUNDS="${ROUNDS:-1}"
+ROUND_TAG=""   # ".r<k>" in result file names when ROUNDS > 1
 
 START_EPOCH=$(date +%s)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -220,13 +227,13 @@ drive() {
       || die "wrk warm-up failed for $name c=$c"
     read -r i0 r0 < <(batch_counts)
     read -r b0 a0 < <(cpu_jiffies); s0=$(server_cpu_ticks "$SERVER_SID")
-    WRK_BODY="$body" WRK_CT="$ct" WRK_HEADERS="$hdrs" WRK_EXPECT="$expect" WRK_OUT="$RES/wrk_${name}_c${c}.json" \
+    WRK_BODY="$body" WRK_CT="$ct" WRK_HEADERS="$hdrs" WRK_EXPECT="$expect" WRK_OUT="$RES/wrk_${name}_c${c}${ROUND_TAG}.json" \
       timeout $(( DURATION + 60 )) wrk -t"$t" -c"$c" -d"${DURATION}s" --timeout "$WRK_TIMEOUT" \
       -s "$HERE/post_png.lua" "$url" >"$WORK/wrk_${name}_c${c}.txt" 2>&1 \
       || die "wrk failed for $name c=$c"
     read -r b1 a1 < <(cpu_jiffies); s1=$(server_cpu_ticks "$SERVER_SID")
     read -r i1 r1 < <(batch_counts)
-    "$CS_PY" - "$RES/wrk_${name}_c${c}.json" "$name" "$c" "$b0" "$a0" "$b1" "$a1" "$s0" "$s1" "$(getconf CLK_TCK)" \
+    "$CS_PY" - "$RES/wrk_${name}_c${c}${ROUND_TAG}.json" "$name" "$c" "$b0" "$a0" "$b1" "$a1" "$s0" "$s1" "$(getconf CLK_TCK)" \
       "$i0" "$r0" "$i1" "$r1" "$(cut -d' ' -f1 /proc/loadavg)" <<'EOF'
 import json, sys
 path, name, c = sys.argv[1:4]
@@ -390,7 +397,8 @@ run_torchserve_onnx() {
     log "torchserve-onnx: no torchserve venv at $venv; skipped"; echo "torchserve-onnx: skipped, no venv" >>"$RES/errors.txt"; return 0
   fi
   command -v java >/dev/null || { log "torchserve-onnx: java not found; skipped"; echo "torchserve-onnx: skipped, no java" >>"$RES/errors.txt"; return 0; }
-  local ts="$WORK/ts-$MODEL_KEY" p_inf p_mgmt p_met
+  local ts p_inf p_mgmt p_met
+  ts="$(mktemp -d "$WORK/ts-$MODEL_KEY.XXXXXX")"  # fresh per start: the archiver will not overwrite a model
   mkdir -p "$ts/store" "$ts/logs" "$ts/extra"
   cp "$HERE/common/ortpeer.py" "$MDIR/spec.json" "$ts/extra/"
   timeout 600 "$venv/bin/torch-model-archiver" --model-name "$CS_MODEL" --version 1.0 \
@@ -496,15 +504,21 @@ EOF
     timeout 900 "$CS_PY" "$HERE/raw_ort.py" --onnx "$MDIR/model.onnx" \
       --batches "$RAW_BATCHES" --duration "$RAW_DURATION" --json "$RES/raw.json" >&2 || die "raw_ort.py failed"
   fi
-  for s in $SYSTEMS; do
-    set +e
-    ( run_system "$s" ) &
-    SUB=$!
-    wait "$SUB"; rc=$?
-    SUB=""
-    set -e
-    [[ $rc -eq 0 ]] || { log "$MODEL_KEY: $s FAILED (rc=$rc); going on with the next system"; echo "$s: FAILED (rc=$rc)" >>"$RES/errors.txt"; }
+  for (( round = 1; round <= ROUNDS; round++ )); do
+    order="$SYSTEMS"
+    (( round % 2 == 0 )) && order="$(printf '%s\n' $SYSTEMS | tac | tr '\n' ' ')"
+    if (( ROUNDS > 1 )); then ROUND_TAG=".r$round"; log "$MODEL_KEY: round $round of $ROUNDS: $order"; fi
+    for s in $order; do
+      set +e
+      ( run_system "$s" ) &
+      SUB=$!
+      wait "$SUB"; rc=$?
+      SUB=""
+      set -e
+      [[ $rc -eq 0 ]] || { log "$MODEL_KEY: $s FAILED (rc=$rc); going on with the next system"; echo "$s${ROUND_TAG}: FAILED (rc=$rc)" >>"$RES/errors.txt"; }
+    done
   done
+  ROUND_TAG=""
 done
 RES="$RES_ROOT"
 
@@ -512,11 +526,11 @@ ELAPSED=$(( $(date +%s) - START_EPOCH ))
 jq -nc --arg stamp "$STAMP" --argjson el "$ELAPSED" --arg conc "$CONCURRENCY" --argjson dur "$DURATION" \
   --argjson warm "$WARMUP" --argjson wt "$WRK_THREADS" --arg wrk "$(wrk -v 2>&1 | head -n1)" \
   --arg peer_ort "ORT_ALLOW_SPINNING=${ORT_ALLOW_SPINNING:-default} ORT_THREADS=${ORT_THREADS:-default}" \
-  --arg models "$MODELS" --argjson mb "$MAX_BATCH" --argjson bd "$BATCH_DELAY_MS" \
+  --arg models "$MODELS" --argjson rounds "$ROUNDS" --argjson mb "$MAX_BATCH" --argjson bd "$BATCH_DELAY_MS" \
   --arg l0 "$LOAD_START" --arg l1 "$(cut -d' ' -f1-3 /proc/loadavg)" \
   --argjson nproc "$(nproc)" --arg kernel "$(uname -r)" --arg cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" \
   '{stamp: $stamp, elapsed_s: $el, models: $models, concurrency: $conc, duration_s: $dur, warmup_s: $warm, wrk_threads: $wt,
-    wrk: $wrk, peer_ort: $peer_ort, max_batch: $mb, batch_delay_ms: $bd, load_avg_start: $l0, load_avg_end: $l1,
+    wrk: $wrk, peer_ort: $peer_ort, rounds: $rounds, max_batch: $mb, batch_delay_ms: $bd, load_avg_start: $l0, load_avg_end: $l1,
     nproc: $nproc, kernel: $kernel, cpu: $cpu}' >"$RES/meta.json"
 [[ "$SMOKE" == 1 ]] && { log "SMOKE=1 done in ${ELAPSED}s: $(ls -R "$RES" | tr '\n' ' ')"; cat "$RES"/*/errors.txt 2>/dev/null || true; exit 0; }
 "$CS_PY" "$HERE/report.py" "$RES" --json-out "$RESULTS_DIR/same_run-$STAMP.json" | tee "$RESULTS_DIR/same_run-$STAMP.md"

@@ -43,9 +43,13 @@ INLINE_PIXELS = 64 * 64
 # A request's one image is decoded on the loop up to this size too when nothing else is
 # being served by its model (``decode(alone=True)``): at one client the loop has nothing
 # else to do meanwhile, and the hand-off there and back only adds to the latency (a 224 px
-# photo decodes in ~0.6 ms as a plain PNG, ~1.1 ms through Pillow). Larger ones still go to the pool: a client arriving meanwhile
-# should not wait long for the loop. Under load, images go to the pool and decode side by side.
+# photo decodes in ~0.6 ms as a plain PNG, ~1.1 ms through Pillow). Larger ones still go to
+# the pool: a client arriving meanwhile should not wait long for the loop. Under load,
+# images go to the pool and decode side by side.
 ALONE_INLINE_PIXELS = 256 * 256
+# A PNG of up to this many pixels may be read as a PlainPng: its chunk list is walked on the
+# loop, and a large PNG has thousands of chunks (Pillow reads those, on the pool).
+PLAIN_PNG_PIXELS = 256 * 256
 
 
 @dataclass(frozen=True)
@@ -214,9 +218,7 @@ class ImagePreparer:
         opened: list[tuple[Header, float]] = []
         for data in images:
             started = time.perf_counter()
-            # A larger PNG is not read as a PlainPng: its chunk list would be walked here,
-            # on the loop, and a large PNG has thousands of chunks. Pillow decodes it.
-            image = open_header(data, max_pixels=self.max_pixels, plain_pixels=ALONE_INLINE_PIXELS)
+            image = open_header(data, max_pixels=self.max_pixels, plain_pixels=PLAIN_PNG_PIXELS)
             reduce_on_decode(image, spec)  # first: the decode is counted at the size it will have
             opened.append((image, time.perf_counter() - started))
         costs = [decode_cost(image, spec.mode) for image, _ in opened]

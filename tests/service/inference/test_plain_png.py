@@ -1,6 +1,6 @@
 """A plain PNG (8-bit grey or RGB, no transparency, EXIF or animation) is decoded by libpng
-(imagecodecs) rather than Pillow: the same tensor, bit for bit, on every path the recipe may take; any
-other PNG, and anything the header reader does not recognise, stays Pillow's."""
+(imagecodecs) rather than Pillow: the same tensor, bit for bit, on every path the recipe may
+take; any other PNG, and anything the header reader does not recognise, stays Pillow's."""
 
 from __future__ import annotations
 
@@ -97,8 +97,8 @@ def test_anything_else_goes_to_pillow(data: bytes) -> None:
 
 
 def test_a_png_above_the_plain_bound_is_pillows_without_a_chunk_walk() -> None:
-    """Images the loop never decodes are not read as plain PNGs (they would be reopened by
-    Pillow on a worker thread anyway)."""
+    """A PNG over the bound is not walked chunk by chunk (on the loop, where headers are
+    read): Pillow reads it."""
     data = _png(COLOUR)  # 30 x 40 = 1200 pixels
     assert isinstance(open_header(data, max_pixels=10**6, plain_pixels=1200), PlainPng)
     header = open_header(data, max_pixels=10**6, plain_pixels=1199)

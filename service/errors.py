@@ -102,6 +102,19 @@ class ModelFailed(ServiceError):
     status_code = 500
 
 
+class ArtifactChanged(ModelFailed):
+    """A served version's file was rewritten in place after load, and the request needed to
+    read it (weights mapped from it, filters read on first view): what it would read is no
+    longer what the version was loaded and checked with."""
+
+    def __init__(self, model: str, version: int, filename: str) -> None:
+        super().__init__(
+            f"model {model} version {version}: its {filename} changed on disk after the version was "
+            f"loaded, and this request reads it; load the version again "
+            f"(POST /v2/repository/models/{model}/load) to serve it from the new file"
+        )
+
+
 class ModelOutputNotFinite(ModelFailed):
     """The model itself produced NaN or infinity: a fault of the served model, not of the
     request. 500 on every path (v1 and v2, JSON and binary, class scores and feature maps),

@@ -22,14 +22,17 @@ same speed for AlexNet's every-output runs, measured) and shares the conv weight
 the same arrays are the trained filters the API draws. Because a wrongly shared weight
 would give silently wrong maps, the two sessions must give the same class scores for a
 random image at load, or the features session is rebuilt with its conv weights in its
-graph. The parsed protobuf is dropped once the sessions exist, and filters (trained and
-initial) are read once here, not per request.
+graph. The parsed protobuf is dropped once the sessions exist; trained filters are read
+once here, initial ones on their first view (``InitialFilters``), never per request.
 
 An int8 version (docs/artifact.md, "int8 versions") is a QDQ graph: its kernels are int8
 initializers read by DequantizeLinear nodes. Sharing looks through those nodes (an int8
-weight whose DequantizeLinear feeds a Gemm/MatMul is a dense weight), so both sessions read
-one int8 copy, and the filters the API draws are those kernels dequantized on demand
-(``Kernels``), never a float32 copy kept. The logits-only session matters even more there:
+weight whose DequantizeLinear feeds a Gemm/MatMul is a dense weight), and the filters the
+API draws are those kernels dequantized on demand (``Kernels``), never a float32 copy kept.
+The logits session keeps its own int8 dense weights (prepacked for its fused kernels), so
+what the features session, the filters and the explanation heads share is read in place
+from the version's file through a read-only map (``MappedWeights``): resident only once a
+feature map, a filter or an explanation reads it, and shared with every worker process. The logits-only session matters even more there:
 onnxruntime fuses a DequantizeLinear -> Conv -> QuantizeLinear chain into one integer
 kernel only where no graph output reads the float values in between, so the features
 session runs the pairs as they are (about float speed) while predictions run in int8.
@@ -61,6 +64,8 @@ from service.errors import NoFilters, UnknownLayer
 from service.explain import ExplainableModel, describe
 from service.inference.batching import BatchCosts
 from service.inference.preprocessing import REDUCING_GAP, InputSpec
+from service.models.initial_filters import InitialFilters
+from service.models.mapped_weights import MappedWeights
 from service.models.repository import Artifact
 from service.models.signature import ModelSignature
 
@@ -195,10 +200,13 @@ class ModelRuntime:
     layer_names: list[str]
     filters: Mapping[str, np.ndarray] = field(default_factory=Kernels)
     """Conv kernels as trained, by layer name (an int8 version's: dequantized)."""
-    initial_filters: dict[str, np.ndarray] = field(default_factory=dict)
-    """Conv kernels before training (initial_weights.npz), by layer name; empty without one."""
+    initial_filters: Mapping[str, np.ndarray] = field(default_factory=InitialFilters)
+    """Conv kernels before training (initial_weights.npz), by layer name, each read on first
+    view; empty without the file."""
     shared_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     """The dense weights both sessions read (kept alive here: the sessions do not own them)."""
+    mapped: MappedWeights | None = field(default=None, repr=False)
+    """Where an int8 version's shared weights are read in place from its file."""
     explainable: ExplainableModel | None = field(default=None, repr=False)
     """What the explanation engine knows of this graph; None when it could not be analysed."""
     explain_unavailable: str | None = None
@@ -225,6 +233,8 @@ class ModelRuntime:
             raise UnknownLayer(self.artifact.name, layer, self.layer_names)
         if layer not in self.filters:
             raise NoFilters(self.artifact.name, layer, [n for n in self.layer_names if n in self.filters])
+        if self.mapped is not None:
+            self.mapped.check()
         return self.filters[layer]
 
     def run(self, batch: np.ndarray, outputs: tuple[str, ...]) -> list[np.ndarray]:
@@ -234,6 +244,8 @@ class ModelRuntime:
         features session. Called from a worker thread, never the event loop.
         """
         session = self.logits_session if outputs == (self.output_name,) else self.features_session
+        if session is self.features_session and self.mapped is not None:
+            self.mapped.check()
         fixed = self.metadata.input.fixed_batch
         if fixed is None or batch.shape[0] == fixed:
             results: list[np.ndarray] = session.run(list(outputs), {self.input_name: batch})
@@ -265,9 +277,11 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
     proto = onnx.load(str(artifact.model_path))
     _check_names(proto, metadata)
     sharing = options.share_weights and options.cpu_only
-    dense = _detach_shared_weights(proto, DENSE_WEIGHTS) if sharing else {}
-    convs = _detach_shared_weights(proto, CONV_WEIGHTS) if sharing else {}
-    filters = _conv_filters(proto, metadata.layers, convs)
+    # An int8 version's weights that the features session shares are read in place from its file.
+    mapped = _map_one_byte_weights(artifact, proto) if sharing else None
+    dense = _detach_shared_weights(proto, DENSE_WEIGHTS, mapped) if sharing else {}
+    convs = _detach_shared_weights(proto, CONV_WEIGHTS, mapped) if sharing else {}
+    filters = _conv_filters(proto, metadata.layers, convs, mapped)
     # The explanation heads read the same arrays the sessions share: no second copy.
     explainable, explain_unavailable = _describe(artifact.name, metadata, proto, {**dense, **convs})
     graphs = _Graphs.serialize(proto, metadata, dense, convs)
@@ -291,9 +305,10 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
             output_name=metadata.output.name,
             layer_names=metadata.layer_names,
             filters=filters,
-            # Read once here, not per request: filters.png?state=initial is a page's first view.
-            initial_filters=load_initial_filters(artifact),
+            initial_filters=InitialFilters.listed(artifact.initial_weights_path, _layers_by_weight(metadata.layers),
+                                                  model=artifact.name, version=artifact.version),
             shared_weights=graphs.shared,
+            mapped=mapped,
             explainable=explainable,
             explain_unavailable=explain_unavailable,
         )
@@ -301,8 +316,22 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
         model.batch_costs = time_batches(model)
     del graphs, opener  # the serialized graphs: before the heap is trimmed
     _release_free_memory()
+    if mapped is not None:
+        mapped.release()
     model.load_seconds = time.perf_counter() - started
     return model
+
+
+def _map_one_byte_weights(artifact: Artifact, proto: onnx.ModelProto) -> MappedWeights | None:
+    """A map of the version's ONNX file when it has one-byte weights large enough to share
+    (an int8 version), else None. A file the map cannot walk keeps its weights copied."""
+    if not any(t.data_type in ONE_BYTE_TYPES and len(t.raw_data) >= SHARE_MIN_BYTES for t in proto.graph.initializer):
+        return None
+    try:
+        return MappedWeights(artifact.model_path, artifact.name, artifact.version)
+    except (OSError, ValueError) as exc:
+        log.warning("%s version %d: int8 weights copied, not mapped: %s", artifact.name, artifact.version, exc)
+        return None
 
 
 def _check_names(proto: onnx.ModelProto, metadata: Metadata) -> None:
@@ -492,10 +521,12 @@ def _layers_by_weight(layers: list[Layer]) -> dict[str, list[str]]:
     return by_weight
 
 
-def _conv_filters(proto: onnx.ModelProto, layers: list[Layer], shared: dict[str, np.ndarray]) -> Kernels:
+def _conv_filters(proto: onnx.ModelProto, layers: list[Layer], shared: dict[str, np.ndarray],
+                  mapped: MappedWeights | None = None) -> Kernels:
     """The learned kernels behind each conv layer, keyed by layer name: the shared arrays
-    where the sessions share them (no second copy), else read from the graph. An int8
-    kernel (read by a DequantizeLinear) comes with that node's scale and zero point."""
+    where the sessions share them (no second copy), else read in place from the file where
+    it is mapped, else read from the graph. An int8 kernel (read by a DequantizeLinear)
+    comes with that node's scale and zero point."""
     wanted = _layers_by_weight(layers)
     initializers = {i.name: i for i in proto.graph.initializer}
     dequantizers = {node.input[0]: node for node in proto.graph.node
@@ -505,6 +536,8 @@ def _conv_filters(proto: onnx.ModelProto, layers: list[Layer], shared: dict[str,
         if weight not in initializers:
             continue
         array = shared.get(weight)
+        if array is None:
+            array = _mapped_view(mapped, initializers[weight])
         if array is None:
             array = numpy_helper.to_array(initializers[weight])
         if array.ndim != 4:
@@ -547,6 +580,7 @@ def _agree(logits: ort.InferenceSession, features: ort.InferenceSession, input_n
 DENSE_WEIGHTS = frozenset({("Gemm", 1), ("MatMul", 1)})
 SHAREABLE_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
 CONV_WEIGHTS = frozenset({("Conv", 1)})
+ONE_BYTE_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
 
 
 def _readers(proto: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
@@ -563,9 +597,11 @@ def _readers(proto: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
     return readers
 
 
-def _detach_shared_weights(proto: onnx.ModelProto, readers_allowed: frozenset[tuple[str, int]]) -> dict[str, np.ndarray]:
+def _detach_shared_weights(proto: onnx.ModelProto, readers_allowed: frozenset[tuple[str, int]],
+                           mapped: MappedWeights | None = None) -> dict[str, np.ndarray]:
     """Move the large weights that only ``readers_allowed`` read out of the graph into numpy
-    arrays, leaving external-data placeholders in their place."""
+    arrays (views of ``mapped`` where it holds them), leaving external-data placeholders in
+    their place."""
     readers = _readers(proto)
     shared: dict[str, np.ndarray] = {}
     for tensor in proto.graph.initializer:
@@ -582,14 +618,23 @@ def _detach_shared_weights(proto: onnx.ModelProto, readers_allowed: frozenset[tu
         # scores).
         if tensor.data_type not in SHAREABLE_TYPES:
             continue
-        array = numpy_helper.to_array(tensor)
-        shared[tensor.name] = np.ascontiguousarray(array)
+        array = _mapped_view(mapped, tensor)
+        if array is None:
+            array = np.ascontiguousarray(numpy_helper.to_array(tensor))
+        shared[tensor.name] = array
         tensor.ClearField("raw_data")
         tensor.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", _PLACEHOLDER), ("offset", "0"), ("length", str(array.nbytes))):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
     return shared
+
+
+def _mapped_view(mapped: MappedWeights | None, tensor: onnx.TensorProto) -> np.ndarray | None:
+    if mapped is None or tensor.data_type not in ONE_BYTE_TYPES:
+        return None
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
+    return mapped.view(tensor.name, tensor.raw_data, dtype, tuple(tensor.dims))
 
 
 def _reattach(proto: onnx.ModelProto, shared: dict[str, np.ndarray]) -> None:
@@ -600,16 +645,3 @@ def _reattach(proto: onnx.ModelProto, shared: dict[str, np.ndarray]) -> None:
             del tensor.external_data[:]
             tensor.data_location = onnx.TensorProto.DEFAULT
             tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-
-
-def load_initial_filters(artifact: Artifact) -> dict[str, np.ndarray]:
-    """Kernels before training (initial_weights.npz), keyed by layer name."""
-    if artifact.initial_weights_path is None:
-        return {}
-    by_weight = _layers_by_weight(artifact.metadata.layers)  # an int8 version's are keyed by its int8 kernels
-    with np.load(artifact.initial_weights_path, allow_pickle=False) as data:
-        return {
-            name: np.asarray(data[key], dtype=np.float32)
-            for key in data.files
-            for name in by_weight.get(key, [])
-        }

@@ -1,14 +1,18 @@
 """The runtime's sessions: shared dense weights give the same answers as a plain session,
-and filters (trained and initial) are read once, at load."""
+an int8 version's are read in place from its file, trained filters are read at load and
+initial ones on first view."""
 
 from __future__ import annotations
 
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service.errors import ArtifactChanged
 from service.models import runtime
 from service.models.repository import load_artifact, scan
 from service.models.runtime import CPU, RuntimeOptions, load_model
@@ -59,13 +63,26 @@ def test_nothing_is_shared_when_asked_not_to(tmp_path: Path, monkeypatch: pytest
     assert model.shared_weights == {}
 
 
-def test_filters_trained_and_initial_are_read_at_load(tmp_path: Path) -> None:
+def test_filters_trained_are_read_at_load_and_initial_ones_on_first_view(tmp_path: Path) -> None:
     art = artifact(tmp_path)
     model = load_model(art, RuntimeOptions(providers=[CPU]))
     assert set(model.filters) == set(model.initial_filters) == {"features.1"}
     with np.load(art.initial_weights_path) as data:
-        np.testing.assert_array_equal(model.initial_filters["features.1"], data["conv.weight"])
-    assert not np.array_equal(model.filters["features.1"], model.initial_filters["features.1"])
+        expected = data["conv.weight"]
+    first = model.initial_filters["features.1"]
+    np.testing.assert_array_equal(first, expected)
+    assert model.initial_filters["features.1"] is first  # read once, kept
+    assert not np.array_equal(model.filters["features.1"], first)
+
+
+def test_initial_filters_from_a_file_rewritten_after_load_are_refused(tmp_path: Path) -> None:
+    art = artifact(tmp_path)
+    model = load_model(art, RuntimeOptions(providers=[CPU]))
+    with np.load(art.initial_weights_path) as data:
+        arrays = {key: data[key] + 1 for key in data.files}
+    np.savez(art.initial_weights_path, **arrays)  # in place, where the version was loaded from
+    with pytest.raises(ArtifactChanged, match="initial_weights.npz changed on disk"):
+        model.initial_filters["features.1"]
 
 
 def test_without_initial_weights_there_are_no_initial_filters(tmp_path: Path) -> None:
@@ -134,6 +151,43 @@ def test_int8_dense_weights_are_shared_with_the_features_session_only(tmp_path: 
     # the same scores to within the class output's quantization steps.
     (logits,) = model.run(batch, (model.output_name,))
     assert np.abs(logits - expected[0]).max() <= runtime.INT8_AGREEMENT * max(1.0, float(np.abs(expected[0]).max()))
+def backed_by_a_map(array: np.ndarray) -> bool:
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return isinstance(base.obj if isinstance(base, memoryview) else base, mmap.mmap)
+
+
+def test_int8_weights_are_read_in_place_from_the_file_and_a_file_changed_under_them_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)  # the synthetic weights are small
+    _, int8_art = int8_pair(tmp_path / "models", channels=3, size=16, classes=5)
+    model = load_model(int8_art, RuntimeOptions(providers=[CPU]))
+    assert model.mapped is not None and model.mapped.names == set(model.shared_weights)
+    for array in model.shared_weights.values():  # views of the file's bytes, not copies
+        assert backed_by_a_map(array) and not array.flags.writeable
+    batch = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    names = (model.output_name, *model.layer_names)
+    expected = ort.InferenceSession(str(int8_art.model_path), providers=[CPU]).run(list(names), {model.input_name: batch})
+    for got, want in zip(model.run(batch, names), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    data = int8_art.model_path.read_bytes()
+    int8_art.model_path.write_bytes(data)  # rewritten in place: a new modification time
+    os.utime(int8_art.model_path, ns=(1, 1))
+    with pytest.raises(ArtifactChanged, match="model.onnx changed on disk"):
+        model.run(batch, names)
+    with pytest.raises(ArtifactChanged):
+        model.trained_filters("features.1")
+    (logits,) = model.run(batch, (model.output_name,))  # predictions hold their own weights
+    assert logits.shape == (2, 5)
+
+
+def test_float_weights_are_copied_not_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)
+    model = load_model(artifact(tmp_path, channels=3, size=16, classes=5), RuntimeOptions(providers=[CPU]))
+    assert model.mapped is None and not any(map(backed_by_a_map, model.shared_weights.values()))
+
+
 def test_a_fixed_batch_graph_runs_any_batch_in_runs_of_its_size(tmp_path: Path) -> None:
     """An imported graph whose batch could not be made dynamic: every batch is cut into runs
     of its size, the last padded, and the answers are those of the same weights run freely."""

@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
+
+from artifact.onnx_file import write_model
 
 from .errors import ExportError
 
@@ -102,7 +105,7 @@ def _tidy(path: str | os.PathLike[str], taps: list[str]) -> None:
         raise ExportError(f"exported graph outputs {outputs} differ from the requested ones")
     if [i.name for i in graph.input] != [INPUT_NAME]:
         raise ExportError(f"exported graph inputs {[i.name for i in graph.input]} are not [{INPUT_NAME!r}]")
-    onnx.save(model, str(path))
+    write_model(model, Path(path))
 
 
 def conv_weight_names(path: str | os.PathLike[str], convs: dict[str, nn.Conv2d]) -> dict[str, str | None]:

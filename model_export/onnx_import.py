@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from artifact import MODEL_FILE, Layer, OutputKind, Params, Parity, Source
+from artifact.onnx_file import write_model
 
 from . import channel_view, explanations, graph_geometry, metadata
 from .datasets import load_images
@@ -558,10 +559,9 @@ def _conv_facts(conv: Any, consts: dict[str, np.ndarray], init_names: set[str]) 
 
 def _save(model: Any, path: Path) -> None:
     """One file: external data was read in at load, and stays in."""
-    import onnx
 
     try:
-        onnx.save(model, str(path))
+        write_model(model, Path(path))
     except ValueError as exc:  # protobuf's 2 GB limit
         raise ExportError(f"the rewritten model cannot be stored as one file ({_one_line(exc)}): convscope "
                           "serves models under 2 GB") from None

@@ -59,6 +59,7 @@ from artifact import (
     read_metadata,
     verify_files,
 )
+from artifact.onnx_file import write_model
 
 from . import channel_view, explanations, mixed_precision
 from .datasets import DATASETS, Dataset, Split, limit, load_any_images, load_dataset
@@ -554,7 +555,7 @@ def add_view_pairs(path: Path, ranges: dict[str, tuple[float, float]]) -> None:
         for offset, node in enumerate(pair):
             graph.node.insert(position + offset, node)
         producer = {output: node for node in graph.node for output in node.output}
-    onnx.save(model, str(path))
+    write_model(model, Path(path))
 
 
 def _input_name(path: Path, default: str) -> str:

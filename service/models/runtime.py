@@ -8,12 +8,16 @@ Each model gets two sessions over the same weights:
   so predictions without feature maps take this path and run at full speed;
 - a *features* session over the full graph, for requests that ask for feature maps.
 
-Memory (issue 14): on the CPU the two sessions share one copy of the dense layers'
-weights, which are most of a classifier's bytes (AlexNet: 218 of 228 MB). They are read
-once into numpy arrays and handed to both sessions as pre-allocated initializers
-(``SessionOptions.add_initializer``); the graphs the sessions parse carry only a
-reference to them. Such weights must not be repacked per session, so prepacking is off
-for those sessions (measured in benchmarks/README.md). Only a Gemm/MatMul's weight input
+Memory (issue 14): the dense layers' weights are most of a classifier's bytes (AlexNet:
+218 of 228 MB). Where the file holds them aligned (every export since 2026-12-03,
+docs/artifact.md), the features session and the explanation heads read them in place
+through a memory map (``MappedWeights``: resident once read, clean page cache) and the
+logits session keeps its own copy, which onnxruntime prepacks (AlexNet's float predictions
+ran 24% faster at batch 1 and 5% at batch 16 so). In a file written otherwise, both sessions
+share one copy: read once into numpy arrays and handed to both as pre-allocated initializers
+(``SessionOptions.add_initializer``), the graphs carrying only a reference to them; such
+weights must not be repacked per session, so prepacking is off for those sessions
+(measured in benchmarks/README.md). Only a Gemm/MatMul's weight input
 is shared with the logits session, where no optimizer reads it: that session keeps its
 conv weights in its graph, because the CPU provider's layout optimizer (ORT_ENABLE_ALL)
 rewrites them into its blocked layout and would read a placeholder, not the shared array.
@@ -29,10 +33,9 @@ An int8 version (docs/artifact.md, "int8 versions") is a QDQ graph: its kernels 
 initializers read by DequantizeLinear nodes. Sharing looks through those nodes (an int8
 weight whose DequantizeLinear feeds a Gemm/MatMul is a dense weight), and the filters the
 API draws are those kernels dequantized on demand (``Kernels``), never a float32 copy kept.
-The logits session keeps its own int8 dense weights (prepacked for its fused kernels), so
-what the features session, the filters and the explanation heads share is read in place
-from the version's file through a read-only map (``MappedWeights``): resident only once a
-feature map, a filter or an explanation reads it, and shared with every worker process. The logits-only session matters even more there:
+The logits session keeps its own int8 dense weights (prepacked for its fused kernels) in
+any file, and what the features session, the filters and the explanation heads share is
+read in place (one-byte weights need no alignment). The logits-only session matters even more there:
 onnxruntime fuses a DequantizeLinear -> Conv -> QuantizeLinear chain into one integer
 kernel only where no graph output reads the float values in between, so the features
 session runs the pairs as they are (about float speed) while predictions run in int8.
@@ -118,9 +121,12 @@ class RuntimeOptions:
         return self.providers == [CPU]
 
     def session_options(self, shared: dict[str, ort.OrtValue] | None = None,
-                        placeholder_dir: Path | None = None, *, layout: bool = True) -> ort.SessionOptions:
+                        placeholder_dir: Path | None = None, *, layout: bool = True,
+                        prepack: bool = False) -> ort.SessionOptions:
         """``layout``: the CPU provider's layout optimizations (ORT_ENABLE_ALL), which read
-        conv weights' values and so must not meet a shared (placeholder) one."""
+        conv weights' values and so must not meet a shared (placeholder) one. ``prepack``:
+        the session packs ``shared`` into its own copies (weights read in place, which no
+        other session reads from this copy's memory)."""
         options = ort.SessionOptions()
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL if layout else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -140,8 +146,8 @@ class RuntimeOptions:
         options.log_severity_level = 3  # onnxruntime's warnings go to stderr, not our logs
         options.enable_cpu_mem_arena = self.cpu_mem_arena
         if shared:
-            # Prepacking would give each session its own repacked copy of the shared weights.
-            options.add_session_config_entry("session.disable_prepacking", "1")
+            if not prepack:  # it would give each session its own repacked copy of the shared weights
+                options.add_session_config_entry("session.disable_prepacking", "1")
             options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                              str(placeholder_dir))
             for name, value in shared.items():
@@ -277,14 +283,14 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
     proto = onnx.load(str(artifact.model_path))
     _check_names(proto, metadata)
     sharing = options.share_weights and options.cpu_only
-    # An int8 version's weights that the features session shares are read in place from its file.
-    mapped = _map_one_byte_weights(artifact, proto) if sharing else None
+    # What the features session shares is read in place from the file where its bytes allow.
+    mapped = _map_weights(artifact, proto) if sharing else None
     dense = _detach_shared_weights(proto, DENSE_WEIGHTS, mapped) if sharing else {}
     convs = _detach_shared_weights(proto, CONV_WEIGHTS, mapped) if sharing else {}
     filters = _conv_filters(proto, metadata.layers, convs, mapped)
     # The explanation heads read the same arrays the sessions share: no second copy.
     explainable, explain_unavailable = _describe(artifact.name, metadata, proto, {**dense, **convs})
-    graphs = _Graphs.serialize(proto, metadata, dense, convs)
+    graphs = _Graphs.serialize(proto, metadata, dense, convs, in_place=mapped.names if mapped else frozenset())
     del proto  # the parsed protobuf holds a copy of every weight
 
     with _SessionOpener(graphs, options) as opener:
@@ -322,15 +328,15 @@ def load_model(artifact: Artifact, options: RuntimeOptions, *,
     return model
 
 
-def _map_one_byte_weights(artifact: Artifact, proto: onnx.ModelProto) -> MappedWeights | None:
-    """A map of the version's ONNX file when it has one-byte weights large enough to share
-    (an int8 version), else None. A file the map cannot walk keeps its weights copied."""
-    if not any(t.data_type in ONE_BYTE_TYPES and len(t.raw_data) >= SHARE_MIN_BYTES for t in proto.graph.initializer):
+def _map_weights(artifact: Artifact, proto: onnx.ModelProto) -> MappedWeights | None:
+    """A map of the version's ONNX file when it has weights large enough to share, else
+    None. A file the map cannot walk keeps its weights copied."""
+    if not any(len(t.raw_data) >= SHARE_MIN_BYTES for t in proto.graph.initializer):
         return None
     try:
         return MappedWeights(artifact.model_path, artifact.name, artifact.version)
     except (OSError, ValueError) as exc:
-        log.warning("%s version %d: int8 weights copied, not mapped: %s", artifact.name, artifact.version, exc)
+        log.warning("%s version %d: weights copied, not read in place: %s", artifact.name, artifact.version, exc)
         return None
 
 
@@ -359,13 +365,16 @@ class _Graphs:
     dense: dict[str, np.ndarray]
     convs: dict[str, np.ndarray]
     logits_own: frozenset[str]
-    """Dense weights the logits graph keeps (int8: see ``serialize``)."""
+    """Dense weights the logits graph keeps in itself (int8: see ``serialize``)."""
+    logits_packed: frozenset[str] = frozenset()
+    """Dense weights the logits session packs into its own copy from the shared (mapped) arrays."""
 
     @classmethod
     def serialize(cls, proto: onnx.ModelProto, metadata: Metadata, dense: dict[str, np.ndarray],
-                  convs: dict[str, np.ndarray]) -> _Graphs:
-        """Each graph from ``proto``, whose ``dense`` and ``convs`` weights are detached;
-        ``proto`` is changed on the way (a copy would double the memory a load needs)."""
+                  convs: dict[str, np.ndarray], *, in_place: frozenset[str] = frozenset()) -> _Graphs:
+        """Each graph from ``proto``, whose ``dense`` and ``convs`` weights are detached
+        (``in_place``: those read in place from the file); ``proto`` is changed on the way
+        (a copy would double the memory a load needs)."""
         features = proto.SerializeToString()
         _reattach(proto, convs)  # the logits session's layout optimizer reads them
         features_own_convs = proto.SerializeToString() if convs else features
@@ -373,8 +382,13 @@ class _Graphs:
         # which sharing forbids (unpacked, AlexNet's int8 predictions ran 20x slower at batch 1).
         own = {name: array for name, array in dense.items() if array.dtype in (np.int8, np.uint8)}
         _reattach(proto, own)
+        # Float ones read in place are the other sessions' copy: the logits session packs its
+        # own from them (unpacked, AlexNet's float predictions ran 24% slower at batch 1 and 5%
+        # at 16), at no cost at idle. One not read in place keeps every one shared, unpacked.
+        floats = dense.keys() - own.keys()
+        packed = frozenset(floats) if floats and floats <= in_place else frozenset()
         class_output_only(proto, metadata.output.name)
-        return cls(features, features_own_convs, proto.SerializeToString(), dense, convs, frozenset(own))
+        return cls(features, features_own_convs, proto.SerializeToString(), dense, convs, frozenset(own), packed)
 
     @property
     def shared(self) -> dict[str, np.ndarray]:
@@ -403,16 +417,17 @@ class _SessionOpener:
 
     def logits(self) -> ort.InferenceSession:
         values = {name: self.values[name] for name in self.graphs.dense if name not in self.graphs.logits_own}
-        return self._open(self.graphs.logits, values)
+        return self._open(self.graphs.logits, values, prepack=bool(values) and values.keys() <= self.graphs.logits_packed)
 
     def features(self, own_convs: bool = False) -> ort.InferenceSession:
         if own_convs:
             return self._open(self.graphs.features_own_convs, {name: self.values[name] for name in self.graphs.dense})
         return self._open(self.graphs.features, self.values, layout=not self.graphs.convs)
 
-    def _open(self, graph: bytes, values: dict[str, ort.OrtValue], *, layout: bool = True) -> ort.InferenceSession:
+    def _open(self, graph: bytes, values: dict[str, ort.OrtValue], *, layout: bool = True,
+              prepack: bool = False) -> ort.InferenceSession:
         folder = Path(self._folder.name)
-        options = self.options.session_options(values, folder, layout=layout)
+        options = self.options.session_options(values, folder, layout=layout, prepack=prepack)
         if not self.options.cpu_only:  # the provider fallback reopens the session from these bytes
             return ort.InferenceSession(graph, sess_options=options, providers=self.options.providers)
         # From a file: a session opened from bytes keeps them for its life (onnxruntime's
@@ -580,7 +595,6 @@ def _agree(logits: ort.InferenceSession, features: ort.InferenceSession, input_n
 DENSE_WEIGHTS = frozenset({("Gemm", 1), ("MatMul", 1)})
 SHAREABLE_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
 CONV_WEIGHTS = frozenset({("Conv", 1)})
-ONE_BYTE_TYPES = frozenset({onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
 
 
 def _readers(proto: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
@@ -631,7 +645,7 @@ def _detach_shared_weights(proto: onnx.ModelProto, readers_allowed: frozenset[tu
 
 
 def _mapped_view(mapped: MappedWeights | None, tensor: onnx.TensorProto) -> np.ndarray | None:
-    if mapped is None or tensor.data_type not in ONE_BYTE_TYPES:
+    if mapped is None or tensor.data_type not in SHAREABLE_TYPES:
         return None
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type))
     return mapped.view(tensor.name, tensor.raw_data, dtype, tuple(tensor.dims))

@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from artifact import Layer
+from artifact.onnx_file import write_model
 
 
 def build_model(channels: int, size: int, classes: int, filters: int = 4, seed: int = 0,
@@ -83,14 +84,15 @@ def write_artifact(
     (``views``: with a channel view and samples of random images, by the export stage's
     own writer; ``output_kind``: what metadata says the class output is, whatever it holds;
     ``fixed_batch``: a graph that takes exactly that many images a run; ``explanations``: the
-    export's record of every explanation method measured, docs/artifact.md)."""
+    export's record of every explanation method measured, docs/artifact.md). model.onnx is
+    written as the export stage writes it (``artifact.onnx_file.write_model``)."""
     model, weights = build_model(channels, size, classes, seed=seed, faulty=faulty)
     if fixed_batch is not None:
         for value in [*model.graph.input, *model.graph.output]:
             value.type.tensor_type.shape.dim[0].dim_value = fixed_batch
     directory = root / name / str(version)
     directory.mkdir(parents=True)
-    onnx.save(model, directory / "model.onnx")
+    write_model(model, directory / "model.onnx")  # as the export stage writes it: large weights aligned
     files = ["model.onnx"]
     if initial_weights:
         rng = np.random.default_rng(seed + 1000)

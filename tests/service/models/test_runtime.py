@@ -9,9 +9,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
+from artifact.onnx_file import ALIGNMENT, initializer_spans
 from service.errors import ArtifactChanged
 from service.models import runtime
 from service.models.repository import load_artifact, scan
@@ -182,10 +184,39 @@ def test_int8_weights_are_read_in_place_from_the_file_and_a_file_changed_under_t
     assert logits.shape == (2, 5)
 
 
-def test_float_weights_are_copied_not_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_float_weights_written_aligned_are_read_in_place_and_predictions_keep_their_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)
-    model = load_model(artifact(tmp_path, channels=3, size=16, classes=5), RuntimeOptions(providers=[CPU]))
-    assert model.mapped is None and not any(map(backed_by_a_map, model.shared_weights.values()))
+    art = artifact(tmp_path, channels=3, size=16, classes=5)  # written as the export stage writes
+    model = load_model(art, RuntimeOptions(providers=[CPU]))
+    # The dense weight (5 KB) is aligned; the 432-byte kernels are below ALIGN_MIN_BYTES, copied.
+    assert model.mapped is not None and model.mapped.names == {"fc.weight"}
+    assert backed_by_a_map(model.shared_weights["fc.weight"]) and not backed_by_a_map(model.shared_weights["conv.weight"])
+    batch = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
+    names = [model.output_name, *model.layer_names]
+    expected = ort.InferenceSession(str(art.model_path), providers=[CPU]).run(names, {model.input_name: batch})
+    for got, want in zip(model.run(batch, tuple(names)), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The logits session holds the dense weight itself (prepacked): no placeholder in its graph.
+    (logits,) = model.run(batch, (model.output_name,))
+    np.testing.assert_allclose(logits, expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_float_weights_off_a_boundary_are_copied_and_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)
+    art = artifact(tmp_path, channels=3, size=16, classes=5)
+    proto = onnx.load(str(art.model_path))
+    proto.graph.initializer[0].doc_string = "x"  # a byte before the rest: a layout no export writes
+    onnx.save(proto, str(art.model_path))
+    os.utime(art.model_path)
+    spans = initializer_spans(art.model_path.read_bytes())
+    assert spans["fc.weight"][0] % ALIGNMENT
+    model = load_model(art, RuntimeOptions(providers=[CPU]))
+    assert "fc.weight" not in (model.mapped.names if model.mapped else set())
+    assert not backed_by_a_map(model.shared_weights["fc.weight"])
+    batch = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(art.model_path), providers=[CPU]).run(["logits"], {model.input_name: batch})[0]
+    np.testing.assert_allclose(model.run(batch, ("logits",))[0], want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_fixed_batch_graph_runs_any_batch_in_runs_of_its_size(tmp_path: Path) -> None:

@@ -26,20 +26,36 @@ def artifact(root: Path, **kwargs: object) -> object:
     return load_artifact(scan(root)[0])
 
 
+def assert_maps_as_a_plain_session(model: runtime.ModelRuntime, path: Path, batch: np.ndarray) -> list[np.ndarray]:
+    """Every output of ``model`` equals a plain onnxruntime session's of ``path``; returns those."""
+    names = [model.output_name, *model.layer_names]
+    expected: list[np.ndarray] = ort.InferenceSession(str(path), providers=[CPU]).run(names, {model.input_name: batch})
+    for got, want in zip(model.run(batch, tuple(names)), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    return expected
+
+
+def backed_by_a_map(array: np.ndarray) -> bool:
+    base = array
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return isinstance(base.obj if isinstance(base, memoryview) else base, mmap.mmap)
+
+
 def test_shared_weights_answer_exactly_as_a_plain_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)  # the synthetic fc.weight is small
-    art = artifact(tmp_path, channels=3, size=16, classes=5)
+    art = artifact(tmp_path, channels=3, size=16, classes=5)  # written as the export stage writes
     model = load_model(art, RuntimeOptions(providers=[CPU]))
-    # The Gemm's weight is shared by both sessions, the conv weight by the features session
-    # (the logits session's layout optimizer reads it); the trained filters are that array.
+    # The Gemm's weight is shared by the features session (the logits session packs its own
+    # from it), the conv weight too (the logits session's layout optimizer reads its own); the
+    # trained filters are that array. The dense weight (5 KB) is read in place from the file;
+    # the 432-byte kernels, below ALIGN_MIN_BYTES, are copied.
     assert set(model.shared_weights) == {"fc.weight", "conv.weight"}
     assert model.filters["features.1"] is model.shared_weights["conv.weight"]
+    assert model.mapped is not None and model.mapped.names == {"fc.weight"}
+    assert backed_by_a_map(model.shared_weights["fc.weight"]) and not backed_by_a_map(model.shared_weights["conv.weight"])
     batch = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
-    plain = ort.InferenceSession(str(art.model_path), providers=[CPU])
-    names = [model.output_name, *model.layer_names]
-    expected = plain.run(names, {model.input_name: batch})
-    for got, want in zip(model.run(batch, tuple(names)), expected):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    expected = assert_maps_as_a_plain_session(model, art.model_path, batch)
     (logits,) = model.run(batch, (model.output_name,))
     np.testing.assert_allclose(logits, expected[0], rtol=1e-5, atol=1e-6)
 
@@ -145,21 +161,11 @@ def test_int8_dense_weights_are_shared_with_the_features_session_only(tmp_path: 
     assert {name: array.dtype for name, array in model.shared_weights.items()} == \
         {"fc.weight_quantized": np.int8, "conv.weight_quantized": np.int8}
     batch = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
-    names = [model.output_name, *model.layer_names]
-    expected = ort.InferenceSession(str(int8_art.model_path), providers=[CPU]).run(names, {model.input_name: batch})
-    for got, want in zip(model.run(batch, tuple(names)), expected, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    expected = assert_maps_as_a_plain_session(model, int8_art.model_path, batch)
     # The logits session runs its own (prepacked) int8 weights through fused integer kernels:
     # the same scores to within the class output's quantization steps.
     (logits,) = model.run(batch, (model.output_name,))
     assert np.abs(logits - expected[0]).max() <= runtime.INT8_AGREEMENT * max(1.0, float(np.abs(expected[0]).max()))
-def backed_by_a_map(array: np.ndarray) -> bool:
-    base = array
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    return isinstance(base.obj if isinstance(base, memoryview) else base, mmap.mmap)
-
-
 def test_int8_weights_are_read_in_place_from_the_file_and_a_file_changed_under_them_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)  # the synthetic weights are small
@@ -169,10 +175,8 @@ def test_int8_weights_are_read_in_place_from_the_file_and_a_file_changed_under_t
     for array in model.shared_weights.values():  # views of the file's bytes, not copies
         assert backed_by_a_map(array) and not array.flags.writeable
     batch = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    assert_maps_as_a_plain_session(model, int8_art.model_path, batch)
     names = (model.output_name, *model.layer_names)
-    expected = ort.InferenceSession(str(int8_art.model_path), providers=[CPU]).run(list(names), {model.input_name: batch})
-    for got, want in zip(model.run(batch, names), expected, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     data = int8_art.model_path.read_bytes()
     int8_art.model_path.write_bytes(data)  # rewritten in place: a new modification time
     os.utime(int8_art.model_path, ns=(1, 1))
@@ -182,24 +186,6 @@ def test_int8_weights_are_read_in_place_from_the_file_and_a_file_changed_under_t
         model.trained_filters("features.1")
     (logits,) = model.run(batch, (model.output_name,))  # predictions hold their own weights
     assert logits.shape == (2, 5)
-
-
-def test_float_weights_written_aligned_are_read_in_place_and_predictions_keep_their_own(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)
-    art = artifact(tmp_path, channels=3, size=16, classes=5)  # written as the export stage writes
-    model = load_model(art, RuntimeOptions(providers=[CPU]))
-    # The dense weight (5 KB) is aligned; the 432-byte kernels are below ALIGN_MIN_BYTES, copied.
-    assert model.mapped is not None and model.mapped.names == {"fc.weight"}
-    assert backed_by_a_map(model.shared_weights["fc.weight"]) and not backed_by_a_map(model.shared_weights["conv.weight"])
-    batch = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
-    names = [model.output_name, *model.layer_names]
-    expected = ort.InferenceSession(str(art.model_path), providers=[CPU]).run(names, {model.input_name: batch})
-    for got, want in zip(model.run(batch, tuple(names)), expected, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    # The logits session holds the dense weight itself (prepacked): no placeholder in its graph.
-    (logits,) = model.run(batch, (model.output_name,))
-    np.testing.assert_allclose(logits, expected[0], rtol=1e-5, atol=1e-6)
 
 
 def test_float_weights_off_a_boundary_are_copied_and_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

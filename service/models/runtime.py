@@ -35,8 +35,8 @@ weight whose DequantizeLinear feeds a Gemm/MatMul is a dense weight), and the fi
 API draws are those kernels dequantized on demand (``Kernels``), never a float32 copy kept.
 The logits session keeps its own int8 dense weights (prepacked for its fused kernels) in
 any file, and what the features session, the filters and the explanation heads share is
-read in place (one-byte weights need no alignment). The logits-only session matters even more there:
-onnxruntime fuses a DequantizeLinear -> Conv -> QuantizeLinear chain into one integer
+read in place (one-byte weights need no alignment). The logits-only session matters even
+more there: onnxruntime fuses a DequantizeLinear -> Conv -> QuantizeLinear chain into one integer
 kernel only where no graph output reads the float values in between, so the features
 session runs the pairs as they are (about float speed) while predictions run in int8.
 
@@ -212,7 +212,8 @@ class ModelRuntime:
     shared_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     """The dense weights both sessions read (kept alive here: the sessions do not own them)."""
     mapped: MappedWeights | None = field(default=None, repr=False)
-    """Where an int8 version's shared weights are read in place from its file."""
+    """The version's file, where shared weights are read in place from it (int8 ones, and
+    aligned float ones); every read through it first checks the file is unchanged."""
     explainable: ExplainableModel | None = field(default=None, repr=False)
     """What the explanation engine knows of this graph; None when it could not be analysed."""
     explain_unavailable: str | None = None
@@ -366,8 +367,9 @@ class _Graphs:
     convs: dict[str, np.ndarray]
     logits_own: frozenset[str]
     """Dense weights the logits graph keeps in itself (int8: see ``serialize``)."""
-    logits_packed: frozenset[str] = frozenset()
-    """Dense weights the logits session packs into its own copy from the shared (mapped) arrays."""
+    logits_prepacks: bool = False
+    """The logits session packs its own copy of the float dense weights from the shared
+    arrays, which are read in place (see ``serialize``)."""
 
     @classmethod
     def serialize(cls, proto: onnx.ModelProto, metadata: Metadata, dense: dict[str, np.ndarray],
@@ -386,9 +388,9 @@ class _Graphs:
         # own from them (unpacked, AlexNet's float predictions ran 24% slower at batch 1 and 5%
         # at 16), at no cost at idle. One not read in place keeps every one shared, unpacked.
         floats = dense.keys() - own.keys()
-        packed = frozenset(floats) if floats and floats <= in_place else frozenset()
         class_output_only(proto, metadata.output.name)
-        return cls(features, features_own_convs, proto.SerializeToString(), dense, convs, frozenset(own), packed)
+        return cls(features, features_own_convs, proto.SerializeToString(), dense, convs, frozenset(own),
+                   logits_prepacks=bool(floats) and floats <= in_place)
 
     @property
     def shared(self) -> dict[str, np.ndarray]:
@@ -417,7 +419,7 @@ class _SessionOpener:
 
     def logits(self) -> ort.InferenceSession:
         values = {name: self.values[name] for name in self.graphs.dense if name not in self.graphs.logits_own}
-        return self._open(self.graphs.logits, values, prepack=bool(values) and values.keys() <= self.graphs.logits_packed)
+        return self._open(self.graphs.logits, values, prepack=self.graphs.logits_prepacks)
 
     def features(self, own_convs: bool = False) -> ort.InferenceSession:
         if own_convs:

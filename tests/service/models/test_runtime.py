@@ -42,6 +42,14 @@ def backed_by_a_map(array: np.ndarray) -> bool:
     return isinstance(base.obj if isinstance(base, memoryview) else base, mmap.mmap)
 
 
+def prepacks(session: ort.InferenceSession) -> bool:
+    """Whether onnxruntime packs the weights handed to ``session`` into its own copies."""
+    try:
+        return session.get_session_options().get_session_config_entry("session.disable_prepacking") != "1"
+    except RuntimeError:  # never set
+        return True
+
+
 def test_shared_weights_answer_exactly_as_a_plain_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "SHARE_MIN_BYTES", 0)  # the synthetic fc.weight is small
     art = artifact(tmp_path, channels=3, size=16, classes=5)  # written as the export stage writes
@@ -54,6 +62,7 @@ def test_shared_weights_answer_exactly_as_a_plain_session(tmp_path: Path, monkey
     assert model.filters["features.1"] is model.shared_weights["conv.weight"]
     assert model.mapped is not None and model.mapped.names == {"fc.weight"}
     assert backed_by_a_map(model.shared_weights["fc.weight"]) and not backed_by_a_map(model.shared_weights["conv.weight"])
+    assert prepacks(model.logits_session) and not prepacks(model.features_session)
     batch = np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32)
     expected = assert_maps_as_a_plain_session(model, art.model_path, batch)
     (logits,) = model.run(batch, (model.output_name,))
@@ -200,6 +209,7 @@ def test_float_weights_off_a_boundary_are_copied_and_shared(tmp_path: Path, monk
     model = load_model(art, RuntimeOptions(providers=[CPU]))
     assert "fc.weight" not in (model.mapped.names if model.mapped else set())
     assert not backed_by_a_map(model.shared_weights["fc.weight"])
+    assert not prepacks(model.logits_session)  # the one copy both sessions read, as it is
     batch = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
     want = ort.InferenceSession(str(art.model_path), providers=[CPU]).run(["logits"], {model.input_name: batch})[0]
     np.testing.assert_allclose(model.run(batch, ("logits",))[0], want, rtol=1e-5, atol=1e-6)

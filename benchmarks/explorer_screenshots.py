@@ -4,6 +4,13 @@
     python -m benchmarks.explorer_screenshots --models DIR --rounds 10
     python -m benchmarks.explorer_screenshots --zoo           # the zoo's deep nets (issue 21)
 
+`--int8 REPOSITORY` (issue 22): serves a repository whose models have an int8 version
+beside their float one and, for each, opens the page on a sample, clicks the bars of the
+three layers int8 hurts most (the lowest SQNR over the held-out images) in the "int8 and
+float" section, and records what the page shows: the bar's figures, the worst channel's
+float and int8 maps side by side with their difference, and the note on this image
+(explorer-int8-<model>-<layer>.png, explorer-int8.json).
+
 `--zoo` (issue 21): imports three zoo models and a ResNet-50 at 224 px into
 benchmarks/out/explorer-zoo-models (benchmarks/explorer_models.py; the zoo's training and
 files cached in benchmarks/out/zoo-cache), serves them, and for each zoo model (resnet18,
@@ -387,6 +394,80 @@ def print_zoo(report: dict[str, Any], out: Path) -> None:
                                for part in ("overview", "block", "channel", "explanation")))
 
 
+# The channel card's float/int8 pair drawn for the layer asked for: its note names this image.
+TWIN_DONE = """(layer) => {
+  const twin = document.querySelector('.detail .twin');
+  const detail = document.querySelector('.detail');
+  return twin && !twin.hidden && detail.textContent.includes(layer)
+    && twin.querySelector('.twin-note').textContent.includes('this image');
+}"""
+
+
+def int8_shots(browser: Any, url: str, model: str, record: dict[str, Any], out: Path,
+               sample: int = 4) -> dict[str, Any]:
+    """What the explorer shows for the three layers int8 hurts most (issue 22): each one's bar
+    in the "int8 and float" section, and, after a click on it, its worst channel's float and
+    int8 maps on sample ``sample`` side by side with their difference (a screenshot of the
+    channel card each, explorer-int8-<model>-<layer>.png)."""
+    page, errors = open_page(browser, url, model)
+    page.click(f".sample >> nth={sample}")
+    done(page, "image", 1)
+    page.wait_for_selector("#quantization-bars button.q-row", timeout=WAIT_MS)
+    worst = sorted((r for r in record["layers"][:-1] if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:3]
+    layers = []
+    for row in worst:
+        bar = page.locator(f'#quantization-bars .q-row[data-layer="{row["name"]}"]')
+        shown = bar.inner_text().replace("\n", " ")
+        bar.click()
+        page.wait_for_function(TWIN_DONE, arg=row["name"], timeout=WAIT_MS)
+        page.wait_for_timeout(200)
+        shot = out / f"explorer-int8-{model}-{row['name']}.png"
+        page.locator(".detail").screenshot(path=str(shot))
+        layers.append({"layer": row["name"], "sqnr_db": row["sqnr_db"], "worst_channel": row.get("worst_channel"),
+                       "bar": shown, "note": page.inner_text(".detail .twin-note"),
+                       "difference": page.inner_text(".detail .twin-diff-cap"),
+                       "captions": [page.inner_text(".detail .twin-float-cap"), page.inner_text(".detail .twin-int8-cap")],
+                       "screenshot": shot.name})
+    summary = page.inner_text("#quantization-summary")
+    page.screenshot(path=str(out / f"explorer-int8-{model}.png"), full_page=True)
+    page.close()
+    return {"summary": summary, "layers": layers, "console_errors": errors, "sample": sample}
+
+
+def main_int8(args: argparse.Namespace) -> int:
+    """Serves ``args.int8`` (a repository whose models have an int8 version beside their float
+    one) and records what the explorer shows for each model's worst layers."""
+    from playwright.sync_api import sync_playwright
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CONVSCOPE_")}, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+               "--model-repository", str(args.int8)]
+    report: dict[str, Any] = {}
+    with ServerProcess(command, port=port, env=env, cwd=ROOT, log=args.out / "explorer-int8-server.log", timeout=300) as server:
+        listed = httpx.get(f"{server.url}/v1/models", timeout=30).json()["models"]
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            for model in listed:
+                int8 = [v["version"] for v in model["versions"] if v.get("precision") == "int8"]
+                if not int8:
+                    continue
+                base = f"{server.url}/v1/models/{model['name']}/versions/{max(int8)}"
+                record = httpx.get(f"{base}/quantization", timeout=30).json()
+                report[model["name"]] = {"default_version": model["default_version"],
+                                         **int8_shots(browser, server.url, model["name"], record, args.out)}
+            browser.close()
+    (args.out / "explorer-int8.json").write_text(json.dumps(report, indent=2))
+    for name, shot in report.items():
+        print(f"\n{name} (the page on version {shot['default_version']}, sample {shot['sample']}; "
+              f"console errors {len(shot['console_errors'])})")
+        for row in shot["layers"]:
+            print(f"| {row['layer']} | {row['bar']} | {' / '.join(row['captions'])}: {row['difference']} | "
+                  f"{row['note']} | {row['screenshot']} |")
+    return 0
+
+
 def median(rows: list[dict[str, Any]], key: str) -> str:
     values = [r[key] for r in rows if r[key] is not None]
     return f"{statistics.median(values):.0f} (max {max(values):.0f})" if values else "-"
@@ -401,9 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoo", action="store_true", help="the zoo's deep nets and a ResNet-50 at 224 px (issue 21)")
     parser.add_argument("--zoo-models", type=Path, default=ZOO_MODELS)
     parser.add_argument("--zoo-cache", type=Path, default=ZOO_CACHE)
+    parser.add_argument("--int8", type=Path, metavar="REPOSITORY",
+                        help="issue 22: a repository whose models have an int8 version beside the float one; what the "
+                             "explorer shows for each model's three worst layers")
     args = parser.parse_args(argv)
     if args.zoo:
         return main_zoo(args)
+    if args.int8:
+        return main_int8(args)
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)

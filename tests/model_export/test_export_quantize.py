@@ -88,6 +88,26 @@ def test_the_outputs_are_the_dequantized_values_close_to_the_float_ones(tmp_path
     assert (b[1] >= 0).all()  # the ReLU folded into the pair's range still holds
 
 
+def test_the_class_scores_are_not_rounded_to_int8(tmp_path: Path) -> None:
+    """The quantizer ends the graph with a Q/DQ pair on the class scores; the export drops it
+    (it flips the top-1 class wherever the top two nearly tie), and the last layer still
+    reads int8 activations and weights."""
+    from model_export.quantize import float_class_output
+
+    root = tmp_path / "models"
+    source = write_artifact(root, "synthetic", 1)
+    graph = _graph(write_int8(root)).graph
+    producer = {output: node for node in graph.node for output in node.output}
+    end = producer["logits"]
+    assert end.op_type == "Identity"
+    layer = producer[end.input[0]]
+    assert layer.op_type == "Gemm" and [producer[i].op_type for i in layer.input[:2]] == ["DequantizeLinear"] * 2
+    # A graph whose class output has no such pair is left as it is.
+    before = (source / "model.onnx").read_bytes()
+    assert not float_class_output(source / "model.onnx", "logits")
+    assert (source / "model.onnx").read_bytes() == before
+
+
 def test_the_gate_refuses_with_what_it_measured_and_writes_nothing(tmp_path: Path) -> None:
     # Ten classes of near-equal random scores: int8 noise reorders a few of them.
     probe, root = tmp_path / "probe", tmp_path / "models"

@@ -280,8 +280,8 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{checks['file']['ratio']:.2f}x | |", "",
                   f"Round by round (int8 / float32, both versions in the same round): predictions "
                   f"{', '.join(f'{r:.2f}x' for r in checks['served']['rounds'])}; occlusion "
-                  f"{', '.join(f'{r:.2f}x' for r in checks['occlusion']['rounds'])} faster. The table gives the "
-                  f"median round's figures.", ""]
+                  f"{', '.join(f'{r:.2f}x' for r in checks['occlusion']['rounds'])} faster. Each version's figure "
+                  f"is its median over the rounds; each ratio, the median of the rounds' ratios.", ""]
     return "\n".join(lines) + "\n"
 
 

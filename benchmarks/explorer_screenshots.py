@@ -404,34 +404,53 @@ TWIN_DONE = """(layer) => {
 
 
 def int8_shots(browser: Any, url: str, model: str, record: dict[str, Any], out: Path,
-               sample: int = 4) -> dict[str, Any]:
+               image: Path | None = None, sample: int = 4) -> dict[str, Any]:
     """What the explorer shows for the three layers int8 hurts most (issue 22): each one's bar
     in the "int8 and float" section, and, after a click on it, its worst channel's float and
     int8 maps on sample ``sample`` side by side with their difference (a screenshot of the
-    channel card each, explorer-int8-<model>-<layer>.png)."""
-    page, errors = open_page(browser, url, model)
-    page.click(f".sample >> nth={sample}")
-    done(page, "image", 1)
+    channel card each, explorer-int8-<model>-<layer>.png). A model with no samples (an import
+    made without them) is shown ``image``, chosen in the page's file picker."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.wait_for_function("window.convscope.ready", timeout=WAIT_MS)
+    page.select_option("#model", model)
+    try:  # a model's samples come with its metadata; an import made without them has none
+        page.wait_for_selector(".sample img", timeout=15_000)
+        has_samples = True
+    except Exception:  # playwright's TimeoutError
+        has_samples = False
+    if has_samples:
+        page.click(f".sample >> nth={sample}")
+        shown = f"sample {sample}"
+    elif image is not None:
+        page.set_input_files("#file", str(image))
+        shown = image.name
+    else:
+        raise SystemExit(f"{model} has no samples: give an image with --image")
+    page.wait_for_selector("#predictions tr.best", timeout=WAIT_MS)
     page.wait_for_selector("#quantization-bars button.q-row", timeout=WAIT_MS)
     worst = sorted((r for r in record["layers"][:-1] if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:3]
     layers = []
     for row in worst:
         bar = page.locator(f'#quantization-bars .q-row[data-layer="{row["name"]}"]')
-        shown = bar.inner_text().replace("\n", " ")
+        bar_text = bar.inner_text().replace("\n", " ")
         bar.click()
         page.wait_for_function(TWIN_DONE, arg=row["name"], timeout=WAIT_MS)
         page.wait_for_timeout(200)
         shot = out / f"explorer-int8-{model}-{row['name']}.png"
         page.locator(".detail").screenshot(path=str(shot))
         layers.append({"layer": row["name"], "sqnr_db": row["sqnr_db"], "worst_channel": row.get("worst_channel"),
-                       "bar": shown, "note": page.inner_text(".detail .twin-note"),
+                       "bar": bar_text, "note": page.inner_text(".detail .twin-note"),
                        "difference": page.inner_text(".detail .twin-diff-cap"),
                        "captions": [page.inner_text(".detail .twin-float-cap"), page.inner_text(".detail .twin-int8-cap")],
                        "screenshot": shot.name})
     summary = page.inner_text("#quantization-summary")
     page.screenshot(path=str(out / f"explorer-int8-{model}.png"), full_page=True)
     page.close()
-    return {"summary": summary, "layers": layers, "console_errors": errors, "sample": sample}
+    return {"summary": summary, "layers": layers, "console_errors": errors, "image": shown}
 
 
 def main_int8(args: argparse.Namespace) -> int:
@@ -456,11 +475,12 @@ def main_int8(args: argparse.Namespace) -> int:
                 base = f"{server.url}/v1/models/{model['name']}/versions/{max(int8)}"
                 record = httpx.get(f"{base}/quantization", timeout=30).json()
                 report[model["name"]] = {"default_version": model["default_version"],
-                                         **int8_shots(browser, server.url, model["name"], record, args.out)}
+                                         **int8_shots(browser, server.url, model["name"], record, args.out,
+                                                      args.image)}
             browser.close()
     (args.out / "explorer-int8.json").write_text(json.dumps(report, indent=2))
     for name, shot in report.items():
-        print(f"\n{name} (the page on version {shot['default_version']}, sample {shot['sample']}; "
+        print(f"\n{name} (the page on version {shot['default_version']}, {shot['image']}; "
               f"console errors {len(shot['console_errors'])})")
         for row in shot["layers"]:
             print(f"| {row['layer']} | {row['bar']} | {' / '.join(row['captions'])}: {row['difference']} | "
@@ -485,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", type=Path, metavar="REPOSITORY",
                         help="issue 22: a repository whose models have an int8 version beside the float one; what the "
                              "explorer shows for each model's three worst layers")
+    parser.add_argument("--image", type=Path, help="--int8: the image shown where a model has no samples")
     args = parser.parse_args(argv)
     if args.zoo:
         return main_zoo(args)

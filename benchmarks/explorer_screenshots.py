@@ -157,7 +157,7 @@ def explains(page: Any) -> bool:
 
 
 def shoot(browser: Any, url: str, model: str, out: Path) -> dict[str, Any]:
-    page, errors = open_page(browser, url, model)
+    page, errors, _ = open_page(browser, url, model)
     page.click(".sample >> nth=4")
     done(page, "image", 1)
     explains(page)
@@ -228,7 +228,9 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def open_page(browser: Any, url: str, model: str) -> tuple[Any, list[str]]:
+def open_page(browser: Any, url: str, model: str, samples_ms: float = WAIT_MS) -> tuple[Any, list[str], bool]:
+    """The page on ``model``, the console's errors, and whether its samples came within
+    ``samples_ms`` (an import made without samples has none)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -236,8 +238,11 @@ def open_page(browser: Any, url: str, model: str) -> tuple[Any, list[str]]:
     page.goto(url + "/")
     page.wait_for_function("window.convscope.ready", timeout=WAIT_MS)
     page.select_option("#model", model)
-    page.wait_for_selector(".sample img", timeout=WAIT_MS)
-    return page, errors
+    try:
+        page.wait_for_selector(".sample img", timeout=samples_ms)
+    except Exception:  # playwright's TimeoutError
+        return page, errors, False
+    return page, errors, True
 
 
 def scroll_through(page: Any) -> None:
@@ -277,7 +282,7 @@ def channel_layer(meta: dict[str, Any]) -> str:
 
 def zoo_shots(browser: Any, url: str, model: str, meta: dict[str, Any], out: Path) -> dict[str, Any]:
     """The overview, an opened block, a channel in it and the explanation of one sample."""
-    page, errors = open_page(browser, url, model)
+    page, errors, _ = open_page(browser, url, model)
     page.click(".sample >> nth=4")
     done(page, "image", 1)
     explains(page)
@@ -309,7 +314,7 @@ def zoo_shots(browser: Any, url: str, model: str, meta: dict[str, Any], out: Pat
 def time_deep(browser: Any, url: str, model: str, rounds: int, block_layer: str) -> dict[str, Any]:
     """Per image on a deep net: the page's requests from the click until the rows on screen
     have their maps (Resource Timing), its drawing, the explanation apart; then opening a block."""
-    page, errors = open_page(browser, url, model)
+    page, errors, _ = open_page(browser, url, model)
     samples = page.locator(".sample").count()
     images = []
     for i in range(rounds + 1):  # the first one warms up
@@ -410,18 +415,7 @@ def int8_shots(browser: Any, url: str, model: str, record: dict[str, Any], out: 
     int8 maps on sample ``sample`` side by side with their difference (a screenshot of the
     channel card each, explorer-int8-<model>-<layer>.png). A model with no samples (an import
     made without them) is shown ``image``, chosen in the page's file picker."""
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url + "/")
-    page.wait_for_function("window.convscope.ready", timeout=WAIT_MS)
-    page.select_option("#model", model)
-    try:  # a model's samples come with its metadata; an import made without them has none
-        page.wait_for_selector(".sample img", timeout=15_000)
-        has_samples = True
-    except Exception:  # playwright's TimeoutError
-        has_samples = False
+    page, errors, has_samples = open_page(browser, url, model, samples_ms=15_000)
     if has_samples:
         page.click(f".sample >> nth={sample}")
         shown = f"sample {sample}"

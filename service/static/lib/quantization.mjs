@@ -20,6 +20,15 @@ export function twinOf(models, name, version) {
   return quantized ? { version: quantized.version, precision: "int8" } : null;
 }
 
+/** The gate's top-1 agreement over `images` judged images, as the page says it: `share`
+ * rounded down, so that a disagreement is never rounded away (0.997 is "99.7%", 0.9995 is
+ * "99.9%", never "100%"), and `same`, the images on which both versions agree. */
+export function agreementFigures(agreement, images) {
+  const same = Math.round(agreement * images);
+  const share = same >= images ? "100" : (Math.floor((1000 * same) / images) / 10).toFixed(1);
+  return { share: `${share}%`, same };
+}
+
 /** An SQNR in dB in words: 30 dB and up "close" (the int8 values within about 3% of the float
  * ones), 20 to 30 "noticeable", below 20 "large" (errors of 10% and more); null: identical. */
 export function severity(db) {

@@ -7,7 +7,7 @@
 
 import { paths } from "../lib/api.mjs";
 import { pct } from "../lib/format.mjs";
-import { errorBars, speedText, twinOf } from "../lib/quantization.mjs";
+import { agreementFigures, errorBars, speedText, twinOf } from "../lib/quantization.mjs";
 import { $, el, guarded } from "../ui/dom.mjs";
 import { getJSON } from "../ui/server.mjs";
 import { layerInfo, state } from "../state.mjs";
@@ -38,6 +38,7 @@ function summary(r) {
     : `this page shows the float version (v${r.quantized_from}); its int8 version is v${r.version}`;
   const both = r.float_version.served ? "Both are served: open a channel to see its float and int8 maps side by side."
     : `The float version (v${r.quantized_from}) is not served here, so only the figures of the export are shown.`;
+  const agreed = agreementFigures(r.agreement, r.evaluation_images);
   const accuracy = r.float_accuracy != null
     ? `accuracy ${pct(r.float_accuracy)} float, ${pct(r.int8_accuracy)} int8`
     : "no labels the model knows: agreement only";
@@ -45,8 +46,8 @@ function summary(r) {
     el("p", { text: `Version ${r.version} is version ${r.quantized_from} in int8 (${r.method} calibration on `
       + `${r.calibration_images} held-out images); ${showing}. ${both}` }),
     el("ul", { class: "gate" },
-      el("li", {}, el("b", { text: `top-1 agreement ${pct(r.agreement)}` }),
-        ` on ${r.evaluation_images} other held-out images (the gate: ${pct(r.min_agreement)})`),
+      el("li", {}, el("b", { text: `top-1 agreement ${agreed.share}` }),
+        ` (${agreed.same} of ${r.evaluation_images} other held-out images; the gate: ${pct(r.min_agreement)})`),
       el("li", { text: accuracy }),
       el("li", { text: `largest difference of any class probability: ${pct(r.max_probability_difference)}` }),
       keptFloat(r),
@@ -60,7 +61,8 @@ function keptFloat(r) {
   const kept = r.float_layers ?? [];
   if (!kept.length) return null;
   const first = r.attempts?.[0];
-  const everywhere = first ? ` (int8 everywhere agreed on ${pct(first.agreement)})` : "";
+  const all = first && agreementFigures(first.agreement, r.evaluation_images);
+  const everywhere = all ? ` (int8 everywhere agreed on ${all.share}, ${all.same} of ${r.evaluation_images} images)` : "";
   return el("li", { text: `${kept.length} layer(s) kept float32, those adding the most quantization noise`
     + `${everywhere}: ${kept.join(", ")}` });
 }

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { errorBars, severity, speedText, sqnr, twinOf } from "../../../../service/static/lib/quantization.mjs";
+import { agreementFigures, errorBars, severity, speedText, sqnr, twinOf } from "../../../../service/static/lib/quantization.mjs";
 
 const models = [
   { name: "m", default_version: 3, versions: [
@@ -65,4 +65,12 @@ test("the export's timing in words, at its largest batch", () => {
     "4.0× faster than float at batch 16");
   assert.equal(speedText([{ batch: 16, float_seconds: 0.001, int8_seconds: 0.002 }]), "0.5× (slower) than float at batch 16");
   assert.equal(speedText([]), null);
+});
+
+test("the agreement never rounds a disagreement away, and counts the images", () => {
+  assert.deepEqual(agreementFigures(0.997, 1000), { share: "99.7%", same: 997 });
+  assert.deepEqual(agreementFigures(0.997312, 744), { share: "99.7%", same: 742 });
+  assert.deepEqual(agreementFigures(0.9995, 2000), { share: "99.9%", same: 1999 });
+  assert.deepEqual(agreementFigures(1, 240), { share: "100%", same: 240 });
+  assert.deepEqual(agreementFigures(0.976562, 256), { share: "97.6%", same: 250 });
 });

@@ -39,7 +39,17 @@ from typing import Any
 
 from benchmarks import loadgen
 from benchmarks.images import write_body
-from benchmarks.run import BENCHES, OUT, ROOT, Bench, export_if_missing, log, machine_info, worker_rss_mb
+from benchmarks.run import (
+    BENCHES,
+    OUT,
+    ROOT,
+    Bench,
+    export_if_missing,
+    log,
+    machine_info,
+    process_tree_cpu,
+    worker_rss_mb,
+)
 from service.testing import ServerProcess, free_port
 
 TARGET_SERVED = 2.5  # int8 served images/s >= 2.5x float's (AlexNet, c=16)
@@ -115,13 +125,6 @@ def occlusion_ms(client: Any, url: str, body: bytes, content_type: str) -> tuple
     return elapsed * 1000, int(response.json()["forward_passes"])
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a server's processes so far (the workers, or the server)."""
-    from benchmarks.ab import cpu_seconds
-
-    return sum(sum(cpu_seconds(p)) for p in worker_rss_mb(pid))
-
-
 @dataclass
 class Served:
     """One version in its own server process, for the whole run."""
@@ -178,12 +181,12 @@ def measure_rounds(bench: Bench, versions: list[Version], body: Path, content_ty
                 for s in order:
                     # CPU an image over the warm-up and the measured run together: it moves far
                     # less with the machine's drift than images/s does (benchmarks/ab.py).
-                    cpu_before, images_before = tree_cpu_seconds(s.server.pid), predicted_images(s.server.url)
+                    cpu_before, images_before = process_tree_cpu(s.server.pid), predicted_images(s.server.url)
                     result = loadgen.measure(f"{s.base}/predict", body, content_type, CONCURRENCY, seconds,
                                              min(2.0, seconds / 2))
                     images = predicted_images(s.server.url) - images_before
                     figures[s.version.label]["cpu_ms"].append(
-                        1000 * (tree_cpu_seconds(s.server.pid) - cpu_before) / max(images, 1))
+                        1000 * (process_tree_cpu(s.server.pid) - cpu_before) / max(images, 1))
                     figures[s.version.label]["rps"].append(result.rps)
                     figures[s.version.label]["p50"].append(result.p50_ms)
                     errors[s.version.label] += result.errors

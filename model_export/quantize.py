@@ -514,21 +514,30 @@ def float_class_output(path: Path, name: str) -> bool:
 
     model = onnx.load(str(path))
     graph = model.graph
-    producer = {output: node for node in graph.node for output in node.output}
+    pair = _qdq_pair({output: node for node in graph.node for output in node.output}, name)
+    if pair is None:
+        return False
+    quantize, dequantize = pair
+    rounded = quantize.output[0]
+    if sum(rounded in node.input for node in graph.node) > 1 or rounded in {o.name for o in graph.output}:
+        return False  # the rounded scores feed something else too: left as the quantizer made it
+    graph.node.insert(list(graph.node).index(dequantize),
+                      helper.make_node("Identity", [quantize.input[0]], [name], name=f"{name}_float"))
+    graph.node.remove(dequantize)
+    graph.node.remove(quantize)
+    write_model(model, Path(path))
+    return True
+
+
+def _qdq_pair(producer: dict[str, Any], name: str) -> tuple[Any, Any] | None:
+    """(QuantizeLinear, DequantizeLinear) when ``name`` is the output of a DequantizeLinear
+    that reads a QuantizeLinear, else None. ``producer``: each tensor's node."""
     dequantize = producer.get(name)
     quantize = producer.get(dequantize.input[0]) if dequantize is not None else None
     if dequantize is None or quantize is None or (dequantize.op_type, quantize.op_type) != (
             "DequantizeLinear", "QuantizeLinear"):
-        return False
-    rounded = quantize.output[0]
-    if sum(rounded in node.input for node in graph.node) > 1 or rounded in {o.name for o in graph.output}:
-        return False  # the rounded scores feed something else too: left as the quantizer made it
-    position = list(graph.node).index(dequantize)
-    graph.node.remove(dequantize)
-    graph.node.remove(quantize)
-    graph.node.insert(position - 1, helper.make_node("Identity", [quantize.input[0]], [name], name=f"{name}_float"))
-    write_model(model, Path(path))
-    return True
+        return None
+    return quantize, dequantize
 
 
 def tapped_activation_inputs(source: Path) -> list[str]:
@@ -570,11 +579,10 @@ def add_view_pairs(path: Path, ranges: dict[str, tuple[float, float]]) -> None:
     graph = model.graph
     producer = {output: node for node in graph.node for output in node.output}
     for name, (low, high) in ranges.items():
-        dequantize = producer.get(name)
-        quantize = producer.get(dequantize.input[0]) if dequantize is not None else None
-        if dequantize is None or quantize is None or (dequantize.op_type, quantize.op_type) != (
-                "DequantizeLinear", "QuantizeLinear"):
+        pair = _qdq_pair(producer, name)
+        if pair is None:
             continue
+        quantize, dequantize = pair
         main = f"{name}_to_activation"
         dequantize.output[0] = main
         for node in graph.node:
@@ -585,11 +593,11 @@ def add_view_pairs(path: Path, ranges: dict[str, tuple[float, float]]) -> None:
         graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{name}_view_scale"),
                                   numpy_helper.from_array(np.array(zero, np.int8), f"{name}_view_zero_point")])
         position = list(graph.node).index(quantize) + 1
-        pair = [helper.make_node("QuantizeLinear", [quantize.input[0], f"{name}_view_scale", f"{name}_view_zero_point"],
+        view = [helper.make_node("QuantizeLinear", [quantize.input[0], f"{name}_view_scale", f"{name}_view_zero_point"],
                                  [f"{name}_view_quantized"], name=f"{name}_view_QuantizeLinear"),
                 helper.make_node("DequantizeLinear", [f"{name}_view_quantized", f"{name}_view_scale",
                                                       f"{name}_view_zero_point"], [name], name=f"{name}_view_DequantizeLinear")]
-        for offset, node in enumerate(pair):
+        for offset, node in enumerate(view):
             graph.node.insert(position + offset, node)
         producer = {output: node for node in graph.node for output in node.output}
     write_model(model, Path(path))

@@ -461,7 +461,8 @@ def class_output_only(proto: onnx.ModelProto, output_name: str) -> None:
     layer, left in, would give its Conv's output two readers (onnxruntime fuses a Conv into
     an integer kernel only when one QuantizeLinear reads it); and without the taps a float16
     graph rounds where the original file does (a tap rounds its value to float16, where
-    onnxruntime's CPU provider otherwise goes on in float32 between the Casts it inserts)."""
+    onnxruntime's CPU provider otherwise goes on in float32 between the Casts it inserts).
+    A pooling that leaves its input as it is becomes an Identity (``_pools_as_identity``)."""
     keep = [o for o in proto.graph.output if o.name == output_name]
     del proto.graph.output[:]
     proto.graph.output.extend(keep)
@@ -476,6 +477,33 @@ def class_output_only(proto: onnx.ModelProto, output_name: str) -> None:
         kept.reverse()
         del graph.node[:]
         graph.node.extend(kept)
+    _pools_as_identity(graph)
+
+
+# Pooling operators that, over a 1x1 window moved one step at a time with no padding, give
+# back their input: AlexNet's and VGG's adaptive pooling exported at their own input size.
+# (Not LpPool: over one value it gives the value's magnitude.)
+_POOLS = ("AveragePool", "MaxPool")
+
+
+def _pools_as_identity(graph: onnx.GraphProto) -> None:
+    """Each pooling node that leaves its input as it is becomes an Identity, in place. In an
+    int8 graph onnxruntime runs such a pool between a DequantizeLinear and a QuantizeLinear as
+    QLinearAveragePool (3.5% of AlexNet's int8 predictions at batch 16, for nothing); an
+    Identity it removes, and the pair around it with it, so the convs and the dense layers
+    meet as int8. The features graph keeps the node: its catalogue names what the model has."""
+    for node in graph.node:
+        if node.op_type not in _POOLS or len([o for o in node.output if o]) != 1:
+            continue  # MaxPool's Indices output is not its input
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        ones = all(k == 1 for k in attributes.get("kernel_shape", []))
+        steps = all(s == 1 for s in attributes.get("strides", []))
+        dilations = all(d == 1 for d in attributes.get("dilations", []))
+        unpadded = not any(attributes.get("pads", [])) and attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", b"VALID")
+        if "kernel_shape" in attributes and ones and steps and dilations and unpadded:
+            node.op_type = "Identity"
+            node.domain = ""
+            del node.attribute[:]
 
 
 def _release_free_memory() -> None:

@@ -242,3 +242,37 @@ def test_cpu_sessions_do_not_keep_their_graphs_bytes(tmp_path: Path) -> None:
     for session in (model.logits_session, model.features_session):
         assert getattr(session, "_model_bytes", None) is None
     assert not any(tmp_path.glob("**/graph-*.onnx"))
+
+
+def pooling_graph() -> onnx.ModelProto:
+    """x -> four poolings in a row -> y: two that give back their input (1x1, stride 1, no
+    padding), one that does not (2x2), one whose Indices output someone reads."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("AveragePool", ["x"], ["a"], name="adaptive", kernel_shape=[1, 1], strides=[1, 1],
+                         pads=[0, 0, 0, 0], count_include_pad=1),
+        helper.make_node("MaxPool", ["a"], ["b"], name="max1", kernel_shape=[1, 1]),
+        helper.make_node("MaxPool", ["b"], ["c"], name="max2", kernel_shape=[2, 2]),
+        helper.make_node("MaxPool", ["c"], ["d", "where"], name="indexed", kernel_shape=[1, 1]),
+        helper.make_node("Cast", ["where"], ["where_f"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["d", "where_f"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("a", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_the_predictions_graph_runs_a_pooling_that_changes_nothing_as_an_identity() -> None:
+    """AlexNet's adaptive pooling at 224 px is a 1x1 window: the predictions graph gives the
+    same scores without it (in an int8 graph onnxruntime then drops its Q/DQ pair too)."""
+    model = pooling_graph()
+    x = np.random.default_rng(0).normal(size=(1, 2, 4, 4)).astype(np.float32)
+    (before,) = ort.InferenceSession(model.SerializeToString(), providers=[CPU]).run(["y"], {"x": x})
+    runtime.class_output_only(model, "y")
+    ops = {node.name: node.op_type for node in model.graph.node if node.name}
+    assert ops == {"adaptive": "Identity", "max1": "Identity", "max2": "MaxPool", "indexed": "MaxPool", "add": "Add"}
+    assert not any(node.attribute for node in model.graph.node if node.op_type == "Identity")
+    (after,) = ort.InferenceSession(model.SerializeToString(), providers=[CPU]).run(["y"], {"x": x})
+    np.testing.assert_array_equal(after, before)

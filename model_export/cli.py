@@ -265,7 +265,8 @@ def _quantize_options(parser: argparse.ArgumentParser) -> None:
         type=_share,
         default=DEFAULT_MIN_AGREEMENT,
         help="write the int8 version only if its top-1 class agrees with the float version's on at least "
-        f"this share of the evaluation images (default: {DEFAULT_MIN_AGREEMENT}); else exit 2, nothing written",
+        f"this share of the evaluation images (default: {DEFAULT_MIN_AGREEMENT}); else exit 2, nothing written; "
+        "judged on at least 1 / (1 - it) images (100 at 0.99), else refused before quantizing",
     )
     parser.add_argument(
         "--max-float-layers",

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -140,6 +141,7 @@ class HeldOut:
     classes: list[str]
     targets: np.ndarray | None  # per image, the model's label index; None: no usable labels
     description: str
+    brought: bool = False  # images given with --data-dir, not the held-out split of a model trained here
 
 
 @dataclass
@@ -222,6 +224,9 @@ def quantize(opts: QuantizeOptions) -> Path:
     spec = input_spec(metadata)
     held_out = held_out_images(metadata, opts.data_dir)
     calibration, evaluation = split(held_out, spec, opts, metadata.input.fixed_batch)
+    _check_judgeable(len(evaluation), len(calibration), held_out, opts,
+                     SplitSizes.wanted(opts, spec.size[0] * spec.size[1] > SMALL_INPUT_PIXELS),
+                     metadata.name or source.directory.parent.name, source.version)
     model_dir = source.directory.parent
     with Staging(model_dir.parent, model_dir.name, None) as staging:
         assert staging.path is not None
@@ -363,7 +368,7 @@ def held_out_images(metadata: Metadata, data_dir: str | None) -> HeldOut:
             what = "an imported model" if training is None else f"a model trained on {dataset}"
             raise ExportError(f"{what} has no held-out split this command can find by itself: give --data-dir DIR "
                               "(images it did not learn from: an ImageFolder tree of labelled ones, or a flat folder)")
-        return _labelled(load_any_images(data_dir), metadata.labels, f"--data-dir {data_dir}")
+        return _labelled(load_any_images(data_dir), metadata.labels, f"--data-dir {data_dir}", brought=True)
     if dataset == "imagefolder" and data_dir is None:
         raise ExportError("a model trained on an ImageFolder tree: give that tree as --data-dir (its held-out split "
                           "is found again from the seed the export used)")
@@ -374,7 +379,7 @@ def held_out_images(metadata: Metadata, data_dir: str | None) -> HeldOut:
     return _labelled(data, metadata.labels, f"{dataset}{where}, held-out split (seed {seed}, {len(data.val)} images)")
 
 
-def _labelled(data: Dataset, labels: list[str], description: str) -> HeldOut:
+def _labelled(data: Dataset, labels: list[str], description: str, *, brought: bool = False) -> HeldOut:
     """Labels count where every class of the images is one of the model's labels, by name (a
     folder cannot be named "T-shirt/top": a label's "/" matches a folder name's "-")."""
     if len(data.val) == 0:
@@ -385,7 +390,7 @@ def _labelled(data: Dataset, labels: list[str], description: str) -> HeldOut:
     targets = None
     if all(name in index for name in present):
         targets = np.array([index[data.classes[int(c)]] for c in data.val.labels], dtype=np.int64)
-    return HeldOut(data.val, data.classes, targets, description)
+    return HeldOut(data.val, data.classes, targets, description, brought)
 
 
 @dataclass(frozen=True)
@@ -399,15 +404,39 @@ class Images:
         return sum(len(b) for b in self.batches)
 
 
+@dataclass(frozen=True)
+class SplitSizes:
+    """How many held-out images calibrate and how many judge, asked for: the options', else
+    the defaults by input size; calibration takes at most a share of what there is."""
+
+    calibration: int
+    evaluation: int
+
+    @classmethod
+    def wanted(cls, opts: QuantizeOptions, large: bool) -> SplitSizes:
+        return cls(opts.calibration_images or (DEFAULT_CALIBRATION_IMAGES_LARGE if large else DEFAULT_CALIBRATION_IMAGES),
+                   opts.evaluation_images or (DEFAULT_EVALUATION_IMAGES_LARGE if large else DEFAULT_EVALUATION_IMAGES))
+
+    def of(self, total: int) -> tuple[int, int]:
+        """(calibration, evaluation) images out of ``total``."""
+        cal = max(1, min(self.calibration, int(total * CALIBRATION_SHARE)))
+        return cal, min(self.evaluation, total - cal)
+
+    def total_for(self, evaluation: int) -> int:
+        """The fewest held-out images that leave ``evaluation`` to judge on (asking for as many)."""
+        sizes = SplitSizes(self.calibration, max(self.evaluation, evaluation))
+        total = evaluation + 1
+        while sizes.of(total)[1] < evaluation:
+            total += 1
+        return total
+
+
 def split(held_out: HeldOut, spec: InputSpec, opts: QuantizeOptions, fixed_batch: int | None = None,
           seed: int = 0) -> tuple[Images, Images]:
     """A seeded calibration set and a disjoint evaluation set from the held-out images."""
     large = spec.size[0] * spec.size[1] > SMALL_INPUT_PIXELS
-    wanted_cal = opts.calibration_images or (DEFAULT_CALIBRATION_IMAGES_LARGE if large else DEFAULT_CALIBRATION_IMAGES)
-    wanted_eval = opts.evaluation_images or (DEFAULT_EVALUATION_IMAGES_LARGE if large else DEFAULT_EVALUATION_IMAGES)
     total = len(held_out.images)
-    cal = max(1, min(wanted_cal, int(total * CALIBRATION_SHARE)))
-    ev = min(wanted_eval, total - cal)
+    cal, ev = SplitSizes.wanted(opts, large).of(total)
     if ev < 1:
         raise ExportError(f"{held_out.description} has {total} image(s): too few to calibrate on some and judge "
                           "on others (give --data-dir with more)")
@@ -708,6 +737,42 @@ def _tally(result: Evaluation, names: list[str], a: list[np.ndarray], b: list[np
     result.max_probability_difference = max(result.max_probability_difference, float(difference))
     for name, x, y in zip(names, a, b, strict=True):
         result.sums[name].add(x, y)
+
+
+def images_to_judge(min_agreement: float) -> int:
+    """The fewest evaluation images that can show ``min_agreement``: with fewer, a single
+    image that disagrees is already more than the gate allows, so the gate would pass only
+    where every image agrees and say nothing of how often int8 disagrees (8 of 8 is "1.0",
+    and as likely from a version that disagrees once in 20 as from one that never does).
+    1 (no floor) for no gate (0) and for a gate of 1, which asks for every image whatever
+    their number."""
+    if not 0 < min_agreement < 1:
+        return 1
+    return math.ceil(round(1 / (1 - min_agreement), 9))
+
+
+def _check_judgeable(evaluation: int, calibration: int, held_out: HeldOut, opts: QuantizeOptions,
+                     sizes: SplitSizes, name: str, version: int) -> None:
+    """QuantizeRefused before anything is quantized where the images left to judge the int8
+    version on cannot show ``opts.min_agreement``, saying what would."""
+    needed = images_to_judge(opts.min_agreement)
+    if evaluation >= needed:
+        return
+    total, description = len(held_out.images), held_out.description
+    wants = [f"--evaluation-images {needed}"] if sizes.evaluation < needed else []
+    if sizes.total_for(needed) > total:
+        wants.append(f"--data-dir with at least {sizes.total_for(needed)} images the model did not learn from"
+                     if held_out.brought else
+                     f"a model trained with at least {sizes.total_for(needed)} held-out images")
+    more = " and ".join(wants)
+    loosest = math.floor((1 - 1 / evaluation) * 1000) / 1000
+    raise QuantizeRefused(
+        f"the int8 version of {name} version {version} was not made: {evaluation} held-out image(s) are left to "
+        f"judge it on ({description}: {total} image(s), {calibration} to calibrate on), and {evaluation} cannot "
+        f"show a top-1 agreement of {opts.min_agreement}: one image that disagrees is already 1/{evaluation} of "
+        f"them. Judging {opts.min_agreement} takes at least {needed} images: give {more}, or a --min-agreement "
+        f"these images can judge ({loosest} or lower; 0 writes the int8 version unjudged)"
+    )
 
 
 def _gate(measured: Evaluation, metadata: Metadata, version: int, opts: QuantizeOptions,

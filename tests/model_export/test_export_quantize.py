@@ -18,7 +18,7 @@ import pytest
 from onnx import numpy_helper
 
 from artifact import CalibrationMethod, Precision, read_metadata, verify_files
-from model_export.quantize import _Sums
+from model_export.quantize import SplitSizes, _Sums, images_to_judge
 from tests.support.artifacts import calibration_images, write_artifact, write_int8
 from tests.support.export_cli import make_imagefolder, run_cli
 
@@ -122,6 +122,41 @@ def test_the_gate_refuses_with_what_it_measured_and_writes_nothing(tmp_path: Pat
         in result.stderr
     assert "below --min-agreement 1.0" in result.stderr and "--method entropy" in result.stderr
     assert sorted(p.name for p in (root / "synthetic").iterdir()) == ["1"]  # no version, no staging directory
+
+
+@pytest.mark.parametrize("min_agreement, images", [(0.0, 1), (0.5, 2), (0.9, 10), (0.99, 100), (0.995, 200),
+                                                     (0.999, 1000), (1.0, 1)])
+def test_a_gate_is_judged_on_enough_images_to_tell_one_disagreement(min_agreement: float, images: int) -> None:
+    assert images_to_judge(min_agreement) == images
+
+
+def test_the_images_that_leave_enough_to_judge_on_follow_the_split() -> None:
+    sizes = SplitSizes(calibration=64, evaluation=256)  # a 224 px model's defaults
+    total = sizes.total_for(100)
+    assert sizes.of(total) == (total // 3, 100) and sizes.of(total - 1)[1] < 100
+    assert SplitSizes(calibration=256, evaluation=1000).total_for(1000) == 1256  # calibration capped at 256
+
+
+@pytest.mark.parametrize("count, args, remedy", [
+    (12, [], "give --data-dir with at least 149 images the model did not learn from, or a --min-agreement these "
+             "images can judge (0.875 or lower"),
+    (300, ["--evaluation-images", "20"], "give --evaluation-images 100, or a --min-agreement these images can "
+                                         "judge (0.95 or lower"),
+])
+def test_too_few_images_to_judge_the_gate_are_refused_before_quantizing(
+        tmp_path: Path, count: int, args: list[str], remedy: str) -> None:
+    """Eight images that all agree read "1.0" whether int8 never disagrees or once in twenty:
+    below 1 / (1 - gate) images the gate cannot be judged, and nothing is written."""
+    root = tmp_path / "models"
+    write_artifact(root, "synthetic", 1)
+    images = calibration_images(tmp_path / "images", count=count)
+    result = run_cli(["quantize", root / "synthetic", "--data-dir", images, *args, "--quiet"])
+    assert result.rc == 2, result.stderr
+    judged = 8 if count == 12 else 20
+    assert f"{judged} cannot show a top-1 agreement of 0.99: one image that disagrees is already 1/{judged}" \
+        in result.stderr
+    assert "Judging 0.99 takes at least 100 images" in result.stderr and remedy in result.stderr, result.stderr
+    assert sorted(p.name for p in (root / "synthetic").iterdir()) == ["1"]
 
 
 def test_where_int8_everywhere_misses_the_gate_the_noisiest_layers_stay_float(

@@ -763,7 +763,7 @@ def _check_judgeable(evaluation: int, calibration: int, held_out: HeldOut, opts:
     if sizes.total_for(needed) > total:
         wants.append(f"--data-dir with at least {sizes.total_for(needed)} images the model did not learn from"
                      if held_out.brought else
-                     f"a model trained with at least {sizes.total_for(needed)} held-out images")
+                     f"a model trained with at least {sizes.total_for(needed)} held-out images (--max-val-samples)")
     more = " and ".join(wants)
     loosest = math.floor((1 - 1 / evaluation) * 1000) / 1000
     raise QuantizeRefused(

@@ -277,6 +277,17 @@ def test_precision_int8_on_a_training_export_writes_both_versions(tmp_path: Path
     assert record is not None and record.quantized_from == 1
 
 
+def test_a_training_export_with_too_few_held_out_images_keeps_its_float_version_and_says_why(tmp_path: Path) -> None:
+    result = run_cli(["--out", tmp_path, "--epochs", "1", "--max-val-samples", "60", "--channel-images", "0",
+                      "--explain-images", "0", "--precision", "int8", "--quiet"])
+    assert result.rc == 2, result.stderr
+    assert "40 cannot show a top-1 agreement of 0.99" in result.stderr
+    assert "a model trained with at least 149 held-out images (--max-val-samples)" in result.stderr
+    float_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert read_metadata(float_dir).precision is Precision.FLOAT32
+    assert sorted(p.name for p in float_dir.parent.iterdir()) == ["1"]
+
+
 def test_a_tapped_map_before_a_relu_keeps_its_negative_values(tmp_path: Path) -> None:
     """onnxruntime's quantizer gives a ReLU's input the ReLU's range (from 0): a tapped Conv
     output before a ReLU (an import taps both) would lose every negative value in int8."""

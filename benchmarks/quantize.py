@@ -3,7 +3,8 @@
 processes up at once and measured in interleaved rounds on the same machine.
 
 For each version: the process's idle RSS once the version is loaded (read before anything
-runs on it; and that of a process with no model, for what the model itself costs), then in
+runs on it; and that of a process with no model, for what the model itself costs), with the
+anonymous part of it (RssAnon: the rest is library code, shared), then in
 each round the served images/s of predictions at 16 concurrent clients (wrk, as
 benchmarks/run.py drives it; the httpx generator where wrk is absent; the versions' order
 swapped every round) and occlusion explanations' times (one client, one image, the two
@@ -102,9 +103,31 @@ def serve(name: str, repository: Path, env: dict[str, str]) -> ServerProcess:
                          port=port, env=env, cwd=ROOT, log=OUT / "logs" / f"{name}.log", timeout=300.0)
 
 
-def idle_rss(server: ServerProcess, settle: float = 3.0) -> float:
+@dataclass(frozen=True)
+class IdleMemory:
+    """A server's worker once loaded, nothing running: its RSS, and the anonymous part of it
+    (RssAnon: what the process alone holds; the rest is library code and mapped files,
+    shared with every other process that maps them)."""
+
+    rss_mb: float
+    anon_mb: float
+
+
+def anonymous_mb(pid: int) -> float:
+    """RssAnon of one process in MB (10^6 bytes), NaN when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    match = re.search(r"^RssAnon:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) * 1024 / 1e6 if match else float("nan")
+
+
+def idle_memory(server: ServerProcess, settle: float = 3.0) -> IdleMemory:
     time.sleep(settle)  # the load's last frees returned, nothing running
-    return max(worker_rss_mb(server.pid).values())
+    rss = worker_rss_mb(server.pid)
+    worker = max(rss, key=lambda pid: rss[pid])
+    return IdleMemory(rss[worker], anonymous_mb(worker))
 
 
 def predicted_images(url: str) -> float:
@@ -132,7 +155,7 @@ class Served:
     version: Version
     server: ServerProcess
     base: str  # .../v1/models/{name}
-    idle_rss_mb: float
+    idle: IdleMemory
 
 
 def start(bench: Bench, version: Version, env: dict[str, str]) -> Served:
@@ -142,7 +165,7 @@ def start(bench: Bench, version: Version, env: dict[str, str]) -> Served:
 
     server = serve(f"quantize-{bench.key}-{version.label}", version.repository, env)
     try:
-        rss = idle_rss(server)
+        idle = idle_memory(server)
         base = f"{server.url}/v1/models/{bench.name}"
         loaded = httpx.get(base, timeout=30).json()
         if loaded["version"] != version.number or loaded.get("precision", "float32") != version.label:
@@ -151,8 +174,9 @@ def start(bench: Bench, version: Version, env: dict[str, str]) -> Served:
     except BaseException:
         server.stop()
         raise
-    log(f"[{bench.key} {version.label}] version {version.number}: idle RSS {rss:.0f} MB")
-    return Served(version, server, base, rss)
+    log(f"[{bench.key} {version.label}] version {version.number}: idle RSS {idle.rss_mb:.0f} MB "
+        f"({idle.anon_mb:.0f} anonymous)")
+    return Served(version, server, base, idle)
 
 
 def measure_rounds(bench: Bench, versions: list[Version], body: Path, content_type: str, env: dict[str, str],
@@ -210,7 +234,8 @@ def measure_rounds(bench: Bench, versions: list[Version], body: Path, content_ty
         f = figures[s.version.label]
         size = (ROOT / s.version.repository / bench.name / str(s.version.number) / "model.onnx").resolve().stat().st_size
         rows[s.version.label] = {
-            "version": s.version.number, "idle_rss_mb": s.idle_rss_mb, "images_per_s": statistics.median(f["rps"]),
+            "version": s.version.number, "idle_rss_mb": s.idle.rss_mb, "idle_anon_mb": s.idle.anon_mb,
+            "images_per_s": statistics.median(f["rps"]),
             "p50_ms": statistics.median(f["p50"]), "cpu_ms_per_image": statistics.median(f["cpu_ms"]),
             "per_round_cpu_ms_per_image": f["cpu_ms"], "errors": errors[s.version.label], "generator": generator,
             "occlusion": {"median_ms": statistics.median(f["occlusion"]), "per_round_ms": f["occlusion"],
@@ -219,7 +244,7 @@ def measure_rounds(bench: Bench, versions: list[Version], body: Path, content_ty
     return rows
 
 
-def empty_rss(env: dict[str, str]) -> float:
+def empty_memory(env: dict[str, str]) -> IdleMemory:
     """A server with no model: what every process costs before any model."""
     empty = OUT / "repo-empty"
     empty.mkdir(parents=True, exist_ok=True)
@@ -229,7 +254,7 @@ def empty_rss(env: dict[str, str]) -> float:
                            port=port, env=env, cwd=ROOT, log=OUT / "logs" / "quantize-empty.log",
                            ready_path="/healthz", timeout=120.0)
     try:
-        return idle_rss(server)
+        return idle_memory(server)
     finally:
         server.stop()
 
@@ -250,6 +275,7 @@ def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         "cpu": {"ratio": statistics.median(a / b for a, b in zip(f["per_round_cpu_ms_per_image"],
                                                                   q["per_round_cpu_ms_per_image"]))},
         "idle_rss": {"ratio": rss, "target": f"<= {TARGET_RSS}x", "pass": rss <= TARGET_RSS},
+        "idle_anon": {"ratio": q["idle_anon_mb"] / f["idle_anon_mb"]},
         "file": {"ratio": q["model_bytes"] / f["model_bytes"]},
     }
 
@@ -279,6 +305,9 @@ def markdown(results: dict[str, Any]) -> str:
                   f"| idle RSS (MB; no model: {model['empty_rss_mb']:.0f}) | {rows['float32']['idle_rss_mb']:.0f} | "
                   f"{rows['int8']['idle_rss_mb']:.0f} | {checks['idle_rss']['ratio']:.2f}x | "
                   f"{checks['idle_rss']['target']} {_verdict(checks['idle_rss'])} |",
+                  f"| of which anonymous (MB; no model: {model['empty_anon_mb']:.0f}) | "
+                  f"{rows['float32']['idle_anon_mb']:.0f} | {rows['int8']['idle_anon_mb']:.0f} | "
+                  f"{checks['idle_anon']['ratio']:.2f}x | |",
                   f"| model.onnx (MB) | {rows['float32']['model_bytes'] / 1e6:.1f} | {rows['int8']['model_bytes'] / 1e6:.1f} | "
                   f"{checks['file']['ratio']:.2f}x | |", "",
                   f"Round by round (int8 / float32, both versions in the same round): predictions "
@@ -417,9 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(),
                                "loadavg_start": os.getloadavg(), "models": {}}
     keys = [] if args.models_none else args.models.split(",")
-    empty = empty_rss(env) if keys else float("nan")
+    empty = empty_memory(env) if keys else IdleMemory(float("nan"), float("nan"))
     if keys:
-        log(f"idle RSS of a server with no model: {empty:.0f} MB")
+        log(f"idle RSS of a server with no model: {empty.rss_mb:.0f} MB ({empty.anon_mb:.0f} anonymous)")
     for key in keys:
         bench = BENCHES[key]
         export_if_missing(bench, repository, env)
@@ -429,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         body, content_type = write_body(OUT / "bodies", bench.key, bench.channels, bench.size)
         versions = [alone(bench, repository, label, number) for label, number in (("float32", original), ("int8", int8))]
         rows = measure_rounds(bench, versions, body, content_type, env, args.seconds, args.explanations, args.rounds)
-        results["models"][key] = {"name": bench.name, "rows": rows, "verdicts": verdicts(rows), "empty_rss_mb": empty,
+        results["models"][key] = {"name": bench.name, "rows": rows, "verdicts": verdicts(rows),
+                                  "empty_rss_mb": empty.rss_mb, "empty_anon_mb": empty.anon_mb,
                                   "quantization": {k: v for k, v in source["quantization"].items() if k != "layers"}}
     if args.zoo is not None:
         from benchmarks import zoo

@@ -49,6 +49,7 @@ from benchmarks.run import (
     log,
     machine_info,
     process_tree_cpu,
+    status_mb,
     worker_rss_mb,
 )
 from service.testing import ServerProcess, free_port
@@ -113,21 +114,11 @@ class IdleMemory:
     anon_mb: float
 
 
-def anonymous_mb(pid: int) -> float:
-    """RssAnon of one process in MB (10^6 bytes), NaN when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return float("nan")
-    match = re.search(r"^RssAnon:\s+(\d+) kB", text, re.M)
-    return int(match.group(1)) * 1024 / 1e6 if match else float("nan")
-
-
 def idle_memory(server: ServerProcess, settle: float = 3.0) -> IdleMemory:
     time.sleep(settle)  # the load's last frees returned, nothing running
     rss = worker_rss_mb(server.pid)
     worker = max(rss, key=lambda pid: rss[pid])
-    return IdleMemory(rss[worker], anonymous_mb(worker))
+    return IdleMemory(rss[worker], status_mb(worker, "RssAnon"))
 
 
 def predicted_images(url: str) -> float:

@@ -186,14 +186,20 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of one process in MB (10^6 bytes), NaN when it is gone."""
+def status_mb(pid: int, field: str) -> float:
+    """One memory field of a process's /proc/PID/status (VmRSS, RssAnon, ...) in MB (10^6
+    bytes), NaN when the process is gone."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return math.nan
-    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
     return int(match.group(1)) * 1024 / 1e6 if match else math.nan
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process in MB (10^6 bytes), NaN when it is gone."""
+    return status_mb(pid, "VmRSS")
 
 
 def worker_rss_mb(pid: int) -> dict[int, float]:

@@ -225,7 +225,7 @@ def quantize(opts: QuantizeOptions) -> Path:
     held_out = held_out_images(metadata, opts.data_dir)
     calibration, evaluation = split(held_out, spec, opts, metadata.input.fixed_batch)
     _check_judgeable(len(evaluation), len(calibration), held_out, opts,
-                     SplitSizes.wanted(opts, spec.size[0] * spec.size[1] > SMALL_INPUT_PIXELS),
+                     SplitSizes.wanted(opts, spec),
                      metadata.name or source.directory.parent.name, source.version)
     model_dir = source.directory.parent
     with Staging(model_dir.parent, model_dir.name, None) as staging:
@@ -404,6 +404,11 @@ class Images:
         return sum(len(b) for b in self.batches)
 
 
+def _large_input(spec: InputSpec) -> bool:
+    """Above 64x64 px: fewer images by default, in batches of 16."""
+    return spec.size[0] * spec.size[1] > SMALL_INPUT_PIXELS
+
+
 @dataclass(frozen=True)
 class SplitSizes:
     """How many held-out images calibrate and how many judge, asked for: the options', else
@@ -413,7 +418,8 @@ class SplitSizes:
     evaluation: int
 
     @classmethod
-    def wanted(cls, opts: QuantizeOptions, large: bool) -> SplitSizes:
+    def wanted(cls, opts: QuantizeOptions, spec: InputSpec) -> SplitSizes:
+        large = _large_input(spec)
         return cls(opts.calibration_images or (DEFAULT_CALIBRATION_IMAGES_LARGE if large else DEFAULT_CALIBRATION_IMAGES),
                    opts.evaluation_images or (DEFAULT_EVALUATION_IMAGES_LARGE if large else DEFAULT_EVALUATION_IMAGES))
 
@@ -434,14 +440,13 @@ class SplitSizes:
 def split(held_out: HeldOut, spec: InputSpec, opts: QuantizeOptions, fixed_batch: int | None = None,
           seed: int = 0) -> tuple[Images, Images]:
     """A seeded calibration set and a disjoint evaluation set from the held-out images."""
-    large = spec.size[0] * spec.size[1] > SMALL_INPUT_PIXELS
     total = len(held_out.images)
-    cal, ev = SplitSizes.wanted(opts, large).of(total)
+    cal, ev = SplitSizes.wanted(opts, spec).of(total)
     if ev < 1:
         raise ExportError(f"{held_out.description} has {total} image(s): too few to calibrate on some and judge "
                           "on others (give --data-dir with more)")
     order = np.random.default_rng(seed).permutation(total)
-    batch = 16 if large else 64
+    batch = 16 if _large_input(spec) else 64
     return (_images(held_out, order[:cal], spec, fixed_batch or batch, fixed_batch),
             _images(held_out, order[cal:cal + ev], spec, fixed_batch or batch, fixed_batch))
 
@@ -760,10 +765,10 @@ def _check_judgeable(evaluation: int, calibration: int, held_out: HeldOut, opts:
         return
     total, description = len(held_out.images), held_out.description
     wants = [f"--evaluation-images {needed}"] if sizes.evaluation < needed else []
-    if sizes.total_for(needed) > total:
-        wants.append(f"--data-dir with at least {sizes.total_for(needed)} images the model did not learn from"
-                     if held_out.brought else
-                     f"a model trained with at least {sizes.total_for(needed)} held-out images (--max-val-samples)")
+    enough = sizes.total_for(needed)
+    if enough > total:
+        wants.append(f"--data-dir with at least {enough} images the model did not learn from" if held_out.brought
+                     else f"a model trained with at least {enough} held-out images (--max-val-samples)")
     more = " and ".join(wants)
     loosest = math.floor((1 - 1 / evaluation) * 1000) / 1000
     raise QuantizeRefused(

@@ -272,6 +272,17 @@ def _quantize_until_it_agrees(source: Source, model_path: Path, calibration: Ima
     """Quantize every layer; while the gate would refuse, again with the layers adding the
     most noise kept float (model_export/mixed_precision.py), a few more each time, within
     ``opts.max_float_layers``. The last attempt's measurement, its float layers, every attempt."""
+    float_graph = per_channel_graph(source.model_path, model_path.with_name(".float-graph.onnx"))
+    try:
+        return _quantize_attempts(source, float_graph, model_path, calibration, evaluation, held_out, spec, opts)
+    finally:
+        if float_graph != source.model_path:
+            float_graph.unlink(missing_ok=True)
+
+
+def _quantize_attempts(source: Source, float_graph: Path, model_path: Path, calibration: Images,
+                       evaluation: Images, held_out: HeldOut, spec: InputSpec, opts: QuantizeOptions
+                       ) -> tuple[Evaluation, list[str], list[QuantizeAttempt]]:
     metadata = source.metadata
     kept: list[str] = []
     attempts: list[QuantizeAttempt] = []
@@ -279,8 +290,8 @@ def _quantize_until_it_agrees(source: Source, model_path: Path, calibration: Ima
     steps = iter(mixed_precision.float_layer_steps(len(metadata.layers), opts.max_float_layers))
     while True:
         excluded: list[str] = mixed_precision.excluded_nodes(graph, kept) if graph is not None else []
-        calibrate_and_quantize(source.model_path, model_path, calibration, spec, opts, excluded=excluded,
-                               class_output=metadata.output.name)
+        calibrate_and_quantize(float_graph, model_path, calibration, spec, opts, excluded=excluded,
+                               class_outputs=class_outputs(metadata))
         measured = evaluate(source.model_path, model_path, evaluation, held_out, metadata, opts.progress)
         attempts.append(QuantizeAttempt(float_layers=len(kept), agreement=round(measured.agreement, 6),
                                         int8_accuracy=_rounded(measured.accuracy(measured.int8_correct))))
@@ -288,7 +299,7 @@ def _quantize_until_it_agrees(source: Source, model_path: Path, calibration: Ima
         if count is None:
             return measured, kept, attempts
         if graph is None:
-            graph = mixed_precision.layer_nodes(source.model_path, [*metadata.layer_names, metadata.output.name])
+            graph = mixed_precision.layer_nodes(float_graph, [*metadata.layer_names, metadata.output.name])
         more = mixed_precision.most_hurt(measured.layers(metadata), graph, count, kept)
         if len(more) == len(kept):
             return measured, kept, attempts  # no layer left that adds noise of its own
@@ -502,11 +513,43 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
+# DequantizeLinear's ``axis`` (per-channel weights) came with opset 13; onnxruntime's
+# quantizer writes it at any opset, and an older graph's int8 version would not load.
+PER_CHANNEL_OPSET = 13
+
+
+def per_channel_graph(source: Path, converted: Path) -> Path:
+    """``source`` where its opset is 13 or newer; else the graph converted to opset 13 (by
+    onnx's version converter), written to ``converted``. torch.onnx's TorchScript exporter
+    and tf2onnx wrote opset 11 and 12 by default for years."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(source))
+    opset = opset_of(model)
+    if opset is None or opset >= PER_CHANNEL_OPSET:
+        return source
+    try:
+        upgraded = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+    except Exception as exc:  # the converter's own errors: an op it has no adapter for
+        raise ExportError(f"{source} is at opset {opset}; int8 weights per channel need opset {PER_CHANNEL_OPSET}, "
+                          f"and onnx's version converter could not convert it ({type(exc).__name__}: "
+                          f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}): export the model "
+                          f"again at opset {PER_CHANNEL_OPSET} or newer") from None
+    write_model(upgraded, converted)
+    return converted
+
+
+def class_outputs(metadata: Metadata) -> list[str]:
+    """The class output, and the logits a final Softmax reads where metadata names them."""
+    return [metadata.output.name, *([metadata.output.logits] if metadata.output.logits else [])]
+
+
 def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec: InputSpec,
                            opts: QuantizeOptions, input_name: str = "input", excluded: Sequence[str] = (),
-                           class_output: str | None = None) -> None:
-    """``excluded``: float graph nodes left in float32; ``class_output``: the graph output
-    left unrounded (``float_class_output``)."""
+                           class_outputs: Sequence[str] = ()) -> None:
+    """``excluded``: float graph nodes left in float32; ``class_outputs``: the graph's class
+    output and the logits a Softmax reads, left unrounded (``float_class_output``)."""
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from tqdm import tqdm
@@ -526,29 +569,45 @@ def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec
         except Exception as exc:  # onnxruntime's own errors: a graph its quantizer cannot handle
             raise ExportError(f"onnxruntime's quantizer could not quantize {source}: {type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}") from None
-    if class_output is not None:
-        float_class_output(target, class_output)
+    if class_outputs:
+        float_class_output(target, class_outputs)
     taps = tapped_activation_inputs(source)
     if taps:
         add_view_pairs(target, tapped_ranges(source, calibration, taps, _input_name(source, input_name)))
 
 
-def float_class_output(path: Path, name: str) -> bool:
-    """The class output as its last layer computes it, without the QuantizeLinear ->
-    DequantizeLinear pair the quantizer ends the graph with; whether there was one.
+def float_class_output(path: Path, names: Sequence[str]) -> list[str]:
+    """The class outputs as the last layer computes them, without the QuantizeLinear ->
+    DequantizeLinear pair the quantizer puts after it; the names it changed. ``names``: the
+    class output and, where a Softmax ends the graph, the logits it reads (metadata's
+    ``output.logits``): rounded logits tie, and the Softmax keeps the ties.
 
     That pair rounds the class scores to 256 steps over their calibrated range, and so swaps
     the top two classes of every image on which they nearly tie: on the Fashion-MNIST
     alexnet-small (3000 held-out images, two calibration draws) it made 28-30 of the 32-34
     top-1 disagreements with the float version (agreement 0.989 -> 0.9987). The last layer
     still reads int8 inputs and weights (onnxruntime fuses it into an integer kernel with a
-    float output, QGemm or MatMulIntegerToFloat), so the speed is the same."""
+    float output, QGemm or MatMulIntegerToFloat), so the speed is the same. A graph that
+    computes in float16 ends in a Cast to float32 after the pair (the import's): the pair
+    is found through it."""
     import onnx
-    from onnx import helper
 
     model = onnx.load(str(path))
-    graph = model.graph
-    pair = _qdq_pair({output: node for node in graph.node for output in node.output}, name)
+    changed = [name for name in names if _unround(model.graph, name)]
+    if changed:
+        write_model(model, Path(path))
+    return changed
+
+
+def _unround(graph: Any, name: str) -> bool:
+    """Replace the Q/DQ pair that ends at ``name`` (or at the tensor a chain of Casts turns
+    into ``name``) by an Identity of the pair's float input; whether there was one."""
+    from onnx import helper
+
+    producer = {output: node for node in graph.node for output in node.output}
+    while name in producer and producer[name].op_type in PASS_THROUGH and producer[name].input:
+        name = producer[name].input[0]
+    pair = _qdq_pair(producer, name)
     if pair is None:
         return False
     quantize, dequantize = pair
@@ -559,8 +618,11 @@ def float_class_output(path: Path, name: str) -> bool:
                       helper.make_node("Identity", [quantize.input[0]], [name], name=f"{name}_float"))
     graph.node.remove(dequantize)
     graph.node.remove(quantize)
-    write_model(model, Path(path))
     return True
+
+
+# Nodes between the last layer's Q/DQ pair and a class output that change only its type.
+PASS_THROUGH = frozenset({"Cast", "Identity"})
 
 
 def _qdq_pair(producer: dict[str, Any], name: str) -> tuple[Any, Any] | None:

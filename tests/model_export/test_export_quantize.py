@@ -108,6 +108,84 @@ def test_the_class_scores_are_not_rounded_to_int8(tmp_path: Path) -> None:
     assert (source / "model.onnx").read_bytes() == before
 
 
+def _qdq_ending(tail: list[str]) -> onnx.ModelProto:
+    """x -> Gemm -> QuantizeLinear -> DequantizeLinear -> ``tail`` ops -> the graph output
+    "out", as onnxruntime's quantizer ends a graph ("Cast": to float32, as the import ends a
+    float16 graph; "Softmax": a graph ending in probabilities, its logits an output too)."""
+    from onnx import TensorProto, helper
+
+    scale, zero = numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.int8(0), "z")
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["scores"], name="fc"),
+             helper.make_node("QuantizeLinear", ["scores", "s", "z"], ["scores_q"], name="q"),
+             helper.make_node("DequantizeLinear", ["scores_q", "s", "z"], ["logits"], name="dq")]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])]
+    last = "logits"
+    for i, op in enumerate(tail):
+        attributes = {"to": TensorProto.FLOAT} if op == "Cast" else {}
+        nodes.append(helper.make_node(op, [last], [f"t{i}"], name=f"{op}{i}", **attributes))
+        last = f"t{i}"
+    nodes[-1].output[0] = "out"
+    if "Softmax" in tail:
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3]))
+    graph = helper.make_graph(nodes, "end", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], outputs,
+                              initializer=[numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), "w"), scale, zero])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("tail, names", [(["Cast"], ["out"]), (["Cast", "Identity"], ["out"]),
+                                         (["Softmax"], ["out", "logits"])])
+def test_the_pair_before_a_cast_or_a_softmax_is_dropped_too(tmp_path: Path, tail: list[str], names: list[str]) -> None:
+    """A float16 graph ends Q/DQ -> Cast to float32 (the import's); a graph ending in a
+    Softmax has its rounded logits under it, and rounded logits tie: both come out unrounded."""
+    from model_export.quantize import float_class_output
+
+    path = tmp_path / "end.onnx"
+    onnx.save(_qdq_ending(tail), str(path))
+    x = np.array([[0.123, 0.456, 0.789, 0.0]], np.float32)
+    (rounded,) = ort.InferenceSession(str(path)).run(["out"], {"x": x})
+    assert float_class_output(path, names) == [n for n in names if n == "logits" or tail[0] == "Cast"]
+    ops = [node.op_type for node in _graph_at(path).graph.node]
+    assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
+    (exact,) = ort.InferenceSession(str(path)).run(["out"], {"x": x})
+    expected = x[:, :3] if tail[0] == "Cast" else np.exp(x[:, :3]) / np.exp(x[:, :3]).sum()
+    np.testing.assert_allclose(exact, expected, rtol=1e-6)
+    assert not np.allclose(rounded, expected, rtol=1e-6)  # the premise: the pair rounded them
+
+
+def _graph_at(path: Path) -> onnx.ModelProto:
+    return onnx.load(str(path))
+
+
+def test_a_graph_older_than_opset_13_is_quantized_at_opset_13(tmp_path: Path) -> None:
+    """Per-channel weights need DequantizeLinear's axis (opset 13); torch.onnx's TorchScript
+    exporter wrote opset 11 by default. The float version stays as it was."""
+    from tests.support.artifacts import sha256
+
+    root = tmp_path / "models"
+    source = write_artifact(root, "synthetic", 1)
+    model = _graph(source)
+    model.opset_import[0].version = 11
+    onnx.checker.check_model(model)
+    onnx.save(model, str(source / "model.onnx"))
+    meta = json.loads((source / "metadata.json").read_text())
+    meta["files"]["model.onnx"] = {"sha256": sha256(source / "model.onnx"),
+                                   "bytes": (source / "model.onnx").stat().st_size}
+    (source / "metadata.json").write_text(json.dumps(meta))
+    written = write_int8(root)
+    int8 = _graph(written)
+    assert [o.version for o in int8.opset_import if o.domain in ("", "ai.onnx")] == [13]
+    assert read_metadata(written).versions.opset == 13
+    assert sorted(p.name for p in written.iterdir() if p.name.startswith(".")) == []  # no converted copy left
+    pixels = np.random.default_rng(5).integers(0, 256, (16, 1, 8, 8)).astype(np.float32)
+    images = (pixels / 255 - 0.5) / 0.25  # like the calibration images, through the recipe
+    a = ort.InferenceSession(str(source / "model.onnx")).run(["logits"], {"input": images})[0]
+    b = ort.InferenceSession(str(written / "model.onnx")).run(["logits"], {"input": images})[0]
+    assert np.linalg.norm(a - b) <= 0.1 * np.linalg.norm(a)
+    assert [o.version for o in _graph(source).opset_import] == [11]
+
+
 def test_the_gate_refuses_with_what_it_measured_and_writes_nothing(tmp_path: Path) -> None:
     # Ten classes of near-equal random scores: int8 noise reorders a few of them.
     probe, root = tmp_path / "probe", tmp_path / "models"

@@ -307,6 +307,8 @@ class MethodMeasurement(Record):
     share: float = Field(description="beats_random / images")
     passes: int = Field(description="Forward passes per explanation, faithfulness included (the most of any image)")
     median_seconds: float = Field(description="Median seconds per explanation on the machine that measured")
+    failed: int = Field(0, description="Of the images, those on which the method failed (the service answers "
+                                       "them with an error): never counted as beating a random map")
     deletion: float | None = Field(None, description="Mean deletion area (lower: the map's top pixels matter more)")
     random_deletion: float | None = Field(None, description="Mean deletion area of a random map (chance)")
 

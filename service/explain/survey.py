@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from artifact import ExplanationsRecord, MethodMeasurement
+from service.errors import ModelFailed
 from service.explain.engine import Explainer, ExplainRequest, method_cost
 from service.explain.model import Method
 from service.explain.passes import Forward
@@ -84,17 +85,24 @@ async def measure(explainer: Explainer, images: Sequence[np.ndarray], forward: F
 async def _measure_one(explainer: Explainer, method: Method, images: list[np.ndarray], forward: Forward,
                        stop_at: float, progress: Progress | None, clock: Callable[[], float]) -> MethodMeasurement:
     plan = explainer.plan(ExplainRequest(method=method.value))
-    seconds, wins, passes, deletion, chance = [], 0, 0, [], []
+    seconds, wins, passes, deletion, chance, failed = [], 0, 0, [], [], 0
     for image in images:
         start = clock()
-        result = await explainer.run(plan, image, forward)
+        try:
+            result = await explainer.run(plan, image, forward)
+        except ModelFailed:
+            # The service answers this image with that error: the method counts it as a map
+            # that did not beat a random one, and the export goes on to the other methods.
+            result = None
+            failed += 1
         seconds.append(clock() - start)
-        scores = result.faithfulness
-        assert scores is not None  # the plan asks for faithfulness
-        wins += scores.beats_random
-        passes = max(passes, result.forward_passes)
-        deletion.append(scores.deletion)
-        chance.append(scores.random_deletion)
+        if result is not None:
+            scores = result.faithfulness
+            assert scores is not None  # the plan asks for faithfulness
+            wins += scores.beats_random
+            passes = max(passes, result.forward_passes)
+            deletion.append(scores.deletion)
+            chance.append(scores.random_deletion)
         if progress is not None:
             progress(method.value, len(seconds), len(images))
         if clock() >= stop_at:
@@ -103,8 +111,9 @@ async def _measure_one(explainer: Explainer, method: Method, images: list[np.nda
     return MethodMeasurement(
         method=method.value, layer=plan.layer.name if plan.layer is not None else None, images=done,
         beats_random=wins, share=round(wins / done, 4), passes=passes,
-        median_seconds=round(statistics.median(seconds), 4), deletion=round(float(np.mean(deletion)), 4),
-        random_deletion=round(float(np.mean(chance)), 4))
+        median_seconds=round(statistics.median(seconds), 4), failed=failed,
+        deletion=round(float(np.mean(deletion)), 4) if deletion else None,
+        random_deletion=round(float(np.mean(chance)), 4) if chance else None)
 
 
 def time_limit(load_average: float | None, cpus: int | None) -> float:
@@ -133,13 +142,15 @@ def choose(measured: Sequence[MethodMeasurement], load_average: float | None = N
         f" ({limit:.1f} s at this machine's load, {load_average:g} on {cpus} CPUs)" if limit > FAST_SECONDS else "")
 
     def said(m: MethodMeasurement) -> str:
+        areas = (f"mean deletion area {m.deletion:.3f} against {m.random_deletion:.3f} for a random map"
+                 if m.deletion is not None and m.random_deletion is not None else "no map to score")
+        failed = f", failed on {m.failed}" if m.failed else ""
         return (f"{m.method} beat a random map on {m.beats_random} of {m.images} held-out images "
-                f"({m.share:.0%}; mean deletion area {m.deletion:.3f} against {m.random_deletion:.3f} for a "
-                f"random map), {m.median_seconds:.2f} s median, {m.passes} forward passes")
+                f"({m.share:.0%}; {areas}{failed}), {m.median_seconds:.2f} s median, {m.passes} forward passes")
 
     holds = [m for m in measured if m.share >= HOLDS]
     if not holds:
-        best = max(measured, key=lambda m: (m.share, -m.median_seconds))
+        best = max(measured, key=lambda m: (m.share, -m.failed, -m.median_seconds))
         return best.method, (f"{said(best)}: the most often of the methods measured; none beat it on "
                              f"{HOLDS:.0%} of the images")
     fast = [m for m in holds if m.median_seconds <= limit]

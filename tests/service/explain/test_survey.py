@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 from artifact import ExplanationsRecord, MethodMeasurement
+from service.errors import ModelFailed
 from service.explain import Explainer, Method, default_method, describe, survey
 from tests.support import explain_models as km
 
@@ -85,6 +86,38 @@ async def test_measuring_stops_when_its_time_is_spent_but_tries_each_method_once
                                   survey.SurveyLimits(images=5, seconds=3.0), clock=lambda: float(next(ticks)))
     assert len(result.methods) == 6
     assert all(m.images == 1 for m in result.methods)  # out of time after the first image of each
+
+
+async def test_a_method_that_fails_on_an_image_counts_it_and_the_others_are_still_measured() -> None:
+    """A failure the service would answer with an error (a grad-cam replay that disagrees with
+    an int8 model's output) is that image's map not beating a random one; the export goes on."""
+    proto = km.build()
+    explainer = Explainer(describe("known", km.metadata(proto), proto), max_passes=2000)
+    run = explainer.run
+    calls = itertools.count()
+
+    async def failing_grad_cam(plan, image, forward):  # type: ignore[no-untyped-def]
+        if plan.method is Method.GRAD_CAM and next(calls) != 1:
+            raise ModelFailed("grad-cam's replay of the layers after features.4 disagrees with the model's output")
+        return await run(plan, image, forward)
+
+    explainer.run = failing_grad_cam  # type: ignore[method-assign]
+    result = await survey.measure(explainer, [km.image()] * 3, km.OrtForward(proto), survey.SurveyLimits(images=3))
+    by_method = {m.method: m for m in result.methods}
+    grad_cam = by_method["grad-cam"]
+    assert (grad_cam.images, grad_cam.failed) == (3, 2) and grad_cam.beats_random <= 1
+    assert grad_cam.deletion is not None  # from the one image it explained
+    assert all(m.failed == 0 and m.images == 3 for m in result.methods if m.method != "grad-cam")
+
+
+def test_a_method_that_failed_on_every_image_is_said_so_and_not_chosen_over_one_that_ran() -> None:
+    failed = MethodMeasurement(method="grad-cam", layer="features.4", images=30, beats_random=0, share=0.0, passes=0,
+                               median_seconds=0.01, failed=30, deletion=None, random_deletion=None)
+    weak = measured("eigen-cam", 0, seconds=0.2)
+    method, why = survey.choose([failed, weak])
+    assert method == "eigen-cam"
+    method, why = survey.choose([failed])
+    assert method == "grad-cam" and "no map to score, failed on 30" in why
 
 
 # ---- what the service makes of a recorded measurement ---------------------------------------

@@ -272,7 +272,7 @@ def _quantize_until_it_agrees(source: Source, model_path: Path, calibration: Ima
     """Quantize every layer; while the gate would refuse, again with the layers adding the
     most noise kept float (model_export/mixed_precision.py), a few more each time, within
     ``opts.max_float_layers``. The last attempt's measurement, its float layers, every attempt."""
-    float_graph = per_channel_graph(source.model_path, model_path.with_name(".float-graph.onnx"))
+    float_graph = quantizable_graph(source.model_path, model_path.with_name(".float-graph.onnx"))
     try:
         return _quantize_attempts(source, float_graph, model_path, calibration, evaluation, held_out, spec, opts)
     finally:
@@ -518,26 +518,69 @@ def _quiet() -> Iterator[None]:
 PER_CHANNEL_OPSET = 13
 
 
-def per_channel_graph(source: Path, converted: Path) -> Path:
-    """``source`` where its opset is 13 or newer; else the graph converted to opset 13 (by
-    onnx's version converter), written to ``converted``. torch.onnx's TorchScript exporter
-    and tf2onnx wrote opset 11 and 12 by default for years."""
+def quantizable_graph(source: Path, converted: Path) -> Path:
+    """The float graph onnxruntime's quantizer reads: ``source`` itself, or, written to
+    ``converted``, the same graph
+
+    - at opset 13 where it is older (onnx's version converter): torch.onnx's TorchScript
+      exporter and tf2onnx wrote opset 11 and 12 by default for years;
+    - computing in float32 where it computes in float16 (an import casts its edges): the
+      quantizer's scales would be float16, which onnxruntime's integer kernels do not take
+      (a DenseNet's int8 graph failed to load, QLinearConcat; a ResNet-18's ran 10x slower
+      than float, unfused). float16 weights widen to float32 exactly; the gate still judges
+      the int8 version against the float16 one."""
     import onnx
-    from onnx import version_converter
 
     model = onnx.load(str(source))
+    upgraded = _at_per_channel_opset(model, source)
+    widened = _widen_float16(upgraded)
+    if upgraded is model and not widened:
+        return source
+    write_model(upgraded, converted)
+    return converted
+
+
+def _at_per_channel_opset(model: Any, source: Path) -> Any:
+    from onnx import version_converter
+
     opset = opset_of(model)
     if opset is None or opset >= PER_CHANNEL_OPSET:
-        return source
+        return model
     try:
-        upgraded = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+        return version_converter.convert_version(model, PER_CHANNEL_OPSET)
     except Exception as exc:  # the converter's own errors: an op it has no adapter for
         raise ExportError(f"{source} is at opset {opset}; int8 weights per channel need opset {PER_CHANNEL_OPSET}, "
                           f"and onnx's version converter could not convert it ({type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}): export the model "
                           f"again at opset {PER_CHANNEL_OPSET} or newer") from None
-    write_model(upgraded, converted)
-    return converted
+
+
+def _widen_float16(model: Any) -> bool:
+    """Every float16 initializer, constant, Cast target and declared type of ``model``'s main
+    graph made float32, in place; whether there was any."""
+    from onnx import AttributeProto, TensorProto, numpy_helper
+
+    def widen(tensor: Any) -> bool:
+        if tensor.data_type != TensorProto.FLOAT16:
+            return False
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float32), tensor.name))
+        return True
+
+    graph = model.graph
+    changed = [widen(t) for t in graph.initializer]
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.TENSOR:
+                changed.append(widen(attribute.t))
+            elif node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
+                attribute.i = TensorProto.FLOAT
+                changed.append(True)
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        tensor_type = value.type.tensor_type
+        if tensor_type.elem_type == TensorProto.FLOAT16:
+            tensor_type.elem_type = TensorProto.FLOAT
+            changed.append(True)
+    return any(changed)
 
 
 def class_outputs(metadata: Metadata) -> list[str]:

@@ -202,6 +202,37 @@ def test_the_gate_refuses_with_what_it_measured_and_writes_nothing(tmp_path: Pat
     assert sorted(p.name for p in (root / "synthetic").iterdir()) == ["1"]  # no version, no staging directory
 
 
+def test_a_float16_import_is_quantized_from_its_float32_widening(tmp_path: Path) -> None:
+    """An imported float16 graph (Casts at its edges): the quantizer reads it widened to
+    float32, so the scales are float32 and onnxruntime's integer kernels take them; the int8
+    version computes in float32 and its class scores stay close to the float16 version's."""
+    from benchmarks import zoo
+    from model_export.quantize import quantizable_graph
+    from tests.support.artifacts import build_model
+
+    model, _ = build_model(channels=1, size=8, classes=3)
+    half = tmp_path / "half.onnx"
+    onnx.save(zoo.to_float16(model), str(half))
+    root = tmp_path / "models"
+    result = run_cli(["import", half, "--name", "half", "--out", root, "--mean", "0.5", "--std", "0.25", "--quiet"])
+    assert result.rc == 0, result.stderr
+    widened = quantizable_graph(result.written / "model.onnx", tmp_path / "widened.onnx")
+    assert widened == tmp_path / "widened.onnx"
+    graph = _graph_at(widened).graph
+    assert all(t.data_type != onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    assert all(a.i != onnx.TensorProto.FLOAT16 for n in graph.node if n.op_type == "Cast" for a in n.attribute)
+    written = write_int8(root, "half")
+    int8 = _graph(written)
+    assert {i.data_type for i in int8.graph.initializer if i.name.endswith("_scale")} == {onnx.TensorProto.FLOAT}
+    pixels = np.random.default_rng(5).integers(0, 256, (16, 1, 8, 8)).astype(np.float32)
+    images = (pixels / 255 - 0.5) / 0.25
+    a = ort.InferenceSession(str(result.written / "model.onnx")).run(["logits"], {"input": images})[0]
+    b = ort.InferenceSession(str(written / "model.onnx")).run(["logits"], {"input": images})[0]
+    assert np.linalg.norm(a - b) <= 0.1 * np.linalg.norm(a)
+    # A float32 graph at opset 13 or newer is read as it is.
+    assert quantizable_graph(write_artifact(root, "plain", 1) / "model.onnx", tmp_path / "x.onnx") != tmp_path / "x.onnx"
+
+
 @pytest.mark.parametrize("min_agreement, images", [(0.0, 1), (0.5, 2), (0.9, 10), (0.99, 100), (0.995, 200),
                                                      (0.999, 1000), (1.0, 1)])
 def test_a_gate_is_judged_on_enough_images_to_tell_one_disagreement(min_agreement: float, images: int) -> None:

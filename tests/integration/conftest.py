@@ -42,3 +42,13 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
         server.stop()
 
 
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the zoo's (benchmarks/zoo.py) trained weights and exported files are kept between
+    runs: $CONVSCOPE_ZOO_CACHE, else pytest's cache."""
+    if os.environ.get("CONVSCOPE_ZOO_CACHE"):
+        return Path(os.environ["CONVSCOPE_ZOO_CACHE"])
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("convscope-zoo")) if cache is not None else tmp_path_factory.mktemp("zoo")

@@ -57,14 +57,6 @@ class Zoo:
 
 
 @pytest.fixture(scope="session")
-def zoo_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("CONVSCOPE_ZOO_CACHE"):
-        return Path(os.environ["CONVSCOPE_ZOO_CACHE"])
-    cache = getattr(request.config, "cache", None)
-    return Path(cache.mkdir("convscope-zoo")) if cache is not None else tmp_path_factory.mktemp("zoo")
-
-
-@pytest.fixture(scope="session")
 def the_zoo(zoo_cache: Path, tmp_path_factory: pytest.TempPathFactory,
             start_server: Callable[..., ServerProcess]) -> Iterator[Zoo]:
     import torch

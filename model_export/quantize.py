@@ -800,7 +800,13 @@ def evaluate(float_path: Path, int8_path: Path, images: Images, held_out: HeldOu
     largest probability difference and each output's error sums."""
     from tqdm import tqdm
 
-    reference, quantized = _session(float_path), _session(int8_path)
+    reference = _session(float_path)
+    try:
+        quantized = _session(int8_path)
+    except Exception as exc:  # onnxruntime's own errors: a graph the quantizer wrote but it cannot run
+        raise ExportError(f"the int8 graph onnxruntime's quantizer wrote for {float_path} does not load in "
+                          f"onnxruntime ({type(exc).__name__}: {str(exc).strip().splitlines()[-1]}); nothing was "
+                          "written (a case this project does not handle yet: please report it with the model)") from None
     names = [metadata.output.name, *metadata.layer_names]
     input_name = metadata.input.name
     result = Evaluation(labelled=held_out.targets is not None)

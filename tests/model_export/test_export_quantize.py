@@ -233,6 +233,25 @@ def test_a_float16_import_is_quantized_from_its_float32_widening(tmp_path: Path)
     assert quantizable_graph(write_artifact(root, "plain", 1) / "model.onnx", tmp_path / "x.onnx") != tmp_path / "x.onnx"
 
 
+def test_an_int8_graph_onnxruntime_cannot_load_is_an_error_not_a_traceback(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_export import quantize as module
+    from model_export.errors import ExportError
+
+    def broken(path: Path, names: Any) -> list[str]:
+        model = onnx.load(str(path))
+        model.graph.node[0].op_type = "NoSuchOp"  # as an op the quantizer writes at the wrong opset
+        onnx.save(model, str(path))
+        return []
+
+    monkeypatch.setattr(module, "float_class_output", broken)
+    root = tmp_path / "models"
+    write_artifact(root, "synthetic", 1)
+    with pytest.raises(ExportError, match="does not load in onnxruntime.*nothing was written"):
+        write_int8(root)
+    assert sorted(p.name for p in (root / "synthetic").iterdir() if not p.name.startswith(".calibration")) == ["1"]
+
+
 @pytest.mark.parametrize("min_agreement, images", [(0.0, 1), (0.5, 2), (0.9, 10), (0.99, 100), (0.995, 200),
                                                      (0.999, 1000), (1.0, 1)])
 def test_a_gate_is_judged_on_enough_images_to_tell_one_disagreement(min_agreement: float, images: int) -> None:

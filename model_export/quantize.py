@@ -550,8 +550,7 @@ def _at_per_channel_opset(model: Any, source: Path) -> Any:
         return version_converter.convert_version(model, PER_CHANNEL_OPSET)
     except Exception as exc:  # the converter's own errors: an op it has no adapter for
         raise ExportError(f"{source} is at opset {opset}; int8 weights per channel need opset {PER_CHANNEL_OPSET}, "
-                          f"and onnx's version converter could not convert it ({type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}): export the model "
+                          f"and onnx's version converter could not convert it ({_reason(exc)}): export the model "
                           f"again at opset {PER_CHANNEL_OPSET} or newer") from None
 
 
@@ -583,6 +582,12 @@ def _widen_float16(model: Any) -> bool:
     return any(changed)
 
 
+def _reason(exc: Exception) -> str:
+    """A library's error in one line: its type and the last line of its message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1] if text else repr(exc)}"
+
+
 def class_outputs(metadata: Metadata) -> list[str]:
     """The class output, and the logits a final Softmax reads where metadata names them."""
     return [metadata.output.name, *([metadata.output.logits] if metadata.output.logits else [])]
@@ -610,8 +615,7 @@ def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec
                 extra_options={"CalibStridedMinMax": 1, "WeightSymmetric": True, "ActivationSymmetric": False},
             )
         except Exception as exc:  # onnxruntime's own errors: a graph its quantizer cannot handle
-            raise ExportError(f"onnxruntime's quantizer could not quantize {source}: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}") from None
+            raise ExportError(f"onnxruntime's quantizer could not quantize {source}: {_reason(exc)}") from None
     if class_outputs:
         float_class_output(target, class_outputs)
     taps = tapped_activation_inputs(source)
@@ -805,7 +809,7 @@ def evaluate(float_path: Path, int8_path: Path, images: Images, held_out: HeldOu
         quantized = _session(int8_path)
     except Exception as exc:  # onnxruntime's own errors: a graph the quantizer wrote but it cannot run
         raise ExportError(f"the int8 graph onnxruntime's quantizer wrote for {float_path} does not load in "
-                          f"onnxruntime ({type(exc).__name__}: {str(exc).strip().splitlines()[-1]}); nothing was "
+                          f"onnxruntime ({_reason(exc)}); nothing was "
                           "written (a case this project does not handle yet: please report it with the model)") from None
     names = [metadata.output.name, *metadata.layer_names]
     input_name = metadata.input.name

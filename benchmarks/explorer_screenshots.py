@@ -410,7 +410,8 @@ TWIN_DONE = """(layer) => {
 
 def int8_shots(browser: Any, url: str, model: str, record: dict[str, Any], out: Path,
                image: Path | None = None, sample: int = 4) -> dict[str, Any]:
-    """What the explorer shows for the three layers int8 hurts most (issue 22): each one's bar
+    """What the explorer shows for the three layers int8 hurts most (issue 22), and for up to two
+    layers the export kept float32: each one's bar
     in the "int8 and float" section, and, after a click on it, its worst channel's float and
     int8 maps on sample ``sample`` side by side with their difference (a screenshot of the
     channel card each, explorer-int8-<model>-<layer>.png). A model with no samples (an import
@@ -427,8 +428,11 @@ def int8_shots(browser: Any, url: str, model: str, record: dict[str, Any], out: 
     page.wait_for_selector("#predictions tr.best", timeout=WAIT_MS)
     page.wait_for_selector("#quantization-bars button.q-row", timeout=WAIT_MS)
     worst = sorted((r for r in record["layers"][:-1] if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:3]
+    # And up to two of the layers the export kept float32: their maps still differ (their input
+    # came through int8 layers), and the card says so.
+    kept = [r for r in record["layers"][:-1] if r["name"] in record.get("float_layers", []) and r not in worst][:2]
     layers = []
-    for row in worst:
+    for row in [*worst, *kept]:
         bar = page.locator(f'#quantization-bars .q-row[data-layer="{row["name"]}"]')
         bar_text = bar.inner_text().replace("\n", " ")
         bar.click()

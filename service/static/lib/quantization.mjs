@@ -56,6 +56,20 @@ export function errorBars(rows, floatLayers = []) {
   }));
 }
 
+/** The caption under a layer's map from the int8 version: which version, and whether the export
+ * kept that layer float32 (one of the answer's `float_layers`). */
+export function int8Caption(version, layer, floatLayers = []) {
+  return floatLayers.includes(layer) ? `int8 · v${version} (kept float32)` : `int8 · v${version}`;
+}
+
+/** What the card says of a layer the export kept float32: its own arithmetic is float, so what
+ * differs came in through the int8 layers before it ("" for any other layer). */
+export function keptFloatNote(layer, floatLayers = []) {
+  return floatLayers.includes(layer)
+    ? " The int8 version computes this layer in float32 (the export kept it so): what differs came in through the int8 layers before it."
+    : "";
+}
+
 /** 10 log10(sum a^2 / sum (a - b)^2) over two equal-length arrays: b's error against a, in dB;
  * null where they are equal, -Infinity where a is all zeros and b is not. */
 export function sqnr(a, b) {

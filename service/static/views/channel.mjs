@@ -10,7 +10,7 @@ import { fmt, pct } from "../lib/format.mjs";
 import { fieldAxes, receptiveBox, spatial } from "../lib/geometry.mjs";
 import { boxPercent, upscale } from "../lib/layout.mjs";
 import { channelRange, featureMaps, strongestUnit } from "../lib/maps.mjs";
-import { severity, sqnr } from "../lib/quantization.mjs";
+import { int8Caption, keptFloatNote, severity, sqnr } from "../lib/quantization.mjs";
 import { paint } from "../ui/canvas.mjs";
 import { $, el, guarded, layerCard } from "../ui/dom.mjs";
 import { client, getJSON, picture } from "../ui/server.mjs";
@@ -111,7 +111,8 @@ async function renderTwin(layer, map, channel) {
   paint(box.querySelector(".twin-float"), slice(floatMap), map.h, map.w, lo, hi, table);
   paint(box.querySelector(".twin-int8"), slice(int8Map), map.h, map.w, lo, hi, table);
   box.querySelector(".twin-float-cap").textContent = `float32 · v${floatVersion}`;
-  box.querySelector(".twin-int8-cap").textContent = `int8 · v${int8Version}`;
+  box.querySelector(".twin-int8-cap").textContent = int8Caption(int8Version, layer.name,
+    state.quantization?.float_layers);
   // Where they differ: int8 minus float on the filters' diverging map (grey: none).
   const a = slice(floatMap), b = slice(int8Map), difference = new Float32Array(a.length);
   let peak = 1e-12;
@@ -127,6 +128,7 @@ async function renderTwin(layer, map, channel) {
     : `On this image the int8 map is ${db.toFixed(1)} dB from the float one (${severity(db)}).`)
     + (row ? ` The layer over the held-out images: ${row.sqnr_db === null ? "identical" : `${row.sqnr_db.toFixed(1)} dB`}`
       + (row.worst_channel === channel ? "; this is its worst channel there." : ".") : "")
+    + keptFloatNote(layer.name, state.quantization?.float_layers)
     + " One colour range for both; the difference in blue (int8 lower) and red (int8 higher).";
   box.hidden = false;
 }

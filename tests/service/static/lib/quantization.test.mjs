@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { agreementFigures, errorBars, severity, speedText, sqnr, twinOf } from "../../../../service/static/lib/quantization.mjs";
+import { agreementFigures, errorBars, int8Caption, keptFloatNote, severity, speedText, sqnr, twinOf } from "../../../../service/static/lib/quantization.mjs";
 
 const models = [
   { name: "m", default_version: 3, versions: [
@@ -73,4 +73,12 @@ test("the agreement never rounds a disagreement away, and counts the images", ()
   assert.deepEqual(agreementFigures(0.9995, 2000), { share: "99.9%", same: 1999 });
   assert.deepEqual(agreementFigures(1, 240), { share: "100%", same: 240 });
   assert.deepEqual(agreementFigures(0.976562, 256), { share: "97.6%", same: 250 });
+});
+
+test("the int8 map's caption and note say where the export kept the layer float32", () => {
+  assert.equal(int8Caption(2, "features.3"), "int8 · v2");
+  assert.equal(int8Caption(2, "features.3", ["features.7"]), "int8 · v2");
+  assert.equal(int8Caption(5, "features.7", ["features.7"]), "int8 · v5 (kept float32)");
+  assert.equal(keptFloatNote("features.3", ["features.7"]), "");
+  assert.match(keptFloatNote("features.7", ["features.7"]), /computes this layer in float32 .* through the int8 layers/);
 });

@@ -65,8 +65,13 @@ BATCH_BYTES = 16 << 20  # input bytes per onnxruntime run
 SAMPLE_CANDIDATES = 256
 
 
+def large_input(size: tuple[int, int]) -> bool:
+    """Above SMALL_INPUT_PIXELS: fewer images by default, and their pictures may be crops."""
+    return size[0] * size[1] > SMALL_INPUT_PIXELS
+
+
 def default_images(size: tuple[int, int]) -> int:
-    return DEFAULT_IMAGES if size[0] * size[1] <= SMALL_INPUT_PIXELS else DEFAULT_IMAGES_LARGE
+    return DEFAULT_IMAGES_LARGE if large_input(size) else DEFAULT_IMAGES
 
 
 @dataclass
@@ -159,7 +164,7 @@ def _session(model_path: Path, size: tuple[int, int]) -> Any:
     options.log_severity_level = 4
     # Small inputs make ops too short for threads to pay off (as in training); large
     # ones use onnxruntime's default, one thread per core.
-    if size[0] * size[1] <= SMALL_INPUT_PIXELS:
+    if not large_input(size):
         options.intra_op_num_threads = 1
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
@@ -251,8 +256,7 @@ def _rank(
 def _crops(top: _LayerTop, size: tuple[int, int]) -> bool:
     """Whether this layer's pictures are receptive-field crops rather than whole images."""
     axes = top.geometry.axes if top.spatial else None
-    large = size[0] * size[1] > SMALL_INPUT_PIXELS
-    return large and axes is not None and max(a.receptive_field for a in axes) * CROP_RATIO <= min(size)
+    return large_input(size) and axes is not None and max(a.receptive_field for a in axes) * CROP_RATIO <= min(size)
 
 
 def _layer_arrays(top: _LayerTop, map_shape: list[int], pictures: _Pictures) -> dict[str, np.ndarray]:

@@ -82,7 +82,6 @@ DEFAULT_CALIBRATION_IMAGES = 256
 DEFAULT_CALIBRATION_IMAGES_LARGE = 64
 DEFAULT_EVALUATION_IMAGES = 1000
 DEFAULT_EVALUATION_IMAGES_LARGE = 256
-SMALL_INPUT_PIXELS = channel_view.SMALL_INPUT_PIXELS
 # At most this share of the held-out images calibrates; the rest judge.
 CALIBRATION_SHARE = 1 / 3
 # Bytes of outputs one evaluation run may hold (both versions' taps): bounds memory.
@@ -415,11 +414,6 @@ class Images:
         return sum(len(b) for b in self.batches)
 
 
-def _large_input(spec: InputSpec) -> bool:
-    """Above 64x64 px: fewer images by default, in batches of 16."""
-    return spec.size[0] * spec.size[1] > SMALL_INPUT_PIXELS
-
-
 @dataclass(frozen=True)
 class SplitSizes:
     """How many held-out images calibrate and how many judge, asked for: the options', else
@@ -430,7 +424,7 @@ class SplitSizes:
 
     @classmethod
     def wanted(cls, opts: QuantizeOptions, spec: InputSpec) -> SplitSizes:
-        large = _large_input(spec)
+        large = channel_view.large_input(spec.size)
         return cls(opts.calibration_images or (DEFAULT_CALIBRATION_IMAGES_LARGE if large else DEFAULT_CALIBRATION_IMAGES),
                    opts.evaluation_images or (DEFAULT_EVALUATION_IMAGES_LARGE if large else DEFAULT_EVALUATION_IMAGES))
 
@@ -457,7 +451,7 @@ def split(held_out: HeldOut, spec: InputSpec, opts: QuantizeOptions, fixed_batch
         raise ExportError(f"{held_out.description} has {total} image(s): too few to calibrate on some and judge "
                           "on others (give --data-dir with more)")
     order = np.random.default_rng(seed).permutation(total)
-    batch = 16 if _large_input(spec) else 64
+    batch = 16 if channel_view.large_input(spec.size) else 64
     return (_images(held_out, order[:cal], spec, fixed_batch or batch, fixed_batch),
             _images(held_out, order[cal:cal + ev], spec, fixed_batch or batch, fixed_batch))
 

@@ -287,10 +287,11 @@ def _quantize_attempts(source: Source, float_graph: Path, model_path: Path, cali
     attempts: list[QuantizeAttempt] = []
     graph = None
     steps = iter(mixed_precision.float_layer_steps(len(metadata.layers), opts.max_float_layers))
+    views = view_ranges(float_graph, calibration)
     while True:
         excluded: list[str] = mixed_precision.excluded_nodes(graph, kept) if graph is not None else []
         calibrate_and_quantize(float_graph, model_path, calibration, spec, opts, excluded=excluded,
-                               class_outputs=class_outputs(metadata))
+                               class_outputs=class_outputs(metadata), views=views)
         measured = evaluate(source.model_path, model_path, evaluation, held_out, metadata, opts.progress)
         attempts.append(QuantizeAttempt(float_layers=len(kept), agreement=round(measured.agreement, 6),
                                         int8_accuracy=_rounded(measured.accuracy(measured.int8_correct))))
@@ -589,9 +590,11 @@ def class_outputs(metadata: Metadata) -> list[str]:
 
 def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec: InputSpec,
                            opts: QuantizeOptions, input_name: str = "input", excluded: Sequence[str] = (),
-                           class_outputs: Sequence[str] = ()) -> None:
+                           class_outputs: Sequence[str] = (),
+                           views: dict[str, tuple[float, float]] | None = None) -> None:
     """``excluded``: float graph nodes left in float32; ``class_outputs``: the graph's class
-    output and the logits a Softmax reads, left unrounded (``float_class_output``)."""
+    output and the logits a Softmax reads, left unrounded (``float_class_output``); ``views``:
+    ``view_ranges`` of ``source`` where the caller has them (measured here otherwise)."""
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from tqdm import tqdm
@@ -612,9 +615,16 @@ def calibrate_and_quantize(source: Path, target: Path, calibration: Images, spec
             raise ExportError(f"onnxruntime's quantizer could not quantize {source}: {_reason(exc)}") from None
     if class_outputs:
         float_class_output(target, class_outputs)
+    ranges = view_ranges(source, calibration, input_name) if views is None else views
+    if ranges:
+        add_view_pairs(target, ranges)
+
+
+def view_ranges(source: Path, calibration: Images, input_name: str = "input") -> dict[str, tuple[float, float]]:
+    """The calibrated range of each tapped layer a ReLU or Clip reads (``add_view_pairs``);
+    empty where there is none. The same for every attempt of one export: measured once."""
     taps = tapped_activation_inputs(source)
-    if taps:
-        add_view_pairs(target, tapped_ranges(source, calibration, taps, _input_name(source, input_name)))
+    return tapped_ranges(source, calibration, taps, _input_name(source, input_name)) if taps else {}
 
 
 def float_class_output(path: Path, names: Sequence[str]) -> list[str]:
